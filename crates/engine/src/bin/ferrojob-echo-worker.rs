@@ -1,0 +1,42 @@
+//! A worker for the engine's own tests: it answers the protocol without Python.
+//!
+//! Payload commands: `echo:<text>` replies `<text>`; `fail:<text>` replies Failed; `sleep:<ms>`
+//! sleeps then replies `slept`; `exit:<code>` exits; `abort` dies by SIGABRT; `tasks:<n>:<ms>`
+//! starts n tasks of <ms> each, counting them on the status page.
+
+use std::time::Duration;
+
+use ferrojob_engine::shm::STATUS_TASKS_STARTED;
+use ferrojob_engine::worker::{Endpoint, Reply, Request};
+
+fn main() {
+    // SAFETY: this program is only ever started by the pool, which installs fds 3 and 4.
+    let endpoint = unsafe { Endpoint::inherit() }.expect("not started by a ferrojob pool");
+    let result = endpoint.serve(|request, status| {
+        let Request::Task { payload, .. } = request else {
+            return None;
+        };
+        let text = String::from_utf8_lossy(payload).into_owned();
+        let (command, argument) = text.split_once(':').unwrap_or((text.as_str(), ""));
+        match command {
+            "echo" => Some(Reply::Done { payload: argument.as_bytes().to_vec(), fds: vec![] }),
+            "fail" => Some(Reply::Failed { payload: argument.as_bytes().to_vec() }),
+            "sleep" => {
+                std::thread::sleep(Duration::from_millis(argument.parse().unwrap()));
+                Some(Reply::Done { payload: b"slept".to_vec(), fds: vec![] })
+            }
+            "exit" => std::process::exit(argument.parse().unwrap()),
+            "abort" => std::process::abort(),
+            "tasks" => {
+                let (n, ms) = argument.split_once(':').unwrap();
+                for i in 1..=n.parse::<u64>().unwrap() {
+                    status.store(STATUS_TASKS_STARTED, i);
+                    std::thread::sleep(Duration::from_millis(ms.parse().unwrap()));
+                }
+                Some(Reply::Done { payload: b"tasks done".to_vec(), fds: vec![] })
+            }
+            other => panic!("unknown test command {other}"),
+        }
+    });
+    result.expect("protocol error");
+}

@@ -1,0 +1,12 @@
+//! ferrojob's engine: worker processes, scheduling, the wire protocol and shared memory.
+//!
+//! This crate knows nothing of Python. Workers are any program that adopts descriptors 3 (socket)
+//! and 4 (status page) through [`worker::Endpoint::inherit`] and answers the protocol; ferrojob's
+//! Python workers do that through the `ferrojob._core` bindings, and the tests use the tiny echo
+//! worker in `src/bin`.
+
+pub mod pool;
+pub mod protocol;
+pub mod scheduler;
+pub mod shm;
+pub mod worker;

@@ -1,0 +1,702 @@
+//! Worker processes: spawn, dispatch, supervision, respawn and idle shutdown.
+//!
+//! Every worker is a child process talking to the parent over its own Unix socket (fd 3 in the
+//! child) and publishing its progress in a [`StatusPage`] (fd 4). One reader thread per worker
+//! receives replies; as soon as a worker answers, its reader hands it the next queued job, so
+//! workers never wait for the caller to come back for results. Completions (and losses: a worker
+//! that died, was timed out or cancelled) arrive on one channel, read with [`Pool::recv`].
+//!
+//! Process hygiene: workers are started from one long-lived spawner thread (so that
+//! `PR_SET_PDEATHSIG`, which fires when the *thread* that forked the child exits, means "when this
+//! process exits"), ignore SIGINT (the parent decides what Ctrl-C means), and every child is reaped
+//! by its reader thread, so no zombie survives.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::protocol::{Connection, Kind, ProtocolError};
+use crate::shm::{StatusPage, STATUS_JOB, STATUS_TASKS_STARTED};
+
+/// The descriptor number of the worker's socket in the child.
+pub const WORKER_SOCKET_FD: RawFd = 3;
+/// The descriptor number of the worker's status page in the child.
+pub const WORKER_STATUS_FD: RawFd = 4;
+
+/// Identifies a job for the lifetime of a pool (callers choose ids; they must be unique).
+pub type JobId = u64;
+
+/// How to start a worker process.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    /// The complete environment of the worker.
+    pub env: Vec<(OsString, OsString)>,
+    /// Payload of the `Init` frame every worker receives first.
+    pub init: Vec<u8>,
+}
+
+/// A unit of work for one worker.
+#[derive(Debug)]
+pub struct Job {
+    pub id: JobId,
+    pub payload: Vec<u8>,
+    pub fds: Vec<OwnedFd>,
+}
+
+/// How a job ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The worker answered with results.
+    Done { payload: Vec<u8>, fds: Vec<OwnedFd> },
+    /// The worker answered that the job raised.
+    Failed { payload: Vec<u8> },
+    /// The worker went away while running the job.
+    Lost(Loss),
+}
+
+/// A worker that went away in the middle of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loss {
+    pub pid: i32,
+    pub cause: LossCause,
+    /// How many of the job's tasks had started; the last one started is the culprit.
+    pub tasks_started: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LossCause {
+    /// The process exited on its own with this code.
+    Exited(i32),
+    /// The process was killed by this signal (not by us).
+    Signaled(i32),
+    /// We killed it: its current task ran longer than the limit.
+    TimedOut(Duration),
+    /// We killed it: the caller cancelled the work.
+    Cancelled,
+    /// The process could not be reaped (someone else waited for it).
+    Vanished,
+}
+
+/// A job's end, as delivered by [`Pool::recv`].
+#[derive(Debug)]
+pub struct Completion {
+    pub job: JobId,
+    pub pid: i32,
+    /// Time the worker spent on the job (zero for a lost job).
+    pub elapsed: Duration,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("could not start worker process {program:?}: {source}")]
+    Spawn { program: PathBuf, source: io::Error },
+    #[error("could not set up a worker channel: {0}")]
+    Setup(#[from] io::Error),
+    #[error("the pool is shut down")]
+    Closed,
+}
+
+/// A set of warm worker processes.
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    spec: WorkerSpec,
+    owner: u32,
+    idle_timeout: Option<Duration>,
+    state: Mutex<State>,
+    changed: Condvar,
+    tx: Sender<Completion>,
+    rx: Receiver<Completion>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct State {
+    workers: BTreeMap<u64, Worker>,
+    queue: VecDeque<Job>,
+    next_worker: u64,
+    last_activity: Instant,
+    closed: bool,
+}
+
+struct Worker {
+    pid: Pid,
+    conn: Arc<Connection>,
+    status: Arc<StatusPage>,
+    running: Option<Running>,
+    leaving: Option<Leaving>,
+}
+
+/// Why a worker is on its way out (it no longer counts as live).
+#[derive(Clone, Copy)]
+enum Leaving {
+    Retired,
+    Killed(KillReason),
+}
+
+#[derive(Clone, Copy)]
+enum KillReason {
+    TimedOut(Duration),
+    Cancelled,
+}
+
+struct Running {
+    job: JobId,
+    tasks_seen: u64,
+    task_since: Instant,
+}
+
+impl Running {
+    fn new(job: JobId) -> Self {
+        Self {
+            job,
+            tasks_seen: 0,
+            task_since: Instant::now(),
+        }
+    }
+}
+
+impl Worker {
+    fn is_live(&self) -> bool {
+        self.leaving.is_none()
+    }
+
+    fn is_idle(&self) -> bool {
+        self.is_live() && self.running.is_none()
+    }
+
+    fn kill(&mut self, reason: KillReason) {
+        // ESRCH: it already exited; its reader will report that.
+        let _ = kill(self.pid, Signal::SIGKILL);
+        self.leaving = Some(Leaving::Killed(reason));
+    }
+
+    fn retire(&mut self) {
+        let _ = self.conn.send(Kind::Shutdown, 0, 0, &[], &[]);
+        self.leaving = Some(Leaving::Retired);
+    }
+}
+
+impl Pool {
+    /// Start a pool with `n_workers` processes; they boot in parallel and receive jobs as soon
+    /// as they are up. `idle_timeout`: retire all workers after this long without work.
+    pub fn new(
+        spec: WorkerSpec,
+        n_workers: usize,
+        idle_timeout: Option<Duration>,
+    ) -> Result<Self, PoolError> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared {
+            spec,
+            owner: std::process::id(),
+            idle_timeout,
+            state: Mutex::new(State {
+                workers: BTreeMap::new(),
+                queue: VecDeque::new(),
+                next_worker: 0,
+                last_activity: Instant::now(),
+                closed: false,
+            }),
+            changed: Condvar::new(),
+            tx,
+            rx,
+            threads: Mutex::new(Vec::new()),
+        });
+        if idle_timeout.is_some() {
+            let reaper_shared = Arc::clone(&shared);
+            let handle = std::thread::Builder::new()
+                .name("ferrojob-idle".into())
+                .spawn(move || idle_reaper(&reaper_shared))
+                .map_err(PoolError::Setup)?;
+            shared.threads().push(handle);
+        }
+        let pool = Self { shared };
+        pool.ensure_workers(n_workers)?;
+        Ok(pool)
+    }
+
+    /// Make exactly `n` workers live: start missing ones, retire idle extras.
+    pub fn ensure_workers(&self, n: usize) -> Result<(), PoolError> {
+        let missing = {
+            let mut state = self.shared.state();
+            if state.closed {
+                return Err(PoolError::Closed);
+            }
+            let live = state.workers.values().filter(|w| w.is_live()).count();
+            let mut extra = live.saturating_sub(n);
+            for worker in state.workers.values_mut() {
+                if extra == 0 {
+                    break;
+                }
+                if worker.is_idle() {
+                    worker.retire();
+                    extra -= 1;
+                }
+            }
+            n.saturating_sub(live)
+        };
+        for _ in 0..missing {
+            spawn_worker(&self.shared)?;
+        }
+        Ok(())
+    }
+
+    /// Number of live workers (started, not dying).
+    pub fn n_workers(&self) -> usize {
+        self.shared
+            .state()
+            .workers
+            .values()
+            .filter(|w| w.is_live())
+            .count()
+    }
+
+    /// Process ids of the live workers.
+    pub fn pids(&self) -> Vec<i32> {
+        self.shared
+            .state()
+            .workers
+            .values()
+            .filter(|w| w.is_live())
+            .map(|w| w.pid.as_raw())
+            .collect()
+    }
+
+    /// Hand a job to an idle worker now, or queue it for the first one to finish.
+    pub fn submit(&self, job: Job) -> Result<(), PoolError> {
+        let mut state = self.shared.state();
+        if state.closed {
+            return Err(PoolError::Closed);
+        }
+        state.last_activity = Instant::now();
+        let Some(worker) = state.workers.values_mut().find(|w| w.is_idle()) else {
+            state.queue.push_back(job);
+            return Ok(());
+        };
+        worker.running = Some(Running::new(job.id));
+        let conn = Arc::clone(&worker.conn);
+        drop(state);
+        send_job(&conn, &job);
+        Ok(())
+    }
+
+    /// The next completion, waiting at most `timeout`.
+    pub fn recv(&self, timeout: Duration) -> Option<Completion> {
+        match self.shared.rx.recv_timeout(timeout) {
+            Ok(completion) => Some(completion),
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
+        }
+    }
+
+    /// Kill every worker whose current task has run longer than `limit`; their jobs complete as
+    /// [`LossCause::TimedOut`]. Call it periodically while waiting.
+    pub fn enforce_task_timeout(&self, limit: Duration) {
+        let now = Instant::now();
+        let mut state = self.shared.state();
+        for worker in state.workers.values_mut().filter(|w| w.is_live()) {
+            let Some(running) = worker.running.as_mut() else {
+                continue;
+            };
+            if worker.status.load(STATUS_JOB) == running.job {
+                let started = worker.status.load(STATUS_TASKS_STARTED);
+                if started != running.tasks_seen {
+                    running.tasks_seen = started;
+                    running.task_since = now;
+                }
+            }
+            if now.duration_since(running.task_since) > limit {
+                worker.kill(KillReason::TimedOut(limit));
+            }
+        }
+    }
+
+    /// Drop every queued job and kill the workers running one. Returns the ids of the queued jobs
+    /// that were dropped; the running ones complete as [`LossCause::Cancelled`].
+    pub fn cancel(&self) -> Vec<JobId> {
+        let mut state = self.shared.state();
+        let dropped = state.queue.drain(..).map(|job| job.id).collect();
+        for worker in state.workers.values_mut() {
+            if worker.is_live() && worker.running.is_some() {
+                worker.kill(KillReason::Cancelled);
+            }
+        }
+        dropped
+    }
+
+    /// Kill every worker at once (Ctrl-C): nothing keeps running. The pool stays usable;
+    /// [`Pool::ensure_workers`] starts fresh workers.
+    pub fn terminate(&self) {
+        let mut state = self.shared.state();
+        state.queue.clear();
+        for worker in state.workers.values_mut() {
+            worker.kill(KillReason::Cancelled);
+        }
+    }
+
+    /// Ask every worker to exit, wait up to `grace`, kill the rest, reap them all and join every
+    /// thread of the pool. Idempotent.
+    pub fn shutdown(&self, grace: Duration) {
+        let shared = &self.shared;
+        {
+            let mut state = shared.state();
+            state.closed = true;
+            state.queue.clear();
+            for worker in state.workers.values_mut() {
+                if worker.is_live() {
+                    worker.retire();
+                }
+            }
+        }
+        shared.changed.notify_all();
+        if !shared.wait_until_empty(grace) {
+            for worker in shared.state().workers.values_mut() {
+                worker.kill(KillReason::Cancelled);
+            }
+            shared.wait_until_empty(Duration::from_secs(10));
+        }
+        let threads = std::mem::take(&mut *shared.threads());
+        for handle in threads {
+            let _ = handle.join();
+        }
+        // Losses of jobs nobody waits for any more.
+        while shared.rx.try_recv().is_ok() {}
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // In a forked child the workers belong to the parent: leave them alone.
+        if std::process::id() == self.shared.owner {
+            self.shutdown(Duration::from_secs(1));
+        }
+    }
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the bookkeeping consistent enough to shut down.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn threads(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.threads
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn wait_until_empty(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.state();
+        while !state.workers.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+fn send_job(conn: &Connection, job: &Job) {
+    let fds: Vec<RawFd> = job.fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    // A failed send means the worker is gone; its reader sees the end of the socket and reports
+    // the job as lost, so there is nothing to do here.
+    let _ = conn.send(Kind::Task, job.id, 0, &job.payload, &fds);
+}
+
+fn spawn_worker(shared: &Arc<Shared>) -> Result<(), PoolError> {
+    let (parent_end, child_end) = Connection::pair()?;
+    let status = StatusPage::create()?;
+    // Descriptors the child will move to 3 and 4 must not already sit on 3 or 4.
+    let child_end = child_end.into_owned_fd();
+    let child_socket = dup_above(child_end.as_raw_fd(), 10)?;
+    drop(child_end);
+    let child_status = dup_above(status.raw_fd(), 10)?;
+    let (socket_raw, status_raw) = (child_socket.as_raw_fd(), child_status.as_raw_fd());
+    let parent_pid = std::process::id() as libc::pid_t;
+
+    let spec = &shared.spec;
+    let mut command = Command::new(&spec.program);
+    command
+        .args(&spec.args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null());
+    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
+    // system calls (prctl, getppid, signal, dup2) on plain integers.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl.
+            if libc::getppid() != parent_pid {
+                libc::_exit(1);
+            }
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            if libc::dup2(socket_raw, WORKER_SOCKET_FD) < 0
+                || libc::dup2(status_raw, WORKER_STATUS_FD) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let pid = spawner::spawn(command).map_err(|source| PoolError::Spawn {
+        program: spec.program.clone(),
+        source,
+    })?;
+    drop((child_socket, child_status));
+
+    let conn = Arc::new(parent_end);
+    // The Init frame waits in the socket buffer while the interpreter boots.
+    let _ = conn.send(Kind::Init, 0, 0, &spec.init, &[]);
+    let status = Arc::new(status);
+    let id = {
+        let mut state = shared.state();
+        let id = state.next_worker;
+        state.next_worker += 1;
+        // A worker that boots while jobs wait takes the first one right away.
+        let first_job = state.queue.pop_front();
+        state.workers.insert(
+            id,
+            Worker {
+                pid,
+                conn: Arc::clone(&conn),
+                status: Arc::clone(&status),
+                running: first_job.as_ref().map(|job| Running::new(job.id)),
+                leaving: None,
+            },
+        );
+        if let Some(job) = first_job {
+            drop(state);
+            send_job(&conn, &job);
+        }
+        id
+    };
+    let reader_shared = Arc::clone(shared);
+    let handle = std::thread::Builder::new()
+        .name(format!("ferrojob-worker-{}", pid.as_raw()))
+        .spawn(move || read_replies(&reader_shared, id, &conn, pid))
+        .map_err(PoolError::Setup)?;
+    shared.threads().push(handle);
+    Ok(())
+}
+
+fn dup_above(fd: RawFd, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: `fd` is open for the duration of the call; the duplicate is a new descriptor that
+    // we own from here on.
+    let raw = fcntl(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, FcntlArg::F_DUPFD_CLOEXEC(min))
+        .map_err(io::Error::from)?;
+    // SAFETY: `raw` was just returned by F_DUPFD_CLOEXEC, so it is open and ours alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// A worker's reader thread: relay replies, keep the worker fed, and report its death.
+fn read_replies(shared: &Arc<Shared>, id: u64, conn: &Connection, pid: Pid) {
+    loop {
+        match conn.recv() {
+            Ok(Some(frame)) if matches!(frame.kind, Kind::Done | Kind::Failed) => {
+                if !on_reply(shared, id, frame) {
+                    break;
+                }
+            }
+            // A worker that speaks out of turn cannot be trusted with more work.
+            Ok(Some(_)) | Err(ProtocolError::BadMagic(_) | ProtocolError::UnknownKind(_)) => {
+                let _ = kill(pid, Signal::SIGKILL);
+                break;
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    conn.shutdown();
+    let exit = reap(pid);
+    let mut state = shared.state();
+    if let Some(worker) = state.workers.remove(&id) {
+        if let Some(running) = worker.running {
+            let cause = match worker.leaving {
+                Some(Leaving::Killed(KillReason::TimedOut(limit))) => LossCause::TimedOut(limit),
+                Some(Leaving::Killed(KillReason::Cancelled)) => LossCause::Cancelled,
+                Some(Leaving::Retired) | None => exit,
+            };
+            let tasks_started = if worker.status.load(STATUS_JOB) == running.job {
+                worker.status.load(STATUS_TASKS_STARTED)
+            } else {
+                0
+            };
+            let _ = shared.tx.send(Completion {
+                job: running.job,
+                pid: pid.as_raw(),
+                elapsed: Duration::ZERO,
+                outcome: Outcome::Lost(Loss {
+                    pid: pid.as_raw(),
+                    cause,
+                    tasks_started,
+                }),
+            });
+        }
+    }
+    drop(state);
+    shared.changed.notify_all();
+}
+
+/// Record a reply, give the worker its next job, and deliver the completion. Returns false when
+/// the reply makes no sense (not for the job the worker was given).
+fn on_reply(shared: &Shared, id: u64, frame: crate::protocol::Frame) -> bool {
+    let mut state = shared.state();
+    state.last_activity = Instant::now();
+    let next = state.queue.pop_front();
+    let Some(worker) = state.workers.get_mut(&id) else {
+        return false;
+    };
+    match worker.running.take() {
+        Some(running) if running.job == frame.id => {}
+        _ => return false,
+    }
+    let (conn, pid) = (Arc::clone(&worker.conn), worker.pid.as_raw());
+    let next = match next {
+        Some(job) if worker.is_live() => {
+            worker.running = Some(Running::new(job.id));
+            Some(job)
+        }
+        Some(job) => {
+            state.queue.push_front(job);
+            None
+        }
+        None => None,
+    };
+    drop(state);
+    if let Some(job) = next {
+        send_job(&conn, &job);
+    }
+    let outcome = match frame.kind {
+        Kind::Done => Outcome::Done {
+            payload: frame.payload,
+            fds: frame.fds,
+        },
+        _ => Outcome::Failed {
+            payload: frame.payload,
+        },
+    };
+    let _ = shared.tx.send(Completion {
+        job: frame.id,
+        pid,
+        elapsed: Duration::from_nanos(frame.aux),
+        outcome,
+    });
+    true
+}
+
+/// Wait for a child that closed its socket. A child that lingers is killed after a grace period.
+fn reap(pid: Pid) -> LossCause {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut pause = Duration::from_micros(200);
+    loop {
+        let flags = if Instant::now() < deadline {
+            Some(WaitPidFlag::WNOHANG)
+        } else {
+            let _ = kill(pid, Signal::SIGKILL);
+            None
+        };
+        match waitpid(pid, flags) {
+            Ok(WaitStatus::Exited(_, code)) => return LossCause::Exited(code),
+            Ok(WaitStatus::Signaled(_, signal, _)) => return LossCause::Signaled(signal as i32),
+            Ok(_) => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            Err(Errno::EINTR) => {}
+            Err(_) => return LossCause::Vanished,
+        }
+    }
+}
+
+fn idle_reaper(shared: &Shared) {
+    let Some(idle_timeout) = shared.idle_timeout else {
+        return;
+    };
+    let mut state = shared.state();
+    loop {
+        if state.closed {
+            return;
+        }
+        let idle_for = state.last_activity.elapsed();
+        let all_idle = state.queue.is_empty() && state.workers.values().all(|w| w.running.is_none());
+        if all_idle && idle_for >= idle_timeout {
+            for worker in state.workers.values_mut().filter(|w| w.is_live()) {
+                worker.retire();
+            }
+        }
+        let wait = idle_timeout.saturating_sub(idle_for).max(Duration::from_millis(100));
+        state = shared
+            .changed
+            .wait_timeout(state, wait)
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0;
+    }
+}
+
+/// The one thread that forks workers; see the module docs for why it must outlive them.
+mod spawner {
+    use super::*;
+
+    type Request = (Command, Sender<io::Result<Pid>>);
+
+    static SPAWNER: OnceLock<Mutex<(u32, Sender<Request>)>> = OnceLock::new();
+
+    pub(super) fn spawn(command: Command) -> io::Result<Pid> {
+        let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+        let cell = SPAWNER.get_or_init(|| Mutex::new(start()));
+        {
+            let mut guard = cell.lock().unwrap_or_else(|p| p.into_inner());
+            // After a fork the spawner thread exists only in the parent.
+            if guard.0 != std::process::id() {
+                *guard = start();
+            }
+            guard
+                .1
+                .send((command, reply_tx))
+                .map_err(|_| io::Error::other("the spawner thread is gone"))?;
+        }
+        reply_rx
+            .recv()
+            .map_err(|_| io::Error::other("the spawner thread is gone"))?
+    }
+
+    fn start() -> (u32, Sender<Request>) {
+        let (tx, rx) = crossbeam_channel::unbounded::<Request>();
+        std::thread::Builder::new()
+            .name("ferrojob-spawner".into())
+            .spawn(move || {
+                for (mut command, reply) in rx {
+                    let result = command.spawn().map(|child| Pid::from_raw(child.id() as i32));
+                    let _ = reply.send(result);
+                }
+            })
+            .expect("cannot start the ferrojob spawner thread");
+        (std::process::id(), tx)
+    }
+}

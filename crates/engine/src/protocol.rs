@@ -1,0 +1,334 @@
+//! Framed messages between the parent and its worker processes over a Unix stream socket.
+//!
+//! A frame is a fixed 32-byte header followed by `len` payload bytes:
+//!
+//! ```text
+//! magic u32 | kind u8 | n_fds u8 | reserved u16 | id u64 | aux u64 | len u64   (little endian)
+//! ```
+//!
+//! `id` names the job a frame belongs to and `aux` carries a kind-specific number (a worker's
+//! compute time in nanoseconds on `Done`/`Failed`). File descriptors (shared-memory segments) ride
+//! with the header as `SCM_RIGHTS` ancillary data, so they arrive together with the frame that
+//! uses them.
+
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use nix::cmsg_space;
+use nix::errno::Errno;
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+
+/// Bytes of a frame header.
+pub const HEADER_LEN: usize = 32;
+/// Most descriptors one frame may carry (bounded by the ancillary buffer we reserve).
+pub const MAX_FDS: usize = 32;
+const MAGIC: u32 = u32::from_le_bytes(*b"FJOB");
+
+/// What a frame means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// Parent → worker, first frame: how to set the worker up (opaque to the engine).
+    Init = 1,
+    /// Parent → worker: run a job.
+    Task = 2,
+    /// Worker → parent: the job's results.
+    Done = 3,
+    /// Worker → parent: the job raised; the payload describes the error.
+    Failed = 4,
+    /// Parent → worker: exit cleanly.
+    Shutdown = 5,
+}
+
+impl Kind {
+    fn from_u8(value: u8) -> Result<Self, ProtocolError> {
+        Ok(match value {
+            1 => Self::Init,
+            2 => Self::Task,
+            3 => Self::Done,
+            4 => Self::Failed,
+            5 => Self::Shutdown,
+            other => return Err(ProtocolError::UnknownKind(other)),
+        })
+    }
+}
+
+/// A received frame; it owns the descriptors that came with it.
+#[derive(Debug)]
+pub struct Frame {
+    pub kind: Kind,
+    pub id: u64,
+    pub aux: u64,
+    pub payload: Vec<u8>,
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Why a frame could not be sent or received.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("socket error: {0}")]
+    Io(#[from] io::Error),
+    #[error("peer sent a frame with a bad magic number {0:#x} (not a ferrojob peer, or the stream is out of step)")]
+    BadMagic(u32),
+    #[error("peer sent a frame of unknown kind {0}")]
+    UnknownKind(u8),
+    #[error("a frame may carry at most {MAX_FDS} file descriptors, got {0}")]
+    TooManyFds(usize),
+    #[error("peer closed the connection in the middle of a frame")]
+    Truncated,
+}
+
+/// One end of a parent↔worker socket. Sending and receiving take `&self`, so one thread can read
+/// while another writes (callers serialise writers themselves).
+#[derive(Debug)]
+pub struct Connection {
+    stream: UnixStream,
+}
+
+impl Connection {
+    pub fn new(stream: UnixStream) -> Self {
+        Self { stream }
+    }
+
+    /// Wrap an inherited descriptor (a worker's end of the socket).
+    pub fn from_owned_fd(fd: OwnedFd) -> Self {
+        Self::new(UnixStream::from(fd))
+    }
+
+    /// A connected pair, both ends close-on-exec.
+    pub fn pair() -> io::Result<(Self, Self)> {
+        let (a, b) = UnixStream::pair()?;
+        Ok((Self::new(a), Self::new(b)))
+    }
+
+    pub fn into_owned_fd(self) -> OwnedFd {
+        OwnedFd::from(self.stream)
+    }
+
+    /// Send one frame. Descriptors are duplicated into the receiver; the caller keeps its own.
+    pub fn send(
+        &self,
+        kind: Kind,
+        id: u64,
+        aux: u64,
+        payload: &[u8],
+        fds: &[RawFd],
+    ) -> Result<(), ProtocolError> {
+        if fds.len() > MAX_FDS {
+            return Err(ProtocolError::TooManyFds(fds.len()));
+        }
+        let header = encode_header(kind, fds.len() as u8, id, aux, payload.len() as u64);
+        let total = HEADER_LEN + payload.len();
+        let iov = [IoSlice::new(&header), IoSlice::new(payload)];
+        let cmsgs: &[ControlMessage] = if fds.is_empty() {
+            &[]
+        } else {
+            &[ControlMessage::ScmRights(fds)]
+        };
+        let sent = loop {
+            match sendmsg::<()>(
+                self.stream.as_raw_fd(),
+                &iov,
+                cmsgs,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
+                Ok(n) => break n,
+                Err(Errno::EINTR) => continue,
+                Err(errno) => return Err(io::Error::from(errno).into()),
+            }
+        };
+        // A stream socket may accept only part of a large frame; the descriptors went with the
+        // first byte, the rest is plain bytes.
+        if sent < total {
+            let mut writer = &self.stream;
+            if sent < HEADER_LEN {
+                writer.write_all(&header[sent..])?;
+                writer.write_all(payload)?;
+            } else {
+                writer.write_all(&payload[sent - HEADER_LEN..])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Receive one frame; `Ok(None)` when the peer closed the socket between frames.
+    pub fn recv(&self) -> Result<Option<Frame>, ProtocolError> {
+        let mut header = [0u8; HEADER_LEN];
+        let mut fds = Vec::new();
+        let first = self.recv_with_fds(&mut header, &mut fds)?;
+        if first == 0 {
+            return Ok(None);
+        }
+        if first < HEADER_LEN {
+            read_exact_or_truncated(&self.stream, &mut header[first..])?;
+        }
+        let (kind, n_fds, id, aux, len) = decode_header(&header)?;
+        if fds.len() != n_fds {
+            return Err(ProtocolError::Truncated);
+        }
+        let len = usize::try_from(len).map_err(|_| ProtocolError::Truncated)?;
+        let mut payload = vec![0u8; len];
+        read_exact_or_truncated(&self.stream, &mut payload)?;
+        Ok(Some(Frame {
+            kind,
+            id,
+            aux,
+            payload,
+            fds,
+        }))
+    }
+
+    fn recv_with_fds(
+        &self,
+        buf: &mut [u8],
+        fds: &mut Vec<OwnedFd>,
+    ) -> Result<usize, ProtocolError> {
+        let mut cmsg_buf = cmsg_space!([RawFd; MAX_FDS]);
+        loop {
+            let mut iov = [IoSliceMut::new(buf)];
+            let msg = match recvmsg::<()>(
+                self.stream.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg_buf),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(msg) => msg,
+                Err(Errno::EINTR) => continue,
+                Err(errno) => return Err(io::Error::from(errno).into()),
+            };
+            for cmsg in msg.cmsgs().map_err(io::Error::from)? {
+                if let ControlMessageOwned::ScmRights(received) = cmsg {
+                    for raw in received {
+                        // SAFETY: the kernel just installed `raw` in our table for us; nobody
+                        // else holds it, so taking ownership is sound.
+                        fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+                    }
+                }
+            }
+            return Ok(msg.bytes);
+        }
+    }
+
+    /// Shut both directions down: the peer's blocked `recv` returns end-of-stream.
+    pub fn shutdown(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl AsFd for Connection {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
+fn read_exact_or_truncated(mut stream: &UnixStream, buf: &mut [u8]) -> Result<(), ProtocolError> {
+    stream.read_exact(buf).map_err(|err| match err.kind() {
+        io::ErrorKind::UnexpectedEof => ProtocolError::Truncated,
+        _ => ProtocolError::Io(err),
+    })
+}
+
+fn encode_header(kind: Kind, n_fds: u8, id: u64, aux: u64, len: u64) -> [u8; HEADER_LEN] {
+    let mut header = [0u8; HEADER_LEN];
+    header[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    header[4] = kind as u8;
+    header[5] = n_fds;
+    header[8..16].copy_from_slice(&id.to_le_bytes());
+    header[16..24].copy_from_slice(&aux.to_le_bytes());
+    header[24..32].copy_from_slice(&len.to_le_bytes());
+    header
+}
+
+fn decode_header(header: &[u8; HEADER_LEN]) -> Result<(Kind, usize, u64, u64, u64), ProtocolError> {
+    let word = |range: std::ops::Range<usize>| {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&header[range]);
+        u64::from_le_bytes(bytes)
+    };
+    let magic = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    if magic != MAGIC {
+        return Err(ProtocolError::BadMagic(magic));
+    }
+    let kind = Kind::from_u8(header[4])?;
+    Ok((kind, header[5] as usize, word(8..16), word(16..24), word(24..32)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::File;
+    use std::io::Seek;
+
+    #[test]
+    fn a_frame_round_trips_with_its_fields() {
+        let (a, b) = Connection::pair().unwrap();
+        a.send(Kind::Task, 7, 99, b"hello", &[]).unwrap();
+        let frame = b.recv().unwrap().unwrap();
+        assert_eq!(frame.kind, Kind::Task);
+        assert_eq!((frame.id, frame.aux), (7, 99));
+        assert_eq!(frame.payload, b"hello");
+        assert!(frame.fds.is_empty());
+    }
+
+    #[test]
+    fn a_large_payload_arrives_whole_across_partial_writes() {
+        let (a, b) = Connection::pair().unwrap();
+        let payload: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
+        let expected = payload.clone();
+        let sender = std::thread::spawn(move || a.send(Kind::Done, 1, 0, &payload, &[]).unwrap());
+        let frame = b.recv().unwrap().unwrap();
+        sender.join().unwrap();
+        assert_eq!(frame.payload, expected);
+    }
+
+    #[test]
+    fn descriptors_travel_with_the_frame() {
+        let (a, b) = Connection::pair().unwrap();
+        let mut file = tempfile_with(b"shared bytes");
+        a.send(Kind::Task, 1, 0, b"", &[file.as_raw_fd()]).unwrap();
+        file.rewind().unwrap();
+        let frame = b.recv().unwrap().unwrap();
+        assert_eq!(frame.fds.len(), 1);
+        let mut received = File::from(frame.fds.into_iter().next().unwrap());
+        received.rewind().unwrap();
+        let mut text = String::new();
+        received.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "shared bytes");
+    }
+
+    #[test]
+    fn closing_between_frames_is_end_of_stream_not_an_error() {
+        let (a, b) = Connection::pair().unwrap();
+        a.send(Kind::Shutdown, 0, 0, b"", &[]).unwrap();
+        drop(a);
+        assert_eq!(b.recv().unwrap().unwrap().kind, Kind::Shutdown);
+        assert!(b.recv().unwrap().is_none());
+    }
+
+    #[test]
+    fn closing_inside_a_frame_is_reported_as_truncation() {
+        let (a, b) = Connection::pair().unwrap();
+        let header = encode_header(Kind::Done, 0, 1, 0, 100);
+        (&a.stream).write_all(&header).unwrap();
+        (&a.stream).write_all(b"only part").unwrap();
+        drop(a);
+        assert!(matches!(b.recv(), Err(ProtocolError::Truncated)));
+    }
+
+    #[test]
+    fn garbage_on_the_socket_is_rejected_by_magic() {
+        let (a, b) = Connection::pair().unwrap();
+        (&a.stream).write_all(&[0xAB; HEADER_LEN]).unwrap();
+        assert!(matches!(b.recv(), Err(ProtocolError::BadMagic(_))));
+    }
+
+    fn tempfile_with(bytes: &[u8]) -> File {
+        let fd = nix::sys::memfd::memfd_create(c"test", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .unwrap();
+        let mut file = File::from(fd);
+        file.write_all(bytes).unwrap();
+        file
+    }
+}

@@ -1,0 +1,246 @@
+//! Bookkeeping of one parallel call: how big the next batch is, how many batches may be in
+//! flight (pre-dispatch), and in which order finished batches are handed back.
+//!
+//! It holds no processes and no threads, so every backend (the process pool, threads, a cluster)
+//! drives the same logic; `T` is whatever a backend returns for a batch.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+/// How batch sizes are chosen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BatchSizing {
+    /// Always this many tasks per batch.
+    Fixed(usize),
+    /// Measure, and size batches so that one takes about `target` of a worker's time.
+    Auto { target: Duration },
+}
+
+/// Batch duration the automatic sizing aims for: long enough that the per-message cost
+/// (tens of microseconds) vanishes, short enough that the last batches balance across workers.
+pub const DEFAULT_TARGET_BATCH_DURATION: Duration = Duration::from_millis(20);
+/// Upper bound on an automatic batch, so the parent keeps pickling while workers compute.
+pub const MAX_AUTO_BATCH_SIZE: usize = 8192;
+
+/// Where a call's batches stand.
+#[derive(Debug)]
+pub struct Scheduler<T> {
+    n_workers: usize,
+    max_in_flight: usize,
+    sizing: BatchSizing,
+    ordered: bool,
+    /// Smoothed worker seconds per task, once a batch has been measured.
+    seconds_per_task: Option<f64>,
+    next_id: u64,
+    next_out: u64,
+    arrivals: u64,
+    in_flight: HashMap<u64, usize>,
+    ready: BTreeMap<u64, T>,
+}
+
+impl<T> Scheduler<T> {
+    /// `max_in_flight`: how many batches may be submitted and not yet completed (joblib's
+    /// `pre_dispatch`); raised to `n_workers` so that every worker has work.
+    pub fn new(n_workers: usize, max_in_flight: usize, sizing: BatchSizing, ordered: bool) -> Self {
+        let n_workers = n_workers.max(1);
+        Self {
+            n_workers,
+            max_in_flight: max_in_flight.max(n_workers),
+            sizing,
+            ordered,
+            seconds_per_task: None,
+            next_id: 0,
+            next_out: 0,
+            arrivals: 0,
+            in_flight: HashMap::new(),
+            ready: BTreeMap::new(),
+        }
+    }
+
+    /// Whether another batch may be submitted now.
+    pub fn can_submit(&self) -> bool {
+        self.in_flight.len() < self.max_in_flight
+    }
+
+    pub fn n_in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Whether every submitted batch has been completed and handed back.
+    pub fn is_drained(&self) -> bool {
+        self.in_flight.is_empty() && self.ready.is_empty()
+    }
+
+    /// How many tasks to put in the next batch. `remaining`: the exact number of tasks left,
+    /// when the caller knows it (its input is exhausted); the tail is then split so that all
+    /// workers finish together.
+    pub fn next_batch_size(&self, remaining: Option<usize>) -> usize {
+        let size = match self.sizing {
+            BatchSizing::Fixed(size) => return size.max(1),
+            BatchSizing::Auto { target } => match self.seconds_per_task {
+                None => 1,
+                Some(seconds) if seconds <= 0.0 => MAX_AUTO_BATCH_SIZE,
+                Some(seconds) => {
+                    let ideal = target.as_secs_f64() / seconds;
+                    (ideal as usize).clamp(1, MAX_AUTO_BATCH_SIZE)
+                }
+            },
+        };
+        match remaining {
+            Some(remaining) => size.min(remaining.div_ceil(2 * self.n_workers).max(1)),
+            None => size,
+        }
+    }
+
+    /// How many tasks the caller should have read ahead before asking for a batch size, so that
+    /// it knows when the tail begins.
+    pub fn lookahead(&self) -> usize {
+        self.next_batch_size(None) * self.n_workers * 2
+    }
+
+    /// Record a batch of `n_tasks` about to be submitted; returns its id.
+    pub fn register(&mut self, n_tasks: usize) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.in_flight.insert(id, n_tasks.max(1));
+        id
+    }
+
+    /// Record that batch `id` finished, having taken `elapsed` of a worker's time. Unknown ids
+    /// (a batch of an earlier, abandoned call) are ignored and `false` is returned.
+    pub fn complete(&mut self, id: u64, elapsed: Duration, value: T) -> bool {
+        let Some(n_tasks) = self.in_flight.remove(&id) else {
+            return false;
+        };
+        if elapsed > Duration::ZERO {
+            let sample = elapsed.as_secs_f64() / n_tasks as f64;
+            self.seconds_per_task = Some(match self.seconds_per_task {
+                None => sample,
+                Some(previous) => 0.5 * previous + 0.5 * sample,
+            });
+        }
+        let key = if self.ordered {
+            id
+        } else {
+            self.arrivals += 1;
+            self.arrivals
+        };
+        self.ready.insert(key, value);
+        true
+    }
+
+    /// Forget a batch that will never complete (cancelled before it ran).
+    pub fn forget(&mut self, id: u64) {
+        self.in_flight.remove(&id);
+    }
+
+    /// The next finished batch to hand back: in submission order when ordered, else as completed.
+    pub fn pop_ready(&mut self) -> Option<T> {
+        if self.ordered {
+            let value = self.ready.remove(&self.next_out)?;
+            self.next_out += 1;
+            Some(value)
+        } else {
+            self.ready.pop_first().map(|(_, value)| value)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auto() -> BatchSizing {
+        BatchSizing::Auto {
+            target: Duration::from_millis(20),
+        }
+    }
+
+    #[test]
+    fn ordered_results_come_back_in_submission_order() {
+        let mut s = Scheduler::new(2, 4, BatchSizing::Fixed(1), true);
+        let ids: Vec<u64> = (0..3).map(|_| s.register(1)).collect();
+        s.complete(ids[2], Duration::ZERO, "c");
+        assert_eq!(s.pop_ready(), None);
+        s.complete(ids[0], Duration::ZERO, "a");
+        assert_eq!(s.pop_ready(), Some("a"));
+        assert_eq!(s.pop_ready(), None);
+        s.complete(ids[1], Duration::ZERO, "b");
+        assert_eq!(s.pop_ready(), Some("b"));
+        assert_eq!(s.pop_ready(), Some("c"));
+        assert!(s.is_drained());
+    }
+
+    #[test]
+    fn unordered_results_come_back_as_completed() {
+        let mut s = Scheduler::new(2, 4, BatchSizing::Fixed(1), false);
+        let a = s.register(1);
+        let b = s.register(1);
+        s.complete(b, Duration::ZERO, "b");
+        s.complete(a, Duration::ZERO, "a");
+        assert_eq!(s.pop_ready(), Some("b"));
+        assert_eq!(s.pop_ready(), Some("a"));
+    }
+
+    #[test]
+    fn pre_dispatch_bounds_the_batches_in_flight() {
+        let mut s: Scheduler<()> = Scheduler::new(2, 3, BatchSizing::Fixed(1), true);
+        for _ in 0..3 {
+            assert!(s.can_submit());
+            s.register(1);
+        }
+        assert!(!s.can_submit());
+        s.complete(0, Duration::ZERO, ());
+        assert!(s.can_submit());
+    }
+
+    #[test]
+    fn pre_dispatch_is_never_below_the_number_of_workers() {
+        let mut s: Scheduler<()> = Scheduler::new(4, 1, BatchSizing::Fixed(1), true);
+        for _ in 0..4 {
+            s.register(1);
+        }
+        assert!(!s.can_submit());
+        assert_eq!(s.n_in_flight(), 4);
+    }
+
+    #[test]
+    fn auto_sizing_starts_at_one_and_aims_at_the_target_duration() {
+        let mut s = Scheduler::new(2, 4, auto(), true);
+        assert_eq!(s.next_batch_size(None), 1);
+        let id = s.register(10);
+        s.complete(id, Duration::from_millis(10), ()); // 1 ms per task
+        assert_eq!(s.next_batch_size(None), 20);
+    }
+
+    #[test]
+    fn auto_sizing_is_capped_for_tiny_tasks() {
+        let mut s = Scheduler::new(2, 4, auto(), true);
+        let id = s.register(1000);
+        s.complete(id, Duration::from_nanos(1000), ());
+        assert_eq!(s.next_batch_size(None), MAX_AUTO_BATCH_SIZE);
+    }
+
+    #[test]
+    fn the_tail_is_split_across_workers() {
+        let mut s = Scheduler::new(2, 4, auto(), true);
+        let id = s.register(100);
+        s.complete(id, Duration::from_millis(100), ()); // 20 per batch
+        assert_eq!(s.next_batch_size(Some(1000)), 20);
+        assert_eq!(s.next_batch_size(Some(12)), 3);
+        assert_eq!(s.next_batch_size(Some(1)), 1);
+    }
+
+    #[test]
+    fn a_fixed_size_is_used_as_given() {
+        let s: Scheduler<()> = Scheduler::new(2, 4, BatchSizing::Fixed(7), true);
+        assert_eq!(s.next_batch_size(Some(3)), 7);
+    }
+
+    #[test]
+    fn completions_of_unknown_batches_are_ignored() {
+        let mut s = Scheduler::new(2, 4, BatchSizing::Fixed(1), true);
+        assert!(!s.complete(99, Duration::ZERO, ()));
+        assert!(s.is_drained());
+    }
+}

@@ -1,0 +1,157 @@
+//! Shared-memory segments: anonymous memfd files mapped into both processes.
+//!
+//! memfd only: a segment has no name in /dev/shm, so nothing outlives its last descriptor or
+//! mapping, even when a process is SIGKILLed.
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use memmap2::MmapMut;
+use nix::sys::memfd::{memfd_create, MFdFlags};
+
+/// A memfd of a fixed length, mapped read-write into this process.
+#[derive(Debug)]
+pub struct Segment {
+    file: File,
+    map: MmapMut,
+}
+
+impl Segment {
+    /// Create and map a zero-filled segment of `len` bytes.
+    pub fn create(name: &CStr, len: usize) -> io::Result<Self> {
+        let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC).map_err(io::Error::from)?;
+        let file = File::from(fd);
+        file.set_len(len as u64)?;
+        Self::map(file)
+    }
+
+    /// Map a segment received from another process.
+    pub fn open(fd: OwnedFd) -> io::Result<Self> {
+        Self::map(File::from(fd))
+    }
+
+    fn map(file: File) -> io::Result<Self> {
+        // SAFETY: the file is a memfd that only ferrojob processes hold; they agree on its layout
+        // and never truncate it, so the mapping stays backed for its whole life.
+        let map = unsafe { MmapMut::map_mut(&file)? };
+        Ok(Self { file, map })
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.map.as_mut_ptr()
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.map
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+impl AsFd for Segment {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+/// A worker's progress, published through shared memory so the parent can read it without a
+/// message — even after the worker has died.
+///
+/// Word 0 holds the id of the job being run, word 1 how many of its tasks have started. The worker
+/// bumps word 1 before each task (a single store), so the parent knows exactly which task a crash
+/// or a timeout belongs to, and when the current task began.
+#[derive(Debug)]
+pub struct StatusPage {
+    segment: Segment,
+}
+
+/// Index of the job-id word.
+pub const STATUS_JOB: usize = 0;
+/// Index of the tasks-started word.
+pub const STATUS_TASKS_STARTED: usize = 1;
+const STATUS_WORDS: usize = 8;
+
+impl StatusPage {
+    pub fn create() -> io::Result<Self> {
+        Ok(Self {
+            segment: Segment::create(c"ferrojob-status", STATUS_WORDS * 8)?,
+        })
+    }
+
+    pub fn open(fd: OwnedFd) -> io::Result<Self> {
+        let segment = Segment::open(fd)?;
+        if segment.len() < STATUS_WORDS * 8 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "status page is smaller than its layout",
+            ));
+        }
+        Ok(Self { segment })
+    }
+
+    fn word(&self, index: usize) -> &AtomicU64 {
+        assert!(index < STATUS_WORDS);
+        let base = self.segment.as_slice().as_ptr() as *const AtomicU64;
+        // SAFETY: the mapping is page-aligned, at least STATUS_WORDS words long (checked at
+        // creation/open) and lives as long as `self`; AtomicU64 has u64's layout and the other
+        // process only ever does aligned 8-byte stores to it.
+        unsafe { &*base.add(index) }
+    }
+
+    pub fn load(&self, index: usize) -> u64 {
+        self.word(index).load(Ordering::Acquire)
+    }
+
+    pub fn store(&self, index: usize, value: u64) {
+        self.word(index).store(value, Ordering::Release)
+    }
+
+    /// Start address of the words, for exposing them to the worker's Python code.
+    pub fn words_ptr(&mut self) -> *mut u64 {
+        self.segment.as_mut_ptr() as *mut u64
+    }
+
+    pub const fn n_words() -> usize {
+        STATUS_WORDS
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.segment.raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_page_is_shared_between_two_mappings() {
+        let page = StatusPage::create().unwrap();
+        let dup = page.segment.as_fd().try_clone_to_owned().unwrap();
+        let other = StatusPage::open(dup).unwrap();
+        page.store(STATUS_TASKS_STARTED, 41);
+        other.store(STATUS_JOB, 7);
+        assert_eq!(other.load(STATUS_TASKS_STARTED), 41);
+        assert_eq!(page.load(STATUS_JOB), 7);
+    }
+
+    #[test]
+    fn a_segment_starts_zeroed_and_has_its_length() {
+        let segment = Segment::create(c"t", 10_000).unwrap();
+        assert_eq!(segment.len(), 10_000);
+        assert!(segment.as_slice().iter().all(|&b| b == 0));
+    }
+}

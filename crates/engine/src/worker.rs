@@ -1,0 +1,102 @@
+//! The worker side of the protocol: receive jobs, hand them to a handler, send the replies.
+//!
+//! The handler (in ferrojob, Python code) only sees payload bytes; the loop owns the socket, the
+//! status page and the timing, so the parent learns the worker's compute time per job and can read
+//! which task is running without a message.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::time::Instant;
+
+use crate::pool::{WORKER_SOCKET_FD, WORKER_STATUS_FD};
+use crate::protocol::{Connection, Kind, ProtocolError};
+use crate::shm::{StatusPage, STATUS_JOB, STATUS_TASKS_STARTED};
+
+/// What the parent asked for.
+pub enum Request<'a> {
+    /// Set the worker up (sent once, first).
+    Init(&'a [u8]),
+    /// Run a job.
+    Task {
+        job: u64,
+        payload: &'a [u8],
+        fds: Vec<OwnedFd>,
+    },
+}
+
+/// The handler's answer to a task.
+pub enum Reply {
+    Done { payload: Vec<u8>, fds: Vec<RawFd> },
+    Failed { payload: Vec<u8> },
+}
+
+/// A worker's end of its parent connection.
+pub struct Endpoint {
+    conn: Connection,
+    status: StatusPage,
+}
+
+impl Endpoint {
+    /// Take over the descriptors the pool left at fds 3 (socket) and 4 (status page).
+    ///
+    /// # Safety
+    /// The caller must be a worker process started by [`crate::pool::Pool`] and call this at most
+    /// once: the descriptors are adopted as owned.
+    pub unsafe fn inherit() -> io::Result<Self> {
+        // SAFETY: per the contract above, the pool installed these descriptors for us alone.
+        let (socket, status) = unsafe {
+            (
+                OwnedFd::from_raw_fd(WORKER_SOCKET_FD),
+                OwnedFd::from_raw_fd(WORKER_STATUS_FD),
+            )
+        };
+        Ok(Self::new(Connection::from_owned_fd(socket), StatusPage::open(status)?))
+    }
+
+    pub fn new(conn: Connection, status: StatusPage) -> Self {
+        Self { conn, status }
+    }
+
+    /// The status page, so the handler can count the tasks it starts.
+    pub fn status_mut(&mut self) -> &mut StatusPage {
+        &mut self.status
+    }
+
+    /// Serve requests until the parent says `Shutdown` or closes the socket. A handler that
+    /// returns `None` for an `Init` request is fine; for a task it must reply.
+    pub fn serve<F>(&self, mut handler: F) -> Result<(), ProtocolError>
+    where
+        F: FnMut(Request<'_>, &StatusPage) -> Option<Reply>,
+    {
+        while let Some(frame) = self.conn.recv()? {
+            match frame.kind {
+                Kind::Init => {
+                    handler(Request::Init(&frame.payload), &self.status);
+                }
+                Kind::Task => {
+                    self.status.store(STATUS_TASKS_STARTED, 0);
+                    self.status.store(STATUS_JOB, frame.id);
+                    let started = Instant::now();
+                    let reply = handler(Request::Task {
+                        job: frame.id,
+                        payload: &frame.payload,
+                        fds: frame.fds,
+                    }, &self.status);
+                    let elapsed = started.elapsed().as_nanos() as u64;
+                    match reply {
+                        Some(Reply::Done { payload, fds }) => {
+                            self.conn.send(Kind::Done, frame.id, elapsed, &payload, &fds)?
+                        }
+                        Some(Reply::Failed { payload }) => {
+                            self.conn.send(Kind::Failed, frame.id, elapsed, &payload, &[])?
+                        }
+                        None => self.conn.send(Kind::Failed, frame.id, elapsed, &[], &[])?,
+                    }
+                }
+                Kind::Shutdown => return Ok(()),
+                Kind::Done | Kind::Failed => return Err(ProtocolError::UnknownKind(frame.kind as u8)),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,166 @@
+//! The pool against real worker processes (the echo worker binary of this crate).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use ferrojob_engine::pool::{Completion, Job, LossCause, Outcome, Pool, WorkerSpec};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn spec() -> WorkerSpec {
+    WorkerSpec {
+        program: env!("CARGO_BIN_EXE_ferrojob-echo-worker").into(),
+        args: vec![],
+        env: std::env::vars_os().collect(),
+        init: b"hello".to_vec(),
+    }
+}
+
+fn job(id: u64, command: &str) -> Job {
+    Job {
+        id,
+        payload: command.as_bytes().to_vec(),
+        fds: vec![],
+    }
+}
+
+fn next(pool: &Pool) -> Completion {
+    pool.recv(WAIT).expect("no completion within the test's patience")
+}
+
+fn payload(completion: &Completion) -> String {
+    match &completion.outcome {
+        Outcome::Done { payload, .. } => String::from_utf8(payload.clone()).unwrap(),
+        other => panic!("expected Done, got {other:?}"),
+    }
+}
+
+fn children_of_this_process() -> HashSet<i32> {
+    let mut children = HashSet::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let path = task.unwrap().path().join("children");
+        if let Ok(text) = std::fs::read_to_string(path) {
+            children.extend(text.split_whitespace().map(|pid| pid.parse::<i32>().unwrap()));
+        }
+    }
+    children
+}
+
+#[test]
+fn every_job_completes_once_with_its_own_reply() {
+    let pool = Pool::new(spec(), 2, None).unwrap();
+    for id in 0..50 {
+        pool.submit(job(id, &format!("echo:{id}"))).unwrap();
+    }
+    let mut seen = HashSet::new();
+    for _ in 0..50 {
+        let completion = next(&pool);
+        assert_eq!(payload(&completion), completion.job.to_string());
+        assert!(seen.insert(completion.job));
+    }
+    assert_eq!(pool.n_workers(), 2);
+}
+
+#[test]
+fn a_failed_job_is_reported_and_the_worker_keeps_serving() {
+    let pool = Pool::new(spec(), 1, None).unwrap();
+    pool.submit(job(1, "fail:boom")).unwrap();
+    pool.submit(job(2, "echo:after")).unwrap();
+    let failed = next(&pool);
+    assert!(matches!(&failed.outcome, Outcome::Failed { payload } if payload == b"boom"));
+    assert_eq!(payload(&next(&pool)), "after");
+}
+
+#[test]
+fn a_crashed_worker_loses_its_job_with_the_exit_code_and_is_replaced() {
+    let pool = Pool::new(spec(), 2, None).unwrap();
+    let before: HashSet<i32> = pool.pids().into_iter().collect();
+    pool.submit(job(1, "exit:7")).unwrap();
+    let lost = next(&pool);
+    let Outcome::Lost(loss) = &lost.outcome else {
+        panic!("expected a loss, got {lost:?}")
+    };
+    assert_eq!(loss.cause, LossCause::Exited(7));
+    assert!(before.contains(&loss.pid));
+    assert_eq!(pool.n_workers(), 1);
+    pool.ensure_workers(2).unwrap();
+    assert_eq!(pool.n_workers(), 2);
+    pool.submit(job(2, "echo:alive")).unwrap();
+    assert_eq!(payload(&next(&pool)), "alive");
+}
+
+#[test]
+fn a_worker_killed_by_a_signal_reports_the_signal() {
+    let pool = Pool::new(spec(), 1, None).unwrap();
+    pool.submit(job(1, "abort")).unwrap();
+    let lost = next(&pool);
+    assert!(matches!(
+        &lost.outcome,
+        Outcome::Lost(loss) if loss.cause == LossCause::Signaled(libc::SIGABRT)
+    ));
+}
+
+#[test]
+fn a_task_over_the_time_limit_is_killed_and_named() {
+    let pool = Pool::new(spec(), 1, None).unwrap();
+    // Three tasks: the first two are quick, the third outlasts the limit.
+    pool.submit(job(1, "tasks:3:1")).unwrap();
+    assert_eq!(payload(&next(&pool)), "tasks done");
+    pool.submit(job(2, "tasks:1:60000")).unwrap();
+    let limit = Duration::from_millis(200);
+    let completion = loop {
+        pool.enforce_task_timeout(limit);
+        if let Some(completion) = pool.recv(Duration::from_millis(20)) {
+            break completion;
+        }
+    };
+    let Outcome::Lost(loss) = &completion.outcome else {
+        panic!("expected a loss, got {completion:?}")
+    };
+    assert_eq!(loss.cause, LossCause::TimedOut(limit));
+    assert_eq!(loss.tasks_started, 1);
+}
+
+#[test]
+fn cancel_drops_the_queue_and_kills_busy_workers() {
+    let pool = Pool::new(spec(), 1, None).unwrap();
+    pool.submit(job(1, "sleep:60000")).unwrap();
+    pool.submit(job(2, "echo:never")).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(pool.cancel(), vec![2]);
+    let lost = next(&pool);
+    assert_eq!(lost.job, 1);
+    assert!(matches!(&lost.outcome, Outcome::Lost(loss) if loss.cause == LossCause::Cancelled));
+}
+
+#[test]
+fn ensure_workers_shrinks_and_grows_the_pool() {
+    let pool = Pool::new(spec(), 3, None).unwrap();
+    pool.ensure_workers(1).unwrap();
+    assert_eq!(pool.n_workers(), 1);
+    pool.ensure_workers(2).unwrap();
+    assert_eq!(pool.n_workers(), 2);
+}
+
+#[test]
+fn idle_workers_retire_after_the_idle_timeout() {
+    let pool = Pool::new(spec(), 2, Some(Duration::from_millis(100))).unwrap();
+    pool.submit(job(1, "echo:x")).unwrap();
+    next(&pool);
+    let deadline = std::time::Instant::now() + WAIT;
+    while pool.n_workers() > 0 {
+        assert!(std::time::Instant::now() < deadline, "workers never retired");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn shutdown_reaps_every_child() {
+    let pool = Pool::new(spec(), 3, None).unwrap();
+    let pids: HashSet<i32> = pool.pids().into_iter().collect();
+    pool.submit(job(1, "sleep:60000")).unwrap();
+    pool.shutdown(Duration::from_millis(200));
+    let remaining = children_of_this_process();
+    assert!(pids.is_disjoint(&remaining), "left behind: {remaining:?}");
+    assert!(pool.submit(job(2, "echo:x")).is_err());
+}
