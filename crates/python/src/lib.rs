@@ -1,0 +1,19 @@
+//! `ferrojob._core`: thin bindings of the engine. Converts types and errors, releases the GIL
+//! around engine work, and nothing else.
+
+mod errors;
+mod pool;
+mod scheduler;
+mod worker;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<pool::ProcessPool>()?;
+    m.add_class::<pool::Completion>()?;
+    m.add_class::<scheduler::Scheduler>()?;
+    m.add_function(wrap_pyfunction!(worker::serve_worker, m)?)?;
+    m.add("STATUS_TASKS_STARTED", ferrojob_engine::shm::STATUS_TASKS_STARTED)?;
+    Ok(())
+}

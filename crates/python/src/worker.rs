@@ -1,0 +1,85 @@
+//! The worker process's main loop: the engine serves the socket, Python runs the tasks.
+
+use std::os::raw::c_char;
+
+use ferrojob_engine::shm::StatusPage;
+use ferrojob_engine::worker::{Endpoint, Reply, Request};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::errors::EngineError;
+
+/// CPython's `PyBUF_WRITE` flag (object.h), not exported by pyo3's ffi module.
+const PYBUF_WRITE: std::os::raw::c_int = 0x200;
+
+/// Serve the parent until it says shutdown or goes away.
+///
+/// `on_init(payload, status)` runs once with the parent's set-up payload and a writable
+/// memoryview of the status words (word `STATUS_TASKS_STARTED` counts started tasks);
+/// `on_task(payload)` runs each job and returns `(ok, reply_bytes)`.
+///
+/// Must only be called in a process started by a `ProcessPool`, once.
+#[pyfunction]
+pub fn serve_worker(py: Python<'_>, on_init: Py<PyAny>, on_task: Py<PyAny>) -> PyResult<()> {
+    // SAFETY: `ferrojob._worker` calls this once, in a process the pool started with fds 3 and 4.
+    let endpoint = unsafe { Endpoint::inherit() }
+        .map_err(|e| pyo3::exceptions::PyOSError::new_err(e.to_string()))?;
+    // The endpoint (and its status mapping) lives until the process exits, so the memoryview
+    // handed to Python can never dangle.
+    let endpoint: &'static mut Endpoint = Box::leak(Box::new(endpoint));
+    let words = endpoint.status_mut().words_ptr();
+    let status_view = status_memoryview(py, words)?;
+    let endpoint: &'static Endpoint = endpoint;
+    let mut status_view = Some(status_view.unbind());
+
+    let served = py.detach(|| {
+        endpoint.serve(|request, _status| {
+            Python::attach(|py| match request {
+                Request::Init(payload) => {
+                    let view = status_view.take().expect("Init is sent once");
+                    if let Err(err) = on_init.call1(py, (PyBytes::new(py, payload), view)) {
+                        err.print(py);
+                    }
+                    None
+                }
+                Request::Task { payload, .. } => Some(run_task(py, &on_task, payload)),
+            })
+        })
+    });
+    served.map_err(|e| EngineError::from(e).into())
+}
+
+fn run_task(py: Python<'_>, on_task: &Py<PyAny>, payload: &[u8]) -> Reply {
+    let answer = on_task
+        .call1(py, (PyBytes::new(py, payload),))
+        .and_then(|answer| answer.extract::<(bool, Vec<u8>)>(py));
+    match answer {
+        Ok((true, payload)) => Reply::Done {
+            payload,
+            fds: Vec::new(),
+        },
+        Ok((false, payload)) => Reply::Failed { payload },
+        Err(err) => {
+            // The task runner catches task errors itself; reaching here is a bug in ferrojob.
+            err.print(py);
+            Reply::Failed {
+                payload: Vec::new(),
+            }
+        }
+    }
+}
+
+fn status_memoryview(py: Python<'_>, words: *mut u64) -> PyResult<Bound<'_, PyAny>> {
+    let len = StatusPage::n_words() * std::mem::size_of::<u64>();
+    let ptr = words as *mut c_char;
+    // SAFETY: `words` points to `len` bytes of a shared mapping that is never unmapped (the
+    // endpoint is leaked); the view is writable by design, and both processes only make aligned
+    // 8-byte stores/loads to it.
+    let view = unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            pyo3::ffi::PyMemoryView_FromMemory(ptr, len as isize, PYBUF_WRITE),
+        )?
+    };
+    view.call_method1("cast", ("Q",))
+}

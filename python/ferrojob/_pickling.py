@@ -1,0 +1,114 @@
+"""Pickling across the process boundary, and the errors that explain why something can't cross.
+
+Functions and arguments go out with cloudpickle (lambdas, closures and ``__main__`` functions by
+value, importable functions by reference), protocol 5. Results come back with plain pickle, and
+cloudpickle only when plain pickle refuses (a result holding a lambda, a local class).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import types
+from typing import Any, Callable
+
+from .errors import UnpicklableError, compose_message
+
+PROTOCOL = 5
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle ``obj`` for another process (cloudpickle, protocol 5)."""
+    import cloudpickle
+
+    return cloudpickle.dumps(obj, protocol=PROTOCOL)
+
+
+loads = pickle.loads
+
+
+def dumps_result(obj: Any) -> bytes:
+    """Pickle a worker's results: plain pickle first (fast, no import), cloudpickle if needed."""
+    try:
+        return pickle.dumps(obj, protocol=PROTOCOL)
+    except Exception:
+        return dumps(obj)
+
+
+def pickling_failure(obj: Any) -> BaseException | None:
+    """The error pickling ``obj`` raises, or None if it pickles."""
+    try:
+        dumps(obj)
+    except Exception as error:  # noqa: BLE001 - any failure is the answer
+        return error
+    return None
+
+
+def type_name(obj: Any) -> str:
+    cls = type(obj)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def _fix_for(obj: Any) -> tuple[str, ...]:
+    """The most likely fix for an object that cannot be pickled, by what it is."""
+    threading_hint = 'use backend="threading": threads share memory, nothing is pickled'
+    if _is_lock(obj):
+        return (threading_hint, "or create the lock inside the function, one per worker process")
+    if isinstance(obj, io.IOBase):
+        return ("pass the file's name and open it inside the function", f"or {threading_hint}")
+    if isinstance(obj, (types.GeneratorType, types.AsyncGeneratorType)):
+        return ("pass a list instead (list(...)), or the data the generator is made from",
+                f"or {threading_hint}")
+    return ("make the object picklable, or create it inside the function", f"or {threading_hint}")
+
+
+def _is_lock(obj: Any) -> bool:
+    import threading
+
+    lock_types = (type(threading.Lock()), type(threading.RLock()))
+    return isinstance(obj, lock_types) or type(obj).__name__ in {"Condition", "Semaphore", "Event"}
+
+
+def unpicklable_argument(
+    function: Callable[..., Any], args: tuple, kwargs: dict, task: str
+) -> UnpicklableError | None:
+    """Find the argument of one call that cannot be pickled and explain it; None if all pickle."""
+    name = getattr(function, "__qualname__", repr(function))
+    error = pickling_failure(function)
+    if error is not None:
+        return UnpicklableError(
+            compose_message(
+                f"cannot send the function {name!r} of {task} to a worker process: "
+                f"a {type_name(function)} cannot be pickled ({error})",
+                'define it at module level, or use backend="threading"',
+            ),
+            code="FJ101",
+        )
+    places = [(f"argument {i}", value) for i, value in enumerate(args)]
+    places += [(f"keyword argument {key!r}", value) for key, value in kwargs.items()]
+    for place, value in places:
+        error = pickling_failure(value)
+        if error is not None:
+            return UnpicklableError(
+                compose_message(
+                    f"cannot send {place} of {task} to a worker process: "
+                    f"an object of type {type_name(value)!r} cannot be pickled ({error})",
+                    *_fix_for(value),
+                ),
+                code="FJ101",
+            )
+    return None
+
+
+def unpicklable_result(result_type: str, task: str, reason: str) -> UnpicklableError:
+    """Explain why a task's result (of type ``result_type``) could not come back from its worker."""
+    return UnpicklableError(
+        compose_message(
+            f"the result of {task} cannot be sent back from its worker process: "
+            f"an object of type {result_type!r} cannot be pickled ({reason})",
+            "return plain data (numbers, strings, lists, dicts, arrays) from the function",
+            'or use backend="threading": threads share memory, nothing is pickled',
+        ),
+        code="FJ102",
+    )

@@ -1,0 +1,140 @@
+"""Reading delayed calls from the user's iterable and cutting them into batches.
+
+Every item is checked as it is read, so a misuse is reported with the item's position and value
+before anything runs on it. Batches are columnar: consecutive calls of one function become
+``(function, [args...], [kwargs...] or None)``, so the function is pickled once per batch.
+"""
+
+from __future__ import annotations
+
+import reprlib
+from itertools import islice
+from typing import Any, Callable, Iterable, Iterator
+
+Call = tuple  # (function, args, kwargs), as made by delayed(f)(*args, **kwargs)
+
+_repr = reprlib.Repr()
+_repr.maxstring = 40
+_repr.maxother = 40
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = 4
+
+
+def describe_call(call: Call) -> str:
+    """``my_function(3, key='a')`` — a short rendering of one call for error messages."""
+    function, args, kwargs = call
+    name = getattr(function, "__qualname__", None) or getattr(function, "__name__", None)
+    parts = [_repr.repr(arg) for arg in args]
+    parts += [f"{key}={_repr.repr(value)}" for key, value in kwargs.items()]
+    return f"{name or _repr.repr(function)}({', '.join(parts)})"
+
+
+class Batch:
+    """Consecutive tasks of one call; ``start`` is the index of the first one."""
+
+    __slots__ = ("start", "calls")
+
+    def __init__(self, start: int, calls: list[Call]) -> None:
+        self.start = start
+        self.calls = calls
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def describe(self, offset: int) -> str:
+        """``task 7: my_function(7)`` for the task at ``offset`` in this batch."""
+        offset = min(max(offset, 0), len(self.calls) - 1)
+        return f"task {self.start + offset}: {describe_call(self.calls[offset])}"
+
+    def columns(self) -> list[tuple[Callable[..., Any], list[tuple], list[dict] | None]]:
+        """Group consecutive calls of the same function (see the module docstring)."""
+        groups: list[tuple[Callable[..., Any], list[tuple], list[dict] | None]] = []
+        current = None
+        args_list: list[tuple] = []
+        kwargs_list: list[dict] = []
+        any_kwargs = False
+        for function, args, kwargs in self.calls:
+            if function is not current:
+                if current is not None:
+                    groups.append((current, args_list, kwargs_list if any_kwargs else None))
+                current, args_list, kwargs_list, any_kwargs = function, [], [], False
+            args_list.append(args)
+            kwargs_list.append(kwargs)
+            if kwargs:
+                any_kwargs = True
+        if current is not None:
+            groups.append((current, args_list, kwargs_list if any_kwargs else None))
+        return groups
+
+
+def run_calls(calls: Iterable[Call]) -> list[Any]:
+    """Run calls in this thread, in order."""
+    return [function(*args, **kwargs) for function, args, kwargs in calls]
+
+
+class TaskSource:
+    """The user's iterable of delayed calls, read ahead just enough to size the next batch.
+
+    ``reject(item, index)`` is called for an item that is not a delayed call; it raises.
+    """
+
+    def __init__(self, iterable: Iterable[Any], reject: Callable[[Any, int], Call]) -> None:
+        self._iterator: Iterator[Any] = iter(iterable)
+        self._reject = reject
+        self._buffer: list[Call] = []
+        self._read = 0  # items read from the iterator so far
+        self._handed_out = 0
+        self._iterator_done = False
+
+    @property
+    def exhausted(self) -> bool:
+        return self._iterator_done and not self._buffer
+
+    @property
+    def n_read(self) -> int:
+        return self._read
+
+    def fill(self, wanted: int) -> None:
+        """Read until ``wanted`` calls are buffered or the iterable ends."""
+        need = wanted - len(self._buffer)
+        if need <= 0 or self._iterator_done:
+            return
+        buffer = self._buffer
+        before = len(buffer)
+        append = buffer.append
+        for item in islice(self._iterator, need):
+            if (
+                type(item) is not tuple
+                or len(item) != 3
+                or type(item[1]) is not tuple
+                or type(item[2]) is not dict
+                or not callable(item[0])
+            ):
+                item = self._reject(item, self._read + len(buffer) - before)
+            append(item)
+        got = len(buffer) - before
+        self._read += got
+        if got < need:
+            self._iterator_done = True
+
+    def remaining_if_known(self) -> int | None:
+        """The exact number of calls left, once the iterable has ended."""
+        return len(self._buffer) if self._iterator_done else None
+
+    def take(self, n: int) -> Batch | None:
+        """The next ``n`` buffered calls as a batch (fewer at the end); None when none are left."""
+        if not self._buffer:
+            return None
+        calls = self._buffer[:n]
+        del self._buffer[:n]
+        batch = Batch(self._handed_out, calls)
+        self._handed_out += len(calls)
+        return batch
+
+    def __iter__(self) -> Iterator[Call]:
+        """Every remaining call, one at a time, validated (for in-process execution)."""
+        while True:
+            self.fill(1)
+            batch = self.take(1)
+            if batch is None:
+                return
+            yield batch.calls[0]

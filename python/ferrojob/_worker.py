@@ -1,0 +1,90 @@
+"""Worker process entry point: the Rust loop serves the socket, this module runs the tasks.
+
+Started by the pool as ``python -c "...; from ferrojob._worker import main; main()"``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import traceback
+from typing import Any
+
+from ._pickling import dumps_result, type_name
+
+_status: Any = None  # memoryview of the status words in shared memory
+_TASKS_STARTED = 1  # index of the tasks-started word (the engine's STATUS_TASKS_STARTED)
+
+
+def main() -> None:
+    from . import _core
+
+    assert _core.STATUS_TASKS_STARTED == _TASKS_STARTED
+    _core.serve_worker(_on_init, _run_job)
+
+
+def _on_init(payload: bytes, status: Any) -> None:
+    global _status
+    _status = status
+    settings = pickle.loads(payload)
+    sys.path[:] = settings["sys_path"]
+    try:
+        os.chdir(settings["cwd"])
+    except OSError:
+        pass
+
+
+def _run_job(payload: bytes) -> tuple[bool, bytes]:
+    """Run one batch; ``(True, pickled results)`` or ``(False, pickled failure report)``."""
+    status, slot = _status, _TASKS_STARTED
+    started = 0
+    results: list[Any] = []
+    append = results.append
+    try:
+        for function, args_list, kwargs_list in pickle.loads(payload):
+            if kwargs_list is None:
+                for args in args_list:
+                    started += 1
+                    status[slot] = started
+                    append(function(*args))
+            else:
+                for args, kwargs in zip(args_list, kwargs_list):
+                    started += 1
+                    status[slot] = started
+                    append(function(*args, **kwargs))
+    except Exception as error:  # SystemExit and KeyboardInterrupt end the worker, as they should
+        return False, _raised(error, started - 1)
+    finally:
+        _flush_output()
+    try:
+        return True, dumps_result(results)
+    except Exception:
+        return False, _unpicklable_result(results)
+
+
+def _raised(error: Exception, offset: int) -> bytes:
+    try:
+        exception_bytes: bytes | None = dumps_result(error)
+    except Exception:
+        exception_bytes = None
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    report = ("raised", offset, exception_bytes, type_name(error), str(error), text)
+    return pickle.dumps(report, protocol=5)
+
+
+def _unpicklable_result(results: list[Any]) -> bytes:
+    for offset, value in enumerate(results):
+        try:
+            dumps_result(value)
+        except Exception as error:
+            return pickle.dumps(("result", offset, type_name(value), str(error)), protocol=5)
+    return pickle.dumps(("result", 0, "list", "the results could not be pickled together"))
+
+
+def _flush_output() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, ValueError, OSError):
+            pass

@@ -1,0 +1,123 @@
+"""The backend registry: names → backend factories.
+
+ferrojob's Rust process pool answers to "loky" (joblib's default name), "processes" and
+"multiprocessing", so joblib code runs unchanged.
+
+Example::
+
+    >>> from ferrojob import register_parallel_backend
+    >>> from ferrojob.backends.threads import ThreadingBackend
+    >>> register_parallel_backend("my_threads", ThreadingBackend)
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable
+
+from ..errors import InvalidParameterError, UnknownBackendError, compose_message
+from .base import Backend, CallOptions, Completion, Session
+
+__all__ = [
+    "Backend",
+    "CallOptions",
+    "Completion",
+    "Session",
+    "check_backend_name",
+    "get_backend",
+    "register_parallel_backend",
+    "DEFAULT_BACKEND",
+]
+
+DEFAULT_BACKEND = "loky"
+
+
+def _processes() -> Backend:
+    from .processes import ProcessBackend
+
+    return ProcessBackend()
+
+
+def _threading() -> Backend:
+    from .threads import ThreadingBackend
+
+    return ThreadingBackend()
+
+
+def _sequential() -> Backend:
+    from .sequential import SequentialBackend
+
+    return SequentialBackend()
+
+
+_FACTORIES: dict[str, Callable[[], Backend]] = {
+    "loky": _processes,
+    "processes": _processes,
+    "multiprocessing": _processes,
+    "threading": _threading,
+    "sequential": _sequential,
+}
+_INSTANCES: dict[str, Backend] = {}
+
+
+def register_parallel_backend(
+    name: str, factory: Callable[[], Backend], make_default: bool = False
+) -> None:
+    """Make ``factory()`` (a ``ferrojob.backends.Backend``) available as ``backend=name``.
+
+    ``make_default=True`` also makes it the default backend of ``Parallel``.
+
+    Example::
+
+        >>> from ferrojob import register_parallel_backend
+        >>> from ferrojob.backends.threads import ThreadingBackend
+        >>> register_parallel_backend("threads2", ThreadingBackend)
+    """
+    global DEFAULT_BACKEND
+    if not isinstance(name, str) or not name:
+        raise InvalidParameterError(f"a backend name must be a non-empty string, got {name!r}")
+    if not callable(factory):
+        raise InvalidParameterError(
+            f"register_parallel_backend({name!r}, ...) needs a factory (a Backend class or a "
+            f"function returning a Backend), got {factory!r}"
+        )
+    _FACTORIES[name] = factory
+    _INSTANCES.pop(name, None)
+    if make_default:
+        DEFAULT_BACKEND = name
+
+
+def check_backend_name(name: Any) -> None:
+    """Raise ``UnknownBackendError`` (a ``ValueError``) listing the valid names."""
+    if isinstance(name, Backend):
+        return
+    if isinstance(name, str) and name in _FACTORIES:
+        return
+    valid = sorted(_FACTORIES)
+    listing = ", ".join(repr(n) for n in valid)
+    close = difflib.get_close_matches(str(name), valid, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise UnknownBackendError(
+        compose_message(
+            f"unknown backend {name!r}.",
+            f"{hint}valid backends are {listing};",
+            "register your own with register_parallel_backend(name, factory)",
+        ),
+        code="FJ202",
+    )
+
+
+def get_backend(name: str | Backend) -> Backend:
+    """The backend registered as ``name`` (created once, then reused)."""
+    if isinstance(name, Backend):
+        return name
+    check_backend_name(name)
+    backend = _INSTANCES.get(name)
+    if backend is None:
+        backend = _INSTANCES[name] = _FACTORIES[name]()
+        if not isinstance(backend, Backend):
+            raise InvalidParameterError(
+                f"the factory registered for backend {name!r} returned {backend!r}, "
+                "not a ferrojob.backends.Backend"
+            )
+    return backend

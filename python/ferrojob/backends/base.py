@@ -1,0 +1,78 @@
+"""What a backend is: something that opens a session which runs batches of calls.
+
+The driver in ``ferrojob.parallel`` owns everything common to all backends — reading the user's
+iterable, batch sizes, pre-dispatch, ordering, progress and aborting on errors (the bookkeeping
+lives in the Rust ``Scheduler``) — so a backend only has to run batches.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from .._tasks import Batch
+
+
+class Completion(NamedTuple):
+    """A finished batch: its id, its results in order, and the worker time it took (seconds)."""
+
+    batch_id: int
+    results: list
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """Settings of a call that backends may honour."""
+
+    timeout: float | None = None
+    inner_max_num_threads: int | None = None
+    backend_params: dict[str, Any] = field(default_factory=dict)
+
+
+class Session(ABC):
+    """A backend at work: it accepts batches and hands back completions.
+
+    ``wait`` raises the error of a failed batch (the task's own exception, or a ferrojob error for
+    a crash or a timeout); after that the driver calls ``abort``.
+    """
+
+    n_workers: int = 1
+
+    def begin(self) -> None:
+        """Called at the start of every call made in this session (e.g. to replace dead workers)."""
+
+    @abstractmethod
+    def submit(self, batch_id: int, batch: Batch) -> None: ...
+
+    @abstractmethod
+    def wait(self) -> Completion: ...
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Drop queued batches and stop running ones; later completions of them are ignored."""
+
+    def close(self) -> None:
+        """Release what the session holds; called once, when the call or the ``with`` block ends."""
+
+
+class Backend(ABC):
+    """A way to run batches: in this process, in threads, in worker processes, on a cluster."""
+
+    #: The name ``Parallel(backend=...)`` selects it by.
+    name: str = ""
+    #: Tasks can share (and mutate) the caller's objects, as required by ``require="sharedmem"``.
+    supports_sharedmem: bool = False
+    #: Tasks run one after another in the calling thread (no session, no pickling).
+    in_process: bool = False
+
+    def effective_n_jobs(self, n_jobs: int) -> int:
+        """How many workers this backend will use for a positive ``n_jobs``."""
+        return n_jobs
+
+    @abstractmethod
+    def open(self, n_jobs: int, options: CallOptions) -> Session: ...
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

@@ -1,0 +1,270 @@
+"""The process backend: batches run in warm worker processes managed by the Rust pool.
+
+One pool per interpreter is kept warm between calls (its workers retire after
+``IDLE_TIMEOUT`` seconds without work). A call that finds it busy — another thread is using it —
+gets a private pool for its duration.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import pickle
+import signal
+import sys
+import threading
+from typing import Any, Callable
+
+from .. import _pickling
+from .._core import Completion as EngineCompletion
+from .._core import ProcessPool
+from .._tasks import Batch
+from ..cpus import cpu_count
+from ..errors import (
+    RemoteTraceback,
+    TaskTimeoutError,
+    UnpicklableError,
+    WorkerCrashedError,
+    compose_message,
+)
+from .base import Backend, CallOptions, Completion, Session
+
+#: Seconds without work after which warm workers exit.
+IDLE_TIMEOUT = 300.0
+#: Environment variable set in every worker (nested calls there run sequentially).
+WORKER_MARK = "FERROJOB_WORKER"
+_THREAD_LIMIT_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+_JOB_IDS = itertools.count()
+
+
+def in_worker() -> bool:
+    """Whether this process is a ferrojob worker."""
+    return os.environ.get(WORKER_MARK) == "1"
+
+
+class ProcessBackend(Backend):
+    """ferrojob's engine: Rust-managed worker processes (also answers to "loky" and
+    "multiprocessing")."""
+
+    name = "loky"
+
+    def effective_n_jobs(self, n_jobs: int) -> int:
+        # Nested inside a worker, run sequentially instead of multiplying processes.
+        return 1 if in_worker() else n_jobs
+
+    def open(self, n_jobs: int, options: CallOptions) -> Session:
+        return ProcessSession(n_jobs, options)
+
+
+def worker_environment(n_workers: int, inner_max_num_threads: int | None) -> dict[str, str]:
+    """The parent's environment, plus BLAS/OpenMP thread caps so workers don't oversubscribe."""
+    env = dict(os.environ)
+    threads = inner_max_num_threads or max(cpu_count() // max(n_workers, 1), 1)
+    for var in _THREAD_LIMIT_VARS:
+        if inner_max_num_threads is not None or var not in env:
+            env[var] = str(threads)
+    env[WORKER_MARK] = "1"
+    return env
+
+
+def _worker_command() -> tuple[str, list[str]]:
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    bootstrap = (
+        f"import sys; sys.path.insert(0, {package_parent!r}); "
+        "from ferrojob._worker import main; main()"
+    )
+    return sys.executable, ["-c", bootstrap]
+
+
+def _init_payload() -> bytes:
+    return pickle.dumps({"sys_path": list(sys.path), "cwd": os.getcwd()})
+
+
+class _SharedPool:
+    """The interpreter's warm pool, lent to one call (or ``with Parallel``) at a time."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pool: ProcessPool | None = None
+        self.key: tuple | None = None
+
+    def acquire(self, n_workers: int, env: dict[str, str]) -> tuple[ProcessPool, Callable[[], None]]:
+        program, args = _worker_command()
+        if not self.lock.acquire(blocking=False):
+            pool = ProcessPool(program, args, list(env.items()), _init_payload(), n_workers)
+            return pool, pool.shutdown
+        try:
+            key = (program, tuple(sorted(env.items())))
+            if self.pool is None or self.key != key:
+                self.shutdown()
+                self.pool = ProcessPool(
+                    program, args, list(env.items()), _init_payload(), n_workers, IDLE_TIMEOUT
+                )
+                self.key = key
+            else:
+                self.pool.ensure_workers(n_workers)
+        except BaseException:
+            self.lock.release()
+            raise
+        return self.pool, self.lock.release
+
+    def shutdown(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
+
+    def forget_after_fork(self) -> None:
+        # The workers belong to the parent; the engine leaves them alone in a child.
+        self.lock = threading.Lock()
+        self.pool = None
+        self.key = None
+
+
+_SHARED = _SharedPool()
+atexit.register(_SHARED.shutdown)
+os.register_at_fork(after_in_child=_SHARED.forget_after_fork)
+
+
+class ProcessSession(Session):
+    def __init__(self, n_workers: int, options: CallOptions) -> None:
+        self.n_workers = n_workers
+        self._timeout = options.timeout
+        env = worker_environment(n_workers, options.inner_max_num_threads)
+        self._pool, self._release = _SHARED.acquire(n_workers, env)
+        self._jobs: dict[int, tuple[int, Batch]] = {}
+
+    def begin(self) -> None:
+        if self._pool.n_workers != self.n_workers:
+            self._pool.ensure_workers(self.n_workers)
+
+    def submit(self, batch_id: int, batch: Batch) -> None:
+        try:
+            payload = _pickling.dumps(batch.columns())
+        except Exception as error:
+            raise _explain_unpicklable_batch(batch, error) from error
+        job = next(_JOB_IDS)
+        self._jobs[job] = (batch_id, batch)
+        self._pool.submit(job, payload)
+
+    def wait(self) -> Completion:
+        while True:
+            completion = self._pool.wait(None, self._timeout)
+            if completion is None:
+                continue
+            entry = self._jobs.pop(completion.job, None)
+            if entry is None:  # a job of an aborted call
+                continue
+            batch_id, batch = entry
+            if completion.kind == "done":
+                return Completion(batch_id, _load_results(completion, batch), completion.elapsed)
+            raise _job_error(completion, batch, self._timeout)
+
+    def abort(self) -> None:
+        if self._jobs:
+            self._pool.cancel()
+            self._jobs.clear()
+
+    def close(self) -> None:
+        self.abort()
+        self._release()
+
+
+def _explain_unpicklable_batch(batch: Batch, error: Exception) -> Exception:
+    for offset, (function, args, kwargs) in enumerate(batch.calls):
+        explained = _pickling.unpicklable_argument(function, args, kwargs, batch.describe(offset))
+        if explained is not None:
+            return explained
+    return error
+
+
+def _load_results(completion: EngineCompletion, batch: Batch) -> list[Any]:
+    try:
+        return pickle.loads(completion.payload)
+    except Exception as error:
+        raise UnpicklableError(
+            compose_message(
+                f"the results of tasks {batch.start}..{batch.start + len(batch) - 1} came back "
+                f"from the worker but cannot be loaded here: {type(error).__name__}: {error}",
+                "a result refers to something this process cannot import;",
+                "return plain data, or make the module importable in the parent",
+            ),
+            code="FJ102",
+        ) from error
+
+
+def _job_error(completion: EngineCompletion, batch: Batch, timeout: float | None) -> BaseException:
+    kind = completion.kind
+    if kind == "failed":
+        return _task_failure(completion.payload, batch)
+    running = completion.tasks_started - 1
+    if kind == "timeout":
+        return TaskTimeoutError(
+            compose_message(
+                f"{batch.describe(running)} ran longer than timeout={timeout:g} s; "
+                f"its worker (pid {completion.pid}) was stopped.",
+                "the other tasks of this call were cancelled; raise Parallel(timeout=...)",
+                "or split the work into shorter tasks",
+            ),
+            code="FJ302",
+        )
+    if kind == "exited":
+        how = f"exited with code {completion.code}"
+        hint = "os._exit() or sys.exit() inside a task ends its worker process"
+    elif kind == "signaled":
+        how = f"was killed by signal {_signal_name(completion.code)}"
+        hint = (
+            "SIGSEGV/SIGBUS usually come from a C extension, SIGKILL from the out-of-memory killer"
+        )
+    else:
+        how = "disappeared"
+        hint = "another part of the program may have reaped it (os.wait)"
+    where = (
+        batch.describe(running)
+        if completion.tasks_started > 0
+        else f"tasks {batch.start}..{batch.start + len(batch) - 1} (before the first one started)"
+    )
+    return WorkerCrashedError(
+        compose_message(
+            f"worker process {completion.pid} {how} while running {where}.",
+            hint + ";",
+            "the pool replaced the worker and cancelled the other tasks of this call",
+        ),
+        code="FJ301",
+    )
+
+
+def _signal_name(number: int | None) -> str:
+    try:
+        return f"{signal.Signals(number).name} ({number})"  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        return str(number)
+
+
+def _task_failure(payload: bytes | None, batch: Batch) -> BaseException:
+    """Rebuild the error a worker reported (see ``ferrojob._worker``)."""
+    if not payload:
+        return RuntimeError("a ferrojob worker failed without a report (an internal error)")
+    report = pickle.loads(payload)
+    if report[0] == "result":
+        _, offset, type_name, reason = report
+        return _pickling.unpicklable_result(type_name, batch.describe(offset), reason)
+    _, offset, exception_bytes, type_name, message, traceback_text = report
+    exception: BaseException | None = None
+    if exception_bytes is not None:
+        try:
+            exception = pickle.loads(exception_bytes)
+        except Exception:
+            exception = None
+    if not isinstance(exception, BaseException):
+        exception = RuntimeError(f"{type_name}: {message}")
+    header = f"Traceback of {batch.describe(offset)} in its worker process:\n"
+    exception.__cause__ = RemoteTraceback(header + traceback_text)
+    return exception

@@ -1,0 +1,146 @@
+"""``parallel_config``: defaults for every ``Parallel`` created inside a ``with`` block.
+
+Example::
+
+    >>> from ferrojob import Parallel, delayed, parallel_config
+    >>> with parallel_config(backend="threading", n_jobs=2):
+    ...     Parallel()(delayed(abs)(-i) for i in range(3))
+    [0, 1, 2]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+__all__ = ["parallel_backend", "parallel_config", "current_config", "DEFAULT", "is_default"]
+
+
+class _Default:
+    """Marks a parameter the user did not pass (so outer settings apply)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "default"
+
+
+DEFAULT: Any = _Default()
+
+
+def is_default(value: Any) -> bool:
+    return value is DEFAULT
+
+
+@dataclass(frozen=True)
+class Config:
+    backend: Any = DEFAULT
+    n_jobs: Any = DEFAULT
+    verbose: Any = DEFAULT
+    temp_folder: Any = DEFAULT
+    max_nbytes: Any = DEFAULT
+    mmap_mode: Any = DEFAULT
+    prefer: Any = DEFAULT
+    require: Any = DEFAULT
+    inner_max_num_threads: Any = DEFAULT
+    backend_params: dict = field(default_factory=dict)
+
+
+_CONFIG: contextvars.ContextVar[Config] = contextvars.ContextVar("ferrojob_config", default=Config())
+
+
+def current_config() -> Config:
+    """The settings in force in this thread/context."""
+    return _CONFIG.get()
+
+
+class parallel_config(contextlib.ContextDecorator):
+    """Set defaults for ``Parallel`` calls inside a ``with`` block (or a decorated function).
+
+    Parameters left out keep the value of the enclosing configuration. ``backend``: a registered
+    backend name ("loky"/"processes"/"multiprocessing" for ferrojob's process pool, "threading",
+    "sequential", or a registered custom backend); ``n_jobs``, ``verbose``, ``prefer`` and
+    ``require`` as in ``Parallel``; ``temp_folder``, ``max_nbytes`` and ``mmap_mode`` as in joblib;
+    ``inner_max_num_threads`` caps BLAS/OpenMP threads in each worker; extra keywords are handed
+    to the backend.
+
+    Example::
+
+        >>> from ferrojob import Parallel, delayed, parallel_config
+        >>> @parallel_config(backend="threading")
+        ... def run():
+        ...     return Parallel(n_jobs=2)(delayed(abs)(-1) for _ in range(2))
+        >>> run()
+        [1, 1]
+    """
+
+    def __init__(
+        self,
+        backend: Any = DEFAULT,
+        *,
+        n_jobs: Any = DEFAULT,
+        verbose: Any = DEFAULT,
+        temp_folder: Any = DEFAULT,
+        max_nbytes: Any = DEFAULT,
+        mmap_mode: Any = DEFAULT,
+        prefer: Any = DEFAULT,
+        require: Any = DEFAULT,
+        inner_max_num_threads: Any = DEFAULT,
+        **backend_params: Any,
+    ) -> None:
+        from .backends import check_backend_name
+        from .parallel import check_n_jobs, check_prefer_require
+
+        if not is_default(backend):
+            check_backend_name(backend)
+        if not is_default(n_jobs):
+            check_n_jobs(n_jobs)
+        check_prefer_require(prefer, require)
+        self._changes = {
+            key: value
+            for key, value in dict(
+                backend=backend,
+                n_jobs=n_jobs,
+                verbose=verbose,
+                temp_folder=temp_folder,
+                max_nbytes=max_nbytes,
+                mmap_mode=mmap_mode,
+                prefer=prefer,
+                require=require,
+                inner_max_num_threads=inner_max_num_threads,
+            ).items()
+            if not is_default(value)
+        }
+        self._backend_params = backend_params
+        self._tokens: list[contextvars.Token[Config]] = []
+
+    def __enter__(self) -> Config:
+        outer = _CONFIG.get()
+        params = dict(outer.backend_params, **self._backend_params)
+        config = replace(outer, backend_params=params, **self._changes)
+        self._tokens.append(_CONFIG.set(config))
+        return config
+
+    def __exit__(self, *exc_info: object) -> None:
+        _CONFIG.reset(self._tokens.pop())
+
+
+def parallel_backend(
+    backend: Any,
+    n_jobs: int = -1,
+    inner_max_num_threads: int | None = None,
+    **backend_params: Any,
+) -> parallel_config:
+    """The older spelling of ``parallel_config(backend=..., n_jobs=-1)`` (joblib < 1.3).
+
+    Example::
+
+        >>> from ferrojob import Parallel, delayed, parallel_backend
+        >>> with parallel_backend("threading", n_jobs=2):
+        ...     Parallel()(delayed(abs)(-2) for _ in range(1))
+        [2]
+    """
+    extra = {} if inner_max_num_threads is None else {"inner_max_num_threads": inner_max_num_threads}
+    return parallel_config(backend, n_jobs=n_jobs, **extra, **backend_params)

@@ -1,0 +1,116 @@
+"""Exception types of ferrojob.
+
+Every error subclasses the builtin a joblib user already catches (``TypeError``, ``ValueError``,
+``TimeoutError``, ``RuntimeError``), so existing ``except`` clauses keep working, and carries a
+stable ``code`` naming its kind. Messages follow rustc's shape: what happened, then a ``help:``
+line with the corrected call.
+
+Example::
+
+    >>> from ferrojob import Parallel
+    >>> try:
+    ...     Parallel(n_jobs=2)(abs)
+    ... except TypeError as error:
+    ...     print(error.code)
+    FJ001
+"""
+
+from __future__ import annotations
+
+import pickle
+
+__all__ = [
+    "FerrojobError",
+    "InvalidParameterError",
+    "ParallelUsageError",
+    "RemoteTraceback",
+    "TaskTimeoutError",
+    "UnknownBackendError",
+    "UnpicklableError",
+    "WorkerCrashedError",
+    "compose_message",
+]
+
+
+def compose_message(summary: str, *help_lines: str) -> str:
+    """Join a one-line summary and an indented ``help:`` block into a message."""
+    if not help_lines:
+        return summary
+    first, *rest = help_lines
+    lines = [summary, f"  help: {first}"]
+    lines.extend(f"        {line}" for line in rest)
+    return "\n".join(lines)
+
+
+class FerrojobError(Exception):
+    """Base class of every ferrojob error; ``code`` names the kind (``"FJ001"``, ...)."""
+
+    code: str = "FJ000"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    def __reduce__(self):  # keep the code when the error crosses a process boundary
+        return (_rebuild, (type(self), str(self), self.code))
+
+
+def _rebuild(cls, message, code):
+    return cls(message, code=code)
+
+
+class ParallelUsageError(FerrojobError, TypeError):
+    """``Parallel`` or ``delayed`` was called with something they cannot run.
+
+    Codes: FJ001 not an iterable of delayed calls, FJ002 an item is not a delayed call (forgot
+    ``delayed``), FJ003 ``delayed(f)`` not called, FJ004 an item is a bare function, FJ005
+    ``delayed`` of a non-callable, FJ006 a single delayed call instead of an iterable of them.
+    """
+
+    code = "FJ001"
+
+
+class UnpicklableError(FerrojobError, TypeError, pickle.PicklingError):
+    """An argument (FJ101) or a result (FJ102) cannot cross the process boundary."""
+
+    code = "FJ101"
+
+
+class InvalidParameterError(FerrojobError, ValueError):
+    """A parameter of ``Parallel`` or ``parallel_config`` has an invalid value (FJ201)."""
+
+    code = "FJ201"
+
+
+class UnknownBackendError(InvalidParameterError):
+    """No backend is registered under the requested name (FJ202)."""
+
+    code = "FJ202"
+
+
+class WorkerCrashedError(FerrojobError, RuntimeError):
+    """A worker process died while running a task (FJ301): a segfault, ``os._exit``, an OOM kill."""
+
+    code = "FJ301"
+
+
+class TaskTimeoutError(FerrojobError, TimeoutError):
+    """A task ran longer than ``Parallel(timeout=...)`` seconds; its worker was stopped (FJ302)."""
+
+    code = "FJ302"
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker, attached as ``__cause__``.
+
+    Python prints it above the re-raised exception ("The above exception was the direct cause"),
+    so the user sees where in their function the error happened.
+    """
+
+    def __init__(self, traceback_text: str) -> None:
+        super().__init__(traceback_text)
+        self.traceback_text = traceback_text
+
+    def __str__(self) -> str:
+        return "\n\n" + self.traceback_text.rstrip()

@@ -1,0 +1,399 @@
+"""``Parallel`` and ``delayed``: joblib's API, on ferrojob's engine.
+
+Example::
+
+    >>> from ferrojob import Parallel, delayed
+    >>> Parallel(n_jobs=2)(delayed(pow)(i, 2) for i in range(5))
+    [0, 1, 4, 9, 16]
+"""
+
+from __future__ import annotations
+
+import ast
+import numbers
+import operator
+from collections.abc import Iterable
+from typing import Any, Callable, Generator
+
+from . import _misuse
+from ._core import Scheduler
+from ._progress import Progress
+from ._tasks import TaskSource
+from .backends import DEFAULT_BACKEND, Backend, CallOptions, Session, check_backend_name, get_backend
+from .config import DEFAULT, current_config, is_default
+from .cpus import cpu_count
+from .errors import InvalidParameterError, compose_message
+
+__all__ = ["Parallel", "delayed", "effective_n_jobs"]
+
+RETURN_AS = ("list", "generator", "generator_unordered")
+_STARTED = object()  # first value of the result generator: dispatch has begun
+
+
+def delayed(function: Callable[..., Any]) -> _misuse.DelayedFunction:
+    """Capture a function so that ``delayed(f)(*args, **kwargs)`` describes a call to run later.
+
+    The call is the tuple ``(f, args, kwargs)``, as in joblib; ``Parallel`` runs an iterable of
+    them.
+
+    Example::
+
+        >>> from ferrojob import delayed
+        >>> delayed(pow)(2, 3)
+        (<built-in function pow>, (2, 3), {})
+    """
+    if isinstance(function, _misuse.DelayedFunction):
+        return function
+    if not callable(function):
+        raise _misuse.not_callable(function)
+    return _misuse.DelayedFunction(function)
+
+
+def _invalid(summary: str, *help_lines: str) -> InvalidParameterError:
+    return InvalidParameterError(compose_message(summary, *help_lines), code="FJ201")
+
+
+def check_n_jobs(n_jobs: Any) -> None:
+    """Raise ``InvalidParameterError`` (a ``ValueError``) for an ``n_jobs`` that means nothing."""
+    if n_jobs is None:
+        return
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, numbers.Integral):
+        raise _invalid(
+            f"n_jobs must be an integer or None, got {n_jobs!r} ({type(n_jobs).__name__}).",
+            "n_jobs=2 for two workers, n_jobs=-1 for all CPUs, n_jobs=None for the default",
+        )
+    if n_jobs == 0:
+        raise _invalid(
+            "n_jobs=0 is not a number of workers.",
+            "use n_jobs=1 to run in this process, n_jobs=2 (or more) for that many workers,",
+            "n_jobs=-1 for all CPUs, or n_jobs=None for the default (1, or parallel_config's)",
+        )
+
+
+def check_prefer_require(prefer: Any, require: Any) -> None:
+    if not (is_default(prefer) or prefer in (None, "processes", "threads")):
+        raise _invalid(
+            f"prefer={prefer!r} is not a valid preference.",
+            'use prefer="processes", prefer="threads" or prefer=None',
+        )
+    if not (is_default(require) or require in (None, "sharedmem")):
+        raise _invalid(
+            f"require={require!r} is not a valid requirement.",
+            'use require="sharedmem" (tasks must share memory: threads) or require=None',
+        )
+
+
+def resolve_n_jobs(n_jobs: int | None) -> int:
+    """Turn joblib's n_jobs convention into a worker count (None → 1, -1 → all CPUs, ...)."""
+    check_n_jobs(n_jobs)
+    if n_jobs is None:
+        return 1
+    if n_jobs < 0:
+        return max(cpu_count() + 1 + int(n_jobs), 1)
+    return int(n_jobs)
+
+
+def effective_n_jobs(n_jobs: int | None = -1) -> int:
+    """The number of workers a ``Parallel(n_jobs=n_jobs)`` call would use here and now.
+
+    Example::
+
+        >>> from ferrojob import cpu_count, effective_n_jobs
+        >>> effective_n_jobs(-1) == cpu_count()
+        True
+    """
+    config = current_config()
+    if n_jobs is None and not is_default(config.n_jobs):
+        n_jobs = config.n_jobs
+    backend = get_backend(DEFAULT_BACKEND if is_default(config.backend) else config.backend)
+    return backend.effective_n_jobs(resolve_n_jobs(n_jobs))
+
+
+_ARITHMETIC = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.FloorDiv: operator.floordiv,
+    ast.Div: operator.truediv,
+}
+
+
+def _evaluate_pre_dispatch(expression: str, n_jobs: int) -> int:
+    """Evaluate joblib's ``pre_dispatch`` expression ("2 * n_jobs") without ``eval``."""
+
+    def value(node: ast.AST) -> float:
+        if isinstance(node, ast.Expression):
+            return value(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return node.value
+        if isinstance(node, ast.Name) and node.id == "n_jobs":
+            return n_jobs
+        if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
+            return _ARITHMETIC[type(node.op)](value(node.left), value(node.right))
+        raise ValueError(expression)
+
+    try:
+        return max(int(value(ast.parse(expression, mode="eval"))), 1)
+    except (ValueError, SyntaxError, ZeroDivisionError):
+        raise _invalid(
+            f"pre_dispatch={expression!r} is not a number of batches.",
+            'use an integer, "all", or an expression of n_jobs such as "2 * n_jobs"',
+        ) from None
+
+
+class Parallel:
+    """Run an iterable of delayed calls on workers and collect their results in order.
+
+    Parameters (same meaning as in joblib 1.6):
+        n_jobs: workers to use. None → 1 (or the value set by ``parallel_config``); -1 → all
+            CPUs, -2 → all but one, ...; 1 runs in this process, like a for loop.
+        backend: "loky", "processes" or "multiprocessing" (ferrojob's Rust process pool),
+            "threading", "sequential", or a name registered with ``register_parallel_backend``.
+        return_as: "list" (default), "generator" (ordered, lazy: the input is read as results are
+            consumed) or "generator_unordered" (results as they complete).
+        prefer: "processes" or "threads": a soft hint used when no backend is chosen.
+        require: "sharedmem" forces a backend whose tasks share memory (threads).
+        verbose: print progress lines to stderr (>= 10: one per batch; >= 50: to stdout).
+        timeout: seconds a single task may run; a stuck process worker is killed and the call
+            raises ``TaskTimeoutError`` (a ``TimeoutError``).
+        pre_dispatch: batches dispatched ahead of results: an int, "all" or an expression of
+            n_jobs (default "2 * n_jobs").
+        batch_size: tasks per batch, or "auto" to size batches from measured task durations.
+        temp_folder, max_nbytes, mmap_mode: accepted for compatibility with joblib.
+        progress: show a tqdm progress bar (when tqdm is installed).
+
+    Use it once, or as a context manager to keep its workers for several calls.
+
+    Example::
+
+        >>> from ferrojob import Parallel, delayed
+        >>> def double(x):
+        ...     return 2 * x
+        >>> Parallel(n_jobs=2)(delayed(double)(x) for x in range(1, 6))
+        [2, 4, 6, 8, 10]
+        >>> with Parallel(n_jobs=2) as parallel:
+        ...     first = parallel(delayed(double)(x) for x in range(3))
+        ...     second = parallel(delayed(double)(x) for x in range(3, 6))
+        >>> first + second
+        [0, 2, 4, 6, 8, 10]
+    """
+
+    def __init__(
+        self,
+        n_jobs: Any = DEFAULT,
+        backend: Any = DEFAULT,
+        return_as: str = "list",
+        verbose: Any = DEFAULT,
+        timeout: float | None = None,
+        pre_dispatch: int | str = "2 * n_jobs",
+        batch_size: int | str = "auto",
+        temp_folder: Any = DEFAULT,
+        max_nbytes: Any = DEFAULT,
+        mmap_mode: Any = DEFAULT,
+        prefer: Any = DEFAULT,
+        require: Any = DEFAULT,
+        progress: bool = False,
+    ) -> None:
+        if not is_default(n_jobs):
+            check_n_jobs(n_jobs)
+        if not is_default(backend) and backend is not None:
+            check_backend_name(backend)
+        if return_as not in RETURN_AS:
+            raise _invalid(
+                f"return_as={return_as!r} is not a way to return results.",
+                'use return_as="list", "generator" or "generator_unordered"',
+            )
+        check_prefer_require(prefer, require)
+        if timeout is not None and not (isinstance(timeout, numbers.Real) and timeout > 0):
+            raise _invalid(
+                f"timeout={timeout!r} is not a positive number of seconds.",
+                "use timeout=None (no limit) or a number of seconds such as timeout=10",
+            )
+        if batch_size != "auto" and not (
+            isinstance(batch_size, numbers.Integral) and not isinstance(batch_size, bool) and batch_size >= 1
+        ):
+            raise _invalid(
+                f"batch_size={batch_size!r} is not a number of tasks.",
+                'use batch_size="auto" (measured) or a positive integer',
+            )
+        if not (pre_dispatch == "all" or isinstance(pre_dispatch, (str, numbers.Integral))):
+            raise _invalid(
+                f"pre_dispatch={pre_dispatch!r} is not a number of batches.",
+                'use an integer, "all", or an expression of n_jobs such as "2 * n_jobs"',
+            )
+        self.n_jobs = n_jobs
+        self.backend = backend
+        self.return_as = return_as
+        self.verbose = verbose
+        self.timeout = timeout
+        self.pre_dispatch = pre_dispatch
+        self.batch_size = batch_size
+        self.temp_folder = temp_folder
+        self.max_nbytes = max_nbytes
+        self.mmap_mode = mmap_mode
+        self.prefer = prefer
+        self.require = require
+        self.progress = progress
+        self._session: Session | None = None
+        self._session_backend: Backend | None = None
+        self._session_n_jobs = 0
+
+    def __repr__(self) -> str:
+        shown = []
+        if not is_default(self.n_jobs):
+            shown.append(f"n_jobs={self.n_jobs!r}")
+        if not is_default(self.backend) and self.backend is not None:
+            shown.append(f"backend={self.backend!r}")
+        return f"Parallel({', '.join(shown)})"
+
+    # -- choosing the backend -------------------------------------------------------------
+
+    def _choose(self) -> tuple[Backend, int, CallOptions]:
+        config = current_config()
+        require = self.require if not is_default(self.require) else config.require
+        prefer = self.prefer if not is_default(self.prefer) else config.prefer
+        require = None if is_default(require) else require
+        prefer = None if is_default(prefer) else prefer
+        shared = require == "sharedmem"
+        if not is_default(self.backend) and self.backend is not None:
+            backend = get_backend(self.backend)
+            if shared and not backend.supports_sharedmem:
+                raise _invalid(
+                    f"backend {self.backend!r} cannot share memory, but require='sharedmem' was "
+                    "given.",
+                    'use backend="threading", or drop require="sharedmem"',
+                )
+        elif not is_default(config.backend):
+            backend = get_backend(config.backend)
+            if shared and not backend.supports_sharedmem:
+                backend = get_backend("threading")
+        elif shared or prefer == "threads":
+            backend = get_backend("threading")
+        else:
+            backend = get_backend(DEFAULT_BACKEND)
+        n_jobs = self.n_jobs if not is_default(self.n_jobs) else config.n_jobs
+        n_workers = backend.effective_n_jobs(resolve_n_jobs(None if is_default(n_jobs) else n_jobs))
+        if n_workers == 1:
+            backend = get_backend("sequential")
+        inner = None if is_default(config.inner_max_num_threads) else config.inner_max_num_threads
+        options = CallOptions(self.timeout, inner, dict(config.backend_params))
+        return backend, n_workers, options
+
+    def _verbosity(self) -> int:
+        if not is_default(self.verbose):
+            return int(self.verbose)
+        config_verbose = current_config().verbose
+        return 0 if is_default(config_verbose) else int(config_verbose)
+
+    def _max_in_flight(self, n_workers: int) -> int:
+        if self.pre_dispatch == "all":
+            return 1 << 40
+        if isinstance(self.pre_dispatch, str):
+            return _evaluate_pre_dispatch(self.pre_dispatch, n_workers)
+        return max(int(self.pre_dispatch), 1)
+
+    # -- context manager: keep one session for several calls --------------------------------
+
+    def __enter__(self) -> Parallel:
+        backend, n_workers, options = self._choose()
+        if not backend.in_process:
+            self._session = backend.open(n_workers, options)
+            self._session_backend, self._session_n_jobs = backend, n_workers
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
+
+    # -- running ----------------------------------------------------------------------------
+
+    def __call__(self, iterable: Iterable[Any]) -> Any:
+        """Run every delayed call of ``iterable``; see ``return_as`` for what comes back."""
+        label = repr(self)
+        if isinstance(iterable, _misuse.DelayedFunction):
+            raise _misuse.delayed_not_called(label, iterable, None)
+        if _misuse.looks_like_one_call(iterable):
+            raise _misuse.single_call(label, iterable)
+        try:
+            iter(iterable)
+        except TypeError:
+            raise _misuse.not_an_iterable(label, iterable) from None
+        results = self._run(iterable, label)
+        first = next(results)
+        assert first is _STARTED
+        if self.return_as == "list":
+            return list(results)
+        return results
+
+    def _run(self, iterable: Iterable[Any], label: str) -> Generator[Any, None, None]:
+        def reject(item: Any, index: int) -> tuple:
+            return _misuse.coerce_call(label, iterable, item, index)
+
+        source = TaskSource(iterable, reject)
+        total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
+        if self._session is not None:
+            backend, n_workers = self._session_backend, self._session_n_jobs
+            options = None
+        else:
+            backend, n_workers, options = self._choose()
+        progress = Progress(label, self._verbosity(), self.progress, total)
+        assert backend is not None
+        if backend.in_process:
+            yield _STARTED
+            progress.started("SequentialBackend", 1)
+            try:
+                for function, args, kwargs in source:
+                    yield function(*args, **kwargs)
+                    if progress.active:
+                        progress.advance(1)
+                progress.finished()
+            finally:
+                progress.close()
+            return
+        session = self._session or backend.open(n_workers, options)  # type: ignore[arg-type]
+        owned = self._session is None
+        scheduler = Scheduler(
+            session.n_workers,
+            self._max_in_flight(session.n_workers),
+            None if self.batch_size == "auto" else int(self.batch_size),
+            self.return_as != "generator_unordered",
+        )
+        try:
+            session.begin()
+            progress.started(type(backend).__name__, session.n_workers)
+            _dispatch(source, scheduler, session)
+            yield _STARTED
+            while True:
+                results = scheduler.pop_ready()
+                while results is not None:
+                    if progress.active:
+                        progress.advance(len(results))
+                    yield from results
+                    results = scheduler.pop_ready()
+                if source.exhausted and scheduler.is_drained():
+                    break
+                completion = session.wait()
+                scheduler.complete(completion.batch_id, completion.elapsed, completion.results)
+                _dispatch(source, scheduler, session)
+                if source.exhausted and total is None and progress.active:
+                    progress.set_total(source.n_read)
+            progress.finished()
+        except BaseException:
+            session.abort()
+            raise
+        finally:
+            progress.close()
+            if owned:
+                session.close()
+
+
+def _dispatch(source: TaskSource, scheduler: Scheduler, session: Session) -> None:
+    """Submit batches while the pre-dispatch window has room and calls are left."""
+    while scheduler.can_submit():
+        source.fill(scheduler.lookahead())
+        batch = source.take(scheduler.next_batch_size(source.remaining_if_known()))
+        if batch is None:
+            return
+        session.submit(scheduler.register(len(batch)), batch)
+
