@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._tasks import describe_call
+from ._tasks import function_name as _name
 from .errors import ParallelUsageError, compose_message
 
 
@@ -33,12 +34,6 @@ class DelayedFunction:
     @property
     def __name__(self) -> str:  # joblib's delayed kept the wrapped function's name
         return getattr(self.function, "__name__", type(self.function).__name__)
-
-
-def _name(function: Any) -> str:
-    return getattr(function, "__qualname__", None) or getattr(function, "__name__", None) or repr(
-        function
-    )
 
 
 def _describe_value(value: Any) -> str:

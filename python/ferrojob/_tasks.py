@@ -19,13 +19,20 @@ _repr.maxother = 40
 _repr.maxlist = _repr.maxtuple = _repr.maxdict = 4
 
 
+def function_name(function: Any) -> str:
+    """``Model.fit`` for a method, ``<lambda>`` for a lambda defined anywhere, else the repr."""
+    name = getattr(function, "__qualname__", None) or getattr(function, "__name__", None)
+    if not isinstance(name, str):
+        return _repr.repr(function)
+    return name.rpartition("<locals>.")[2]
+
+
 def describe_call(call: Call) -> str:
     """``my_function(3, key='a')`` — a short rendering of one call for error messages."""
     function, args, kwargs = call
-    name = getattr(function, "__qualname__", None) or getattr(function, "__name__", None)
     parts = [_repr.repr(arg) for arg in args]
     parts += [f"{key}={_repr.repr(value)}" for key, value in kwargs.items()]
-    return f"{name or _repr.repr(function)}({', '.join(parts)})"
+    return f"{function_name(function)}({', '.join(parts)})"
 
 
 class Batch:

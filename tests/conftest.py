@@ -1,0 +1,60 @@
+"""Shared helpers: looking at this process's children and file descriptors through /proc."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+
+def children(pid: int | None = None) -> set[int]:
+    """Live child processes of ``pid`` (default: this process)."""
+    pid = pid or os.getpid()
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found.update(int(c) for c in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return found
+
+
+def process_state(pid: int) -> str | None:
+    """The one-letter state of ``pid`` ("Z" for a zombie), or None when it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("State:"):
+            return line.split()[1]
+    return None
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def run_script(tmp_path: Path, source: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``source`` as a ``__main__`` script in a fresh interpreter."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(source))
+    return subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tmp_path,
+    )
+
+
+@pytest.fixture
+def script(tmp_path):
+    def run(source: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return run_script(tmp_path, source, timeout)
+
+    return run

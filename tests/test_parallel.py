@@ -1,0 +1,313 @@
+"""The joblib-compatible API: results, ordering, backends, configuration."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+
+import pytest
+
+import ferrojob
+from ferrojob import Parallel, delayed, effective_n_jobs, parallel_backend, parallel_config
+
+
+def my_function(x):
+    return 2 * x
+
+
+def worker_pid(_=None):
+    return os.getpid()
+
+
+def identity(x):
+    return x
+
+
+def add(a, b=0, *, c=0):
+    return a + b + c
+
+
+# -- the seed scenarios -------------------------------------------------------------------------
+
+
+def test_delayed_call_over_a_list_of_functions():
+    assert Parallel(n_jobs=2)(delayed(my_function)(3) for f in [my_function]) == [6]
+
+
+def test_doubling_one_to_five():
+    assert Parallel(n_jobs=2)(delayed(my_function)(x) for x in [1, 2, 3, 4, 5]) == [2, 4, 6, 8, 10]
+
+
+def test_closure_multiplier():
+    def make_multiplier(k):
+        def multiply(x):
+            return k * x
+
+        return multiply
+
+    triple = make_multiplier(3)
+    assert Parallel(n_jobs=2)(delayed(triple)(x) for x in range(5)) == [0, 3, 6, 9, 12]
+
+
+def test_lambda_capturing_a_local():
+    offset = 10
+    assert Parallel(n_jobs=2)(delayed(lambda x: x + offset)(x) for x in range(4)) == [10, 11, 12, 13]
+
+
+def test_main_module_function_runs_in_workers(script):
+    done = script(
+        """
+        import os
+        from ferrojob import Parallel, delayed
+
+        def square(x):
+            return x * x, os.getpid()
+
+        if __name__ == "__main__":
+            results = Parallel(n_jobs=2)(delayed(square)(x) for x in range(20))
+            assert [r for r, _ in results] == [x * x for x in range(20)]
+            assert os.getpid() not in {pid for _, pid in results}
+            print("ok")
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+# -- results and ordering -----------------------------------------------------------------------
+
+
+def test_tasks_run_in_other_processes():
+    pids = set(Parallel(n_jobs=2)(delayed(worker_pid)(i) for i in range(50)))
+    assert os.getpid() not in pids
+    assert 1 <= len(pids) <= 2
+
+
+def test_many_tiny_tasks_keep_their_order():
+    n = 20_000
+    assert Parallel(n_jobs=2)(delayed(my_function)(x) for x in range(n)) == [2 * x for x in range(n)]
+
+
+def test_positional_and_keyword_arguments():
+    calls = [delayed(add)(1), delayed(add)(1, 2), delayed(add)(1, b=5), delayed(add)(1, c=7)]
+    assert Parallel(n_jobs=2)(calls) == [1, 3, 6, 8]
+
+
+def test_mixed_functions_in_one_call():
+    calls = [delayed(my_function)(1), delayed(str)(2), delayed(my_function)(3), delayed(len)("ab")]
+    assert Parallel(n_jobs=2)(calls) == [2, "2", 6, 2]
+
+
+def test_empty_iterable():
+    assert Parallel(n_jobs=2)([]) == []
+    assert list(Parallel(n_jobs=2, return_as="generator")(iter([]))) == []
+
+
+def test_hand_written_call_triples_are_accepted():
+    assert Parallel(n_jobs=2)([(my_function, [4], {}), (add, (1,), {"b": 1})]) == [8, 2]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 1000])
+def test_fixed_batch_sizes(batch_size):
+    result = Parallel(n_jobs=2, batch_size=batch_size)(delayed(my_function)(x) for x in range(101))
+    assert result == [2 * x for x in range(101)]
+
+
+@pytest.mark.parametrize("pre_dispatch", [1, "all", "n_jobs", "3 * n_jobs"])
+def test_pre_dispatch_values(pre_dispatch):
+    result = Parallel(n_jobs=2, pre_dispatch=pre_dispatch)(delayed(identity)(x) for x in range(30))
+    assert result == list(range(30))
+
+
+# -- return_as ----------------------------------------------------------------------------------
+
+
+def test_generator_is_ordered_and_lazy():
+    consumed = []
+
+    def calls():
+        for x in range(10_000):
+            consumed.append(x)
+            yield delayed(identity)(x)
+
+    results = Parallel(n_jobs=2, return_as="generator", batch_size=10)(calls())
+    first = next(results)
+    assert first == 0
+    # Only the pre-dispatched batches have been read, not the whole input.
+    assert len(consumed) < 10_000
+    assert [first, *results] == list(range(10_000))
+    assert len(consumed) == 10_000
+
+
+def test_generator_unordered_returns_every_result():
+    results = Parallel(n_jobs=2, return_as="generator_unordered")(delayed(identity)(x) for x in range(500))
+    assert not isinstance(results, list)
+    assert sorted(results) == list(range(500))
+
+
+def test_closing_a_generator_early_leaves_the_pool_usable():
+    results = Parallel(n_jobs=2, return_as="generator", batch_size=1)(
+        delayed(identity)(x) for x in range(1000)
+    )
+    assert next(results) == 0
+    results.close()
+    assert Parallel(n_jobs=2)(delayed(identity)(x) for x in range(5)) == list(range(5))
+
+
+# -- backends -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["loky", "processes", "multiprocessing"])
+def test_process_backend_names(backend):
+    pids = Parallel(n_jobs=2, backend=backend)(delayed(worker_pid)(i) for i in range(10))
+    assert os.getpid() not in pids
+
+
+def test_threading_backend_runs_in_threads_of_this_process():
+    seen = Parallel(n_jobs=2, backend="threading")(
+        delayed(lambda: (os.getpid(), threading.get_ident()))() for _ in range(20)
+    )
+    assert {pid for pid, _ in seen} == {os.getpid()}
+
+
+def test_threading_backend_shares_memory():
+    box = []
+    Parallel(n_jobs=2, backend="threading")(delayed(box.append)(x) for x in range(10))
+    assert sorted(box) == list(range(10))
+
+
+def test_threading_backend_accepts_a_lock_argument():
+    lock = threading.Lock()
+
+    def locked_double(the_lock, x):
+        with the_lock:
+            return 2 * x
+
+    assert Parallel(n_jobs=2, backend="threading")(delayed(locked_double)(lock, x) for x in range(4)) == [
+        0,
+        2,
+        4,
+        6,
+    ]
+
+
+def test_require_sharedmem_selects_threads():
+    box = []
+    Parallel(n_jobs=2, require="sharedmem")(delayed(box.append)(x) for x in range(5))
+    assert sorted(box) == list(range(5))
+
+
+def test_prefer_threads():
+    pids = Parallel(n_jobs=2, prefer="threads")(delayed(worker_pid)() for _ in range(4))
+    assert set(pids) == {os.getpid()}
+
+
+def test_sequential_backend_runs_in_this_thread():
+    here = threading.get_ident()
+    seen = Parallel(n_jobs=4, backend="sequential")(delayed(threading.get_ident)() for _ in range(3))
+    assert seen == [here] * 3
+
+
+def test_n_jobs_one_runs_in_this_process():
+    assert Parallel(n_jobs=1)(delayed(worker_pid)() for _ in range(3)) == [os.getpid()] * 3
+
+
+def test_n_jobs_none_means_one():
+    assert Parallel()(delayed(worker_pid)() for _ in range(2)) == [os.getpid()] * 2
+
+
+def test_register_parallel_backend():
+    from ferrojob.backends.threads import ThreadingBackend
+
+    class Recording(ThreadingBackend):
+        used = 0
+
+        def open(self, n_jobs, options):
+            Recording.used += 1
+            return super().open(n_jobs, options)
+
+    ferrojob.register_parallel_backend("recording", Recording)
+    assert Parallel(n_jobs=2, backend="recording")(delayed(my_function)(x) for x in range(3)) == [0, 2, 4]
+    assert Recording.used == 1
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+def test_parallel_config_sets_backend_and_n_jobs():
+    with parallel_config(backend="threading", n_jobs=2):
+        pids = Parallel()(delayed(worker_pid)() for _ in range(4))
+    assert set(pids) == {os.getpid()}
+    with parallel_config(n_jobs=2):
+        pids = Parallel()(delayed(worker_pid)() for _ in range(4))
+    assert os.getpid() not in pids
+
+
+def test_parallel_config_as_decorator():
+    @parallel_config(backend="sequential")
+    def run():
+        return Parallel(n_jobs=2)(delayed(threading.get_ident)() for _ in range(2))
+
+    assert run() == [threading.get_ident()] * 2
+
+
+def test_parallel_backend_alias():
+    with parallel_backend("threading", n_jobs=2):
+        assert set(Parallel()(delayed(worker_pid)() for _ in range(3))) == {os.getpid()}
+
+
+def test_explicit_arguments_beat_the_config():
+    with parallel_config(backend="threading"):
+        pids = Parallel(n_jobs=2, backend="loky")(delayed(worker_pid)() for _ in range(4))
+    assert os.getpid() not in pids
+
+
+def test_cpu_count_and_effective_n_jobs():
+    cpus = ferrojob.cpu_count()
+    assert cpus >= 1
+    assert effective_n_jobs(-1) == cpus
+    assert effective_n_jobs(-2) == max(cpus - 1, 1)
+    assert effective_n_jobs(3) == 3
+    assert effective_n_jobs(None) == 1
+    with parallel_config(n_jobs=2):
+        assert effective_n_jobs(None) == 2
+
+
+def test_context_manager_reuses_workers():
+    with Parallel(n_jobs=2) as parallel:
+        first = set(parallel(delayed(worker_pid)(i) for i in range(40)))
+        second = set(parallel(delayed(worker_pid)(i) for i in range(40)))
+    assert len(first | second) <= 2  # the same two workers served both calls
+
+
+def test_workers_are_warm_across_calls():
+    first = set(Parallel(n_jobs=2)(delayed(worker_pid)(i) for i in range(40)))
+    second = set(Parallel(n_jobs=2)(delayed(worker_pid)(i) for i in range(40)))
+    assert len(first | second) <= 2
+
+
+def test_nested_parallel_inside_a_worker_runs_sequentially():
+    def inner(x):
+        return Parallel(n_jobs=2)(delayed(worker_pid)() for _ in range(3)) + [x]
+
+    results = Parallel(n_jobs=2)(delayed(inner)(x) for x in range(2))
+    for x, (a, b, c, marker) in enumerate(results):
+        assert a == b == c != os.getpid()
+        assert marker == x
+
+
+# -- progress -----------------------------------------------------------------------------------
+
+
+def test_verbose_prints_progress(capsys):
+    Parallel(n_jobs=2, verbose=10)(delayed(identity)(x) for x in range(10))
+    err = capsys.readouterr().err
+    assert "Using backend" in err
+    assert re.search(r"Done\s+10 out of\s+10", err)
+
+
+def test_progress_bar_with_tqdm(capsys):
+    pytest.importorskip("tqdm")
+    assert Parallel(n_jobs=2, progress=True)(delayed(identity)(x) for x in range(10)) == list(range(10))
+    assert "10/10" in capsys.readouterr().err
