@@ -58,3 +58,12 @@ def script(tmp_path):
         return run_script(tmp_path, source, timeout)
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def pool_is_released():
+    """After every test, no call still holds the warm process pool (a leaked session would)."""
+    yield
+    from ferrojob.backends import processes
+
+    assert not processes._SHARED.lock.locked(), "a call left the shared process pool checked out"

@@ -64,13 +64,27 @@ def _run_job(payload: bytes) -> tuple[bool, bytes]:
 
 
 def _raised(error: Exception, offset: int) -> bytes:
-    try:
-        exception_bytes: bytes | None = dumps_result(error)
-    except Exception:
-        exception_bytes = None
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    report = ("raised", offset, exception_bytes, type_name(error), str(error), text)
+    report = ("raised", offset, *_exception_payload(error), type_name(error), str(error), text)
     return pickle.dumps(report, protocol=5)
+
+
+def _exception_payload(error: Exception) -> tuple[str | None, bytes | None]:
+    """How the parent can rebuild ``error``: ("pickle", bytes), ("parts", bytes) or (None, None).
+
+    An exception whose ``__init__`` takes other arguments than its ``args`` pickles but does not
+    unpickle; for those, send its class, ``args`` and ``__dict__`` and rebuild without ``__init__``.
+    """
+    try:
+        data = dumps_result(error)
+        pickle.loads(data)
+        return "pickle", data
+    except Exception:
+        pass
+    try:
+        return "parts", dumps_result((type(error), error.args, dict(vars(error))))
+    except Exception:
+        return None, None
 
 
 def _unpicklable_result(results: list[Any]) -> bytes:

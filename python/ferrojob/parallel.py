@@ -216,7 +216,9 @@ class Parallel:
                 f"batch_size={batch_size!r} is not a number of tasks.",
                 'use batch_size="auto" (measured) or a positive integer',
             )
-        if not (pre_dispatch == "all" or isinstance(pre_dispatch, (str, numbers.Integral))):
+        if isinstance(pre_dispatch, str) and pre_dispatch != "all":
+            _evaluate_pre_dispatch(pre_dispatch, 1)  # raises for a malformed expression
+        elif not isinstance(pre_dispatch, (str, numbers.Integral)):
             raise _invalid(
                 f"pre_dispatch={pre_dispatch!r} is not a number of batches.",
                 'use an integer, "all", or an expression of n_jobs such as "2 * n_jobs"',
@@ -353,13 +355,13 @@ class Parallel:
             return
         session = self._session or backend.open(n_workers, options)  # type: ignore[arg-type]
         owned = self._session is None
-        scheduler = Scheduler(
-            session.n_workers,
-            self._max_in_flight(session.n_workers),
-            None if self.batch_size == "auto" else int(self.batch_size),
-            self.return_as != "generator_unordered",
-        )
         try:
+            scheduler = Scheduler(
+                session.n_workers,
+                self._max_in_flight(session.n_workers),
+                None if self.batch_size == "auto" else int(self.batch_size),
+                self.return_as != "generator_unordered",
+            )
             session.begin()
             progress.started(type(backend).__name__, session.n_workers)
             _dispatch(source, scheduler, session)
@@ -379,8 +381,8 @@ class Parallel:
                 if source.exhausted and total is None and progress.active:
                     progress.set_total(source.n_read)
             progress.finished()
-        except BaseException:
-            session.abort()
+        except BaseException as error:
+            session.abort(everything=isinstance(error, KeyboardInterrupt))
             raise
         finally:
             progress.close()

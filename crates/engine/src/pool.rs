@@ -36,6 +36,9 @@ use crate::shm::{StatusPage, STATUS_JOB, STATUS_TASKS_STARTED};
 pub const WORKER_SOCKET_FD: RawFd = 3;
 /// The descriptor number of the worker's status page in the child.
 pub const WORKER_STATUS_FD: RawFd = 4;
+/// How long [`Pool::cancel`] and [`Pool::terminate`] wait for the workers they killed to be
+/// reaped. SIGKILL cannot be caught, so this only runs out for a process stuck in the kernel.
+const REAP_WAIT: Duration = Duration::from_secs(2);
 
 /// Identifies a job for the lifetime of a pool (callers choose ids; they must be unique).
 pub type JobId = u64;
@@ -329,7 +332,8 @@ impl Pool {
     }
 
     /// Drop every queued job and kill the workers running one. Returns the ids of the queued jobs
-    /// that were dropped; the running ones complete as [`LossCause::Cancelled`].
+    /// that were dropped; the running ones complete as [`LossCause::Cancelled`]. Returns once the
+    /// killed workers are reaped, so no zombie outlives the call.
     pub fn cancel(&self) -> Vec<JobId> {
         let mut state = self.shared.state();
         let dropped = state.queue.drain(..).map(|job| job.id).collect();
@@ -338,17 +342,21 @@ impl Pool {
                 worker.kill(KillReason::Cancelled);
             }
         }
+        drop(state);
+        self.shared.wait_until_reaped(REAP_WAIT);
         dropped
     }
 
-    /// Kill every worker at once (Ctrl-C): nothing keeps running. The pool stays usable;
-    /// [`Pool::ensure_workers`] starts fresh workers.
+    /// Kill every worker at once (Ctrl-C) and reap them: nothing keeps running. The pool stays
+    /// usable; [`Pool::ensure_workers`] starts fresh workers.
     pub fn terminate(&self) {
         let mut state = self.shared.state();
         state.queue.clear();
         for worker in state.workers.values_mut() {
             worker.kill(KillReason::Cancelled);
         }
+        drop(state);
+        self.shared.wait_until_reaped(REAP_WAIT);
     }
 
     /// Ask every worker to exit, wait up to `grace`, kill the rest, reap them all and join every
@@ -403,9 +411,23 @@ impl Shared {
     }
 
     fn wait_until_empty(&self, timeout: Duration) -> bool {
+        self.wait_until(timeout, |state| state.workers.is_empty())
+    }
+
+    /// Wait until every killed worker has been reaped (its reader thread saw it go).
+    fn wait_until_reaped(&self, timeout: Duration) -> bool {
+        self.wait_until(timeout, |state| {
+            state
+                .workers
+                .values()
+                .all(|worker| !matches!(worker.leaving, Some(Leaving::Killed(_))))
+        })
+    }
+
+    fn wait_until(&self, timeout: Duration, done: impl Fn(&State) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         let mut state = self.state();
-        while !state.workers.is_empty() {
+        while !done(&state) {
             let now = Instant::now();
             if now >= deadline {
                 return false;

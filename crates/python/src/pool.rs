@@ -135,13 +135,13 @@ impl ProcessPool {
     }
 
     /// Drop queued jobs and kill the workers running one; returns the dropped jobs' ids.
-    fn cancel(&self) -> Vec<u64> {
-        self.pool.cancel()
+    fn cancel(&self, py: Python<'_>) -> Vec<u64> {
+        py.detach(|| self.pool.cancel())
     }
 
-    /// Kill every worker now.
-    fn terminate(&self) {
-        self.pool.terminate()
+    /// Kill every worker now, and reap them.
+    fn terminate(&self, py: Python<'_>) {
+        py.detach(|| self.pool.terminate())
     }
 
     /// Ask workers to exit, kill those still there after `grace` seconds, reap them all.

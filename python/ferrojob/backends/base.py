@@ -50,8 +50,11 @@ class Session(ABC):
     def wait(self) -> Completion: ...
 
     @abstractmethod
-    def abort(self) -> None:
-        """Drop queued batches and stop running ones; later completions of them are ignored."""
+    def abort(self, everything: bool = False) -> None:
+        """Drop queued batches and stop running ones; later completions of them are ignored.
+
+        ``everything`` (on Ctrl-C): stop every worker of the session, busy or not.
+        """
 
     def close(self) -> None:
         """Release what the session holds; called once, when the call or the ``with`` block ends."""

@@ -167,10 +167,12 @@ class ProcessSession(Session):
                 return Completion(batch_id, _load_results(completion, batch), completion.elapsed)
             raise _job_error(completion, batch, self._timeout)
 
-    def abort(self) -> None:
-        if self._jobs:
+    def abort(self, everything: bool = False) -> None:
+        if everything:
+            self._pool.terminate()
+        elif self._jobs:
             self._pool.cancel()
-            self._jobs.clear()
+        self._jobs.clear()
 
     def close(self) -> None:
         self.abort()
@@ -256,15 +258,27 @@ def _task_failure(payload: bytes | None, batch: Batch) -> BaseException:
     if report[0] == "result":
         _, offset, type_name, reason = report
         return _pickling.unpicklable_result(type_name, batch.describe(offset), reason)
-    _, offset, exception_bytes, type_name, message, traceback_text = report
-    exception: BaseException | None = None
-    if exception_bytes is not None:
-        try:
-            exception = pickle.loads(exception_bytes)
-        except Exception:
-            exception = None
-    if not isinstance(exception, BaseException):
+    _, offset, how, data, type_name, message, traceback_text = report
+    exception = _rebuild_exception(how, data)
+    if exception is None:
         exception = RuntimeError(f"{type_name}: {message}")
     header = f"Traceback of {batch.describe(offset)} in its worker process:\n"
     exception.__cause__ = RemoteTraceback(header + traceback_text)
     return exception
+
+
+def _rebuild_exception(how: str | None, data: bytes | None) -> BaseException | None:
+    """The worker's exception object (see ``ferrojob._worker._exception_payload``), if possible."""
+    try:
+        if how == "pickle":
+            exception = pickle.loads(data)  # type: ignore[arg-type]
+        elif how == "parts":
+            cls, args, state = pickle.loads(data)  # type: ignore[arg-type]
+            exception = cls.__new__(cls, *args)
+            exception.args = args
+            exception.__dict__.update(state)
+        else:
+            return None
+    except Exception:
+        return None
+    return exception if isinstance(exception, BaseException) else None

@@ -97,7 +97,8 @@ class ThreadSession(Session):
                     code="FJ302",
                 )
 
-    def abort(self) -> None:
+    def abort(self, everything: bool = False) -> None:
+        # Threads cannot be killed: running tasks finish, their results are dropped.
         self._generation += 1
         while True:
             try:
