@@ -1,8 +1,34 @@
 """Stubs of ``ferrojob._core``, the Rust engine's bindings (checked by mypy's stubtest)."""
 
-from typing import Callable, final
+from typing import Any, Callable, Iterator, final
 
 STATUS_TASKS_STARTED: int
+
+_Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+@final
+class DelayedFunction:
+    """``delayed(f)``: calling it with arguments makes the call triple ``(f, args, kwargs)``."""
+
+    @property
+    def function(self) -> Callable[..., Any]: ...
+    @property
+    def __name__(self) -> str: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> _Call: ...
+
+def delayed(function: Callable[..., Any]) -> DelayedFunction:
+    """Capture a function so that ``delayed(f)(*args, **kwargs)`` describes a call to run later."""
+
+def read_calls(iterator: Iterator[Any], wanted: int, out: list[_Call]) -> tuple[int, Any | None, bool]:
+    """Move up to ``wanted`` call triples from ``iterator`` to ``out``; stop at a non-call.
+
+    Returns (items moved, the rejected item or None, whether the iterator ended).
+    """
+
+def call_columns(
+    calls: list[_Call],
+) -> list[tuple[Callable[..., Any], list[tuple[Any, ...]], list[dict[str, Any]] | None]]:
+    """Group consecutive calls of the same function into columns."""
 
 @final
 class Completion:

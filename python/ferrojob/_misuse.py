@@ -12,28 +12,11 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from ._tasks import describe_call
-from ._tasks import function_name as _name
+from ._core import DelayedFunction
+from ._tasks import describe_call, function_name
+
+_name = function_name
 from .errors import ParallelUsageError, compose_message
-
-
-class DelayedFunction:
-    """``delayed(f)``: calling it with arguments makes the call tuple ``(f, args, kwargs)``."""
-
-    __slots__ = ("function",)
-
-    def __init__(self, function: Any) -> None:
-        self.function = function
-
-    def __call__(self, *args: Any, **kwargs: Any) -> tuple:
-        return (self.function, args, kwargs)
-
-    def __repr__(self) -> str:
-        return f"delayed({_name(self.function)})"
-
-    @property
-    def __name__(self) -> str:  # joblib's delayed kept the wrapped function's name
-        return getattr(self.function, "__name__", type(self.function).__name__)
 
 
 def _describe_value(value: Any) -> str:

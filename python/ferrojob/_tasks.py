@@ -8,8 +8,9 @@ before anything runs on it. Batches are columnar: consecutive calls of one funct
 from __future__ import annotations
 
 import reprlib
-from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
+
+from ._core import call_columns, read_calls
 
 Call = tuple  # (function, args, kwargs), as made by delayed(f)(*args, **kwargs)
 
@@ -54,23 +55,7 @@ class Batch:
 
     def columns(self) -> list[tuple[Callable[..., Any], list[tuple], list[dict] | None]]:
         """Group consecutive calls of the same function (see the module docstring)."""
-        groups: list[tuple[Callable[..., Any], list[tuple], list[dict] | None]] = []
-        current = None
-        args_list: list[tuple] = []
-        kwargs_list: list[dict] = []
-        any_kwargs = False
-        for function, args, kwargs in self.calls:
-            if function is not current:
-                if current is not None:
-                    groups.append((current, args_list, kwargs_list if any_kwargs else None))
-                current, args_list, kwargs_list, any_kwargs = function, [], [], False
-            args_list.append(args)
-            kwargs_list.append(kwargs)
-            if kwargs:
-                any_kwargs = True
-        if current is not None:
-            groups.append((current, args_list, kwargs_list if any_kwargs else None))
-        return groups
+        return call_columns(self.calls)
 
 
 def run_calls(calls: Iterable[Call]) -> list[Any]:
@@ -103,25 +88,15 @@ class TaskSource:
     def fill(self, wanted: int) -> None:
         """Read until ``wanted`` calls are buffered or the iterable ends."""
         need = wanted - len(self._buffer)
-        if need <= 0 or self._iterator_done:
-            return
-        buffer = self._buffer
-        before = len(buffer)
-        append = buffer.append
-        for item in islice(self._iterator, need):
-            if (
-                type(item) is not tuple
-                or len(item) != 3
-                or type(item[1]) is not tuple
-                or type(item[2]) is not dict
-                or not callable(item[0])
-            ):
-                item = self._reject(item, self._read + len(buffer) - before)
-            append(item)
-        got = len(buffer) - before
-        self._read += got
-        if got < need:
-            self._iterator_done = True
+        while need > 0 and not self._iterator_done:
+            moved, rejected, ended = read_calls(self._iterator, need, self._buffer)
+            self._read += moved
+            need -= moved
+            if rejected is not None:
+                self._buffer.append(self._reject(rejected, self._read))
+                self._read += 1
+                need -= 1
+            self._iterator_done = ended
 
     def remaining_if_known(self) -> int | None:
         """The exact number of calls left, once the iterable has ended."""

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import Any, Callable, Generator
 
 from . import _misuse
-from ._core import Scheduler
+from ._core import Scheduler, delayed
 from ._progress import Progress
 from ._tasks import TaskSource
 from .backends import DEFAULT_BACKEND, Backend, CallOptions, Session, check_backend_name, get_backend
@@ -28,25 +28,6 @@ __all__ = ["Parallel", "delayed", "effective_n_jobs"]
 
 RETURN_AS = ("list", "generator", "generator_unordered")
 _STARTED = object()  # first value of the result generator: dispatch has begun
-
-
-def delayed(function: Callable[..., Any]) -> _misuse.DelayedFunction:
-    """Capture a function so that ``delayed(f)(*args, **kwargs)`` describes a call to run later.
-
-    The call is the tuple ``(f, args, kwargs)``, as in joblib; ``Parallel`` runs an iterable of
-    them.
-
-    Example::
-
-        >>> from ferrojob import delayed
-        >>> delayed(pow)(2, 3)
-        (<built-in function pow>, (2, 3), {})
-    """
-    if isinstance(function, _misuse.DelayedFunction):
-        return function
-    if not callable(function):
-        raise _misuse.not_callable(function)
-    return _misuse.DelayedFunction(function)
 
 
 def _invalid(summary: str, *help_lines: str) -> InvalidParameterError:
@@ -321,14 +302,18 @@ class Parallel:
             iter(iterable)
         except TypeError:
             raise _misuse.not_an_iterable(label, iterable) from None
-        results = self._run(iterable, label)
-        first = next(results)
+        chunks = self._run(iterable, label)
+        first = next(chunks)
         assert first is _STARTED
         if self.return_as == "list":
-            return list(results)
-        return results
+            results: list[Any] = []
+            for chunk in chunks:
+                results.extend(chunk)
+            return results
+        return _flatten(chunks)
 
     def _run(self, iterable: Iterable[Any], label: str) -> Generator[Any, None, None]:
+        """Yield ``_STARTED`` once dispatch has begun, then lists of results as they are ready."""
         def reject(item: Any, index: int) -> tuple:
             return _misuse.coerce_call(label, iterable, item, index)
 
@@ -346,7 +331,7 @@ class Parallel:
             progress.started("SequentialBackend", 1)
             try:
                 for function, args, kwargs in source:
-                    yield function(*args, **kwargs)
+                    yield [function(*args, **kwargs)]
                     if progress.active:
                         progress.advance(1)
                 progress.finished()
@@ -371,7 +356,7 @@ class Parallel:
                 while results is not None:
                     if progress.active:
                         progress.advance(len(results))
-                    yield from results
+                    yield results
                     results = scheduler.pop_ready()
                 if source.exhausted and scheduler.is_drained():
                     break
@@ -388,6 +373,15 @@ class Parallel:
             progress.close()
             if owned:
                 session.close()
+
+
+def _flatten(chunks: Generator[list[Any], None, None]) -> Generator[Any, None, None]:
+    """The results of ``return_as="generator"``: one at a time; closing it stops the call."""
+    try:
+        for chunk in chunks:
+            yield from chunk
+    finally:
+        chunks.close()
 
 
 def _dispatch(source: TaskSource, scheduler: Scheduler, session: Session) -> None:

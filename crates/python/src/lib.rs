@@ -1,6 +1,7 @@
 //! `ferrojob._core`: thin bindings of the engine. Converts types and errors, releases the GIL
 //! around engine work, and nothing else.
 
+mod calls;
 mod errors;
 mod pool;
 mod scheduler;
@@ -10,6 +11,10 @@ use pyo3::prelude::*;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<calls::DelayedFunction>()?;
+    m.add_function(wrap_pyfunction!(calls::delayed, m)?)?;
+    m.add_function(wrap_pyfunction!(calls::read_calls, m)?)?;
+    m.add_function(wrap_pyfunction!(calls::call_columns, m)?)?;
     m.add_class::<pool::ProcessPool>()?;
     m.add_class::<pool::Completion>()?;
     m.add_class::<scheduler::Scheduler>()?;

@@ -1,0 +1,32 @@
+"""Timing and reporting helpers for the side-by-side benchmarks."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+
+def measure(run: Callable[[], object], repeat: int) -> float:
+    """Median wall time of ``repeat`` runs, in seconds (one untimed warm-up run first)."""
+    run()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def report(title: str, timings: dict[str, float], baseline: str = "ferrojob", note: str = "") -> None:
+    """Print one scenario: each library's time and how many times slower it is than ferrojob."""
+    print(f"\n{title}" + (f"  ({note})" if note else ""))
+    ours = timings[baseline]
+    for name, seconds in timings.items():
+        if name == baseline:
+            ratio = ""
+        elif seconds >= ours:
+            ratio = f"   ferrojob {seconds / ours:6.2f}x faster"
+        else:
+            ratio = f"   ferrojob {ours / seconds:6.2f}x slower"
+        print(f"  {name:<34} {seconds * 1000:9.1f} ms{ratio}")
