@@ -8,7 +8,6 @@ The texts are pinned by tests (tests/test_misuse.py): change them there too.
 from __future__ import annotations
 
 import builtins
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,6 +43,8 @@ def _guess_generator_call(iterable: Any) -> tuple[str | None, str]:
     Reads the generator expression's code: the globals and closure names it uses, resolved in its
     frame, and keeps the first one that is a user function.
     """
+    from inspect import isroutine
+
     code = getattr(iterable, "gi_code", None)
     frame = getattr(iterable, "gi_frame", None)
     if code is None or frame is None:
@@ -53,7 +54,7 @@ def _guess_generator_call(iterable: Any) -> tuple[str | None, str]:
         value = frame.f_locals.get(name, frame.f_globals.get(name))
         if value is None or getattr(builtins, name, None) is value:
             continue
-        if inspect.isroutine(value) or isinstance(value, DelayedFunction):
+        if isroutine(value) or isinstance(value, DelayedFunction):
             return name, variable
     return None, variable
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from dataclasses import dataclass, field, replace
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping, NamedTuple
 
 __all__ = ["parallel_backend", "parallel_config", "current_config", "DEFAULT", "is_default"]
 
@@ -34,8 +34,9 @@ def is_default(value: Any) -> bool:
     return value is DEFAULT
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
+    """The settings ``parallel_config`` blocks have set (``DEFAULT``: not set)."""
+
     backend: Any = DEFAULT
     n_jobs: Any = DEFAULT
     verbose: Any = DEFAULT
@@ -45,7 +46,7 @@ class Config:
     prefer: Any = DEFAULT
     require: Any = DEFAULT
     inner_max_num_threads: Any = DEFAULT
-    backend_params: dict = field(default_factory=dict)
+    backend_params: Mapping[str, Any] = MappingProxyType({})
 
 
 _CONFIG: contextvars.ContextVar[Config] = contextvars.ContextVar("ferrojob_config", default=Config())
@@ -119,7 +120,7 @@ class parallel_config(contextlib.ContextDecorator):
     def __enter__(self) -> Config:
         outer = _CONFIG.get()
         params = dict(outer.backend_params, **self._backend_params)
-        config = replace(outer, backend_params=params, **self._changes)
+        config = outer._replace(backend_params=params, **self._changes)
         self._tokens.append(_CONFIG.set(config))
         return config
 

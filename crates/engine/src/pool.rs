@@ -22,7 +22,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::sys::signal::{kill, Signal};
@@ -303,10 +303,8 @@ impl Pool {
 
     /// The next completion, waiting at most `timeout`.
     pub fn recv(&self, timeout: Duration) -> Option<Completion> {
-        match self.shared.rx.recv_timeout(timeout) {
-            Ok(completion) => Some(completion),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        }
+        // A timeout, or a disconnected channel (impossible while the pool holds a sender).
+        self.shared.rx.recv_timeout(timeout).ok()
     }
 
     /// Kill every worker whose current task has run longer than `limit`; their jobs complete as
@@ -401,7 +399,9 @@ impl Drop for Pool {
 impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves the bookkeeping consistent enough to shut down.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn threads(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
@@ -531,8 +531,11 @@ fn spawn_worker(shared: &Arc<Shared>) -> Result<(), PoolError> {
 fn dup_above(fd: RawFd, min: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: `fd` is open for the duration of the call; the duplicate is a new descriptor that
     // we own from here on.
-    let raw = fcntl(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, FcntlArg::F_DUPFD_CLOEXEC(min))
-        .map_err(io::Error::from)?;
+    let raw = fcntl(
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+        FcntlArg::F_DUPFD_CLOEXEC(min),
+    )
+    .map_err(io::Error::from)?;
     // SAFETY: `raw` was just returned by F_DUPFD_CLOEXEC, so it is open and ours alone.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
@@ -666,13 +669,16 @@ fn idle_reaper(shared: &Shared) {
             return;
         }
         let idle_for = state.last_activity.elapsed();
-        let all_idle = state.queue.is_empty() && state.workers.values().all(|w| w.running.is_none());
+        let all_idle =
+            state.queue.is_empty() && state.workers.values().all(|w| w.running.is_none());
         if all_idle && idle_for >= idle_timeout {
             for worker in state.workers.values_mut().filter(|w| w.is_live()) {
                 worker.retire();
             }
         }
-        let wait = idle_timeout.saturating_sub(idle_for).max(Duration::from_millis(100));
+        let wait = idle_timeout
+            .saturating_sub(idle_for)
+            .max(Duration::from_millis(100));
         state = shared
             .changed
             .wait_timeout(state, wait)
@@ -714,7 +720,9 @@ mod spawner {
             .name("ferrojob-spawner".into())
             .spawn(move || {
                 for (mut command, reply) in rx {
-                    let result = command.spawn().map(|child| Pid::from_raw(child.id() as i32));
+                    let result = command
+                        .spawn()
+                        .map(|child| Pid::from_raw(child.id() as i32));
                     let _ = reply.send(result);
                 }
             })

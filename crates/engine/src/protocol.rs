@@ -252,7 +252,13 @@ fn decode_header(header: &[u8; HEADER_LEN]) -> Result<(Kind, usize, u64, u64, u6
         return Err(ProtocolError::BadMagic(magic));
     }
     let kind = Kind::from_u8(header[4])?;
-    Ok((kind, header[5] as usize, word(8..16), word(16..24), word(24..32)))
+    Ok((
+        kind,
+        header[5] as usize,
+        word(8..16),
+        word(16..24),
+        word(24..32),
+    ))
 }
 
 #[cfg(test)]
@@ -325,8 +331,8 @@ mod tests {
     }
 
     fn tempfile_with(bytes: &[u8]) -> File {
-        let fd = nix::sys::memfd::memfd_create(c"test", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-            .unwrap();
+        let fd =
+            nix::sys::memfd::memfd_create(c"test", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
         let mut file = File::from(fd);
         file.write_all(bytes).unwrap();
         file

@@ -50,7 +50,10 @@ impl Endpoint {
                 OwnedFd::from_raw_fd(WORKER_STATUS_FD),
             )
         };
-        Ok(Self::new(Connection::from_owned_fd(socket), StatusPage::open(status)?))
+        Ok(Self::new(
+            Connection::from_owned_fd(socket),
+            StatusPage::open(status)?,
+        ))
     }
 
     pub fn new(conn: Connection, status: StatusPage) -> Self {
@@ -77,24 +80,31 @@ impl Endpoint {
                     self.status.store(STATUS_TASKS_STARTED, 0);
                     self.status.store(STATUS_JOB, frame.id);
                     let started = Instant::now();
-                    let reply = handler(Request::Task {
-                        job: frame.id,
-                        payload: &frame.payload,
-                        fds: frame.fds,
-                    }, &self.status);
+                    let reply = handler(
+                        Request::Task {
+                            job: frame.id,
+                            payload: &frame.payload,
+                            fds: frame.fds,
+                        },
+                        &self.status,
+                    );
                     let elapsed = started.elapsed().as_nanos() as u64;
                     match reply {
                         Some(Reply::Done { payload, fds }) => {
-                            self.conn.send(Kind::Done, frame.id, elapsed, &payload, &fds)?
+                            self.conn
+                                .send(Kind::Done, frame.id, elapsed, &payload, &fds)?
                         }
                         Some(Reply::Failed { payload }) => {
-                            self.conn.send(Kind::Failed, frame.id, elapsed, &payload, &[])?
+                            self.conn
+                                .send(Kind::Failed, frame.id, elapsed, &payload, &[])?
                         }
                         None => self.conn.send(Kind::Failed, frame.id, elapsed, &[], &[])?,
                     }
                 }
                 Kind::Shutdown => return Ok(()),
-                Kind::Done | Kind::Failed => return Err(ProtocolError::UnknownKind(frame.kind as u8)),
+                Kind::Done | Kind::Failed => {
+                    return Err(ProtocolError::UnknownKind(frame.kind as u8))
+                }
             }
         }
         Ok(())

@@ -25,7 +25,8 @@ fn job(id: u64, command: &str) -> Job {
 }
 
 fn next(pool: &Pool) -> Completion {
-    pool.recv(WAIT).expect("no completion within the test's patience")
+    pool.recv(WAIT)
+        .expect("no completion within the test's patience")
 }
 
 fn payload(completion: &Completion) -> String {
@@ -40,7 +41,10 @@ fn children_of_this_process() -> HashSet<i32> {
     for task in std::fs::read_dir("/proc/self/task").unwrap() {
         let path = task.unwrap().path().join("children");
         if let Ok(text) = std::fs::read_to_string(path) {
-            children.extend(text.split_whitespace().map(|pid| pid.parse::<i32>().unwrap()));
+            children.extend(
+                text.split_whitespace()
+                    .map(|pid| pid.parse::<i32>().unwrap()),
+            );
         }
     }
     children
@@ -149,7 +153,10 @@ fn idle_workers_retire_after_the_idle_timeout() {
     next(&pool);
     let deadline = std::time::Instant::now() + WAIT;
     while pool.n_workers() > 0 {
-        assert!(std::time::Instant::now() < deadline, "workers never retired");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workers never retired"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

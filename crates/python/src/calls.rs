@@ -23,12 +23,21 @@ impl DelayedFunction {
         kwargs: Option<Bound<'py, PyDict>>,
     ) -> Bound<'py, PyTuple> {
         let kwargs = kwargs.unwrap_or_else(|| PyDict::new(py));
-        PyTuple::new(py, [self.function.bind(py).clone(), args.into_any(), kwargs.into_any()])
-            .expect("a 3-tuple of objects")
+        PyTuple::new(
+            py,
+            [
+                self.function.bind(py).clone(),
+                args.into_any(),
+                kwargs.into_any(),
+            ],
+        )
+        .expect("a 3-tuple of objects")
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        let name = misuse(py)?.getattr("function_name")?.call1((&self.function,))?;
+        let name = misuse(py)?
+            .getattr("function_name")?
+            .call1((&self.function,))?;
         Ok(format!("delayed({name})"))
     }
 
@@ -80,8 +89,12 @@ fn is_call(item: &Bound<'_, PyAny>) -> bool {
         return false;
     };
     triple.len() == 3
-        && triple.get_borrowed_item(1).is_ok_and(|a| a.is_exact_instance_of::<PyTuple>())
-        && triple.get_borrowed_item(2).is_ok_and(|k| k.is_exact_instance_of::<PyDict>())
+        && triple
+            .get_borrowed_item(1)
+            .is_ok_and(|a| a.is_exact_instance_of::<PyTuple>())
+        && triple
+            .get_borrowed_item(2)
+            .is_ok_and(|k| k.is_exact_instance_of::<PyDict>())
         && triple.get_borrowed_item(0).is_ok_and(|f| f.is_callable())
 }
 
@@ -132,7 +145,10 @@ pub fn call_columns<'py>(calls: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyLi
         } else {
             py.None().into_bound(py)
         };
-        groups.append(PyTuple::new(py, [function, args.clone().into_any(), kwargs])?)
+        groups.append(PyTuple::new(
+            py,
+            [function, args.clone().into_any(), kwargs],
+        )?)
     };
     for call in calls.iter() {
         let call = call.cast_into::<PyTuple>()?;

@@ -19,6 +19,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pool::Completion>()?;
     m.add_class::<scheduler::Scheduler>()?;
     m.add_function(wrap_pyfunction!(worker::serve_worker, m)?)?;
-    m.add("STATUS_TASKS_STARTED", ferrojob_engine::shm::STATUS_TASKS_STARTED)?;
+    m.add(
+        "STATUS_TASKS_STARTED",
+        ferrojob_engine::shm::STATUS_TASKS_STARTED,
+    )?;
     Ok(())
 }

@@ -12,7 +12,6 @@ Example::
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Callable
 
 from ..errors import InvalidParameterError, UnknownBackendError, compose_message
@@ -95,7 +94,9 @@ def check_backend_name(name: Any) -> None:
         return
     valid = sorted(_FACTORIES)
     listing = ", ".join(repr(n) for n in valid)
-    close = difflib.get_close_matches(str(name), valid, n=1)
+    from difflib import get_close_matches
+
+    close = get_close_matches(str(name), valid, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise UnknownBackendError(
         compose_message(

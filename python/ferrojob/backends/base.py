@@ -8,8 +8,8 @@ lives in the Rust ``Scheduler``) — so a backend only has to run batches.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from types import MappingProxyType
+from typing import Any, Mapping, NamedTuple
 
 from .._tasks import Batch
 
@@ -22,13 +22,12 @@ class Completion(NamedTuple):
     elapsed: float
 
 
-@dataclass(frozen=True)
-class CallOptions:
+class CallOptions(NamedTuple):
     """Settings of a call that backends may honour."""
 
     timeout: float | None = None
     inner_max_num_threads: int | None = None
-    backend_params: dict[str, Any] = field(default_factory=dict)
+    backend_params: Mapping[str, Any] = MappingProxyType({})
 
 
 class Session(ABC):

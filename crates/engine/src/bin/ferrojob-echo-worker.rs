@@ -19,11 +19,19 @@ fn main() {
         let text = String::from_utf8_lossy(payload).into_owned();
         let (command, argument) = text.split_once(':').unwrap_or((text.as_str(), ""));
         match command {
-            "echo" => Some(Reply::Done { payload: argument.as_bytes().to_vec(), fds: vec![] }),
-            "fail" => Some(Reply::Failed { payload: argument.as_bytes().to_vec() }),
+            "echo" => Some(Reply::Done {
+                payload: argument.as_bytes().to_vec(),
+                fds: vec![],
+            }),
+            "fail" => Some(Reply::Failed {
+                payload: argument.as_bytes().to_vec(),
+            }),
             "sleep" => {
                 std::thread::sleep(Duration::from_millis(argument.parse().unwrap()));
-                Some(Reply::Done { payload: b"slept".to_vec(), fds: vec![] })
+                Some(Reply::Done {
+                    payload: b"slept".to_vec(),
+                    fds: vec![],
+                })
             }
             "exit" => std::process::exit(argument.parse().unwrap()),
             "abort" => std::process::abort(),
@@ -33,7 +41,10 @@ fn main() {
                     status.store(STATUS_TASKS_STARTED, i);
                     std::thread::sleep(Duration::from_millis(ms.parse().unwrap()));
                 }
-                Some(Reply::Done { payload: b"tasks done".to_vec(), fds: vec![] })
+                Some(Reply::Done {
+                    payload: b"tasks done".to_vec(),
+                    fds: vec![],
+                })
             }
             other => panic!("unknown test command {other}"),
         }
