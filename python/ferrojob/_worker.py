@@ -102,3 +102,7 @@ def _flush_output() -> None:
             stream.flush()
         except (AttributeError, ValueError, OSError):
             pass
+
+
+if __name__ == "__main__":  # python -m ferrojob._worker (with the socket on fd 3)
+    main()
