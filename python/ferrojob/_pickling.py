@@ -18,7 +18,7 @@ PROTOCOL = 5
 
 
 def dumps(obj: Any) -> bytes:
-    """Pickle ``obj`` for another process (cloudpickle, protocol 5)."""
+    """Pickle ``obj`` for another process (cloudpickle, protocol 5), every buffer in-band."""
     import cloudpickle
 
     return cloudpickle.dumps(obj, protocol=PROTOCOL)
@@ -27,12 +27,37 @@ def dumps(obj: Any) -> bytes:
 loads = pickle.loads
 
 
-def dumps_result(obj: Any) -> bytes:
+def _collector(threshold: int | None) -> tuple[list[pickle.PickleBuffer], Callable[[Any], bool] | None]:
+    """A ``buffer_callback`` that takes buffers of ``threshold`` bytes or more out of band."""
+    out_of_band: list[pickle.PickleBuffer] = []
+    if threshold is None:
+        return out_of_band, None
+
+    def keep_in_band(buffer: pickle.PickleBuffer) -> bool:
+        if memoryview(buffer).nbytes >= threshold:
+            out_of_band.append(buffer)
+            return False
+        return True
+
+    return out_of_band, keep_in_band
+
+
+def dumps_with_buffers(obj: Any, threshold: int | None) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """Like ``dumps``, but buffers of ``threshold`` bytes or more (numpy arrays, bytearrays...)
+    are returned beside the pickle instead of copied into it. ``threshold=None``: none are."""
+    import cloudpickle
+
+    buffers, callback = _collector(threshold)
+    return cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=callback), buffers
+
+
+def dumps_result(obj: Any, threshold: int | None = None) -> tuple[bytes, list[pickle.PickleBuffer]]:
     """Pickle a worker's results: plain pickle first (fast, no import), cloudpickle if needed."""
+    buffers, callback = _collector(threshold)
     try:
-        return pickle.dumps(obj, protocol=PROTOCOL)
+        return pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=callback), buffers
     except Exception:
-        return dumps(obj)
+        return dumps_with_buffers(obj, threshold)
 
 
 def pickling_failure(obj: Any) -> BaseException | None:

@@ -35,14 +35,18 @@ def _on_init(payload: bytes, status: Any) -> None:
         pass
 
 
-def _run_job(payload: bytes) -> tuple[bool, bytes]:
-    """Run one batch; ``(True, pickled results)`` or ``(False, pickled failure report)``."""
+def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]]:
+    """Run one batch.
+
+    ``(True, pickled results, their out-of-band buffers)`` or ``(False, failure report, [])``.
+    """
     status, slot = _status, _TASKS_STARTED
     started = 0
     results: list[Any] = []
     append = results.append
     try:
-        for function, args_list, kwargs_list in pickle.loads(payload):
+        threshold, groups = pickle.loads(payload, buffers=buffers)
+        for function, args_list, kwargs_list in groups:
             if kwargs_list is None:
                 for args in args_list:
                     started += 1
@@ -54,13 +58,14 @@ def _run_job(payload: bytes) -> tuple[bool, bytes]:
                     status[slot] = started
                     append(function(*args, **kwargs))
     except Exception as error:  # SystemExit and KeyboardInterrupt end the worker, as they should
-        return False, _raised(error, started - 1)
+        return False, _raised(error, started - 1), []
     finally:
         _flush_output()
     try:
-        return True, dumps_result(results)
+        body, out_of_band = dumps_result(results, threshold)
     except Exception:
-        return False, _unpicklable_result(results)
+        return False, _unpicklable_result(results), []
+    return True, body, out_of_band
 
 
 def _raised(error: Exception, offset: int) -> bytes:
@@ -76,13 +81,13 @@ def _exception_payload(error: Exception) -> tuple[str | None, bytes | None]:
     unpickle; for those, send its class, ``args`` and ``__dict__`` and rebuild without ``__init__``.
     """
     try:
-        data = dumps_result(error)
+        data = dumps_result(error)[0]
         pickle.loads(data)
         return "pickle", data
     except Exception:
         pass
     try:
-        return "parts", dumps_result((type(error), error.args, dict(vars(error))))
+        return "parts", dumps_result((type(error), error.args, dict(vars(error))))[0]
     except Exception:
         return None, None
 

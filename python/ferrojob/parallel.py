@@ -18,6 +18,7 @@ from typing import Any, Callable, Generator
 from . import _misuse
 from ._core import Scheduler, delayed
 from ._progress import Progress
+from ._sharedmem import DEFAULT_MAX_NBYTES, check_mmap_mode, parse_max_nbytes
 from ._tasks import TaskSource
 from .backends import DEFAULT_BACKEND, Backend, CallOptions, Session, check_backend_name, get_backend
 from .config import DEFAULT, current_config, is_default
@@ -140,7 +141,14 @@ class Parallel:
         pre_dispatch: batches dispatched ahead of results: an int, "all" or an expression of
             n_jobs (default "2 * n_jobs").
         batch_size: tasks per batch, or "auto" to size batches from measured task durations.
-        temp_folder, max_nbytes, mmap_mode: accepted for compatibility with joblib.
+        max_nbytes: arguments and results holding buffers (numpy arrays, bytearrays...) of at
+            least this size travel through shared memory, without copies: an int, a string
+            such as "1M", or None (never). Default 64 KiB.
+        mmap_mode: how workers see shared arguments: "r" (read-only, the default, writing
+            raises numpy's "assignment destination is read-only"), "r+"/"w+" (writable and
+            shared by the call's tasks; the caller's own array is not modified), "c" or None
+            (writable copy-on-write, private to each task).
+        temp_folder: accepted for compatibility with joblib; nothing is written to disk.
         progress: show a tqdm progress bar (when tqdm is installed).
 
     Use it once, or as a context manager to keep its workers for several calls.
@@ -204,6 +212,10 @@ class Parallel:
                 f"pre_dispatch={pre_dispatch!r} is not a number of batches.",
                 'use an integer, "all", or an expression of n_jobs such as "2 * n_jobs"',
             )
+        if not is_default(max_nbytes):
+            parse_max_nbytes(max_nbytes)
+        if not is_default(mmap_mode):
+            check_mmap_mode(mmap_mode)
         self.n_jobs = n_jobs
         self.backend = backend
         self.return_as = return_as
@@ -259,7 +271,15 @@ class Parallel:
         if n_workers == 1:
             backend = get_backend("sequential")
         inner = None if is_default(config.inner_max_num_threads) else config.inner_max_num_threads
-        options = CallOptions(self.timeout, inner, dict(config.backend_params))
+        max_nbytes = self.max_nbytes if not is_default(self.max_nbytes) else config.max_nbytes
+        mmap_mode = self.mmap_mode if not is_default(self.mmap_mode) else config.mmap_mode
+        options = CallOptions(
+            timeout=self.timeout,
+            inner_max_num_threads=inner,
+            max_nbytes=DEFAULT_MAX_NBYTES if is_default(max_nbytes) else parse_max_nbytes(max_nbytes),
+            mmap_mode="r" if is_default(mmap_mode) else check_mmap_mode(mmap_mode),
+            backend_params=dict(config.backend_params),
+        )
         return backend, n_workers, options
 
     def _verbosity(self) -> int:

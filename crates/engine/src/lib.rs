@@ -5,6 +5,7 @@
 //! Python workers do that through the `ferrojob._core` bindings, and the tests use the tiny echo
 //! worker in `src/bin`.
 
+pub mod buffers;
 pub mod pool;
 pub mod protocol;
 pub mod scheduler;

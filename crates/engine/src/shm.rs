@@ -7,6 +7,7 @@ use std::ffi::CStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::MmapMut;
@@ -153,5 +154,173 @@ mod tests {
         let segment = Segment::create(c"t", 10_000).unwrap();
         assert_eq!(segment.len(), 10_000);
         assert!(segment.as_slice().iter().all(|&b| b == 0));
+    }
+}
+
+/// A memfd written with `pwrite`, never mapped here: the cheapest way to fill fresh shared memory
+/// (the kernel allocates its pages in bulk, with no page fault per 4 KiB), for a reader that
+/// maps it in another process.
+#[derive(Debug)]
+pub struct SharedFile {
+    file: File,
+    len: usize,
+}
+
+impl SharedFile {
+    /// A zero-length file that grows as it is written.
+    pub fn create(name: &CStr) -> io::Result<Self> {
+        let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC).map_err(io::Error::from)?;
+        Ok(Self {
+            file: File::from(fd),
+            len: 0,
+        })
+    }
+
+    /// Write `bytes` at `offset` (the file grows to fit).
+    pub fn write_at(&mut self, offset: usize, bytes: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(bytes, offset as u64)?;
+        self.len = self.len.max(offset + bytes.len());
+        Ok(())
+    }
+
+    /// Bytes written so far (the end of the furthest write).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A new descriptor of the same file, to hand to another process.
+    pub fn duplicate_fd(&self) -> io::Result<OwnedFd> {
+        self.file.as_fd().try_clone_to_owned()
+    }
+}
+
+impl AsFd for SharedFile {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+/// How a received segment is mapped, after numpy's `mmap_mode`s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// `'r'`: read-only; writing through it is refused.
+    ReadOnly,
+    /// `'r+'` / `'w+'`: writable and shared with every other mapping of the segment.
+    ReadWrite,
+    /// `'c'` (and results): writable, copy-on-write, private to this mapping.
+    CopyOnWrite,
+}
+
+impl Access {
+    pub fn code(self) -> u8 {
+        match self {
+            Access::ReadOnly => 0,
+            Access::ReadWrite => 1,
+            Access::CopyOnWrite => 2,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(Access::ReadOnly),
+            1 => Some(Access::ReadWrite),
+            2 => Some(Access::CopyOnWrite),
+            _ => None,
+        }
+    }
+
+    pub fn is_writable(self) -> bool {
+        self != Access::ReadOnly
+    }
+}
+
+/// A whole received segment, mapped with some [`Access`]; unmapped when dropped. The descriptor
+/// is closed as soon as the mapping exists: the mapping alone keeps the memory.
+///
+/// The memory is handed to Python as a raw pointer (buffer protocol), so the mapping keeps the
+/// pointer it was created with rather than borrowing the map object afresh.
+#[derive(Debug)]
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+    access: Access,
+    _owner: MappedMemory,
+}
+
+#[derive(Debug)]
+enum MappedMemory {
+    ReadOnly(memmap2::Mmap),
+    Writable(MmapMut),
+    /// Mapping zero bytes is an error (EINVAL); an empty segment maps to nothing.
+    Empty,
+}
+
+// SAFETY: a Mapping owns its pages exclusively (no other Rust value aliases them); the raw
+// pointer is only a cached address of that owned mapping, valid from any thread.
+unsafe impl Send for Mapping {}
+// SAFETY: &Mapping only exposes the address and length; reads and writes through the address
+// happen in Python under the buffer protocol's rules, as for any shared bytearray.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    pub fn map(fd: OwnedFd, access: Access) -> io::Result<Self> {
+        let file = File::from(fd);
+        let len = usize::try_from(file.metadata()?.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "segment too large"))?;
+        if len == 0 {
+            return Ok(Self {
+                ptr: NonNull::dangling(),
+                len,
+                access,
+                _owner: MappedMemory::Empty,
+            });
+        }
+        // SAFETY: ferrojob segments are memfds that no process truncates after sending them, so
+        // every mapped page stays backed while the mapping lives.
+        let owner = unsafe {
+            match access {
+                Access::ReadOnly => MappedMemory::ReadOnly(memmap2::Mmap::map(&file)?),
+                Access::ReadWrite => MappedMemory::Writable(MmapMut::map_mut(&file)?),
+                Access::CopyOnWrite => {
+                    MappedMemory::Writable(memmap2::MmapOptions::new().map_copy(&file)?)
+                }
+            }
+        };
+        let mut owner = owner;
+        let raw = match &mut owner {
+            MappedMemory::ReadOnly(map) => map.as_ptr().cast_mut(),
+            MappedMemory::Writable(map) => map.as_mut_ptr(),
+            MappedMemory::Empty => unreachable!("len > 0"),
+        };
+        let ptr = NonNull::new(raw).expect("mmap never returns null");
+        Ok(Self {
+            ptr,
+            len,
+            access,
+            _owner: owner,
+        })
+    }
+
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The first byte of the mapping (dangling but non-null when empty). Writable unless the
+    /// access is [`Access::ReadOnly`].
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
     }
 }

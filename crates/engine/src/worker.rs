@@ -5,7 +5,7 @@
 //! which task is running without a message.
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 use crate::pool::{WORKER_SOCKET_FD, WORKER_STATUS_FD};
@@ -26,7 +26,7 @@ pub enum Request<'a> {
 
 /// The handler's answer to a task.
 pub enum Reply {
-    Done { payload: Vec<u8>, fds: Vec<RawFd> },
+    Done { payload: Vec<u8>, fds: Vec<OwnedFd> },
     Failed { payload: Vec<u8> },
 }
 
@@ -91,8 +91,10 @@ impl Endpoint {
                     let elapsed = started.elapsed().as_nanos() as u64;
                     match reply {
                         Some(Reply::Done { payload, fds }) => {
+                            // The descriptors are closed here once sent: the parent has its own.
+                            let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
                             self.conn
-                                .send(Kind::Done, frame.id, elapsed, &payload, &fds)?
+                                .send(Kind::Done, frame.id, elapsed, &payload, &raw)?
                         }
                         Some(Reply::Failed { payload }) => {
                             self.conn

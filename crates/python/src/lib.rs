@@ -1,6 +1,7 @@
 //! `ferrojob._core`: thin bindings of the engine. Converts types and errors, releases the GIL
 //! around engine work, and nothing else.
 
+mod buffers;
 mod calls;
 mod errors;
 mod pool;
@@ -15,6 +16,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(calls::delayed, m)?)?;
     m.add_function(wrap_pyfunction!(calls::read_calls, m)?)?;
     m.add_function(wrap_pyfunction!(calls::call_columns, m)?)?;
+    m.add_class::<buffers::Arena>()?;
+    m.add_class::<buffers::SharedBuffer>()?;
+    m.add_function(wrap_pyfunction!(buffers::buffer_address, m)?)?;
     m.add_class::<pool::ProcessPool>()?;
     m.add_class::<pool::Completion>()?;
     m.add_class::<scheduler::Scheduler>()?;

@@ -3,11 +3,17 @@
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
+use ferrojob_engine::buffers::{self as envelope, BufferRef};
 use ferrojob_engine::pool::{Job, LossCause, Outcome, Pool, WorkerSpec};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use crate::buffers::{access_from_mode, map_buffers, Arena, SharedBuffer};
 use crate::errors::EngineError;
+
+/// SCM_RIGHTS carries at most 253 descriptors in one message (SCM_MAX_FD).
+const MAX_SEGMENTS_PER_JOB: usize = 253;
 
 /// How often a blocked `wait` wakes to look for Ctrl-C and overdue tasks.
 const POLL: Duration = Duration::from_millis(50);
@@ -28,6 +34,8 @@ pub struct Completion {
     job: u64,
     kind: &'static str,
     payload: Option<Py<PyBytes>>,
+    /// The out-of-band buffers of a "done" payload, mapped copy-on-write.
+    buffers: Vec<Py<SharedBuffer>>,
     elapsed: f64,
     pid: i32,
     code: Option<i32>,
@@ -87,11 +95,55 @@ impl ProcessPool {
     }
 
     /// Queue a job; it starts as soon as a worker is free.
-    fn submit(&self, py: Python<'_>, job: u64, payload: &[u8]) -> PyResult<()> {
+    ///
+    /// `buffers`: the out-of-band buffers of `payload`, as `(chunk, offset, length)` places in
+    /// `arena`; the worker maps them with `mmap_mode` ("r", "r+", "w+" or "c").
+    #[pyo3(signature = (job, payload, buffers=Vec::new(), arena=None, mmap_mode="r"))]
+    fn submit(
+        &self,
+        py: Python<'_>,
+        job: u64,
+        payload: &[u8],
+        buffers: Vec<(usize, u64, u64)>,
+        arena: Option<PyRef<'_, Arena>>,
+        mmap_mode: &str,
+    ) -> PyResult<()> {
+        let access = access_from_mode(mmap_mode)?;
+        let mut chunks: Vec<usize> = Vec::new();
+        let mut refs = Vec::with_capacity(buffers.len());
+        for (chunk, offset, len) in buffers {
+            let segment = match chunks.iter().position(|&c| c == chunk) {
+                Some(index) => index,
+                None => {
+                    chunks.push(chunk);
+                    chunks.len() - 1
+                }
+            };
+            refs.push(BufferRef {
+                segment: segment as u32,
+                offset,
+                len,
+            });
+        }
+        if chunks.len() > MAX_SEGMENTS_PER_JOB {
+            return Err(PyValueError::new_err(format!(
+                "a batch refers to {} shared-memory chunks, more than the {MAX_SEGMENTS_PER_JOB} \
+                 one message can carry; use a smaller batch_size",
+                chunks.len()
+            )));
+        }
+        let fds = match (&arena, chunks.is_empty()) {
+            (_, true) => Vec::new(),
+            (Some(arena), false) => chunks
+                .iter()
+                .map(|&chunk| arena.duplicate_fd(chunk))
+                .collect::<PyResult<Vec<_>>>()?,
+            (None, false) => return Err(PyValueError::new_err("buffers given without their arena")),
+        };
         let job = Job {
             id: job,
-            payload: payload.to_vec(),
-            fds: Vec::new(),
+            payload: envelope::encode(access, &refs, payload),
+            fds,
         };
         py.detach(|| self.pool.submit(job))
             .map_err(EngineError::from)?;
@@ -122,7 +174,7 @@ impl ProcessPool {
                 self.pool.recv(slice)
             });
             if let Some(completion) = received {
-                return Ok(Some(to_python(py, completion)));
+                return to_python(py, completion).map(Some);
             }
             if let Err(interrupt) = py.check_signals() {
                 py.detach(|| self.pool.terminate());
@@ -151,10 +203,16 @@ impl ProcessPool {
     }
 }
 
-fn to_python(py: Python<'_>, completion: ferrojob_engine::pool::Completion) -> Completion {
+fn to_python(py: Python<'_>, completion: ferrojob_engine::pool::Completion) -> PyResult<Completion> {
     let bytes = |payload: &[u8]| Some(PyBytes::new(py, payload).unbind());
+    let mut buffers = Vec::new();
     let (kind, payload, code, tasks_started) = match completion.outcome {
-        Outcome::Done { payload, .. } => ("done", bytes(&payload), None, 0),
+        Outcome::Done { payload, fds } => {
+            let envelope = envelope::decode(&payload)
+                .map_err(|e| PyValueError::new_err(format!("a worker's reply is damaged: {e}")))?;
+            buffers = map_buffers(py, &envelope, fds)?;
+            ("done", bytes(envelope.body), None, 0)
+        }
         Outcome::Failed { payload } => ("failed", bytes(&payload), None, 0),
         Outcome::Lost(loss) => {
             let (kind, code) = match loss.cause {
@@ -167,13 +225,14 @@ fn to_python(py: Python<'_>, completion: ferrojob_engine::pool::Completion) -> C
             (kind, None, code, loss.tasks_started)
         }
     };
-    Completion {
+    Ok(Completion {
         job: completion.job,
         kind,
         payload,
+        buffers,
         elapsed: completion.elapsed.as_secs_f64(),
         pid: completion.pid,
         code,
         tasks_started,
-    }
+    })
 }

@@ -2,11 +2,16 @@
 
 use std::os::raw::c_char;
 
-use ferrojob_engine::shm::StatusPage;
+use std::os::fd::OwnedFd;
+
+use ferrojob_engine::buffers as envelope;
+use ferrojob_engine::shm::{Access, StatusPage};
 use ferrojob_engine::worker::{Endpoint, Reply, Request};
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use crate::buffers::{map_buffers, pack_buffers};
 use crate::errors::EngineError;
 
 /// CPython's `PyBUF_WRITE` flag (object.h), not exported by pyo3's ffi module.
@@ -16,7 +21,8 @@ const PYBUF_WRITE: std::os::raw::c_int = 0x200;
 ///
 /// `on_init(payload, status)` runs once with the parent's set-up payload and a writable
 /// memoryview of the status words (word `STATUS_TASKS_STARTED` counts started tasks);
-/// `on_task(payload)` runs each job and returns `(ok, reply_bytes)`.
+/// `on_task(payload, buffers)` runs each job (`buffers`: its out-of-band buffers, mapped) and
+/// returns `(ok, reply_bytes, result_buffers)`; the result buffers travel in shared memory.
 ///
 /// Must only be called in a process started by a `ProcessPool`, once.
 #[pyfunction]
@@ -42,31 +48,55 @@ pub fn serve_worker(py: Python<'_>, on_init: Py<PyAny>, on_task: Py<PyAny>) -> P
                     }
                     None
                 }
-                Request::Task { payload, .. } => Some(run_task(py, &on_task, payload)),
+                Request::Task { payload, fds, .. } => Some(run_task(py, &on_task, payload, fds)),
             })
         })
     });
     served.map_err(|e| EngineError::from(e).into())
 }
 
-fn run_task(py: Python<'_>, on_task: &Py<PyAny>, payload: &[u8]) -> Reply {
-    let answer = on_task
-        .call1(py, (PyBytes::new(py, payload),))
-        .and_then(|answer| answer.extract::<(bool, Vec<u8>)>(py));
-    match answer {
-        Ok((true, payload)) => Reply::Done {
-            payload,
-            fds: Vec::new(),
-        },
-        Ok((false, payload)) => Reply::Failed { payload },
+fn run_task(py: Python<'_>, on_task: &Py<PyAny>, payload: &[u8], fds: Vec<OwnedFd>) -> Reply {
+    match try_run_task(py, on_task, payload, fds) {
+        Ok(reply) => reply,
         Err(err) => {
-            // The task runner catches task errors itself; reaching here is a bug in ferrojob.
+            // The task runner catches task errors itself; reaching here means the frame or the
+            // shared memory could not be handled (a bug, or the system is out of memory).
             err.print(py);
             Reply::Failed {
                 payload: Vec::new(),
             }
         }
     }
+}
+
+fn try_run_task(
+    py: Python<'_>,
+    on_task: &Py<PyAny>,
+    payload: &[u8],
+    fds: Vec<OwnedFd>,
+) -> PyResult<Reply> {
+    let envelope = envelope::decode(payload)
+        .map_err(|e| PyValueError::new_err(format!("a job from the parent is damaged: {e}")))?;
+    let buffers = map_buffers(py, &envelope, fds)?;
+    let answer = on_task.call1(py, (PyBytes::new(py, envelope.body), buffers))?;
+    let (ok, body, out): (bool, Vec<u8>, Vec<Bound<'_, PyAny>>) = answer.extract(py)?;
+    if !ok {
+        return Ok(Reply::Failed { payload: body });
+    }
+    if out.is_empty() {
+        return Ok(Reply::Done {
+            payload: envelope::encode(Access::CopyOnWrite, &[], &body),
+            fds: Vec::new(),
+        });
+    }
+    let (file, refs) = pack_buffers(py, &out)?;
+    let fd = file
+        .duplicate_fd()
+        .map_err(|e| PyOSError::new_err(e.to_string()))?;
+    Ok(Reply::Done {
+        payload: envelope::encode(Access::CopyOnWrite, &refs, &body),
+        fds: vec![fd],
+    })
 }
 
 fn status_memoryview(py: Python<'_>, words: *mut u64) -> PyResult<Bound<'_, PyAny>> {

@@ -27,6 +27,10 @@ class CallOptions(NamedTuple):
 
     timeout: float | None = None
     inner_max_num_threads: int | None = None
+    #: Buffers of at least this many bytes go through shared memory (None: never).
+    max_nbytes: int | None = None
+    #: How workers map shared arguments: "r", "r+", "w+" or "c".
+    mmap_mode: str = "r"
     backend_params: Mapping[str, Any] = MappingProxyType({})
 
 

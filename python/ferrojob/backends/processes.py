@@ -19,6 +19,7 @@ from typing import Any, Callable
 from .. import _pickling
 from .._core import Completion as EngineCompletion
 from .._core import ProcessPool
+from .._sharedmem import ArgumentStore
 from .._tasks import Batch
 from ..cpus import cpu_count
 from ..errors import (
@@ -137,9 +138,13 @@ class ProcessSession(Session):
     def __init__(self, n_workers: int, options: CallOptions) -> None:
         self.n_workers = n_workers
         self._timeout = options.timeout
+        self._max_nbytes = options.max_nbytes
+        self._mmap_mode = options.mmap_mode
         env = worker_environment(n_workers, options.inner_max_num_threads)
         self._pool, self._release = _SHARED.acquire(n_workers, env)
-        self._jobs: dict[int, tuple[int, Batch]] = {}
+        self._arguments = ArgumentStore()
+        # job -> (batch id, batch, arena chunks it holds)
+        self._jobs: dict[int, tuple[int, Batch, set[int]]] = {}
 
     def begin(self) -> None:
         if self._pool.n_workers != self.n_workers:
@@ -147,12 +152,22 @@ class ProcessSession(Session):
 
     def submit(self, batch_id: int, batch: Batch) -> None:
         try:
-            payload = _pickling.dumps(batch.columns())
+            body, buffers = _pickling.dumps_with_buffers(
+                (self._max_nbytes, batch.columns()), self._max_nbytes
+            )
         except Exception as error:
             raise _explain_unpicklable_batch(batch, error) from error
+        places = [self._arguments.place(buffer) for buffer in buffers]
+        chunks = {chunk for chunk, _, _ in places}
+        self._arguments.hold(chunks)
         job = next(_JOB_IDS)
-        self._jobs[job] = (batch_id, batch)
-        self._pool.submit(job, payload)
+        self._jobs[job] = (batch_id, batch, chunks)
+        try:
+            self._pool.submit(job, body, places, self._arguments.arena, self._mmap_mode)
+        except BaseException:
+            self._jobs.pop(job)
+            self._arguments.release(chunks)
+            raise
 
     def wait(self) -> Completion:
         while True:
@@ -162,7 +177,8 @@ class ProcessSession(Session):
             entry = self._jobs.pop(completion.job, None)
             if entry is None:  # a job of an aborted call
                 continue
-            batch_id, batch = entry
+            batch_id, batch, chunks = entry
+            self._arguments.release(chunks)
             if completion.kind == "done":
                 return Completion(batch_id, _load_results(completion, batch), completion.elapsed)
             raise _job_error(completion, batch, self._timeout)
@@ -172,10 +188,13 @@ class ProcessSession(Session):
             self._pool.terminate()
         elif self._jobs:
             self._pool.cancel()
+        for _, _, chunks in self._jobs.values():
+            self._arguments.release(chunks)
         self._jobs.clear()
 
     def close(self) -> None:
         self.abort()
+        self._arguments = ArgumentStore()  # closes this session's shared memory now
         self._release()
 
 
@@ -189,7 +208,7 @@ def _explain_unpicklable_batch(batch: Batch, error: Exception) -> Exception:
 
 def _load_results(completion: EngineCompletion, batch: Batch) -> list[Any]:
     try:
-        return pickle.loads(completion.payload)
+        return pickle.loads(completion.payload, buffers=completion.buffers)
     except Exception as error:
         raise UnpicklableError(
             compose_message(

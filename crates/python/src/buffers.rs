@@ -1,0 +1,218 @@
+//! Out-of-band buffers on the Python side: the parent's argument arena, and `SharedBuffer`, a
+//! Python buffer over a received shared-memory mapping (what numpy arrays are rebuilt on).
+
+use std::ffi::c_int;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use ferrojob_engine::buffers::{self, BufferRef, Envelope};
+use ferrojob_engine::shm::{Access, Mapping, SharedFile};
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::prelude::*;
+
+/// `len` bytes at `offset` of a shared mapping, exported through the buffer protocol.
+/// Read-only when the mapping is (numpy then refuses writes, as with `mmap_mode="r"`).
+/// The mapping is unmapped when the last buffer over it (and every array built on it) is gone.
+#[pyclass(module = "ferrojob._core", frozen)]
+pub struct SharedBuffer {
+    mapping: Arc<Mapping>,
+    offset: usize,
+    len: usize,
+}
+
+#[pymethods]
+impl SharedBuffer {
+    /// # Safety
+    /// Called by CPython with a valid `view` to fill, per the buffer protocol.
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut pyo3::ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        let this = slf.get();
+        let readonly = c_int::from(!this.mapping.access().is_writable());
+        // SAFETY: offset + len lies inside the mapping (checked when the buffer was made), and
+        // the view holds a reference to `slf`, which keeps the mapping alive while it exists.
+        let status = unsafe {
+            pyo3::ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                this.mapping.as_ptr().add(this.offset).cast(),
+                this.len as isize,
+                readonly,
+                flags,
+            )
+        };
+        if status == -1 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
+    }
+
+    unsafe fn __releasebuffer__(&self, _view: *mut pyo3::ffi::Py_buffer) {}
+
+    fn __len__(&self) -> usize {
+        self.len
+    }
+
+    #[getter]
+    fn readonly(&self) -> bool {
+        !self.mapping.access().is_writable()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<SharedBuffer {} bytes, {:?}>",
+            self.len,
+            self.mapping.access()
+        )
+    }
+}
+
+pub fn access_from_mode(mode: &str) -> PyResult<Access> {
+    match mode {
+        "r" => Ok(Access::ReadOnly),
+        "r+" | "w+" => Ok(Access::ReadWrite),
+        "c" => Ok(Access::CopyOnWrite),
+        other => Err(PyValueError::new_err(format!(
+            "unknown mmap_mode {other:?}: use 'r', 'r+', 'w+' or 'c'"
+        ))),
+    }
+}
+
+/// Map the descriptors of a received frame and make one `SharedBuffer` per entry of its envelope.
+pub fn map_buffers(
+    py: Python<'_>,
+    envelope: &Envelope<'_>,
+    fds: Vec<OwnedFd>,
+) -> PyResult<Vec<Py<SharedBuffer>>> {
+    if envelope.buffers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let access = envelope.access;
+    let mappings = py
+        .detach(|| {
+            fds.into_iter()
+                .map(|fd| Mapping::map(fd, access).map(Arc::new))
+                .collect::<std::io::Result<Vec<_>>>()
+        })
+        .map_err(|e| PyOSError::new_err(format!("mapping shared memory: {e}")))?;
+    let lens: Vec<usize> = mappings.iter().map(|m| m.len()).collect();
+    buffers::check_bounds(&envelope.buffers, &lens)
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    envelope
+        .buffers
+        .iter()
+        .map(|buffer| {
+            Py::new(
+                py,
+                SharedBuffer {
+                    mapping: Arc::clone(&mappings[buffer.segment as usize]),
+                    offset: buffer.offset as usize,
+                    len: buffer.len as usize,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Contiguous bytes of any buffer-protocol object (a PickleBuffer, an array, bytes).
+fn contiguous(object: &Bound<'_, PyAny>) -> PyResult<PyBuffer<u8>> {
+    // A PickleBuffer exposes its bytes as a flat 'B' view through raw().
+    let flat = match object.getattr("raw") {
+        Ok(raw) => raw.call0()?,
+        Err(_) => object.clone(),
+    };
+    let buffer = PyBuffer::<u8>::get(&flat)?;
+    if !buffer.is_c_contiguous() {
+        return Err(PyValueError::new_err("out-of-band buffers must be contiguous"));
+    }
+    Ok(buffer)
+}
+
+/// # Safety
+/// `buffer` must stay alive (and its memory unchanged by this thread) while the slice is used.
+unsafe fn bytes_of(buffer: &PyBuffer<u8>) -> &[u8] {
+    // SAFETY: per the caller; a contiguous PyBuffer covers len_bytes() bytes from buf_ptr().
+    unsafe { std::slice::from_raw_parts(buffer.buf_ptr().cast::<u8>(), buffer.len_bytes()) }
+}
+
+/// Copy `objects` (buffer-protocol objects) into one fresh segment: a worker's result buffers.
+pub fn pack_buffers(
+    py: Python<'_>,
+    objects: &[Bound<'_, PyAny>],
+) -> PyResult<(SharedFile, Vec<BufferRef>)> {
+    let held = objects.iter().map(contiguous).collect::<PyResult<Vec<_>>>()?;
+    // SAFETY: `held` keeps every buffer exported until the end of this function.
+    let slices: Vec<&[u8]> = held.iter().map(|b| unsafe { bytes_of(b) }).collect();
+    py.detach(|| buffers::pack(c"ferrojob-results", slices))
+        .map_err(|e| PyOSError::new_err(format!("writing results to shared memory: {e}")))
+}
+
+/// The shared memory of one call's arguments (see `ferrojob_engine::buffers::Arena`).
+#[pyclass(module = "ferrojob._core")]
+pub struct Arena {
+    inner: buffers::Arena,
+}
+
+#[pymethods]
+impl Arena {
+    #[new]
+    #[pyo3(signature = (chunk_size=buffers::DEFAULT_CHUNK_SIZE))]
+    fn new(chunk_size: usize) -> Self {
+        Self {
+            inner: buffers::Arena::new(chunk_size),
+        }
+    }
+
+    /// Copy `buffer` into shared memory; returns `(chunk, offset, length)`.
+    fn place(&mut self, py: Python<'_>, buffer: Bound<'_, PyAny>) -> PyResult<(usize, usize, usize)> {
+        let held = contiguous(&buffer)?;
+        // SAFETY: `held` keeps the buffer exported until the end of this function. Another
+        // thread writing to it meanwhile would race as it would with any GIL-free reader.
+        let bytes = unsafe { bytes_of(&held) };
+        let inner = &mut self.inner;
+        let placement = py
+            .detach(|| inner.place(bytes))
+            .map_err(|e| PyOSError::new_err(format!("copying an argument to shared memory: {e}")))?;
+        Ok((placement.chunk, placement.offset, bytes.len()))
+    }
+
+    /// A job referring to `chunk` is being submitted.
+    fn hold(&mut self, chunk: usize) -> PyResult<()> {
+        self.inner
+            .hold(chunk)
+            .map_err(|e| PyValueError::new_err(e.to_string()))
+    }
+
+    /// A job that held `chunk` completed; returns whether the chunk was closed.
+    fn release(&mut self, chunk: usize) -> bool {
+        self.inner.release(chunk)
+    }
+
+    /// Close the full chunks no job holds; returns their numbers.
+    fn sweep(&mut self) -> Vec<usize> {
+        self.inner.sweep()
+    }
+
+    #[getter]
+    fn n_open_chunks(&self) -> usize {
+        self.inner.n_open_chunks()
+    }
+}
+
+impl Arena {
+    pub fn duplicate_fd(&self, chunk: usize) -> PyResult<OwnedFd> {
+        self.inner
+            .duplicate_fd(chunk)
+            .map_err(|e| PyValueError::new_err(e.to_string()))
+    }
+}
+
+/// The address of the first byte of a buffer-protocol object (to recognise the same memory
+/// passed twice).
+#[pyfunction]
+pub fn buffer_address(object: Bound<'_, PyAny>) -> PyResult<usize> {
+    Ok(contiguous(&object)?.buf_ptr() as usize)
+}
