@@ -7,9 +7,10 @@ import time
 from typing import Callable
 
 
-def measure(run: Callable[[], object], repeat: int) -> float:
-    """Median wall time of ``repeat`` runs, in seconds (one untimed warm-up run first)."""
-    run()
+def measure(run: Callable[[], object], repeat: int, warm_up: bool = True) -> float:
+    """Median wall time of ``repeat`` runs, in seconds (after one untimed warm-up run)."""
+    if warm_up:
+        run()
     times = []
     for _ in range(repeat):
         start = time.perf_counter()

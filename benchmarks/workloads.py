@@ -13,3 +13,19 @@ def busy(milliseconds):
     while time.perf_counter() < end:
         pass
     return milliseconds
+
+
+def fresh_array(i, n_items):
+    """A new float64 array of ``n_items`` (written in full, like any computed result)."""
+    import numpy as np
+
+    return np.full(n_items, float(i))
+
+
+def array_sum(a):
+    return float(a.sum())
+
+
+def slice_sum(a, i, n_slices):
+    step = len(a) // n_slices
+    return float(a[i * step : (i + 1) * step].sum())

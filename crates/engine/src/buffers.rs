@@ -9,6 +9,9 @@
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::OnceLock;
+
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::shm::{Access, SharedFile};
 
@@ -137,11 +140,60 @@ pub struct Placement {
 /// Jobs *hold* the chunks their buffers lie in until they complete; a chunk that is full and
 /// held by no job is closed at once. Closing the parent's descriptor is all it takes: a worker's
 /// mapping keeps the memory only as long as its own objects use it.
+///
+/// Allocating tmpfs pages (and zeroing them) and freeing them costs as much as copying into them,
+/// so a helper thread prepares the next chunk ahead of time and closes finished ones.
 #[derive(Debug)]
 pub struct Arena {
     chunk_size: usize,
     chunks: Vec<Option<Chunk>>,
     current: Option<usize>,
+    spare: Option<Receiver<io::Result<SharedFile>>>,
+}
+
+/// Work for the helper thread: allocating chunks ahead of time, and freeing them.
+enum Chore {
+    Prepare {
+        len: usize,
+        reply: Sender<io::Result<SharedFile>>,
+    },
+    Discard(SharedFile),
+}
+
+fn helper() -> &'static Sender<Chore> {
+    static HELPER: OnceLock<Sender<Chore>> = OnceLock::new();
+    HELPER.get_or_init(|| {
+        let (tx, rx) = crossbeam_channel::unbounded::<Chore>();
+        std::thread::Builder::new()
+            .name("ferrojob-shm".into())
+            .spawn(move || {
+                for chore in rx {
+                    match chore {
+                        Chore::Prepare { len, reply } => {
+                            let _ = reply.send(prepared_file(len));
+                        }
+                        Chore::Discard(file) => drop(file),
+                    }
+                }
+            })
+            .expect("spawn the shared-memory helper thread");
+        tx
+    })
+}
+
+fn prepared_file(len: usize) -> io::Result<SharedFile> {
+    let mut file = SharedFile::create(c"ferrojob-arguments")?;
+    file.preallocate(len)?;
+    Ok(file)
+}
+
+/// Free `file` on the helper thread (in a forked child, where it does not run, free it here).
+fn discard(file: SharedFile) {
+    if let Err(returned) = helper().send(Chore::Discard(file)) {
+        if let Chore::Discard(file) = returned.into_inner() {
+            drop(file);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -158,13 +210,29 @@ impl Arena {
             chunk_size: chunk_size.max(ALIGNMENT),
             chunks: Vec::new(),
             current: None,
+            spare: None,
+        }
+    }
+
+    /// A fresh chunk of the standard size: the one prepared ahead if there is one.
+    fn standard_file(&mut self) -> io::Result<SharedFile> {
+        let prepared = self.spare.take().and_then(|rx| rx.recv().ok());
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        let len = self.chunk_size;
+        if helper().send(Chore::Prepare { len, reply }).is_ok() {
+            self.spare = Some(rx);
+        }
+        match prepared {
+            Some(Ok(file)) => Ok(file),
+            // A failed preallocation (or none yet): allocate as we write.
+            Some(Err(_)) | None => SharedFile::create(c"ferrojob-arguments"),
         }
     }
 
     /// Copy `bytes` into the arena.
     pub fn place(&mut self, bytes: &[u8]) -> io::Result<Placement> {
         if bytes.len() > self.chunk_size {
-            let chunk = self.new_chunk()?;
+            let chunk = self.new_chunk(SharedFile::create(c"ferrojob-arguments")?);
             self.write(chunk, 0, bytes)?;
             self.chunks[chunk].as_mut().expect("new").full = true;
             return Ok(Placement { chunk, offset: 0 });
@@ -177,7 +245,8 @@ impl Arena {
                         chunk.full = true;
                     }
                 }
-                let chunk = self.new_chunk()?;
+                let file = self.standard_file()?;
+                let chunk = self.new_chunk(file);
                 self.current = Some(chunk);
                 (chunk, 0)
             }
@@ -192,15 +261,14 @@ impl Arena {
         (offset + len <= self.chunk_size).then_some((chunk, offset))
     }
 
-    fn new_chunk(&mut self) -> io::Result<usize> {
-        let file = SharedFile::create(c"ferrojob-arguments")?;
+    fn new_chunk(&mut self, file: SharedFile) -> usize {
         self.chunks.push(Some(Chunk {
             file,
             used: 0,
             holds: 0,
             full: false,
         }));
-        Ok(self.chunks.len() - 1)
+        self.chunks.len() - 1
     }
 
     fn write(&mut self, chunk: usize, offset: usize, bytes: &[u8]) -> io::Result<()> {
@@ -242,7 +310,9 @@ impl Arena {
             None => return false,
         };
         if slot.as_ref().is_some_and(|c| c.full && c.holds == 0) {
-            *slot = None;
+            if let Some(chunk) = slot.take() {
+                discard(chunk.file);
+            }
             return true;
         }
         false
@@ -403,5 +473,14 @@ mod tests {
         assert_eq!(read(&mapping, 0, 5), b"hello");
         assert_eq!(read(&mapping, 64, 3), vec![7u8; 3]);
         check_bounds(&refs, &[mapping.len()]).unwrap();
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        for chunk in self.chunks.drain(..).flatten() {
+            discard(chunk.file);
+        }
+        // A chunk still being prepared is freed by the helper when its reply finds no receiver.
     }
 }

@@ -176,6 +176,17 @@ impl SharedFile {
         })
     }
 
+    /// Allocate (and zero) the first `len` bytes now, so that later writes only copy.
+    pub fn preallocate(&mut self, len: usize) -> io::Result<()> {
+        nix::fcntl::fallocate(
+            &self.file,
+            nix::fcntl::FallocateFlags::empty(),
+            0,
+            len as libc::off_t,
+        )
+        .map_err(io::Error::from)
+    }
+
     /// Write `bytes` at `offset` (the file grows to fit).
     pub fn write_at(&mut self, offset: usize, bytes: &[u8]) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
