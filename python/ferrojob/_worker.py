@@ -46,6 +46,8 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
     append = results.append
     try:
         threshold, groups = pickle.loads(payload, buffers=buffers)
+        if not _numpy_allocator_checked:
+            _share_numpy_arrays()
         for function, args_list, kwargs_list in groups:
             if kwargs_list is None:
                 for args in args_list:
@@ -66,6 +68,34 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
     except Exception:
         return False, _unpicklable_result(results), []
     return True, body, out_of_band
+
+
+_numpy_allocator_checked = False
+
+
+def _share_numpy_arrays() -> None:
+    """With ``FERROJOB_NUMPY_ALLOCATOR=1``: once numpy is imported, have it allocate large arrays
+    in shared memory, so that returning one to the parent copies nothing.
+
+    Off by default: where the kernel gives shared memory no huge pages (``shmem_enabled=never``,
+    the usual default), filling fresh shared pages costs more than numpy's huge-page heap plus
+    one copy (measured: 20 results of 50 MB, 387 ms with it, 328 ms without).
+    """
+    global _numpy_allocator_checked
+    numpy = sys.modules.get("numpy")
+    if numpy is None:
+        return
+    _numpy_allocator_checked = True
+    if os.environ.get("FERROJOB_NUMPY_ALLOCATOR", "0") != "1":
+        return
+    try:
+        major, minor = (int(part) for part in numpy.__version__.split(".")[:2])
+    except ValueError:
+        return
+    if (major, minor) >= (1, 22):
+        from . import _core
+
+        _core.install_numpy_allocator()
 
 
 def _raised(error: Exception, offset: int) -> bytes:

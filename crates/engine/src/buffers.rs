@@ -6,14 +6,12 @@
 //! follows. In the parent, an [`Arena`] packs the buffers of one call into a few memfd chunks, so
 //! a 200 KB argument costs a `pwrite`, not a `memfd_create` + `mmap` + `munmap`.
 
+use crossbeam_channel::Receiver;
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::OnceLock;
 
-use crossbeam_channel::{Receiver, Sender};
-
-use crate::shm::{Access, SharedFile};
+use crate::shm::{self, Access, SharedFile};
 
 /// Where one buffer lies: `len` bytes at `offset` in the frame's descriptor number `segment`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,51 +149,6 @@ pub struct Arena {
     spare: Option<Receiver<io::Result<SharedFile>>>,
 }
 
-/// Work for the helper thread: allocating chunks ahead of time, and freeing them.
-enum Chore {
-    Prepare {
-        len: usize,
-        reply: Sender<io::Result<SharedFile>>,
-    },
-    Discard(SharedFile),
-}
-
-fn helper() -> &'static Sender<Chore> {
-    static HELPER: OnceLock<Sender<Chore>> = OnceLock::new();
-    HELPER.get_or_init(|| {
-        let (tx, rx) = crossbeam_channel::unbounded::<Chore>();
-        std::thread::Builder::new()
-            .name("ferrojob-shm".into())
-            .spawn(move || {
-                for chore in rx {
-                    match chore {
-                        Chore::Prepare { len, reply } => {
-                            let _ = reply.send(prepared_file(len));
-                        }
-                        Chore::Discard(file) => drop(file),
-                    }
-                }
-            })
-            .expect("spawn the shared-memory helper thread");
-        tx
-    })
-}
-
-fn prepared_file(len: usize) -> io::Result<SharedFile> {
-    let mut file = SharedFile::create(c"ferrojob-arguments")?;
-    file.preallocate(len)?;
-    Ok(file)
-}
-
-/// Free `file` on the helper thread (in a forked child, where it does not run, free it here).
-fn discard(file: SharedFile) {
-    if let Err(returned) = helper().send(Chore::Discard(file)) {
-        if let Chore::Discard(file) = returned.into_inner() {
-            drop(file);
-        }
-    }
-}
-
 #[derive(Debug)]
 struct Chunk {
     file: SharedFile,
@@ -217,11 +170,7 @@ impl Arena {
     /// A fresh chunk of the standard size: the one prepared ahead if there is one.
     fn standard_file(&mut self) -> io::Result<SharedFile> {
         let prepared = self.spare.take().and_then(|rx| rx.recv().ok());
-        let (reply, rx) = crossbeam_channel::bounded(1);
-        let len = self.chunk_size;
-        if helper().send(Chore::Prepare { len, reply }).is_ok() {
-            self.spare = Some(rx);
-        }
+        self.spare = shm::prepare_later(c"ferrojob-arguments", self.chunk_size);
         match prepared {
             Some(Ok(file)) => Ok(file),
             // A failed preallocation (or none yet): allocate as we write.
@@ -311,7 +260,7 @@ impl Arena {
         };
         if slot.as_ref().is_some_and(|c| c.full && c.holds == 0) {
             if let Some(chunk) = slot.take() {
-                discard(chunk.file);
+                shm::free_later(chunk.file);
             }
             return true;
         }
@@ -365,6 +314,15 @@ pub fn pack<'a>(
     Ok((file, refs))
 }
 
+impl Drop for Arena {
+    fn drop(&mut self) {
+        for chunk in self.chunks.drain(..).flatten() {
+            shm::free_later(chunk.file);
+        }
+        // A chunk still being prepared is freed by the helper when its reply finds no receiver.
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,13 +352,19 @@ mod tests {
         assert_eq!(envelope.access, Access::CopyOnWrite);
         assert_eq!(envelope.buffers, buffers);
         assert_eq!(envelope.body, b"pickle");
-        assert_eq!(decode(&encode(Access::ReadOnly, &[], b"")).unwrap().body, b"");
+        assert_eq!(
+            decode(&encode(Access::ReadOnly, &[], b"")).unwrap().body,
+            b""
+        );
     }
 
     #[test]
     fn damaged_envelopes_are_refused() {
         assert_eq!(decode(b"\x00\x01"), Err(EnvelopeError::Truncated));
-        assert_eq!(decode(b"\x09\x00\x00\x00\x00"), Err(EnvelopeError::UnknownAccess(9)));
+        assert_eq!(
+            decode(b"\x09\x00\x00\x00\x00"),
+            Err(EnvelopeError::UnknownAccess(9))
+        );
         let one = BufferRef {
             segment: 0,
             offset: 0,
@@ -473,14 +437,5 @@ mod tests {
         assert_eq!(read(&mapping, 0, 5), b"hello");
         assert_eq!(read(&mapping, 64, 3), vec![7u8; 3]);
         check_bounds(&refs, &[mapping.len()]).unwrap();
-    }
-}
-
-impl Drop for Arena {
-    fn drop(&mut self) {
-        for chunk in self.chunks.drain(..).flatten() {
-            discard(chunk.file);
-        }
-        // A chunk still being prepared is freed by the helper when its reply finds no receiver.
     }
 }

@@ -9,5 +9,6 @@ pub mod buffers;
 pub mod pool;
 pub mod protocol;
 pub mod scheduler;
+pub mod shared_alloc;
 pub mod shm;
 pub mod worker;

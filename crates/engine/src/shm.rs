@@ -9,6 +9,9 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use crossbeam_channel::{Receiver, Sender};
 
 use memmap2::MmapMut;
 use nix::sys::memfd::{memfd_create, MFdFlags};
@@ -260,15 +263,13 @@ pub struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
     access: Access,
-    _owner: MappedMemory,
+    owner: Option<MappedMemory>,
 }
 
 #[derive(Debug)]
 enum MappedMemory {
     ReadOnly(memmap2::Mmap),
     Writable(MmapMut),
-    /// Mapping zero bytes is an error (EINVAL); an empty segment maps to nothing.
-    Empty,
 }
 
 // SAFETY: a Mapping owns its pages exclusively (no other Rust value aliases them); the raw
@@ -284,11 +285,12 @@ impl Mapping {
         let len = usize::try_from(file.metadata()?.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "segment too large"))?;
         if len == 0 {
+            // Mapping zero bytes is an error (EINVAL): an empty segment maps to nothing.
             return Ok(Self {
                 ptr: NonNull::dangling(),
                 len,
                 access,
-                _owner: MappedMemory::Empty,
+                owner: None,
             });
         }
         // SAFETY: ferrojob segments are memfds that no process truncates after sending them, so
@@ -306,14 +308,13 @@ impl Mapping {
         let raw = match &mut owner {
             MappedMemory::ReadOnly(map) => map.as_ptr().cast_mut(),
             MappedMemory::Writable(map) => map.as_mut_ptr(),
-            MappedMemory::Empty => unreachable!("len > 0"),
         };
         let ptr = NonNull::new(raw).expect("mmap never returns null");
         Ok(Self {
             ptr,
             len,
             access,
-            _owner: owner,
+            owner: Some(owner),
         })
     }
 
@@ -334,4 +335,66 @@ impl Mapping {
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // Unmapping the last mapping of a segment frees its pages, which takes as long as
+        // filling them: let the helper thread do it.
+        if let Some(owner) = self.owner.take() {
+            free_later(owner);
+        }
+    }
+}
+
+/// Work for the shared-memory helper thread: allocating segments ahead of time, and freeing
+/// them, off the calling thread.
+enum Chore {
+    Prepare {
+        name: &'static CStr,
+        len: usize,
+        reply: Sender<io::Result<SharedFile>>,
+    },
+    Free(Box<dyn Send>),
+}
+
+fn helper() -> &'static Sender<Chore> {
+    static HELPER: OnceLock<Sender<Chore>> = OnceLock::new();
+    HELPER.get_or_init(|| {
+        let (tx, rx) = crossbeam_channel::unbounded::<Chore>();
+        std::thread::Builder::new()
+            .name("ferrojob-shm".into())
+            .spawn(move || {
+                for chore in rx {
+                    match chore {
+                        Chore::Prepare { name, len, reply } => {
+                            let prepared = SharedFile::create(name).and_then(|mut file| {
+                                file.preallocate(len)?;
+                                Ok(file)
+                            });
+                            // Nobody waiting any more: the file is dropped here.
+                            let _ = reply.send(prepared);
+                        }
+                        Chore::Free(value) => drop(value),
+                    }
+                }
+            })
+            .expect("spawn the shared-memory helper thread");
+        tx
+    })
+}
+
+/// Drop `value` (a segment, a mapping) on the helper thread.
+pub fn free_later(value: impl Send + 'static) {
+    // The helper never hangs up; should it be gone, the value is dropped right here.
+    let _ = helper().send(Chore::Free(Box::new(value)));
+}
+
+/// Ask the helper thread for a memfd of `len` allocated bytes; receive it when needed.
+pub fn prepare_later(name: &'static CStr, len: usize) -> Option<Receiver<io::Result<SharedFile>>> {
+    let (reply, rx) = crossbeam_channel::bounded(1);
+    helper()
+        .send(Chore::Prepare { name, len, reply })
+        .ok()
+        .map(|()| rx)
 }

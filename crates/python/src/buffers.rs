@@ -6,7 +6,8 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use ferrojob_engine::buffers::{self, BufferRef, Envelope};
-use ferrojob_engine::shm::{Access, Mapping, SharedFile};
+use ferrojob_engine::shared_alloc;
+use ferrojob_engine::shm::{Access, Mapping};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
@@ -126,7 +127,9 @@ fn contiguous(object: &Bound<'_, PyAny>) -> PyResult<PyBuffer<u8>> {
     };
     let buffer = PyBuffer::<u8>::get(&flat)?;
     if !buffer.is_c_contiguous() {
-        return Err(PyValueError::new_err("out-of-band buffers must be contiguous"));
+        return Err(PyValueError::new_err(
+            "out-of-band buffers must be contiguous",
+        ));
     }
     Ok(buffer)
 }
@@ -138,16 +141,54 @@ unsafe fn bytes_of(buffer: &PyBuffer<u8>) -> &[u8] {
     unsafe { std::slice::from_raw_parts(buffer.buf_ptr().cast::<u8>(), buffer.len_bytes()) }
 }
 
-/// Copy `objects` (buffer-protocol objects) into one fresh segment: a worker's result buffers.
+/// Send `objects` (buffer-protocol objects: a worker's result buffers) through shared memory.
+/// Those that live in a shared allocation (arrays made by the numpy handler) go as they are;
+/// the others are copied into one fresh segment. Returns the descriptors and the places.
 pub fn pack_buffers(
     py: Python<'_>,
     objects: &[Bound<'_, PyAny>],
-) -> PyResult<(SharedFile, Vec<BufferRef>)> {
-    let held = objects.iter().map(contiguous).collect::<PyResult<Vec<_>>>()?;
+) -> PyResult<(Vec<OwnedFd>, Vec<BufferRef>)> {
+    let held = objects
+        .iter()
+        .map(contiguous)
+        .collect::<PyResult<Vec<_>>>()?;
     // SAFETY: `held` keeps every buffer exported until the end of this function.
     let slices: Vec<&[u8]> = held.iter().map(|b| unsafe { bytes_of(b) }).collect();
-    py.detach(|| buffers::pack(c"ferrojob-results", slices))
-        .map_err(|e| PyOSError::new_err(format!("writing results to shared memory: {e}")))
+    let mut fds = Vec::new();
+    let mut places: Vec<Option<BufferRef>> = Vec::with_capacity(slices.len());
+    let mut to_copy = Vec::new();
+    for bytes in &slices {
+        match shared_alloc::locate(bytes.as_ptr(), bytes.len()) {
+            Some((fd, offset)) => {
+                fds.push(fd);
+                places.push(Some(BufferRef {
+                    segment: (fds.len() - 1) as u32,
+                    offset,
+                    len: bytes.len() as u64,
+                }));
+            }
+            None => {
+                places.push(None);
+                to_copy.push(*bytes);
+            }
+        }
+    }
+    if !to_copy.is_empty() {
+        let (file, copied) = py
+            .detach(|| buffers::pack(c"ferrojob-results", to_copy))
+            .map_err(|e| PyOSError::new_err(format!("writing results to shared memory: {e}")))?;
+        fds.push(
+            file.duplicate_fd()
+                .map_err(|e| PyOSError::new_err(e.to_string()))?,
+        );
+        let segment = (fds.len() - 1) as u32;
+        let mut copied = copied.into_iter();
+        for place in places.iter_mut().filter(|place| place.is_none()) {
+            let packed = copied.next().expect("one packed place per copied buffer");
+            *place = Some(BufferRef { segment, ..packed });
+        }
+    }
+    Ok((fds, places.into_iter().flatten().collect()))
 }
 
 /// The shared memory of one call's arguments (see `ferrojob_engine::buffers::Arena`).
@@ -167,15 +208,19 @@ impl Arena {
     }
 
     /// Copy `buffer` into shared memory; returns `(chunk, offset, length)`.
-    fn place(&mut self, py: Python<'_>, buffer: Bound<'_, PyAny>) -> PyResult<(usize, usize, usize)> {
+    fn place(
+        &mut self,
+        py: Python<'_>,
+        buffer: Bound<'_, PyAny>,
+    ) -> PyResult<(usize, usize, usize)> {
         let held = contiguous(&buffer)?;
         // SAFETY: `held` keeps the buffer exported until the end of this function. Another
         // thread writing to it meanwhile would race as it would with any GIL-free reader.
         let bytes = unsafe { bytes_of(&held) };
         let inner = &mut self.inner;
-        let placement = py
-            .detach(|| inner.place(bytes))
-            .map_err(|e| PyOSError::new_err(format!("copying an argument to shared memory: {e}")))?;
+        let placement = py.detach(|| inner.place(bytes)).map_err(|e| {
+            PyOSError::new_err(format!("copying an argument to shared memory: {e}"))
+        })?;
         Ok((placement.chunk, placement.offset, bytes.len()))
     }
 

@@ -4,6 +4,7 @@
 mod buffers;
 mod calls;
 mod errors;
+mod numpy_allocator;
 mod pool;
 mod scheduler;
 mod worker;
@@ -19,6 +20,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<buffers::Arena>()?;
     m.add_class::<buffers::SharedBuffer>()?;
     m.add_function(wrap_pyfunction!(buffers::buffer_address, m)?)?;
+    m.add_function(wrap_pyfunction!(
+        numpy_allocator::install_numpy_allocator,
+        m
+    )?)?;
     m.add_class::<pool::ProcessPool>()?;
     m.add_class::<pool::Completion>()?;
     m.add_class::<scheduler::Scheduler>()?;

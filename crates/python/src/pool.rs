@@ -138,7 +138,9 @@ impl ProcessPool {
                 .iter()
                 .map(|&chunk| arena.duplicate_fd(chunk))
                 .collect::<PyResult<Vec<_>>>()?,
-            (None, false) => return Err(PyValueError::new_err("buffers given without their arena")),
+            (None, false) => {
+                return Err(PyValueError::new_err("buffers given without their arena"))
+            }
         };
         let job = Job {
             id: job,
@@ -203,7 +205,10 @@ impl ProcessPool {
     }
 }
 
-fn to_python(py: Python<'_>, completion: ferrojob_engine::pool::Completion) -> PyResult<Completion> {
+fn to_python(
+    py: Python<'_>,
+    completion: ferrojob_engine::pool::Completion,
+) -> PyResult<Completion> {
     let bytes = |payload: &[u8]| Some(PyBytes::new(py, payload).unbind());
     let mut buffers = Vec::new();
     let (kind, payload, code, tasks_started) = match completion.outcome {

@@ -7,7 +7,7 @@ use std::os::fd::OwnedFd;
 use ferrojob_engine::buffers as envelope;
 use ferrojob_engine::shm::{Access, StatusPage};
 use ferrojob_engine::worker::{Endpoint, Reply, Request};
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -89,13 +89,10 @@ fn try_run_task(
             fds: Vec::new(),
         });
     }
-    let (file, refs) = pack_buffers(py, &out)?;
-    let fd = file
-        .duplicate_fd()
-        .map_err(|e| PyOSError::new_err(e.to_string()))?;
+    let (fds, refs) = pack_buffers(py, &out)?;
     Ok(Reply::Done {
         payload: envelope::encode(Access::CopyOnWrite, &refs, &body),
-        fds: vec![fd],
+        fds,
     })
 }
 
