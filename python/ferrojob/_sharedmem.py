@@ -8,6 +8,7 @@ identity) and not copied again while its owner is alive and its chunk open.
 
 from __future__ import annotations
 
+import functools
 import pickle
 import re
 import weakref
@@ -100,7 +101,7 @@ class ArgumentStore:
             return found
         place = self.arena.place(buffer)
         try:
-            guard = weakref.ref(owner, lambda _, key=key: self._forget(key))
+            guard = weakref.ref(owner, functools.partial(_forget, weakref.ref(self), key))
         except TypeError:  # bytes and the like: no weak references, so no reuse
             return place
         self._placed[key] = place
@@ -119,7 +120,7 @@ class ArgumentStore:
             if self.arena.release(chunk):
                 self._forget_chunk(chunk)
 
-    def _forget(self, key: tuple[int, int, int]) -> None:
+    def forget(self, key: tuple[int, int, int]) -> None:
         place = self._placed.pop(key, None)
         self._guards.pop(key, None)
         if place is not None:
@@ -131,3 +132,11 @@ class ArgumentStore:
         for key in self._by_chunk.pop(chunk, []):
             self._placed.pop(key, None)
             self._guards.pop(key, None)
+
+
+def _forget(store: weakref.ref, key: tuple[int, int, int], _dead: weakref.ref) -> None:
+    """The owner of a placed buffer died: its memory may be reused, so forget the placement.
+    (The store is held weakly, so that it is freed, with its shared memory, as soon as unused.)"""
+    live_store = store()
+    if live_store is not None:
+        live_store.forget(key)

@@ -57,6 +57,22 @@ impl SharedBuffer {
         self.len
     }
 
+    /// Pickled as the bytes it holds (a `bytearray` when writable), as pickle does with a
+    /// `PickleBuffer` sent in-band.
+    fn __reduce__<'py>(
+        slf: Bound<'py, Self>,
+    ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyAny>,))> {
+        let py = slf.py();
+        let builtins = py.import("builtins")?;
+        let kind = if slf.get().mapping.access().is_writable() {
+            "bytearray"
+        } else {
+            "bytes"
+        };
+        let copy = builtins.getattr("bytes")?.call1((&slf,))?;
+        Ok((builtins.getattr(kind)?, (copy,)))
+    }
+
     #[getter]
     fn readonly(&self) -> bool {
         !self.mapping.access().is_writable()

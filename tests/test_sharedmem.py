@@ -1,0 +1,265 @@
+"""Large buffers travel through shared memory: exact round trips, read-only arguments, writable
+results, placement once per call, and nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+
+import pytest
+from conftest import children, open_fds
+
+from ferrojob import InvalidParameterError, Parallel, WorkerCrashedError, delayed
+from ferrojob._sharedmem import ArgumentStore, parse_max_nbytes
+
+np = pytest.importorskip("numpy")
+
+BIG = 1 << 20  # above the default max_nbytes (64 KiB)
+
+
+def identity(x):
+    return x
+
+
+def describe(a):
+    return a.shape, a.dtype.str, a.strides, a.flags.writeable, a.flags.f_contiguous
+
+
+def write_first(a, value=1.0):
+    flat = a.reshape(-1)
+    flat[0] = value
+    return float(flat[0])
+
+
+def fresh(n, value):
+    return np.full(n, value)
+
+
+def exit_now(_):
+    os._exit(7)
+
+
+def segv_now(_):
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+ARRAYS = {
+    "c-order 2-d": np.arange(BIG // 8 * 3, dtype=np.float64).reshape(-1, 3),
+    "fortran order": np.asfortranarray(np.arange(BIG // 8 * 4, dtype=np.float32).reshape(-1, 4)),
+    "non-contiguous": np.arange(BIG // 4, dtype=np.int64)[::3],
+    "0-d": np.array(2.5),
+    "empty": np.zeros((0, 5)),
+    "int16": np.arange(BIG, dtype=np.int16),
+    "complex": np.arange(BIG // 16, dtype=np.complex128) * 1j,
+    "structured": np.zeros(BIG // 12, dtype=[("a", "i4"), ("b", "f8")]),
+    "small": np.arange(10),
+}
+
+
+@pytest.mark.parametrize("name", list(ARRAYS))
+def test_arrays_round_trip_exactly(name):
+    array = ARRAYS[name]
+    # What pickle itself gives back (a non-contiguous view comes back as a contiguous copy).
+    reference = pickle.loads(pickle.dumps(array, protocol=5))
+    back = Parallel(n_jobs=2)(delayed(identity)(array) for _ in range(3))
+    for result in back:
+        assert result.dtype == array.dtype
+        assert result.shape == array.shape
+        assert result.strides == reference.strides
+        assert result.flags.f_contiguous == reference.flags.f_contiguous
+        np.testing.assert_array_equal(result, array)
+
+
+def test_object_arrays_fall_back_to_pickling():
+    array = np.array([{"a": 1}, [2], "three", None] * 1000, dtype=object)
+    (back,) = Parallel(n_jobs=2)([delayed(identity)(array)])
+    assert back.dtype == object
+    assert list(back) == list(array)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"x" * BIG, bytearray(b"y" * BIG), pickle.PickleBuffer(bytearray(b"z" * BIG))],
+    ids=["bytes", "bytearray", "PickleBuffer"],
+)
+def test_buffer_producers_round_trip(value):
+    (back,) = Parallel(n_jobs=2)([delayed(identity)(value)])
+    expected = bytes(value.raw()) if isinstance(value, pickle.PickleBuffer) else value
+    assert bytes(back) == bytes(expected)
+    if not isinstance(value, pickle.PickleBuffer):
+        assert type(back) is type(value)
+
+
+def test_memoryview_argument():
+    view = memoryview(bytearray(b"q" * BIG))
+    (back,) = Parallel(n_jobs=2)([delayed(bytes)(view)])
+    assert back == b"q" * BIG
+
+
+def test_arguments_are_read_only_in_workers():
+    array = np.ones(BIG // 8)
+    with pytest.raises(ValueError, match="assignment destination is read-only"):
+        Parallel(n_jobs=2)([delayed(write_first)(array)])
+    assert array[0] == 1.0
+
+
+def test_mmap_mode_c_gives_each_task_a_private_writable_copy():
+    array = np.zeros(BIG // 8)
+    results = Parallel(n_jobs=2, mmap_mode="c")(delayed(write_first)(array, i) for i in range(4))
+    assert results == [0.0, 1.0, 2.0, 3.0]
+    assert array[0] == 0.0
+
+
+def test_mmap_mode_r_plus_is_writable_and_leaves_the_callers_array_alone():
+    array = np.zeros(BIG // 8)
+    assert Parallel(n_jobs=2, mmap_mode="r+")([delayed(write_first)(array, 5.0)]) == [5.0]
+    assert array[0] == 0.0
+
+
+def test_max_nbytes_none_sends_everything_inline():
+    array = np.zeros(BIG // 8)
+    # Inline arguments are private unpickled copies: writable, like joblib with max_nbytes=None.
+    assert Parallel(n_jobs=2, max_nbytes=None)([delayed(write_first)(array, 3.0)]) == [3.0]
+
+
+def test_small_arrays_stay_inline_below_max_nbytes():
+    array = np.zeros(1000)
+    assert Parallel(n_jobs=2, max_nbytes="1M")([delayed(write_first)(array, 2.0)]) == [2.0]
+
+
+def test_results_are_writable_and_outlive_the_pool():
+    with Parallel(n_jobs=2) as parallel:
+        results = parallel(delayed(fresh)(BIG // 8, float(i)) for i in range(4))
+    from ferrojob.backends import processes
+
+    processes._SHARED.shutdown()
+    for i, result in enumerate(results):
+        assert result.flags.writeable
+        assert result[0] == float(i) and result[-1] == float(i)
+        result[:] = -1
+        assert result.sum() == -result.size
+
+
+def test_max_nbytes_parsing():
+    assert parse_max_nbytes("1M") == 1 << 20
+    assert parse_max_nbytes("100k") == 100 << 10
+    assert parse_max_nbytes(4096) == 4096
+    assert parse_max_nbytes(None) is None
+    for bad in ("lots", -1, True, 1.5):
+        with pytest.raises(InvalidParameterError, match="is not a size"):
+            parse_max_nbytes(bad)
+    with pytest.raises(ValueError, match="is not a mapping mode"):
+        Parallel(n_jobs=2, mmap_mode="rw")
+
+
+# -- placement ----------------------------------------------------------------------------------
+
+
+def placements(store, buffers):
+    return [store.place(buffer) for buffer in buffers]
+
+
+def out_of_band(obj):
+    buffers = []
+    pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    return buffers
+
+
+def test_the_same_array_is_placed_once():
+    store = ArgumentStore()
+    array = np.ones(BIG)
+    first = placements(store, out_of_band(array))
+    again = [placements(store, out_of_band(array)) for _ in range(39)]
+    assert all(places == first for places in again)
+    assert store.arena.n_open_chunks == 1
+
+
+def test_slices_of_one_array_are_placed_separately_and_fortran_arrays_are_recognised():
+    store = ArgumentStore()
+    base = np.arange(BIG, dtype=np.float64)
+    a, b = (placements(store, out_of_band(base[i * 1000 : (i + 1) * 1000])) for i in range(2))
+    assert a != b
+    fortran = np.asfortranarray(np.ones((512, 512)))
+    assert placements(store, out_of_band(fortran)) == placements(store, out_of_band(fortran))
+
+
+def test_a_dead_arrays_memory_is_not_mistaken_for_a_new_one():
+    store = ArgumentStore()
+    first = np.ones(BIG // 8)
+    place = placements(store, out_of_band(first))
+    del first
+    second = np.full(BIG // 8, 2.0)  # may reuse the freed address
+    assert placements(store, out_of_band(second)) != place or store._placed == {}
+
+
+def test_big_array_shared_by_many_tasks():
+    big = np.arange(8 * BIG, dtype=np.float64)
+    parts = Parallel(n_jobs=2)(delayed(lambda a, i: float(a[i::40].sum()))(big, i) for i in range(40))
+    assert sum(parts) == float(big.sum())
+
+
+# -- lifetimes ----------------------------------------------------------------------------------
+
+
+def shared_memory_maps():
+    with open("/proc/self/maps") as maps:
+        return sum("memfd:ferrojob" in line for line in maps)
+
+
+def test_nothing_leaks_across_many_calls_and_crashes():
+    array = np.ones(BIG // 8)
+
+    def one_round(i):
+        results = Parallel(n_jobs=2)(delayed(fresh)(BIG // 8, float(i)) for _ in range(3))
+        assert Parallel(n_jobs=2)(delayed(float)(array.sum()) for _ in range(2))
+        assert all(r[0] == float(i) for r in results)
+        del results
+        if i % 10 == 0:
+            with pytest.raises(WorkerCrashedError):
+                Parallel(n_jobs=2)(delayed(exit_now if i % 20 else segv_now)(array) for _ in range(2))
+
+    one_round(0)
+    fds, maps, kids = open_fds(), shared_memory_maps(), len(children())
+    for i in range(1, 101):
+        one_round(i)
+    from ferrojob._core import Arena
+
+    Arena()  # the helper thread frees mappings asynchronously: let it drain
+    import time
+
+    deadline = time.monotonic() + 10
+    while shared_memory_maps() > maps and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert open_fds() == fds
+    assert shared_memory_maps() <= maps
+    assert len(children()) == kids
+    assert not [name for name in os.listdir("/dev/shm") if "ferrojob" in name]
+
+
+def test_threading_backend_passes_the_objects_themselves():
+    array = np.ones(BIG)
+    (back,) = Parallel(n_jobs=2, backend="threading")([delayed(identity)(array)])
+    assert back is array
+
+
+def test_numpy_allocator_opt_in_gives_zero_copy_results(script):
+    done = script(
+        """
+        import os
+        os.environ["FERROJOB_NUMPY_ALLOCATOR"] = "1"
+        import numpy as np
+        from ferrojob import Parallel, delayed
+
+        def make(i):
+            import numpy
+            return numpy.full(1 << 20, float(i)), numpy._core.multiarray.get_handler_name()
+
+        out = Parallel(n_jobs=2)(delayed(make)(i) for i in range(6))
+        assert [a[0] for a, _ in out] == [float(i) for i in range(6)]
+        assert all(a.flags.writeable for a, _ in out)
+        print(sorted({name for _, name in out})[-1])
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ferrojob_shared_memory"
