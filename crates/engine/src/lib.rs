@@ -6,9 +6,12 @@
 //! worker in `src/bin`.
 
 pub mod buffers;
+pub mod codec;
+pub mod hash;
 pub mod pool;
 pub mod protocol;
 pub mod scheduler;
 pub mod shared_alloc;
 pub mod shm;
+pub mod store;
 pub mod worker;

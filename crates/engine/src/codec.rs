@@ -1,0 +1,681 @@
+//! ferrojob's container format for `dump` / `load`.
+//!
+//! ```text
+//! magic "FJDUMP\0" version u8 | header length u64 | header | xxh3-64 of header u64 | sections
+//! header:  n_sections u32, then per section:
+//!          kind u8 (0 pickle, 1 buffer) | codec u8 (0 raw, 1 zstd, 2 lz4) | raw length u64
+//!          | offset u64 | n_blocks u32 | per block: raw length u64, stored length u64,
+//!          xxh3-64 of the stored bytes u64
+//! ```
+//! Sections start at multiples of 64 bytes, so raw buffers can be memory-mapped and used in
+//! place as numpy arrays. Data is cut into blocks of `BLOCK_SIZE`, compressed (zstd or lz4) and
+//! checksummed on every core; a damaged or truncated file is reported with the section and block.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::thread;
+
+use xxhash_rust::xxh3::xxh3_64;
+
+const MAGIC: &[u8; 7] = b"FJDUMP\0";
+const VERSION: u8 = 1;
+/// Uncompressed bytes per block.
+pub const BLOCK_SIZE: usize = 4 << 20;
+/// Sections start at multiples of this.
+pub const ALIGNMENT: u64 = 64;
+const PREAMBLE: usize = 8 + 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Raw,
+    Zstd(i32),
+    Lz4,
+}
+
+impl Codec {
+    fn code(self) -> u8 {
+        match self {
+            Codec::Raw => 0,
+            Codec::Zstd(_) => 1,
+            Codec::Lz4 => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(Codec::Raw),
+            1 => Some(Codec::Zstd(0)),
+            2 => Some(Codec::Lz4),
+            _ => None,
+        }
+    }
+
+    fn compress(self, block: &[u8]) -> io::Result<Vec<u8>> {
+        match self {
+            Codec::Raw => Ok(block.to_vec()),
+            Codec::Zstd(level) => zstd::bulk::compress(block, level),
+            Codec::Lz4 => Ok(lz4_flex::block::compress(block)),
+        }
+    }
+
+    fn decompress(self, stored: &[u8], out: &mut [u8]) -> Result<(), String> {
+        let written = match self {
+            Codec::Raw => {
+                if stored.len() != out.len() {
+                    return Err("length mismatch".into());
+                }
+                out.copy_from_slice(stored);
+                out.len()
+            }
+            Codec::Zstd(_) => {
+                zstd::bulk::decompress_to_buffer(stored, out).map_err(|e| e.to_string())?
+            }
+            Codec::Lz4 => {
+                lz4_flex::block::decompress_into(stored, out).map_err(|e| e.to_string())?
+            }
+        };
+        if written != out.len() {
+            return Err(format!("{written} bytes instead of {}", out.len()));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SectionKind {
+    Pickle,
+    Buffer,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block {
+    pub raw_len: u64,
+    pub stored_len: u64,
+    pub checksum: u64,
+}
+
+/// Where a section lies and how it is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Section {
+    pub kind: SectionKind,
+    pub codec: Codec,
+    pub raw_len: u64,
+    pub offset: u64,
+    pub blocks: Vec<Block>,
+}
+
+impl Section {
+    pub fn stored_len(&self) -> u64 {
+        self.blocks.iter().map(|b| b.stored_len).sum()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("{path}: not a ferrojob dump{}", .looks_like.map(|l| format!(" (it looks like {l})")).unwrap_or_default())]
+    NotAContainer {
+        path: PathBuf,
+        looks_like: Option<&'static str>,
+    },
+    #[error("{path}: written by a newer ferrojob (format version {version})")]
+    UnsupportedVersion { path: PathBuf, version: u8 },
+    #[error("{path}: the header is damaged ({reason})")]
+    DamagedHeader { path: PathBuf, reason: String },
+    #[error(
+        "{path}: truncated: section {section} needs bytes up to {needed}, the file has {size}"
+    )]
+    Truncated {
+        path: PathBuf,
+        section: usize,
+        needed: u64,
+        size: u64,
+    },
+    #[error("{path}: section {section}, block {block} is damaged ({reason})")]
+    DamagedBlock {
+        path: PathBuf,
+        section: usize,
+        block: usize,
+        reason: String,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> CodecError + '_ {
+    move |source| CodecError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What a file that is not a ferrojob dump seems to be, from its first bytes.
+fn sniff(start: &[u8]) -> Option<&'static str> {
+    match start {
+        [0x80, 2..=5, ..] => Some("a pickle, e.g. written by joblib.dump without compression"),
+        [0x78, 0x01 | 0x5e | 0x9c | 0xda, ..] => {
+            Some("a zlib stream, e.g. joblib.dump(compress=3)")
+        }
+        [0x1f, 0x8b, ..] => Some("a gzip file, e.g. joblib.dump(compress='gzip')"),
+        [0x42, 0x5a, 0x68, ..] => Some("a bz2 file, e.g. joblib.dump(compress='bz2')"),
+        [0xfd, 0x37, 0x7a, 0x58, 0x5a, ..] => Some("an xz file, e.g. joblib.dump(compress='xz')"),
+        [0x5d, 0x00, 0x00, ..] => Some("an lzma file, e.g. joblib.dump(compress='lzma')"),
+        [0x04, 0x22, 0x4d, 0x18, ..] => Some("an lz4 frame, e.g. joblib.dump(compress='lz4')"),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Some("a zstd frame"),
+        _ => None,
+    }
+}
+
+/// Whether `start` (the first bytes of a file) looks like a joblib dump.
+pub fn looks_like_joblib(start: &[u8]) -> bool {
+    sniff(start).is_some_and(|what| what.contains("joblib"))
+}
+
+/// Cut `data` into blocks and store them with `codec`, on every core.
+fn encode_blocks(data: &[u8], codec: Codec) -> io::Result<(Vec<Block>, Vec<Vec<u8>>)> {
+    let chunks: Vec<&[u8]> = data.chunks(BLOCK_SIZE).collect();
+    let mut stored: Vec<io::Result<Vec<u8>>> = (0..chunks.len()).map(|_| Ok(Vec::new())).collect();
+    if codec != Codec::Raw {
+        parallel_zip(&chunks, &mut stored, |chunk, out| {
+            *out = codec.compress(chunk)
+        });
+    }
+    let mut blocks = Vec::with_capacity(chunks.len());
+    let mut payloads = Vec::with_capacity(chunks.len());
+    for (chunk, result) in chunks.iter().zip(stored) {
+        let bytes = result?;
+        let checksum_source: &[u8] = if codec == Codec::Raw { chunk } else { &bytes };
+        blocks.push(Block {
+            raw_len: chunk.len() as u64,
+            stored_len: checksum_source.len() as u64,
+            checksum: xxh3_64(checksum_source),
+        });
+        payloads.push(bytes);
+    }
+    Ok((blocks, payloads))
+}
+
+/// Run `work(input, output)` for every pair, spread over the available cores.
+fn parallel_zip<I: Sync, O: Send>(
+    inputs: &[I],
+    outputs: &mut [O],
+    work: impl Fn(&I, &mut O) + Sync,
+) {
+    if inputs.is_empty() {
+        return;
+    }
+    let threads = thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(inputs.len());
+    let per_thread = inputs.len().div_ceil(threads);
+    let work = &work;
+    thread::scope(|scope| {
+        for (ins, outs) in inputs
+            .chunks(per_thread)
+            .zip(outputs.chunks_mut(per_thread))
+        {
+            scope.spawn(move || {
+                for (input, output) in ins.iter().zip(outs.iter_mut()) {
+                    work(input, output);
+                }
+            });
+        }
+    });
+}
+
+/// Write a container with a pickle section and one section per buffer, atomically: into a
+/// temporary file beside `path`, renamed over it once complete. Returns the file's size.
+pub fn write(
+    path: &Path,
+    pickle: &[u8],
+    buffers: &[&[u8]],
+    codec: Codec,
+) -> Result<u64, CodecError> {
+    let mut sections = Vec::with_capacity(1 + buffers.len());
+    let mut payloads: Vec<Vec<Vec<u8>>> = Vec::with_capacity(1 + buffers.len());
+    let inputs: Vec<(SectionKind, &[u8])> = std::iter::once((SectionKind::Pickle, pickle))
+        .chain(buffers.iter().map(|b| (SectionKind::Buffer, *b)))
+        .collect();
+    for (kind, data) in &inputs {
+        let (blocks, stored) = encode_blocks(data, codec).map_err(io_error(path))?;
+        sections.push(Section {
+            kind: *kind,
+            codec,
+            raw_len: data.len() as u64,
+            offset: 0,
+            blocks,
+        });
+        payloads.push(stored);
+    }
+    let header_len = encoded_header_len(&sections);
+    let mut offset = (PREAMBLE + header_len + 8) as u64;
+    for section in &mut sections {
+        offset = offset.next_multiple_of(ALIGNMENT);
+        section.offset = offset;
+        offset += section.stored_len();
+    }
+    let header = encode_header(&sections);
+    let temporary = temporary_path(path);
+    let written = (|| -> io::Result<u64> {
+        let file = File::create(&temporary)?;
+        let mut out = io::BufWriter::with_capacity(1 << 20, file);
+        out.write_all(MAGIC)?;
+        out.write_all(&[VERSION])?;
+        out.write_all(&(header.len() as u64).to_le_bytes())?;
+        out.write_all(&header)?;
+        out.write_all(&xxh3_64(&header).to_le_bytes())?;
+        let mut position = (PREAMBLE + header.len() + 8) as u64;
+        for ((section, stored), (_, data)) in sections.iter().zip(&payloads).zip(&inputs) {
+            let padding = section.offset - position;
+            out.write_all(&vec![0u8; padding as usize])?;
+            if codec == Codec::Raw {
+                out.write_all(data)?;
+            } else {
+                for block in stored {
+                    out.write_all(block)?;
+                }
+            }
+            position = section.offset + section.stored_len();
+        }
+        // No fsync: the rename makes the file appear whole to other processes; surviving a power
+        // cut is not promised (joblib does not either), and fsync would halve the throughput.
+        out.into_inner().map_err(|e| e.into_error())?;
+        Ok(position)
+    })();
+    match written {
+        Ok(size) => {
+            std::fs::rename(&temporary, path).map_err(io_error(path))?;
+            Ok(size)
+        }
+        Err(error) => {
+            let _ = std::fs::remove_file(&temporary);
+            Err(io_error(path)(error))
+        }
+    }
+}
+
+fn temporary_path(path: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let unique = format!(
+        ".{name}.{}-{}.tmp",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    path.with_file_name(unique)
+}
+
+fn encoded_header_len(sections: &[Section]) -> usize {
+    4 + sections
+        .iter()
+        .map(|s| 1 + 1 + 8 + 8 + 4 + s.blocks.len() * 24)
+        .sum::<usize>()
+}
+
+fn encode_header(sections: &[Section]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(encoded_header_len(sections));
+    out.extend_from_slice(&(sections.len() as u32).to_le_bytes());
+    for section in sections {
+        out.push(match section.kind {
+            SectionKind::Pickle => 0,
+            SectionKind::Buffer => 1,
+        });
+        out.push(section.codec.code());
+        out.extend_from_slice(&section.raw_len.to_le_bytes());
+        out.extend_from_slice(&section.offset.to_le_bytes());
+        out.extend_from_slice(&(section.blocks.len() as u32).to_le_bytes());
+        for block in &section.blocks {
+            out.extend_from_slice(&block.raw_len.to_le_bytes());
+            out.extend_from_slice(&block.stored_len.to_le_bytes());
+            out.extend_from_slice(&block.checksum.to_le_bytes());
+        }
+    }
+    out
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        if self.bytes.len() < N {
+            return Err("ends early".into());
+        }
+        let (head, rest) = self.bytes.split_at(N);
+        self.bytes = rest;
+        Ok(head.try_into().expect("N bytes"))
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take::<1>()?[0])
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take()?))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.take()?))
+    }
+}
+
+fn decode_header(bytes: &[u8]) -> Result<Vec<Section>, String> {
+    let mut reader = Reader { bytes };
+    let count = reader.u32()? as usize;
+    let mut sections = Vec::with_capacity(count.min(1 << 16));
+    for _ in 0..count {
+        let kind = match reader.u8()? {
+            0 => SectionKind::Pickle,
+            1 => SectionKind::Buffer,
+            other => return Err(format!("unknown section kind {other}")),
+        };
+        let codec = Codec::from_code(reader.u8()?).ok_or("unknown codec")?;
+        let raw_len = reader.u64()?;
+        let offset = reader.u64()?;
+        let n_blocks = reader.u32()? as usize;
+        let mut blocks = Vec::with_capacity(n_blocks.min(1 << 20));
+        for _ in 0..n_blocks {
+            blocks.push(Block {
+                raw_len: reader.u64()?,
+                stored_len: reader.u64()?,
+                checksum: reader.u64()?,
+            });
+        }
+        if blocks.iter().map(|b| b.raw_len).sum::<u64>() != raw_len {
+            return Err("block lengths do not add up".into());
+        }
+        sections.push(Section {
+            kind,
+            codec,
+            raw_len,
+            offset,
+            blocks,
+        });
+    }
+    if !reader.bytes.is_empty() {
+        return Err("trailing bytes".into());
+    }
+    Ok(sections)
+}
+
+/// An opened container: its sections, checked against the file's size.
+#[derive(Debug)]
+pub struct Container {
+    path: PathBuf,
+    file: File,
+    sections: Vec<Section>,
+}
+
+impl Container {
+    pub fn open(path: &Path) -> Result<Self, CodecError> {
+        let mut file = File::open(path).map_err(io_error(path))?;
+        let size = file.metadata().map_err(io_error(path))?.len();
+        let mut preamble = [0u8; PREAMBLE];
+        let got = read_up_to(&mut file, &mut preamble).map_err(io_error(path))?;
+        if got < MAGIC.len() || &preamble[..MAGIC.len()] != MAGIC {
+            return Err(CodecError::NotAContainer {
+                path: path.to_owned(),
+                looks_like: sniff(&preamble[..got]),
+            });
+        }
+        let damaged = |reason: &str| CodecError::DamagedHeader {
+            path: path.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if got < PREAMBLE {
+            return Err(damaged("the file ends inside its preamble"));
+        }
+        if preamble[7] != VERSION {
+            return Err(CodecError::UnsupportedVersion {
+                path: path.to_owned(),
+                version: preamble[7],
+            });
+        }
+        let header_len = u64::from_le_bytes(preamble[8..16].try_into().expect("8 bytes"));
+        if header_len + 8 > size.saturating_sub(PREAMBLE as u64) {
+            return Err(damaged("the file ends inside its header"));
+        }
+        let mut header = vec![0u8; header_len as usize + 8];
+        file.read_exact(&mut header).map_err(io_error(path))?;
+        let (header, checksum) = header.split_at(header_len as usize);
+        if xxh3_64(header) != u64::from_le_bytes(checksum.try_into().expect("8 bytes")) {
+            return Err(damaged("checksum mismatch"));
+        }
+        let sections = decode_header(header).map_err(|reason| damaged(&reason))?;
+        for (index, section) in sections.iter().enumerate() {
+            let needed = section.offset + section.stored_len();
+            if needed > size {
+                return Err(CodecError::Truncated {
+                    path: path.to_owned(),
+                    section: index,
+                    needed,
+                    size,
+                });
+            }
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            sections,
+        })
+    }
+
+    pub fn sections(&self) -> &[Section] {
+        &self.sections
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Whether every buffer section is stored raw (so it can be memory-mapped in place).
+    pub fn is_mappable(&self) -> bool {
+        self.sections
+            .iter()
+            .all(|s| s.kind == SectionKind::Pickle || s.codec == Codec::Raw)
+    }
+
+    /// Read, check and decompress section `index` into `out` (exactly its raw length).
+    pub fn read_into(&self, index: usize, out: &mut [u8]) -> Result<(), CodecError> {
+        use std::os::unix::fs::FileExt;
+        let section = &self.sections[index];
+        assert_eq!(
+            out.len() as u64,
+            section.raw_len,
+            "output sized for the section"
+        );
+        let mut stored = vec![0u8; section.stored_len() as usize];
+        self.file
+            .read_exact_at(&mut stored, section.offset)
+            .map_err(io_error(&self.path))?;
+        let mut inputs = Vec::with_capacity(section.blocks.len());
+        let (mut stored_at, mut raw_at) = (0usize, 0usize);
+        for block in &section.blocks {
+            let stored_end = stored_at + block.stored_len as usize;
+            inputs.push((block, &stored[stored_at..stored_end], raw_at));
+            stored_at = stored_end;
+            raw_at += block.raw_len as usize;
+        }
+        let mut outputs: Vec<&mut [u8]> = Vec::with_capacity(section.blocks.len());
+        let mut rest = out;
+        for block in &section.blocks {
+            let (head, tail) = rest.split_at_mut(block.raw_len as usize);
+            outputs.push(head);
+            rest = tail;
+        }
+        let mut results: Vec<Result<(), String>> = vec![Ok(()); inputs.len()];
+        let mut work: Vec<(&mut [u8], &mut Result<(), String>)> =
+            outputs.into_iter().zip(results.iter_mut()).collect();
+        parallel_zip(&inputs, &mut work, |(block, bytes, _), (out, result)| {
+            **result = if xxh3_64(bytes) != block.checksum {
+                Err("checksum mismatch".into())
+            } else {
+                section.codec.decompress(bytes, out)
+            };
+        });
+        for (number, result) in results.into_iter().enumerate() {
+            if let Err(reason) = result {
+                return Err(CodecError::DamagedBlock {
+                    path: self.path.clone(),
+                    section: index,
+                    block: number,
+                    reason,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn read_up_to(file: &mut File, buffer: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match file.read(&mut buffer[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "ferrojob-codec-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn round_trip(codec: Codec) {
+        let dir = temp_dir();
+        let path = dir.join("data.fj");
+        let big: Vec<u8> = (0..(2 * BLOCK_SIZE + 1000))
+            .map(|i| (i / 7 % 256) as u8)
+            .collect();
+        write(&path, b"pickle-bytes", &[&big, b"", b"small"], codec).unwrap();
+        let container = Container::open(&path).unwrap();
+        assert_eq!(container.sections().len(), 4);
+        assert_eq!(container.is_mappable(), codec == Codec::Raw);
+        for (index, expected) in [&b"pickle-bytes"[..], &big, b"", b"small"]
+            .iter()
+            .enumerate()
+        {
+            let section = &container.sections()[index];
+            assert_eq!(section.offset % ALIGNMENT, 0);
+            let mut out = vec![0u8; section.raw_len as usize];
+            container.read_into(index, &mut out).unwrap();
+            assert_eq!(&out, expected);
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn raw_zstd_and_lz4_round_trip() {
+        round_trip(Codec::Raw);
+        round_trip(Codec::Zstd(3));
+        round_trip(Codec::Lz4);
+    }
+
+    #[test]
+    fn compression_shrinks_compressible_data() {
+        let dir = temp_dir();
+        let path = dir.join("zeros.fj");
+        let size = write(&path, b"", &[&vec![0u8; 10 << 20]], Codec::Zstd(3)).unwrap();
+        assert!(size < 100_000, "{size}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn damage_is_reported_with_its_place() {
+        let dir = temp_dir();
+        let path = dir.join("data.fj");
+        let data: Vec<u8> = (0..(BLOCK_SIZE + 10)).map(|i| (i % 13) as u8).collect();
+        let size = write(&path, b"p", &[&data], Codec::Zstd(1)).unwrap();
+        let container = Container::open(&path).unwrap();
+        let second_block =
+            container.sections()[1].offset + container.sections()[1].blocks[0].stored_len;
+        drop(container);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[second_block as usize] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let container = Container::open(&path).unwrap();
+        let mut out = vec![0u8; data.len()];
+        let error = container.read_into(1, &mut out).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                CodecError::DamagedBlock {
+                    section: 1,
+                    block: 1,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        std::fs::write(&path, &bytes[..size as usize - 5]).unwrap();
+        let error = Container::open(&path).unwrap_err();
+        assert!(
+            matches!(error, CodecError::Truncated { section: 1, .. }),
+            "{error}"
+        );
+        std::fs::write(&path, &bytes[..20]).unwrap();
+        assert!(matches!(
+            Container::open(&path).unwrap_err(),
+            CodecError::DamagedHeader { .. }
+        ));
+        bytes[20] ^= 1; // inside the header
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            Container::open(&path).unwrap_err(),
+            CodecError::DamagedHeader { .. }
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn other_files_are_recognised() {
+        let dir = temp_dir();
+        let path = dir.join("joblib.pkl");
+        std::fs::write(&path, [0x80, 4, 0x95, 0, 0]).unwrap();
+        let error = Container::open(&path).unwrap_err();
+        assert!(error.to_string().contains("joblib.dump"), "{error}");
+        std::fs::write(&path, b"hello").unwrap();
+        assert!(matches!(
+            Container::open(&path).unwrap_err(),
+            CodecError::NotAContainer {
+                looks_like: None,
+                ..
+            }
+        ));
+        assert!(looks_like_joblib(&[0x78, 0x9c]));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temporary_file() {
+        let dir = temp_dir();
+        let path = dir.join("missing-dir").join("x.fj");
+        assert!(write(&path, b"", &[], Codec::Raw).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
