@@ -7,12 +7,17 @@ Example::
     [0, 1, 2, 3]
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .backends import register_parallel_backend
 from .config import parallel_backend, parallel_config
 from .cpus import cpu_count
 from .errors import (
+    DamagedFileError,
     FerrojobError,
     InvalidParameterError,
+    NotADumpFileError,
     ParallelUsageError,
     TaskTimeoutError,
     UnknownBackendError,
@@ -21,11 +26,38 @@ from .errors import (
 )
 from .parallel import Parallel, delayed, effective_n_jobs
 
+if TYPE_CHECKING:
+    from .hashing import hash
+    from .memory import MemorizedResult, Memory
+    from .persistence import dump, load
+
+# Persistence is imported on first use, so that `import ferrojob` stays light for Parallel users.
+_LAZY = {
+    "hash": "hashing",
+    "Memory": "memory",
+    "MemorizedResult": "memory",
+    "dump": "persistence",
+    "load": "persistence",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ferrojob' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "DamagedFileError",
     "FerrojobError",
     "InvalidParameterError",
+    "MemorizedResult",
+    "Memory",
+    "NotADumpFileError",
     "Parallel",
     "ParallelUsageError",
     "TaskTimeoutError",
@@ -34,7 +66,10 @@ __all__ = [
     "WorkerCrashedError",
     "cpu_count",
     "delayed",
+    "dump",
     "effective_n_jobs",
+    "hash",
+    "load",
     "parallel_backend",
     "parallel_config",
     "register_parallel_backend",

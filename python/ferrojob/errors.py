@@ -20,8 +20,10 @@ from __future__ import annotations
 import pickle
 
 __all__ = [
+    "DamagedFileError",
     "FerrojobError",
     "InvalidParameterError",
+    "NotADumpFileError",
     "ParallelUsageError",
     "RemoteTraceback",
     "TaskTimeoutError",
@@ -114,3 +116,17 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return "\n\n" + self.traceback_text.rstrip()
+
+
+class DamagedFileError(FerrojobError, ValueError):
+    """A ferrojob dump (or cache entry) is truncated or corrupted (FJ401); the message names the
+    file and the damaged part."""
+
+    code = "FJ401"
+
+
+class NotADumpFileError(FerrojobError, ValueError):
+    """``load`` was given a file that is not a ferrojob dump (FJ402) — for instance one written by
+    ``joblib.dump`` when joblib is not installed to read it."""
+
+    code = "FJ402"

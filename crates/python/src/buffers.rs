@@ -1,5 +1,5 @@
-//! Out-of-band buffers on the Python side: the parent's argument arena, and `SharedBuffer`, a
-//! Python buffer over a received shared-memory mapping (what numpy arrays are rebuilt on).
+//! Out-of-band buffers on the Python side: the parent's argument arena, and `Buffer`, the memory
+//! (a shared mapping, a mapped file, heap bytes) that numpy arrays are rebuilt on.
 
 use std::ffi::c_int;
 use std::os::fd::OwnedFd;
@@ -12,18 +12,72 @@ use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 
-/// `len` bytes at `offset` of a shared mapping, exported through the buffer protocol.
-/// Read-only when the mapping is (numpy then refuses writes, as with `mmap_mode="r"`).
-/// The mapping is unmapped when the last buffer over it (and every array built on it) is gone.
+/// Memory that rebuilt objects (numpy arrays, bytes) live on.
+pub enum Backing {
+    /// A mapping of shared memory or of a file.
+    Mapped(Arc<Mapping>),
+    /// Bytes read into this process (a decompressed section of a dump).
+    Heap(Arc<HeapBytes>),
+}
+
+/// A heap allocation whose address is handed to Python: it is kept as a raw pointer taken once,
+/// rather than borrowed from the vector afresh.
+pub struct HeapBytes {
+    ptr: std::ptr::NonNull<u8>,
+    _bytes: Vec<u8>,
+}
+
+// SAFETY: the vector is owned and never touched again from Rust; the pointer is its address.
+unsafe impl Send for HeapBytes {}
+// SAFETY: &HeapBytes exposes only the address; access goes through the buffer protocol.
+unsafe impl Sync for HeapBytes {}
+
+impl HeapBytes {
+    pub fn new(mut bytes: Vec<u8>) -> Self {
+        let ptr = std::ptr::NonNull::new(bytes.as_mut_ptr()).expect("Vec pointers are non-null");
+        Self { ptr, _bytes: bytes }
+    }
+}
+
+impl Backing {
+    fn ptr(&self) -> *mut u8 {
+        match self {
+            Backing::Mapped(mapping) => mapping.as_ptr(),
+            Backing::Heap(heap) => heap.ptr.as_ptr(),
+        }
+    }
+
+    fn writable(&self) -> bool {
+        match self {
+            Backing::Mapped(mapping) => mapping.access().is_writable(),
+            Backing::Heap(_) => true,
+        }
+    }
+}
+
+/// `len` bytes at `offset` of some memory (a shared mapping, a mapped file, heap bytes), exported
+/// through the buffer protocol. Read-only when the memory is (numpy then refuses writes, as with
+/// `mmap_mode="r"`). The memory is freed when the last buffer over it (and every array built on
+/// it) is gone.
 #[pyclass(module = "ferrojob._core", frozen)]
-pub struct SharedBuffer {
-    mapping: Arc<Mapping>,
+pub struct Buffer {
+    backing: Backing,
     offset: usize,
     len: usize,
 }
 
+impl Buffer {
+    pub fn new(backing: Backing, offset: usize, len: usize) -> Self {
+        Self {
+            backing,
+            offset,
+            len,
+        }
+    }
+}
+
 #[pymethods]
-impl SharedBuffer {
+impl Buffer {
     /// # Safety
     /// Called by CPython with a valid `view` to fill, per the buffer protocol.
     unsafe fn __getbuffer__(
@@ -32,14 +86,14 @@ impl SharedBuffer {
         flags: c_int,
     ) -> PyResult<()> {
         let this = slf.get();
-        let readonly = c_int::from(!this.mapping.access().is_writable());
-        // SAFETY: offset + len lies inside the mapping (checked when the buffer was made), and
-        // the view holds a reference to `slf`, which keeps the mapping alive while it exists.
+        let readonly = c_int::from(!this.backing.writable());
+        // SAFETY: offset + len lies inside the memory (checked when the buffer was made), and
+        // the view holds a reference to `slf`, which keeps the memory alive while it exists.
         let status = unsafe {
             pyo3::ffi::PyBuffer_FillInfo(
                 view,
                 slf.as_ptr(),
-                this.mapping.as_ptr().add(this.offset).cast(),
+                this.backing.ptr().add(this.offset).cast(),
                 this.len as isize,
                 readonly,
                 flags,
@@ -57,6 +111,11 @@ impl SharedBuffer {
         self.len
     }
 
+    #[getter]
+    fn readonly(&self) -> bool {
+        !self.backing.writable()
+    }
+
     /// Pickled as the bytes it holds (a `bytearray` when writable), as pickle does with a
     /// `PickleBuffer` sent in-band.
     fn __reduce__<'py>(
@@ -64,7 +123,7 @@ impl SharedBuffer {
     ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyAny>,))> {
         let py = slf.py();
         let builtins = py.import("builtins")?;
-        let kind = if slf.get().mapping.access().is_writable() {
+        let kind = if slf.get().backing.writable() {
             "bytearray"
         } else {
             "bytes"
@@ -73,17 +132,12 @@ impl SharedBuffer {
         Ok((builtins.getattr(kind)?, (copy,)))
     }
 
-    #[getter]
-    fn readonly(&self) -> bool {
-        !self.mapping.access().is_writable()
-    }
-
     fn __repr__(&self) -> String {
-        format!(
-            "<SharedBuffer {} bytes, {:?}>",
-            self.len,
-            self.mapping.access()
-        )
+        let what = match &self.backing {
+            Backing::Mapped(mapping) => format!("{:?} mapping", mapping.access()),
+            Backing::Heap(_) => "heap".to_owned(),
+        };
+        format!("<Buffer {} bytes, {what}>", self.len)
     }
 }
 
@@ -98,12 +152,12 @@ pub fn access_from_mode(mode: &str) -> PyResult<Access> {
     }
 }
 
-/// Map the descriptors of a received frame and make one `SharedBuffer` per entry of its envelope.
+/// Map the descriptors of a received frame and make one `Buffer` per entry of its envelope.
 pub fn map_buffers(
     py: Python<'_>,
     envelope: &Envelope<'_>,
     fds: Vec<OwnedFd>,
-) -> PyResult<Vec<Py<SharedBuffer>>> {
+) -> PyResult<Vec<Py<Buffer>>> {
     if envelope.buffers.is_empty() {
         return Ok(Vec::new());
     }
@@ -124,18 +178,18 @@ pub fn map_buffers(
         .map(|buffer| {
             Py::new(
                 py,
-                SharedBuffer {
-                    mapping: Arc::clone(&mappings[buffer.segment as usize]),
-                    offset: buffer.offset as usize,
-                    len: buffer.len as usize,
-                },
+                Buffer::new(
+                    Backing::Mapped(Arc::clone(&mappings[buffer.segment as usize])),
+                    buffer.offset as usize,
+                    buffer.len as usize,
+                ),
             )
         })
         .collect()
 }
 
 /// Contiguous bytes of any buffer-protocol object (a PickleBuffer, an array, bytes).
-fn contiguous(object: &Bound<'_, PyAny>) -> PyResult<PyBuffer<u8>> {
+pub fn contiguous(object: &Bound<'_, PyAny>) -> PyResult<PyBuffer<u8>> {
     // A PickleBuffer exposes its bytes as a flat 'B' view through raw().
     let flat = match object.getattr("raw") {
         Ok(raw) => raw.call0()?,
@@ -152,7 +206,7 @@ fn contiguous(object: &Bound<'_, PyAny>) -> PyResult<PyBuffer<u8>> {
 
 /// # Safety
 /// `buffer` must stay alive (and its memory unchanged by this thread) while the slice is used.
-unsafe fn bytes_of(buffer: &PyBuffer<u8>) -> &[u8] {
+pub unsafe fn bytes_of(buffer: &PyBuffer<u8>) -> &[u8] {
     // SAFETY: per the caller; a contiguous PyBuffer covers len_bytes() bytes from buf_ptr().
     unsafe { std::slice::from_raw_parts(buffer.buf_ptr().cast::<u8>(), buffer.len_bytes()) }
 }

@@ -1,13 +1,21 @@
 //! The one place where engine errors become Python exceptions.
 
+use ferrojob_engine::codec::CodecError;
 use ferrojob_engine::pool::PoolError;
 use ferrojob_engine::protocol::ProtocolError;
 use pyo3::exceptions::{PyConnectionError, PyOSError, PyRuntimeError};
-use pyo3::PyErr;
+use pyo3::prelude::*;
 
 pub enum EngineError {
     Pool(PoolError),
     Protocol(ProtocolError),
+    Codec(CodecError),
+}
+
+impl From<CodecError> for EngineError {
+    fn from(err: CodecError) -> Self {
+        Self::Codec(err)
+    }
 }
 
 impl From<PoolError> for EngineError {
@@ -38,6 +46,36 @@ impl From<EngineError> for PyErr {
                 | ProtocolError::TooManyFds(_)
                 | ProtocolError::Truncated),
             ) => PyConnectionError::new_err(err.to_string()),
+            EngineError::Codec(CodecError::Io { path, source }) => {
+                let message = format!("{}: {source}", path.display());
+                match source.raw_os_error() {
+                    Some(errno) => PyOSError::new_err((errno, message)),
+                    None => PyOSError::new_err(message),
+                }
+            }
+            EngineError::Codec(err @ CodecError::NotAContainer { .. }) => {
+                ferrojob_error("NotADumpFileError", err.to_string())
+            }
+            EngineError::Codec(
+                err @ (CodecError::UnsupportedVersion { .. }
+                | CodecError::DamagedHeader { .. }
+                | CodecError::Truncated { .. }
+                | CodecError::DamagedBlock { .. }),
+            ) => ferrojob_error("DamagedFileError", err.to_string()),
         }
     }
+}
+
+/// An instance of the exception class `name` of `ferrojob.errors`.
+fn ferrojob_error(name: &str, message: String) -> PyErr {
+    Python::attach(|py| {
+        match py
+            .import("ferrojob.errors")
+            .and_then(|module| module.getattr(name))
+            .and_then(|class| class.call1((message.clone(),)))
+        {
+            Ok(error) => PyErr::from_value(error),
+            Err(err) => err,
+        }
+    })
 }

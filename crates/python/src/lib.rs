@@ -5,6 +5,7 @@ mod buffers;
 mod calls;
 mod errors;
 mod numpy_allocator;
+mod persistence;
 mod pool;
 mod scheduler;
 mod worker;
@@ -18,12 +19,18 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(calls::read_calls, m)?)?;
     m.add_function(wrap_pyfunction!(calls::call_columns, m)?)?;
     m.add_class::<buffers::Arena>()?;
-    m.add_class::<buffers::SharedBuffer>()?;
+    m.add_class::<buffers::Buffer>()?;
     m.add_function(wrap_pyfunction!(buffers::buffer_address, m)?)?;
     m.add_function(wrap_pyfunction!(
         numpy_allocator::install_numpy_allocator,
         m
     )?)?;
+    m.add_class::<persistence::Hasher>()?;
+    m.add_class::<persistence::Store>()?;
+    m.add_class::<persistence::EntryLock>()?;
+    m.add_function(wrap_pyfunction!(persistence::write_dump, m)?)?;
+    m.add_function(wrap_pyfunction!(persistence::read_dump, m)?)?;
+    m.add_function(wrap_pyfunction!(persistence::looks_like_joblib, m)?)?;
     m.add_class::<pool::ProcessPool>()?;
     m.add_class::<pool::Completion>()?;
     m.add_class::<scheduler::Scheduler>()?;

@@ -9,7 +9,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::buffers::{access_from_mode, map_buffers, Arena, SharedBuffer};
+use crate::buffers::{access_from_mode, map_buffers, Arena, Buffer};
 use crate::errors::EngineError;
 
 /// SCM_RIGHTS carries at most 253 descriptors in one message (SCM_MAX_FD).
@@ -35,7 +35,7 @@ pub struct Completion {
     kind: &'static str,
     payload: Option<Py<PyBytes>>,
     /// The out-of-band buffers of a "done" payload, mapped copy-on-write.
-    buffers: Vec<Py<SharedBuffer>>,
+    buffers: Vec<Py<Buffer>>,
     elapsed: f64,
     pid: i32,
     code: Option<i32>,

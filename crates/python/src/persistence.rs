@@ -1,0 +1,298 @@
+//! Bindings of the persistence engine: hashing, the dump container, the cache store.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use ferrojob_engine::codec::{self, Codec, Container};
+use ferrojob_engine::hash::{Algorithm, Hasher as EngineHasher};
+use ferrojob_engine::shm::{Access, Mapping};
+use ferrojob_engine::store::{self, Store as EngineStore};
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::buffers::{access_from_mode, bytes_of, contiguous, Backing, Buffer, HeapBytes};
+use crate::errors::EngineError;
+
+/// A streaming hasher: "xxh3" (xxh3-128) or "blake3". Large buffers are hashed on every core.
+#[pyclass(module = "ferrojob._core")]
+pub struct Hasher {
+    inner: EngineHasher,
+}
+
+#[pymethods]
+impl Hasher {
+    #[new]
+    fn new(name: &str) -> PyResult<Self> {
+        let algorithm = Algorithm::from_name(name).ok_or_else(|| {
+            PyValueError::new_err(format!("unknown hash {name:?}: use 'xxh3' or 'blake3'"))
+        })?;
+        Ok(Self {
+            inner: EngineHasher::new(algorithm),
+        })
+    }
+
+    /// Feed bytes of the stream (the pickle of an object's structure).
+    fn update(&mut self, py: Python<'_>, data: Bound<'_, PyAny>) -> PyResult<()> {
+        self.feed(py, &data, false)
+    }
+
+    /// Feed a whole buffer (an array's data), with its length.
+    fn update_buffer(&mut self, py: Python<'_>, buffer: Bound<'_, PyAny>) -> PyResult<()> {
+        self.feed(py, &buffer, true)
+    }
+
+    fn hexdigest(&self) -> String {
+        self.inner.hexdigest()
+    }
+}
+
+impl Hasher {
+    fn feed(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>, whole: bool) -> PyResult<()> {
+        let held = contiguous(data)?;
+        // SAFETY: `held` keeps the buffer exported until the end of this function.
+        let bytes = unsafe { bytes_of(&held) };
+        let inner = &mut self.inner;
+        if bytes.len() < (64 << 10) {
+            if whole {
+                inner.update_buffer(bytes);
+            } else {
+                inner.update(bytes);
+            }
+            return Ok(());
+        }
+        py.detach(|| {
+            if whole {
+                inner.update_buffer(bytes);
+            } else {
+                inner.update(bytes);
+            }
+        });
+        Ok(())
+    }
+}
+
+fn parse_codec(name: &str, level: i32) -> PyResult<Codec> {
+    match name {
+        "raw" => Ok(Codec::Raw),
+        "zstd" => Ok(Codec::Zstd(level)),
+        "lz4" => Ok(Codec::Lz4),
+        other => Err(PyValueError::new_err(format!("unknown codec {other:?}"))),
+    }
+}
+
+/// Write a dump: the pickle and its out-of-band buffers, compressed with `codec` ("raw", "zstd"
+/// or "lz4") at `level`. Atomic: the file appears complete or not at all. Returns its size.
+#[pyfunction]
+#[pyo3(signature = (path, pickle, buffers, codec="raw", level=3))]
+pub fn write_dump(
+    py: Python<'_>,
+    path: PathBuf,
+    pickle: &[u8],
+    buffers: Vec<Bound<'_, PyAny>>,
+    codec: &str,
+    level: i32,
+) -> PyResult<u64> {
+    let codec = parse_codec(codec, level)?;
+    let held = buffers
+        .iter()
+        .map(contiguous)
+        .collect::<PyResult<Vec<_>>>()?;
+    // SAFETY: `held` keeps every buffer exported until the end of this function.
+    let slices: Vec<&[u8]> = held.iter().map(|b| unsafe { bytes_of(b) }).collect();
+    let size = py
+        .detach(|| codec::write(&path, pickle, &slices, codec))
+        .map_err(EngineError::from)?;
+    Ok(size)
+}
+
+/// Read a dump: `(pickle bytes, buffers)`. With `mmap_mode` ("r", "r+", "w+" or "c") and raw
+/// buffer sections, the buffers map the file in place (nothing is read); otherwise every section
+/// is read, checked and decompressed.
+#[pyfunction]
+#[pyo3(signature = (path, mmap_mode=None))]
+pub fn read_dump<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    mmap_mode: Option<&str>,
+) -> PyResult<(Bound<'py, PyBytes>, Vec<Py<Buffer>>, bool)> {
+    let access = mmap_mode.map(access_from_mode).transpose()?;
+    let container = py
+        .detach(|| Container::open(&path))
+        .map_err(EngineError::from)?;
+    let sections = container.sections().to_vec();
+    let pickle_index = sections
+        .iter()
+        .position(|s| s.kind == codec::SectionKind::Pickle)
+        .ok_or_else(|| PyValueError::new_err(format!("{}: no pickle section", path.display())))?;
+    let pickle = read_section(py, &container, pickle_index)?;
+    let mapped = access.is_some() && container.is_mappable();
+    let mapping = match access {
+        Some(access) if mapped => Some(Arc::new(map_file(py, &path, access)?)),
+        _ => None,
+    };
+    let mut buffers = Vec::new();
+    for (index, section) in sections.iter().enumerate() {
+        if section.kind != codec::SectionKind::Buffer {
+            continue;
+        }
+        let buffer = match &mapping {
+            Some(mapping) => Buffer::new(
+                Backing::Mapped(Arc::clone(mapping)),
+                section.offset as usize,
+                section.raw_len as usize,
+            ),
+            None => {
+                let bytes = read_section(py, &container, index)?;
+                let len = bytes.len();
+                Buffer::new(Backing::Heap(Arc::new(HeapBytes::new(bytes))), 0, len)
+            }
+        };
+        buffers.push(Py::new(py, buffer)?);
+    }
+    let pickle = PyBytes::new(py, &pickle);
+    Ok((pickle, buffers, mapped))
+}
+
+fn read_section(py: Python<'_>, container: &Container, index: usize) -> PyResult<Vec<u8>> {
+    let len = container.sections()[index].raw_len as usize;
+    let mut out = vec![0u8; len];
+    py.detach(|| container.read_into(index, &mut out))
+        .map_err(EngineError::from)?;
+    Ok(out)
+}
+
+fn map_file(py: Python<'_>, path: &PathBuf, access: Access) -> PyResult<Mapping> {
+    py.detach(|| {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(access == Access::ReadWrite)
+            .open(path)?;
+        Mapping::map(file.into(), access)
+    })
+    .map_err(|e| PyOSError::new_err(format!("{}: {e}", path.display())))
+}
+
+/// Whether the first bytes of a file look like a joblib dump.
+#[pyfunction]
+pub fn looks_like_joblib(start: &[u8]) -> bool {
+    codec::looks_like_joblib(start)
+}
+
+fn os_error(error: std::io::Error) -> PyErr {
+    match error.raw_os_error() {
+        Some(errno) => PyOSError::new_err((errno, error.to_string())),
+        None => PyOSError::new_err(error.to_string()),
+    }
+}
+
+/// The cache store of a `Memory` (see `ferrojob_engine::store`).
+#[pyclass(module = "ferrojob._core", frozen)]
+pub struct Store {
+    inner: EngineStore,
+}
+
+/// A lock on one cache entry; released by `release()` or when garbage collected.
+#[pyclass(module = "ferrojob._core")]
+pub struct EntryLock {
+    inner: Option<store::EntryLock>,
+}
+
+#[pymethods]
+impl EntryLock {
+    fn release(&mut self) {
+        self.inner = None;
+    }
+}
+
+#[pymethods]
+impl Store {
+    #[new]
+    fn new(root: PathBuf) -> PyResult<Self> {
+        Ok(Self {
+            inner: EngineStore::open(root).map_err(os_error)?,
+        })
+    }
+
+    fn entry_dir(&self, function: &str, key: &str) -> PathBuf {
+        self.inner.entry_dir(function, key)
+    }
+
+    fn function_dir(&self, function: &str) -> PathBuf {
+        self.inner.function_dir(function)
+    }
+
+    fn contains(&self, function: &str, key: &str) -> bool {
+        self.inner.contains(function, key)
+    }
+
+    fn touch(&self, function: &str, key: &str) -> PyResult<()> {
+        self.inner.touch(function, key).map_err(os_error)
+    }
+
+    /// Lock an entry, waiting up to `timeout` seconds; None if the wait ran out.
+    fn lock(
+        &self,
+        py: Python<'_>,
+        function: &str,
+        key: &str,
+        timeout: f64,
+    ) -> PyResult<Option<EntryLock>> {
+        let timeout = Duration::from_secs_f64(timeout.max(0.0));
+        let lock = py
+            .detach(|| self.inner.lock(function, key, timeout))
+            .map_err(os_error)?;
+        Ok(lock.map(|lock| EntryLock { inner: Some(lock) }))
+    }
+
+    fn begin(&self, function: &str, key: &str) -> PyResult<PathBuf> {
+        self.inner.begin(function, key).map_err(os_error)
+    }
+
+    fn commit(&self, function: &str, key: &str, temporary: PathBuf) -> PyResult<bool> {
+        self.inner
+            .commit(function, key, &temporary)
+            .map_err(os_error)
+    }
+
+    fn remove(&self, function: &str, key: &str) -> PyResult<()> {
+        self.inner.remove(function, key).map_err(os_error)
+    }
+
+    #[pyo3(signature = (function=None))]
+    fn clear(&self, function: Option<&str>) -> PyResult<()> {
+        self.inner.clear(function).map_err(os_error)
+    }
+
+    /// Every entry as `(function, key, size in bytes, last access as a UNIX time)`.
+    fn entries(&self) -> PyResult<Vec<(String, String, u64, f64)>> {
+        let entries = self.inner.entries().map_err(os_error)?;
+        Ok(entries.into_iter().map(entry_tuple).collect())
+    }
+
+    /// Evict least recently used entries; returns the removed ones (see `entries`).
+    #[pyo3(signature = (bytes_limit=None, items_limit=None, age_limit=None))]
+    fn reduce_size(
+        &self,
+        bytes_limit: Option<u64>,
+        items_limit: Option<usize>,
+        age_limit: Option<f64>,
+    ) -> PyResult<Vec<(String, String, u64, f64)>> {
+        let age_limit = age_limit.map(|seconds| Duration::from_secs_f64(seconds.max(0.0)));
+        let removed = self
+            .inner
+            .reduce_size(bytes_limit, items_limit, age_limit)
+            .map_err(os_error)?;
+        Ok(removed.into_iter().map(entry_tuple).collect())
+    }
+}
+
+fn entry_tuple(entry: store::Entry) -> (String, String, u64, f64) {
+    let seconds = entry
+        .last_access
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    (entry.function, entry.key, entry.size, seconds)
+}

@@ -1,0 +1,422 @@
+"""``Memory``: a disk cache of function results, on ferrojob's Rust store.
+
+Entries are written atomically (a temporary directory renamed into place) under a per-entry
+lock, so processes calling the same cached function at once compute it once, or harmlessly
+twice — never a corrupt or lost entry. Results are stored with ``dump`` (numpy arrays raw, or
+compressed with ``compress``) and loaded with ``load`` (memory-mapped with ``mmap_mode``). A
+function's cache is dropped when its source code changes.
+
+Example::
+
+    >>> import tempfile
+    >>> from ferrojob import Memory
+    >>> memory = Memory(tempfile.mkdtemp(), verbose=0)
+    >>> @memory.cache
+    ... def square(x):
+    ...     print("computing")
+    ...     return x * x
+    >>> square(3)
+    computing
+    9
+    >>> square(3)
+    9
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import inspect
+import json
+import os
+import re
+import sys
+import time
+import warnings
+from typing import Any, Callable
+
+from . import _core
+from .errors import DamagedFileError, InvalidParameterError, NotADumpFileError, compose_message
+from .hashing import hash as content_hash
+from .persistence import dump, load, parse_compress
+
+__all__ = ["Memory", "MemorizedFunc", "MemorizedResult", "NotMemorizedFunc"]
+
+#: How long a call waits for another process computing the same entry before computing it too.
+LOCK_WAIT = 600.0
+_OUTPUT = "output.fj"
+_METADATA = "metadata.json"
+_CODE = "func_code.txt"
+
+
+def _function_id(func: Callable[..., Any]) -> str:
+    """A directory name for ``func``: its module and qualified name, made file-system safe."""
+    module = getattr(func, "__module__", None) or "unknown"
+    if module == "__main__":
+        main = getattr(sys.modules.get("__main__"), "__file__", None)
+        if main:
+            module = "__main__." + os.path.splitext(os.path.basename(main))[0]
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{module}.{name}")
+
+
+def _function_code(func: Callable[..., Any]) -> str:
+    """What identifies a version of ``func``: its source, or its bytecode when there is none."""
+    try:
+        return inspect.getsource(func)
+    except (OSError, TypeError):
+        code = getattr(func, "__code__", None)
+        if code is None:
+            return repr(func)
+        return repr((code.co_code, code.co_consts, code.co_names))
+
+
+def _age_in_seconds(age_limit: Any) -> float | None:
+    if age_limit is None:
+        return None
+    if isinstance(age_limit, datetime.timedelta):
+        return age_limit.total_seconds()
+    return float(age_limit)
+
+
+class Memory:
+    """A cache of function results in ``location`` (None: no caching, calls go straight through).
+
+    Parameters (as joblib's): ``location`` (a directory; entries go in ``location/ferrojob``),
+    ``mmap_mode`` (load cached arrays memory-mapped: "r", "r+", "w+", "c"), ``compress`` (as in
+    ``dump``), ``verbose`` (print a line per computation when > 0), ``bytes_limit`` (after each
+    new entry, evict the least recently used ones beyond this size; int bytes or "1G"-style).
+    """
+
+    def __init__(
+        self,
+        location: Any = None,
+        backend: str = "local",
+        mmap_mode: str | None = None,
+        compress: Any = False,
+        verbose: int = 0,
+        bytes_limit: int | str | None = None,
+        backend_options: dict | None = None,
+    ) -> None:
+        if backend != "local":
+            raise InvalidParameterError(
+                compose_message(
+                    f"backend={backend!r}: ferrojob's Memory stores on the local file system.",
+                    'use backend="local" (the default)',
+                ),
+                code="FJ201",
+            )
+        if mmap_mode not in (None, "r", "r+", "w+", "c"):
+            raise InvalidParameterError(
+                compose_message(
+                    f"mmap_mode={mmap_mode!r} is not a mapping mode.",
+                    "use None, 'r', 'r+', 'w+' or 'c'",
+                ),
+                code="FJ201",
+            )
+        parse_compress(compress)
+        from ._sharedmem import parse_max_nbytes
+
+        self.location = None if location is None else os.fspath(location)
+        self.mmap_mode = mmap_mode
+        self.compress = compress
+        self.verbose = verbose
+        self.bytes_limit = parse_max_nbytes(bytes_limit)
+        self.backend = backend
+        self.backend_options = backend_options or {}
+        self._store: _core.Store | None = None
+
+    @property
+    def store(self) -> _core.Store | None:
+        if self.location is None:
+            return None
+        if self._store is None:
+            self._store = _core.Store(os.path.join(self.location, "ferrojob"))
+        return self._store
+
+    def __repr__(self) -> str:
+        return f"Memory(location={self.location!r})"
+
+    def __reduce__(self) -> tuple:  # the Rust store is reopened where the Memory is unpickled
+        return (
+            Memory,
+            (self.location, self.backend, self.mmap_mode, self.compress, self.verbose, self.bytes_limit),
+        )
+
+    def cache(
+        self,
+        func: Callable[..., Any] | None = None,
+        ignore: list[str] | None = None,
+        verbose: int | None = None,
+        mmap_mode: Any = False,
+        cache_validation_callback: Callable[[dict], bool] | None = None,
+    ) -> Any:
+        """Cache ``func``'s results: a decorator, used bare (``@memory.cache``) or with options
+        (``@memory.cache(ignore=["verbose"])``). ``ignore``: argument names left out of the key;
+        ``mmap_mode``: overrides the Memory's; ``cache_validation_callback(metadata)``: return
+        False to recompute a cached entry (metadata has "duration" and "time")."""
+        if func is None:
+            return functools.partial(
+                self.cache,
+                ignore=ignore,
+                verbose=verbose,
+                mmap_mode=mmap_mode,
+                cache_validation_callback=cache_validation_callback,
+            )
+        if isinstance(func, (MemorizedFunc, NotMemorizedFunc)):
+            func = func.func
+        if not callable(func):
+            raise TypeError(f"Memory.cache expects a function, got {type(func).__name__}")
+        if self.location is None:
+            return NotMemorizedFunc(func)
+        return MemorizedFunc(
+            func,
+            self,
+            ignore=ignore or [],
+            verbose=self.verbose if verbose is None else verbose,
+            mmap_mode=self.mmap_mode if mmap_mode is False else mmap_mode,
+            cache_validation_callback=cache_validation_callback,
+        )
+
+    def eval(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``func(*args, **kwargs)``, through the cache."""
+        return self.cache(func)(*args, **kwargs)
+
+    def clear(self, warn: bool = True) -> None:
+        """Remove every cached entry."""
+        if self.store is not None:
+            if warn and self.verbose:
+                print(f"[Memory] clearing the cache in {self.location}")
+            self.store.clear()
+
+    def reduce_size(
+        self,
+        bytes_limit: int | str | None = None,
+        items_limit: int | None = None,
+        age_limit: datetime.timedelta | float | None = None,
+    ) -> None:
+        """Evict least recently used entries until at most ``bytes_limit`` bytes (default: the
+        Memory's) and ``items_limit`` entries remain, and those unused for ``age_limit``."""
+        if self.store is None:
+            return
+        from ._sharedmem import parse_max_nbytes
+
+        limit = self.bytes_limit if bytes_limit is None else parse_max_nbytes(bytes_limit)
+        self.store.reduce_size(limit, items_limit, _age_in_seconds(age_limit))
+
+
+class MemorizedResult:
+    """A result in the cache, not loaded yet (from ``call_and_shelve``)."""
+
+    def __init__(self, func: MemorizedFunc, key: str) -> None:
+        self.func = func
+        self.key = key
+
+    def get(self) -> Any:
+        found, value = self.func._load(self.key)
+        if not found:
+            raise KeyError(f"the result of {self.func.func_id} (entry {self.key}) is no longer cached")
+        return value
+
+    def clear(self) -> None:
+        self.func._store.remove(self.func.func_id, self.key)
+
+    def __repr__(self) -> str:
+        return f"MemorizedResult({self.func.func_id}, {self.key})"
+
+
+class NotMemorizedResult:
+    """``call_and_shelve`` of a Memory without location: the value, held in memory."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def get(self) -> Any:
+        return self.value
+
+    def clear(self) -> None:
+        self.value = None
+
+
+class NotMemorizedFunc:
+    """``Memory(None).cache(f)``: calls ``f`` every time."""
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.func = func
+        functools.update_wrapper(self, func)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.func(*args, **kwargs)
+
+    def call_and_shelve(self, *args: Any, **kwargs: Any) -> NotMemorizedResult:
+        return NotMemorizedResult(self.func(*args, **kwargs))
+
+    def check_call_in_cache(self, *args: Any, **kwargs: Any) -> bool:
+        return False
+
+    def clear(self, warn: bool = True) -> None:
+        pass
+
+
+class MemorizedFunc:
+    """A function whose results are cached on disk (made by ``Memory.cache``)."""
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        memory: Memory,
+        ignore: list[str],
+        verbose: int,
+        mmap_mode: str | None,
+        cache_validation_callback: Callable[[dict], bool] | None,
+    ) -> None:
+        self.func = func
+        self.memory = memory
+        self.ignore = list(ignore)
+        self.verbose = verbose
+        self.mmap_mode = mmap_mode
+        self.cache_validation_callback = cache_validation_callback
+        self.func_id = _function_id(func)
+        self._signature = inspect.signature(func)
+        unknown = [name for name in self.ignore if name not in self._signature.parameters]
+        if unknown:
+            raise InvalidParameterError(
+                compose_message(
+                    f"ignore={self.ignore!r} names {unknown!r}, which {func.__name__}() does not take.",
+                    f"its arguments are {list(self._signature.parameters)}",
+                ),
+                code="FJ201",
+            )
+        self._code_checked = False
+        functools.update_wrapper(self, func)
+
+    def __reduce__(self) -> tuple:
+        return (
+            MemorizedFunc,
+            (self.func, self.memory, self.ignore, self.verbose, self.mmap_mode, self.cache_validation_callback),
+        )
+
+    @property
+    def _store(self) -> _core.Store:
+        store = self.memory.store
+        assert store is not None
+        return store
+
+    def _key(self, args: tuple, kwargs: dict) -> str:
+        bound = self._signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        arguments = {name: value for name, value in bound.arguments.items() if name not in self.ignore}
+        return content_hash(arguments)
+
+    def _check_code(self) -> None:
+        """Drop this function's cache if its code changed since the entries were made."""
+        if self._code_checked:
+            return
+        code = _function_code(self.func)
+        directory = self._store.function_dir(self.func_id)
+        path = os.path.join(directory, _CODE)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                stored = handle.read()
+        except FileNotFoundError:
+            stored = None
+        if stored != code:
+            if stored is not None:
+                if self.verbose:
+                    print(f"[Memory] {self.func_id}: the code changed, clearing its cache")
+                self._store.clear(self.func_id)
+            os.makedirs(directory, exist_ok=True)
+            temporary = f"{path}.{os.getpid()}.tmp"
+            with open(temporary, "w", encoding="utf-8") as handle:
+                handle.write(code)
+            os.replace(temporary, path)
+        self._code_checked = True
+
+    def _load(self, key: str) -> tuple[bool, Any]:
+        store = self._store
+        if not store.contains(self.func_id, key):
+            return False, None
+        entry = store.entry_dir(self.func_id, key)
+        if self.cache_validation_callback is not None:
+            try:
+                with open(os.path.join(entry, _METADATA), encoding="utf-8") as handle:
+                    metadata = json.load(handle)
+            except (OSError, ValueError):
+                metadata = {}
+            if not self.cache_validation_callback(metadata):
+                return False, None
+        try:
+            value = load(os.path.join(entry, _OUTPUT), mmap_mode=self.mmap_mode)
+        except FileNotFoundError:  # evicted meanwhile
+            return False, None
+        except (DamagedFileError, NotADumpFileError) as error:
+            warnings.warn(f"dropping a damaged cache entry of {self.func_id}: {error}", stacklevel=3)
+            store.remove(self.func_id, key)
+            return False, None
+        store.touch(self.func_id, key)
+        return True, value
+
+    def _save(self, key: str, value: Any, duration: float) -> None:
+        store = self._store
+        temporary = store.begin(self.func_id, key)
+        try:
+            dump(value, os.path.join(temporary, _OUTPUT), compress=self.memory.compress)
+            with open(os.path.join(temporary, _METADATA), "w", encoding="utf-8") as handle:
+                json.dump({"duration": duration, "time": time.time()}, handle)
+        except Exception as error:
+            import shutil
+
+            shutil.rmtree(temporary, ignore_errors=True)
+            warnings.warn(
+                f"the result of {self.func_id} was not cached: {type(error).__name__}: {error}",
+                stacklevel=3,
+            )
+            return
+        store.commit(self.func_id, key, temporary)
+        if self.memory.bytes_limit is not None:
+            store.reduce_size(self.memory.bytes_limit, None, None)
+
+    def _call(self, key: str, args: tuple, kwargs: dict) -> Any:
+        if self.verbose:
+            print(f"[Memory] calling {self.func_id}")
+        start = time.perf_counter()
+        value = self.func(*args, **kwargs)
+        self._save(key, value, time.perf_counter() - start)
+        return value
+
+    def _compute_or_load(self, args: tuple, kwargs: dict) -> tuple[str, Any]:
+        self._check_code()
+        key = self._key(args, kwargs)
+        found, value = self._load(key)
+        if found:
+            return key, value
+        lock = self._store.lock(self.func_id, key, LOCK_WAIT)
+        try:
+            found, value = self._load(key)  # computed by another process while we waited?
+            if found:
+                return key, value
+            return key, self._call(key, args, kwargs)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._compute_or_load(args, kwargs)[1]
+
+    def call_and_shelve(self, *args: Any, **kwargs: Any) -> MemorizedResult:
+        """Compute (or find) the result, and return a reference to it in the cache."""
+        key, _ = self._compute_or_load(args, kwargs)
+        return MemorizedResult(self, key)
+
+    def check_call_in_cache(self, *args: Any, **kwargs: Any) -> bool:
+        """Whether the result of this call is cached (without computing it)."""
+        self._check_code()
+        return self._store.contains(self.func_id, self._key(args, kwargs))
+
+    def clear(self, warn: bool = True) -> None:
+        """Remove this function's cached results."""
+        self._store.clear(self.func_id)
+        self._code_checked = False
+
+    def __repr__(self) -> str:
+        return f"MemorizedFunc(func={self.func!r}, location={self.memory.location!r})"
