@@ -491,9 +491,11 @@ impl Container {
             section.raw_len,
             "output sized for the section"
         );
-        let mut stored = vec![0u8; section.stored_len() as usize];
+        let mut stored =
+            crate::shm::anonymous(section.stored_len() as usize).map_err(io_error(&self.path))?;
+        let stored = &mut stored[..section.stored_len() as usize];
         self.file
-            .read_exact_at(&mut stored, section.offset)
+            .read_exact_at(stored, section.offset)
             .map_err(io_error(&self.path))?;
         let mut inputs = Vec::with_capacity(section.blocks.len());
         let (mut stored_at, mut raw_at) = (0usize, 0usize);

@@ -20,22 +20,25 @@ pub enum Backing {
     Heap(Arc<HeapBytes>),
 }
 
-/// A heap allocation whose address is handed to Python: it is kept as a raw pointer taken once,
-/// rather than borrowed from the vector afresh.
+/// Private memory whose address is handed to Python: it is kept as a raw pointer taken once,
+/// rather than borrowed from the map afresh.
 pub struct HeapBytes {
     ptr: std::ptr::NonNull<u8>,
-    _bytes: Vec<u8>,
+    _memory: memmap2::MmapMut,
 }
 
-// SAFETY: the vector is owned and never touched again from Rust; the pointer is its address.
+// SAFETY: the map is owned and never touched again from Rust; the pointer is its address.
 unsafe impl Send for HeapBytes {}
 // SAFETY: &HeapBytes exposes only the address; access goes through the buffer protocol.
 unsafe impl Sync for HeapBytes {}
 
 impl HeapBytes {
-    pub fn new(mut bytes: Vec<u8>) -> Self {
-        let ptr = std::ptr::NonNull::new(bytes.as_mut_ptr()).expect("Vec pointers are non-null");
-        Self { ptr, _bytes: bytes }
+    pub fn new(mut memory: memmap2::MmapMut) -> Self {
+        let ptr = std::ptr::NonNull::new(memory.as_mut_ptr()).expect("maps are non-null");
+        Self {
+            ptr,
+            _memory: memory,
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use ferrojob_engine::codec::{self, Codec, Container};
 use ferrojob_engine::hash::{Algorithm, Hasher as EngineHasher};
-use ferrojob_engine::shm::{Access, Mapping};
+use ferrojob_engine::shm::{self, Access, Mapping};
 use ferrojob_engine::store::{self, Store as EngineStore};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
@@ -144,9 +144,12 @@ pub fn read_dump<'py>(
                 section.raw_len as usize,
             ),
             None => {
-                let bytes = read_section(py, &container, index)?;
-                let len = bytes.len();
-                Buffer::new(Backing::Heap(Arc::new(HeapBytes::new(bytes))), 0, len)
+                let len = section.raw_len as usize;
+                let mut memory =
+                    shm::anonymous(len).map_err(|e| PyOSError::new_err(e.to_string()))?;
+                py.detach(|| container.read_into(index, &mut memory[..len]))
+                    .map_err(EngineError::from)?;
+                Buffer::new(Backing::Heap(Arc::new(HeapBytes::new(memory))), 0, len)
             }
         };
         buffers.push(Py::new(py, buffer)?);
