@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! magic "FJDUMP\0" version u8 | header length u64 | header | xxh3-64 of header u64 | sections
-//! header:  n_sections u32, then per section:
+//! header:  flags u32 (bit 0: raw buffers were modified in place through an "r+" mapping, so
+//!          their checksums are stale), n_sections u32, then per section:
 //!          kind u8 (0 pickle, 1 buffer) | codec u8 (0 raw, 1 zstd, 2 lz4) | raw length u64
 //!          | offset u64 | n_blocks u32 | per block: raw length u64, stored length u64,
 //!          xxh3-64 of the stored bytes u64
@@ -25,6 +26,8 @@ pub const BLOCK_SIZE: usize = 4 << 20;
 /// Sections start at multiples of this.
 pub const ALIGNMENT: u64 = 64;
 const PREAMBLE: usize = 8 + 8;
+/// Header flag: raw buffer sections were modified in place (`mmap_mode="r+"`).
+const MODIFIED_IN_PLACE: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
@@ -259,7 +262,7 @@ pub fn write(
         section.offset = offset;
         offset += section.stored_len();
     }
-    let header = encode_header(&sections);
+    let header = encode_header(0, &sections);
     let temporary = temporary_path(path);
     let written = (|| -> io::Result<u64> {
         let file = File::create(&temporary)?;
@@ -315,14 +318,16 @@ fn temporary_path(path: &Path) -> PathBuf {
 }
 
 fn encoded_header_len(sections: &[Section]) -> usize {
-    4 + sections
-        .iter()
-        .map(|s| 1 + 1 + 8 + 8 + 4 + s.blocks.len() * 24)
-        .sum::<usize>()
+    4 + 4
+        + sections
+            .iter()
+            .map(|s| 1 + 1 + 8 + 8 + 4 + s.blocks.len() * 24)
+            .sum::<usize>()
 }
 
-fn encode_header(sections: &[Section]) -> Vec<u8> {
+fn encode_header(flags: u32, sections: &[Section]) -> Vec<u8> {
     let mut out = Vec::with_capacity(encoded_header_len(sections));
+    out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&(sections.len() as u32).to_le_bytes());
     for section in sections {
         out.push(match section.kind {
@@ -366,8 +371,9 @@ impl Reader<'_> {
     }
 }
 
-fn decode_header(bytes: &[u8]) -> Result<Vec<Section>, String> {
+fn decode_header(bytes: &[u8]) -> Result<(u32, Vec<Section>), String> {
     let mut reader = Reader { bytes };
+    let flags = reader.u32()?;
     let count = reader.u32()? as usize;
     let mut sections = Vec::with_capacity(count.min(1 << 16));
     for _ in 0..count {
@@ -402,7 +408,7 @@ fn decode_header(bytes: &[u8]) -> Result<Vec<Section>, String> {
     if !reader.bytes.is_empty() {
         return Err("trailing bytes".into());
     }
-    Ok(sections)
+    Ok((flags, sections))
 }
 
 /// An opened container: its sections, checked against the file's size.
@@ -410,6 +416,7 @@ fn decode_header(bytes: &[u8]) -> Result<Vec<Section>, String> {
 pub struct Container {
     path: PathBuf,
     file: File,
+    flags: u32,
     sections: Vec<Section>,
 }
 
@@ -448,7 +455,7 @@ impl Container {
         if xxh3_64(header) != u64::from_le_bytes(checksum.try_into().expect("8 bytes")) {
             return Err(damaged("checksum mismatch"));
         }
-        let sections = decode_header(header).map_err(|reason| damaged(&reason))?;
+        let (flags, sections) = decode_header(header).map_err(|reason| damaged(&reason))?;
         for (index, section) in sections.iter().enumerate() {
             let needed = section.offset + section.stored_len();
             if needed > size {
@@ -463,8 +470,27 @@ impl Container {
         Ok(Self {
             path: path.to_owned(),
             file,
+            flags,
             sections,
         })
+    }
+
+    /// Record, before mapping the file writable ("r+"), that its raw buffers may change: their
+    /// checksums are no longer verified (the pickle and compressed sections still are).
+    pub fn mark_modified_in_place(&mut self) -> Result<(), CodecError> {
+        use std::os::unix::fs::FileExt;
+        if self.flags & MODIFIED_IN_PLACE != 0 {
+            return Ok(());
+        }
+        self.flags |= MODIFIED_IN_PLACE;
+        let header = encode_header(self.flags, &self.sections);
+        let mut bytes = header.clone();
+        bytes.extend_from_slice(&xxh3_64(&header).to_le_bytes());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .and_then(|file| file.write_all_at(&bytes, PREAMBLE as u64))
+            .map_err(io_error(&self.path))
     }
 
     pub fn sections(&self) -> &[Section] {
@@ -515,8 +541,11 @@ impl Container {
         let mut results: Vec<Result<(), String>> = vec![Ok(()); inputs.len()];
         let mut work: Vec<(&mut [u8], &mut Result<(), String>)> =
             outputs.into_iter().zip(results.iter_mut()).collect();
+        let verify = !(section.kind == SectionKind::Buffer
+            && section.codec == Codec::Raw
+            && self.flags & MODIFIED_IN_PLACE != 0);
         parallel_zip(&inputs, &mut work, |(block, bytes, _), (out, result)| {
-            **result = if xxh3_64(bytes) != block.checksum {
+            **result = if verify && xxh3_64(bytes) != block.checksum {
                 Err("checksum mismatch".into())
             } else {
                 section.codec.decompress(bytes, out)
@@ -651,6 +680,30 @@ mod tests {
             Container::open(&path).unwrap_err(),
             CodecError::DamagedHeader { .. }
         ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn raw_buffers_modified_in_place_are_not_checked_but_the_rest_is() {
+        let dir = temp_dir();
+        let path = dir.join("data.fj");
+        write(&path, b"pickle", &[&[1u8; 100]], Codec::Raw).unwrap();
+        let mut container = Container::open(&path).unwrap();
+        let offset = container.sections()[1].offset as usize;
+        container.mark_modified_in_place().unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[offset] = 9; // what a write through an "r+" mapping does
+        std::fs::write(&path, &bytes).unwrap();
+        let container = Container::open(&path).unwrap();
+        let mut out = vec![0u8; 100];
+        container.read_into(1, &mut out).unwrap();
+        assert_eq!(out[0], 9);
+        let pickle_at = container.sections()[0].offset as usize;
+        bytes[pickle_at] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let container = Container::open(&path).unwrap();
+        let mut out = vec![0u8; 6];
+        assert!(container.read_into(0, &mut out).is_err());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -118,9 +118,14 @@ pub fn read_dump<'py>(
     mmap_mode: Option<&str>,
 ) -> PyResult<(Bound<'py, PyBytes>, Vec<Py<Buffer>>, bool)> {
     let access = mmap_mode.map(access_from_mode).transpose()?;
-    let container = py
+    let mut container = py
         .detach(|| Container::open(&path))
         .map_err(EngineError::from)?;
+    if access == Some(Access::ReadWrite) && container.is_mappable() {
+        container
+            .mark_modified_in_place()
+            .map_err(EngineError::from)?;
+    }
     let sections = container.sections().to_vec();
     let pickle_index = sections
         .iter()

@@ -1,0 +1,198 @@
+"""dump / load: round trips, compression, memory mapping, damage, joblib files, trust."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+
+import pytest
+
+from ferrojob import DamagedFileError, InvalidParameterError, NotADumpFileError, dump, load
+from ferrojob.persistence import parse_compress
+
+np = pytest.importorskip("numpy")
+
+
+def sample():
+    return {
+        "big": np.arange(3_000_000, dtype=np.float64).reshape(1000, 3000),
+        "fortran": np.asfortranarray(np.ones((30, 40), dtype=np.float32)),
+        "strided": np.arange(100)[::3],
+        "zero_d": np.array(5),
+        "objects": np.array([1, "a", None], dtype=object),
+        "plain": [1, "two", {"three": 3.0}, (4,), b"bytes"],
+    }
+
+
+def check(loaded):
+    expected = sample()
+    assert loaded["plain"] == expected["plain"]
+    for key in ("big", "fortran", "strided", "zero_d", "objects"):
+        assert loaded[key].dtype == expected[key].dtype
+        assert loaded[key].shape == expected[key].shape
+        np.testing.assert_array_equal(loaded[key], expected[key])
+    assert loaded["fortran"].flags.f_contiguous
+
+
+@pytest.mark.parametrize("compress", [0, 3, True, 9, ("zstd", 5), ("lz4", 1), "lz4", False])
+def test_round_trip(tmp_path, compress):
+    path = tmp_path / "data.fj"
+    assert dump(sample(), path, compress=compress) == [str(path)]
+    loaded = load(path)
+    check(loaded)
+    assert loaded["big"].flags.writeable
+
+
+def test_compression_makes_files_smaller(tmp_path):
+    data = np.zeros(1_000_000)
+    dump(data, tmp_path / "raw.fj")
+    dump(data, tmp_path / "zstd.fj", compress=3)
+    dump(data, tmp_path / "lz4.fj", compress=("lz4", 1))
+    raw = os.path.getsize(tmp_path / "raw.fj")
+    assert os.path.getsize(tmp_path / "zstd.fj") < raw / 100
+    assert os.path.getsize(tmp_path / "lz4.fj") < raw / 50
+
+
+def test_file_suffix_picks_the_codec(tmp_path):
+    data = np.zeros(1_000_000)
+    dump(data, tmp_path / "a.zst")
+    dump(data, tmp_path / "a.lz4")
+    assert os.path.getsize(tmp_path / "a.zst") < 100_000
+    assert os.path.getsize(tmp_path / "a.lz4") < 100_000
+
+
+def test_parse_compress():
+    assert parse_compress(0) == ("raw", 0)
+    assert parse_compress(3) == ("zstd", 1)
+    assert parse_compress(9) == ("zstd", 7)
+    assert parse_compress(("zstd", 19)) == ("zstd", 19)
+    assert parse_compress(("lz4", 1)) == ("lz4", 1)
+    with pytest.raises(InvalidParameterError, match="joblib's"):
+        parse_compress(("zlib", 3))
+    for bad in (10, -1, ("zstd", "high"), ("brotli", 1), 2.5):
+        with pytest.raises(InvalidParameterError, match="is not a compression setting"):
+            parse_compress(bad)
+
+
+@pytest.mark.parametrize("mode", ["r", "r+", "c"])
+def test_mmap_modes(tmp_path, mode):
+    path = tmp_path / "data.fj"
+    dump(sample(), path)
+    loaded = load(path, mmap_mode=mode)
+    check(loaded)
+    big = loaded["big"]
+    if mode == "r":
+        with pytest.raises(ValueError, match="read-only"):
+            big[0, 0] = 1.0
+        return
+    big[0, 0] = -1.0
+    del big, loaded
+    again = load(path)["big"][0, 0]
+    assert again == (-1.0 if mode == "r+" else 0.0)
+
+
+def test_mmap_of_a_compressed_dump_warns_and_reads(tmp_path):
+    path = tmp_path / "data.fj"
+    dump(sample(), path, compress=3)
+    with pytest.warns(UserWarning, match="compressed"):
+        check(load(path, mmap_mode="r"))
+
+
+def test_mapped_arrays_outlive_the_file(tmp_path):
+    path = tmp_path / "data.fj"
+    dump(np.arange(1000.0), path)
+    mapped = load(path, mmap_mode="r")
+    os.remove(path)
+    assert mapped.sum() == sum(range(1000))
+
+
+def test_writes_are_atomic(tmp_path):
+    path = tmp_path / "data.fj"
+    dump([1, 2, 3], path)
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        dump([lambda: 0], path)
+    assert load(path) == [1, 2, 3]  # the failed dump left the old file alone
+    assert sorted(os.listdir(tmp_path)) == ["data.fj"]
+
+
+@pytest.mark.parametrize("compress", [0, 3])
+def test_truncated_file(tmp_path, compress):
+    path = tmp_path / "data.fj"
+    dump(np.arange(2_000_000.0), path, compress=compress)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DamagedFileError) as info:
+        load(path)
+    assert str(path) in str(info.value)
+    assert "truncated: section 1" in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_corrupted_block_is_named(tmp_path):
+    path = tmp_path / "data.fj"
+    dump(np.random.default_rng(0).random(2_000_000), path, compress=3)
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(DamagedFileError, match=r"section 1, block \d+ is damaged \(checksum mismatch\)"):
+        load(path)
+
+
+def test_corrupted_header(tmp_path):
+    path = tmp_path / "data.fj"
+    dump({"a": 1}, path)
+    data = bytearray(path.read_bytes())
+    data[20] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(DamagedFileError, match="header is damaged"):
+        load(path)
+
+
+def test_not_a_dump(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello")
+    with pytest.raises(NotADumpFileError, match="not a ferrojob dump"):
+        load(path)
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path / "missing.fj")
+
+
+def test_joblib_files_are_read_with_joblib(tmp_path):
+    joblib = pytest.importorskip("joblib")
+    for compress in (0, 3):
+        path = tmp_path / f"joblib-{compress}.pkl"
+        joblib.dump({"a": np.arange(5)}, path, compress=compress)
+        np.testing.assert_array_equal(load(path)["a"], np.arange(5))
+        with pytest.raises(NotADumpFileError, match="written by joblib.dump"):
+            load(path, allow_pickle=False)
+
+
+def test_allow_pickle_false_accepts_arrays_and_containers_only(tmp_path):
+    path = tmp_path / "data.fj"
+    dump({"a": np.arange(3.0), "b": [1, (2, 3)], "c": {4}, "z": 1j}, path)
+    loaded = load(path, allow_pickle=False)
+    np.testing.assert_array_equal(loaded["a"], np.arange(3.0))
+    assert loaded["b"] == [1, (2, 3)] and loaded["c"] == {4} and loaded["z"] == 1j
+    dump({"when": __import__("datetime").date(2026, 1, 1)}, path)
+    with pytest.raises(pickle.UnpicklingError, match="refuses datetime.date"):
+        load(path, allow_pickle=False)
+
+
+def test_invalid_arguments(tmp_path):
+    with pytest.raises(TypeError, match="expects a file name"):
+        dump(1, open(os.devnull, "wb"))
+    with pytest.raises(InvalidParameterError, match="is not a mapping mode"):
+        load(tmp_path / "x.fj", mmap_mode="rw")
+
+
+def test_nothing_is_left_open(tmp_path):
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(50):
+        path = tmp_path / f"{i}.fj"
+        dump(np.arange(10_000.0), path, compress=i % 2)
+        load(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            load(path, mmap_mode="r")
+    assert len(os.listdir("/proc/self/fd")) == before
