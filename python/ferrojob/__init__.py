@@ -41,6 +41,11 @@ _LAZY = {
 }
 
 
+from . import _joblib_hook
+
+_joblib_hook.install()
+
+
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:

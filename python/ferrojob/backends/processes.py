@@ -135,12 +135,15 @@ os.register_at_fork(after_in_child=_SHARED.forget_after_fork)
 
 
 class ProcessSession(Session):
-    def __init__(self, n_workers: int, options: CallOptions) -> None:
+    """A call (or a ``with Parallel`` block) on the warm pool. ``extra_env``: variables set in the
+    workers on top of ``worker_environment`` (the joblib backend passes joblib's)."""
+
+    def __init__(self, n_workers: int, options: CallOptions, extra_env: dict[str, str] | None = None) -> None:
         self.n_workers = n_workers
         self._timeout = options.timeout
         self._max_nbytes = options.max_nbytes
         self._mmap_mode = options.mmap_mode
-        env = worker_environment(n_workers, options.inner_max_num_threads)
+        env = {**worker_environment(n_workers, options.inner_max_num_threads), **(extra_env or {})}
         self._pool, self._release = _SHARED.acquire(n_workers, env)
         self._arguments = ArgumentStore()
         # job -> (batch id, batch, arena chunks it holds)
@@ -171,17 +174,34 @@ class ProcessSession(Session):
 
     def wait(self) -> Completion:
         while True:
-            completion = self._pool.wait(None, self._timeout)
-            if completion is None:
+            outcome = self.resolve(self.poll(None))
+            if outcome is None:
                 continue
-            entry = self._jobs.pop(completion.job, None)
-            if entry is None:  # a job of an aborted call
-                continue
-            batch_id, batch, chunks = entry
-            self._arguments.release(chunks)
-            if completion.kind == "done":
-                return Completion(batch_id, _load_results(completion, batch), completion.elapsed)
-            raise _job_error(completion, batch, self._timeout)
+            batch_id, results, elapsed, error = outcome
+            if error is not None:
+                raise error
+            return Completion(batch_id, results, elapsed)
+
+    def poll(self, timeout: float | None) -> EngineCompletion | None:
+        """The next engine completion, or None after ``timeout`` seconds (thread-safe)."""
+        return self._pool.wait(timeout, self._timeout)
+
+    def resolve(self, completion: EngineCompletion | None) -> tuple[int, Any, float, BaseException | None] | None:
+        """``(batch id, results, elapsed, error)`` for a completion of this session's jobs; None
+        for nothing, or a job of an aborted call."""
+        if completion is None:
+            return None
+        entry = self._jobs.pop(completion.job, None)
+        if entry is None:
+            return None
+        batch_id, batch, chunks = entry
+        self._arguments.release(chunks)
+        if completion.kind != "done":
+            return batch_id, None, completion.elapsed, _job_error(completion, batch, self._timeout)
+        try:
+            return batch_id, _load_results(completion, batch), completion.elapsed, None
+        except Exception as error:
+            return batch_id, None, completion.elapsed, error
 
     def abort(self, everything: bool = False) -> None:
         if everything:
