@@ -24,11 +24,12 @@ from .errors import (
     UnpicklableError,
     WorkerCrashedError,
 )
+from ._pickling import wrap_non_picklable_objects
 from .parallel import Parallel, delayed, effective_n_jobs
 
 if TYPE_CHECKING:
     from .hashing import hash
-    from .memory import MemorizedResult, Memory
+    from .memory import MemorizedResult, Memory, expires_after
     from .persistence import dump, load
 
 # Persistence is imported on first use, so that `import ferrojob` stays light for Parallel users.
@@ -36,6 +37,7 @@ _LAZY = {
     "hash": "hashing",
     "Memory": "memory",
     "MemorizedResult": "memory",
+    "expires_after": "memory",
     "dump": "persistence",
     "load": "persistence",
 }
@@ -73,9 +75,11 @@ __all__ = [
     "delayed",
     "dump",
     "effective_n_jobs",
+    "expires_after",
     "hash",
     "load",
     "parallel_backend",
     "parallel_config",
     "register_parallel_backend",
+    "wrap_non_picklable_objects",
 ]

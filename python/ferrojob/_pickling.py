@@ -137,3 +137,17 @@ def unpicklable_result(result_type: str, task: str, reason: str) -> UnpicklableE
         ),
         code="FJ102",
     )
+
+
+def wrap_non_picklable_objects(obj: Any, keep_wrapper: bool = True) -> Any:
+    """joblib's decorator for functions pickled by value. ferrojob already sends lambdas, closures
+    and ``__main__`` functions with cloudpickle, so this returns ``obj`` itself.
+
+    Example::
+
+        >>> from ferrojob import wrap_non_picklable_objects
+        >>> square = wrap_non_picklable_objects(lambda x: x * x)
+        >>> square(3)
+        9
+    """
+    return obj

@@ -40,7 +40,7 @@ from .errors import DamagedFileError, InvalidParameterError, NotADumpFileError, 
 from .hashing import hash as content_hash
 from .persistence import dump, load, parse_compress
 
-__all__ = ["Memory", "MemorizedFunc", "MemorizedResult", "NotMemorizedFunc"]
+__all__ = ["Memory", "MemorizedFunc", "MemorizedResult", "NotMemorizedFunc", "expires_after"]
 
 #: How long a call waits for another process computing the same entry before computing it too.
 LOCK_WAIT = 600.0
@@ -77,6 +77,32 @@ def _age_in_seconds(age_limit: Any) -> float | None:
     if isinstance(age_limit, datetime.timedelta):
         return age_limit.total_seconds()
     return float(age_limit)
+
+
+def expires_after(
+    days: float = 0, seconds: float = 0, microseconds: float = 0, milliseconds: float = 0,
+    minutes: float = 0, hours: float = 0, weeks: float = 0,
+) -> Callable[[dict], bool]:
+    """A ``cache_validation_callback`` that recomputes entries older than the given duration.
+
+    Example::
+
+        >>> import tempfile
+        >>> from ferrojob import Memory, expires_after
+        >>> memory = Memory(tempfile.mkdtemp())
+        >>> @memory.cache(cache_validation_callback=expires_after(minutes=5))
+        ... def fetch(x):
+        ...     return x
+    """
+    limit = datetime.timedelta(
+        days=days, seconds=seconds, microseconds=microseconds, milliseconds=milliseconds,
+        minutes=minutes, hours=hours, weeks=weeks,
+    ).total_seconds()
+
+    def still_valid(metadata: dict) -> bool:
+        return time.time() - metadata.get("time", 0.0) < limit
+
+    return still_valid
 
 
 class Memory:
