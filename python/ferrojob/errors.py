@@ -23,6 +23,7 @@ __all__ = [
     "DamagedFileError",
     "FerrojobError",
     "InvalidParameterError",
+    "NoClusterError",
     "NotADumpFileError",
     "ParallelUsageError",
     "RemoteTraceback",
@@ -130,3 +131,10 @@ class NotADumpFileError(FerrojobError, ValueError):
     ``joblib.dump`` when joblib is not installed to read it."""
 
     code = "FJ402"
+
+
+class NoClusterError(FerrojobError, ValueError):
+    """``backend="dask"`` or ``"ray"`` found no cluster to run on (FJ501); the message says how
+    to start or connect to one."""
+
+    code = "FJ501"

@@ -267,7 +267,9 @@ class Parallel:
         else:
             backend = get_backend(DEFAULT_BACKEND)
         n_jobs = self.n_jobs if not is_default(self.n_jobs) else config.n_jobs
-        n_workers = backend.effective_n_jobs(resolve_n_jobs(None if is_default(n_jobs) else n_jobs))
+        if is_default(n_jobs) or n_jobs is None:
+            n_jobs = backend.default_n_jobs
+        n_workers = backend.effective_n_jobs(resolve_n_jobs(n_jobs))
         if n_workers == 1:
             backend = get_backend("sequential")
         inner = None if is_default(config.inner_max_num_threads) else config.inner_max_num_threads

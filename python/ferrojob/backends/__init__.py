@@ -49,7 +49,21 @@ def _sequential() -> Backend:
     return SequentialBackend()
 
 
+def _dask() -> Backend:
+    from .dask import DaskBackend
+
+    return DaskBackend()
+
+
+def _ray() -> Backend:
+    from .ray import RayBackend
+
+    return RayBackend()
+
+
 _FACTORIES: dict[str, Callable[[], Backend]] = {
+    "dask": _dask,
+    "ray": _ray,
     "loky": _processes,
     "processes": _processes,
     "multiprocessing": _processes,

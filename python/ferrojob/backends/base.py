@@ -72,6 +72,8 @@ class Backend(ABC):
     supports_sharedmem: bool = False
     #: Tasks run one after another in the calling thread (no session, no pickling).
     in_process: bool = False
+    #: What ``n_jobs=None`` means for this backend (-1, "every worker", for clusters).
+    default_n_jobs: int = 1
 
     def effective_n_jobs(self, n_jobs: int) -> int:
         """How many workers this backend will use for a positive ``n_jobs``."""

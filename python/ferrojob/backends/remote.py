@@ -1,0 +1,102 @@
+"""What the cluster backends (dask, ray) share: large arguments sent once per call, and the
+function that runs a batch on a cluster worker."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable
+
+from .._tasks import Batch
+from ..errors import TaskTimeoutError, compose_message
+
+Columns = list  # [(function, [args...], [kwargs...] or None)], see ferrojob._tasks.Batch.columns
+
+
+def is_large(value: Any, threshold: int | None) -> bool:
+    """Whether ``value`` is worth sending once and sharing: an array, a DataFrame, bytes..."""
+    if threshold is None:
+        return False
+    if isinstance(value, (bytes, bytearray)):
+        return len(value) >= threshold
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes >= threshold
+    memory_usage = getattr(value, "memory_usage", None)  # pandas objects
+    if callable(memory_usage) and type(value).__module__.startswith("pandas"):
+        try:
+            usage = memory_usage(index=True)
+            return int(getattr(usage, "sum", lambda: usage)()) >= threshold
+        except (TypeError, ValueError):
+            return False
+    return False
+
+
+class SharedArguments:
+    """A call's large arguments on the cluster: each object is sent once (by identity) with
+    ``put`` and every task refers to it by the returned handle."""
+
+    def __init__(self, put: Callable[[Any], Any], threshold: int | None) -> None:
+        self._put = put
+        self._threshold = threshold
+        # id(object) -> (object, handle): the object is kept so that its id is not reused.
+        self._sent: dict[int, tuple[Any, Any]] = {}
+
+    def _handle(self, value: Any) -> Any:
+        if not is_large(value, self._threshold):
+            return value
+        sent = self._sent.get(id(value))
+        if sent is None:
+            sent = (value, self._put(value))
+            self._sent[id(value)] = sent
+        return sent[1]
+
+    def replace(self, columns: Columns) -> Columns:
+        """``columns`` with every large argument replaced by its handle."""
+        replaced = []
+        for function, args_list, kwargs_list in columns:
+            args_list = [tuple(self._handle(arg) for arg in args) for args in args_list]
+            if kwargs_list is not None:
+                kwargs_list = [{key: self._handle(value) for key, value in kwargs.items()} for kwargs in kwargs_list]
+            replaced.append((function, args_list, kwargs_list))
+        return replaced
+
+    @property
+    def handles(self) -> list[Any]:
+        return [handle for _, handle in self._sent.values()]
+
+    def clear(self) -> None:
+        self._sent.clear()
+
+
+def run_columns(columns: Columns, resolve: Callable[[Any], Any] | None = None) -> tuple[list[Any], float]:
+    """Run a batch on a cluster worker: ``(results, seconds it took)``. ``resolve`` turns a
+    handle left in the arguments into its value (ray passes nested references unresolved)."""
+    start = time.perf_counter()
+    results = []
+    for function, args_list, kwargs_list in columns:
+        if kwargs_list is None:
+            kwargs_list = [{}] * len(args_list)
+        for args, kwargs in zip(args_list, kwargs_list):
+            if resolve is not None:
+                args = tuple(resolve(arg) for arg in args)
+                kwargs = {key: resolve(value) for key, value in kwargs.items()}
+            results.append(function(*args, **kwargs))
+    return results, time.perf_counter() - start
+
+
+def check_deadlines(pending: Iterable[tuple[int, Batch, float]], timeout: float | None, where: str) -> None:
+    """Raise ``TaskTimeoutError`` if a batch submitted at ``started`` has run longer than
+    ``timeout`` seconds per task (the caller then cancels the call's tasks)."""
+    if timeout is None:
+        return
+    now = time.monotonic()
+    for _, batch, started in pending:
+        if now - started > timeout * len(batch):
+            raise TaskTimeoutError(
+                compose_message(
+                    f"tasks {batch.start}..{batch.start + len(batch) - 1} ran longer than "
+                    f"timeout={timeout:g} s per task {where}.",
+                    "the call's remaining tasks were cancelled; raise Parallel(timeout=...)",
+                ),
+                code="FJ302",
+            )
