@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from harness import measure, report
+from harness import measure, report, run_scenarios
 from workloads import busy, double
 
 N_JOBS = 2
@@ -84,12 +84,7 @@ SCENARIOS = {"tiny": tiny, "medium": medium, "cold": cold}
 
 
 def main(names: list[str]) -> None:
-    unknown = [name for name in names if name not in SCENARIOS]
-    if unknown:
-        sys.exit(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, n_jobs={N_JOBS}")
-    for name in names or SCENARIOS:
-        SCENARIOS[name]()
+    run_scenarios(SCENARIOS, names, f"n_jobs={N_JOBS}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import tempfile
 import time
 
 import numpy as np
-from harness import measure, report
+from harness import measure, report, run_scenarios
 
 MB = 1 << 20
 
@@ -116,12 +116,7 @@ SCENARIOS = {"hash": hash_scenario, "dump": dump_scenario, "memory": memory_scen
 
 
 def main(names: list[str]) -> None:
-    unknown = [name for name in names if name not in SCENARIOS]
-    if unknown:
-        sys.exit(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
-    print(f"python {sys.version.split()[0]}, numpy {np.__version__}, {os.cpu_count()} CPUs")
-    for name in names or SCENARIOS:
-        SCENARIOS[name]()
+    run_scenarios(SCENARIOS, names, f"numpy {np.__version__}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import os
 import sys
 
 import numpy as np
-from harness import measure, report
+from harness import measure, report, run_scenarios
 from workloads import array_sum, fresh_array, slice_sum
 
 N_JOBS = 2
@@ -105,12 +105,7 @@ SCENARIOS = {"bigresult": bigresult, "midargs": midargs, "bigarray": bigarray}
 
 
 def main(names: list[str]) -> None:
-    unknown = [name for name in names if name not in SCENARIOS]
-    if unknown:
-        sys.exit(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
-    print(f"python {sys.version.split()[0]}, numpy {np.__version__}, {os.cpu_count()} CPUs, n_jobs={N_JOBS}")
-    for name in names or SCENARIOS:
-        SCENARIOS[name]()
+    run_scenarios(SCENARIOS, names, f"numpy {np.__version__}, n_jobs={N_JOBS}")
 
 
 if __name__ == "__main__":

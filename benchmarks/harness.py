@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import statistics
+import sys
 import time
 from typing import Callable
 
@@ -31,3 +33,13 @@ def report(title: str, timings: dict[str, float], baseline: str = "ferrojob", no
         else:
             ratio = f"   ferrojob {ours / seconds:6.2f}x slower"
         print(f"  {name:<34} {seconds * 1000:9.1f} ms{ratio}")
+
+
+def run_scenarios(scenarios: dict[str, Callable[[], None]], names: list[str], setting: str = "") -> None:
+    """Run the named scenarios (all when none are named), after a line describing the machine."""
+    unknown = [name for name in names if name not in scenarios]
+    if unknown:
+        sys.exit(f"unknown scenario(s) {unknown}; choose from {list(scenarios)}")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs" + (f", {setting}" if setting else ""))
+    for name in names or scenarios:
+        scenarios[name]()

@@ -15,7 +15,6 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::thread;
 
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -183,7 +182,7 @@ fn encode_blocks(data: &[u8], codec: Codec) -> io::Result<(Vec<Block>, Vec<Vec<u
     let chunks: Vec<&[u8]> = data.chunks(BLOCK_SIZE).collect();
     let mut stored: Vec<io::Result<Vec<u8>>> = (0..chunks.len()).map(|_| Ok(Vec::new())).collect();
     if codec != Codec::Raw {
-        parallel_zip(&chunks, &mut stored, |chunk, out| {
+        crate::parallel::zip(&chunks, &mut stored, |chunk, out| {
             *out = codec.compress(chunk)
         });
     }
@@ -200,35 +199,6 @@ fn encode_blocks(data: &[u8], codec: Codec) -> io::Result<(Vec<Block>, Vec<Vec<u
         payloads.push(bytes);
     }
     Ok((blocks, payloads))
-}
-
-/// Run `work(input, output)` for every pair, spread over the available cores.
-fn parallel_zip<I: Sync, O: Send>(
-    inputs: &[I],
-    outputs: &mut [O],
-    work: impl Fn(&I, &mut O) + Sync,
-) {
-    if inputs.is_empty() {
-        return;
-    }
-    let threads = thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(inputs.len());
-    let per_thread = inputs.len().div_ceil(threads);
-    let work = &work;
-    thread::scope(|scope| {
-        for (ins, outs) in inputs
-            .chunks(per_thread)
-            .zip(outputs.chunks_mut(per_thread))
-        {
-            scope.spawn(move || {
-                for (input, output) in ins.iter().zip(outs.iter_mut()) {
-                    work(input, output);
-                }
-            });
-        }
-    });
 }
 
 /// Write a container with a pickle section and one section per buffer, atomically: into a
@@ -544,7 +514,7 @@ impl Container {
         let verify = !(section.kind == SectionKind::Buffer
             && section.codec == Codec::Raw
             && self.flags & MODIFIED_IN_PLACE != 0);
-        parallel_zip(&inputs, &mut work, |(block, bytes, _), (out, result)| {
+        crate::parallel::zip(&inputs, &mut work, |(block, bytes, _), (out, result)| {
             **result = if verify && xxh3_64(bytes) != block.checksum {
                 Err("checksum mismatch".into())
             } else {

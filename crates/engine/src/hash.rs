@@ -4,8 +4,6 @@
 //! buffer (an array's data) is cut into fixed blocks hashed on every core, and the digests of its
 //! blocks are fed instead. The result depends only on the bytes — not on the number of threads.
 
-use std::thread;
-
 use xxhash_rust::xxh3::{xxh3_128, Xxh3};
 
 /// Buffers up to this size are fed directly; larger ones are hashed block by block in parallel.
@@ -92,23 +90,9 @@ impl Hasher {
 /// The digest of every `BLOCK` of `buffer`, in order, computed on all available cores.
 fn block_digests(algorithm: Algorithm, buffer: &[u8]) -> Vec<[u8; 32]> {
     let blocks: Vec<&[u8]> = buffer.chunks(BLOCK).collect();
-    let threads = thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(blocks.len());
     let mut digests = vec![[0u8; 32]; blocks.len()];
-    let per_thread = blocks.len().div_ceil(threads);
-    thread::scope(|scope| {
-        for (inputs, outputs) in blocks
-            .chunks(per_thread)
-            .zip(digests.chunks_mut(per_thread))
-        {
-            scope.spawn(move || {
-                for (block, digest) in inputs.iter().zip(outputs.iter_mut()) {
-                    *digest = algorithm.hash_block(block);
-                }
-            });
-        }
+    crate::parallel::zip(&blocks, &mut digests, |block, digest| {
+        *digest = algorithm.hash_block(block);
     });
     digests
 }

@@ -8,6 +8,7 @@
 pub mod buffers;
 pub mod codec;
 pub mod hash;
+pub mod parallel;
 pub mod pool;
 pub mod protocol;
 pub mod scheduler;
