@@ -23,6 +23,19 @@ def children(pid: int | None = None) -> set[int]:
     return found
 
 
+def worker_children() -> set[int]:
+    """Live children of this process that are ferrojob workers (not dask's, ray's...)."""
+    workers = set()
+    for pid in children():
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"ferrojob._worker" in command:
+            workers.add(pid)
+    return workers
+
+
 def process_state(pid: int) -> str | None:
     """The one-letter state of ``pid`` ("Z" for a zombie), or None when it is gone."""
     try:

@@ -9,7 +9,7 @@ import pickle
 import signal
 
 import pytest
-from conftest import children, open_fds
+from conftest import children, open_fds, worker_children
 
 from ferrojob import InvalidParameterError, Parallel, WorkerCrashedError, delayed
 from ferrojob._sharedmem import ArgumentStore, parse_max_nbytes
@@ -222,7 +222,7 @@ def test_nothing_leaks_across_many_calls_and_crashes():
 
     one_round(0)
     gc.collect()  # objects of earlier tests must not close their descriptors during the count
-    fds, maps, kids = open_fds(), shared_memory_maps(), len(children())
+    fds, maps, kids = open_fds(), shared_memory_maps(), len(worker_children())
     for i in range(1, 101):
         one_round(i)
     from ferrojob._core import Arena
@@ -236,7 +236,7 @@ def test_nothing_leaks_across_many_calls_and_crashes():
     gc.collect()
     assert open_fds() <= fds
     assert shared_memory_maps() <= maps
-    assert len(children()) == kids
+    assert len(worker_children()) == kids
     assert not [name for name in os.listdir("/dev/shm") if "ferrojob" in name]
 
 

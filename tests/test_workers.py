@@ -7,7 +7,7 @@ import signal
 import time
 
 import pytest
-from conftest import children, open_fds, process_state
+from conftest import children, open_fds, worker_children, process_state
 
 from ferrojob import Parallel, TaskTimeoutError, WorkerCrashedError, delayed
 from ferrojob.errors import RemoteTraceback
@@ -189,11 +189,11 @@ def test_no_fd_or_process_leak_across_failures():
         assert Parallel(n_jobs=2)(delayed(pid_of)(x) for x in range(10))
 
     one_round()
-    fds, kids = open_fds(), len(children())
+    fds, kids = open_fds(), len(worker_children())
     for _ in range(5):
         one_round()
     assert open_fds() == fds
-    assert len(children()) == kids <= 2
+    assert len(worker_children()) == kids <= 2
     assert no_zombie_children()
 
 
