@@ -266,3 +266,37 @@ def test_numpy_allocator_opt_in_gives_zero_copy_results(script):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ferrojob_shared_memory"
+
+
+# -- recycling: shared segments are written again only once nothing reads them -----------------
+
+KEPT: list = []  # in each worker: arguments a task chose to keep
+
+
+def keep(array):
+    KEPT.append(array)
+    return os.getpid(), float(array.sum())
+
+
+def kept_sums(_=None):
+    return os.getpid(), [float(a.sum()) for a in KEPT]
+
+
+def test_arguments_a_task_keeps_are_never_overwritten():
+    expected: dict[int, list[float]] = {}
+    for round_number in range(6):
+        arrays = [np.full(BIG // 8, float(round_number * 10 + i)) for i in range(4)]
+        for pid, total in Parallel(n_jobs=2, batch_size=1)(delayed(keep)(a) for a in arrays):
+            expected.setdefault(pid, []).append(total)
+    seen: dict[int, list[float]] = {}
+    for pid, sums in Parallel(n_jobs=2, batch_size=1)(delayed(kept_sums)(i) for i in range(20)):
+        seen[pid] = sums
+    for pid, sums in seen.items():
+        assert sums == expected[pid]
+
+
+def test_results_kept_by_the_caller_are_never_overwritten():
+    kept = [Parallel(n_jobs=2)(delayed(fresh)(BIG // 8, float(10 * r + i)) for i in range(3)) for r in range(5)]
+    for r, results in enumerate(kept):
+        for i, result in enumerate(results):
+            assert result.min() == result.max() == float(10 * r + i)

@@ -116,8 +116,15 @@ class ArgumentStore:
             self._forget_chunk(closed)
 
     def release(self, chunks: set[int]) -> None:
+        """The job that held ``chunks`` completed."""
         for chunk in chunks:
             if self.arena.release(chunk):
+                self._forget_chunk(chunk)
+
+    def unmapped(self, tokens: list[int]) -> None:
+        """A worker reported that nothing there maps these chunks (tokens) any more."""
+        if tokens:
+            for chunk in self.arena.unmapped(tokens):
                 self._forget_chunk(chunk)
 
     def forget(self, key: tuple[int, int, int]) -> None:

@@ -7,7 +7,6 @@
 //! a 200 KB argument costs a `pwrite`, not a `memfd_create` + `mmap` + `munmap`.
 
 use crossbeam_channel::Receiver;
-use std::ffi::CStr;
 use std::io;
 use std::os::fd::OwnedFd;
 
@@ -21,11 +20,19 @@ pub struct BufferRef {
     pub len: u64,
 }
 
-/// A decoded envelope: the buffers' access and places, and the pickle body.
+/// A decoded envelope: the buffers' access and places, a token per descriptor, the tokens the
+/// sender has stopped mapping, and the pickle body.
+///
+/// Tokens name shared segments across the two processes so they can be recycled: a segment's
+/// writer reuses it (writing into pages that already exist is several times cheaper than fresh
+/// ones) once the reader says, with its token, that nothing maps it any more. Token 0: not
+/// recyclable.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Envelope<'a> {
     pub access: Access,
     pub buffers: Vec<BufferRef>,
+    pub tokens: Vec<u64>,
+    pub released: Vec<u64>,
     pub body: &'a [u8],
 }
 
@@ -50,12 +57,18 @@ pub enum EnvelopeError {
     },
 }
 
-const ENTRY_LEN: usize = 4 + 8 + 8;
-const HEADER_LEN: usize = 1 + 4;
-
-/// Prefix `body` with the envelope of `buffers`.
-pub fn encode(access: Access, buffers: &[BufferRef], body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + buffers.len() * ENTRY_LEN + body.len());
+/// Prefix `body` with the envelope: `access u8 | n u32 | n × (segment u32, offset u64, len u64)
+/// | m u32 | m × token u64 | r u32 | r × released token u64`.
+pub fn encode(
+    access: Access,
+    buffers: &[BufferRef],
+    tokens: &[u64],
+    released: &[u64],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        1 + 12 + buffers.len() * 20 + (tokens.len() + released.len()) * 8 + body.len(),
+    );
     out.push(access.code());
     out.extend_from_slice(&(buffers.len() as u32).to_le_bytes());
     for buffer in buffers {
@@ -63,33 +76,76 @@ pub fn encode(access: Access, buffers: &[BufferRef], body: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&buffer.offset.to_le_bytes());
         out.extend_from_slice(&buffer.len.to_le_bytes());
     }
+    for list in [tokens, released] {
+        out.extend_from_slice(&(list.len() as u32).to_le_bytes());
+        for token in list {
+            out.extend_from_slice(&token.to_le_bytes());
+        }
+    }
     out.extend_from_slice(body);
     out
 }
 
+struct Cursor<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], EnvelopeError> {
+        if self.bytes.len() < n {
+            return Err(EnvelopeError::Truncated);
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn u32(&mut self) -> Result<u32, EnvelopeError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn u64(&mut self) -> Result<u64, EnvelopeError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn u64_list(&mut self) -> Result<Vec<u64>, EnvelopeError> {
+        let count = self.u32()? as usize;
+        if self.bytes.len() / 8 < count {
+            return Err(EnvelopeError::Truncated);
+        }
+        (0..count).map(|_| self.u64()).collect()
+    }
+}
+
 /// Split a payload made by [`encode`] into its envelope and body.
 pub fn decode(payload: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
-    let header = payload.get(..HEADER_LEN).ok_or(EnvelopeError::Truncated)?;
-    let access = Access::from_code(header[0]).ok_or(EnvelopeError::UnknownAccess(header[0]))?;
-    let count = u32::from_le_bytes(header[1..5].try_into().expect("4 bytes")) as usize;
-    let table_len = count
-        .checked_mul(ENTRY_LEN)
-        .ok_or(EnvelopeError::Truncated)?;
-    let table = payload
-        .get(HEADER_LEN..HEADER_LEN + table_len)
-        .ok_or(EnvelopeError::Truncated)?;
-    let buffers = table
-        .chunks_exact(ENTRY_LEN)
-        .map(|entry| BufferRef {
-            segment: u32::from_le_bytes(entry[0..4].try_into().expect("4 bytes")),
-            offset: u64::from_le_bytes(entry[4..12].try_into().expect("8 bytes")),
-            len: u64::from_le_bytes(entry[12..20].try_into().expect("8 bytes")),
-        })
-        .collect();
+    let mut cursor = Cursor { bytes: payload };
+    let code = cursor.take(1)?[0];
+    let access = Access::from_code(code).ok_or(EnvelopeError::UnknownAccess(code))?;
+    let count = cursor.u32()? as usize;
+    if cursor.bytes.len() / 20 < count {
+        return Err(EnvelopeError::Truncated);
+    }
+    let mut buffers = Vec::with_capacity(count);
+    for _ in 0..count {
+        buffers.push(BufferRef {
+            segment: cursor.u32()?,
+            offset: cursor.u64()?,
+            len: cursor.u64()?,
+        });
+    }
+    let tokens = cursor.u64_list()?;
+    let released = cursor.u64_list()?;
     Ok(Envelope {
         access,
         buffers,
-        body: &payload[HEADER_LEN + table_len..],
+        tokens,
+        released,
+        body: cursor.bytes,
     })
 }
 
@@ -124,7 +180,7 @@ pub fn check_bounds(buffers: &[BufferRef], segment_lens: &[usize]) -> Result<(),
 /// dtype (and for SIMD loads).
 pub const ALIGNMENT: usize = 64;
 /// Default size of an arena chunk; a larger buffer gets a chunk of its own.
-pub const DEFAULT_CHUNK_SIZE: usize = 64 << 20;
+pub const DEFAULT_CHUNK_SIZE: usize = 16 << 20;
 
 /// Where [`Arena::place`] put a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,27 +189,42 @@ pub struct Placement {
     pub offset: usize,
 }
 
+/// Recyclable segments kept ready at most (per arena, per worker).
+const MAX_FREE_SEGMENTS: usize = 4;
+
+/// A process-wide unique token for a recyclable segment (0 is "not recyclable").
+fn new_token() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 /// The shared memory of one call's arguments: buffers packed into memfd chunks.
 ///
-/// Jobs *hold* the chunks their buffers lie in until they complete; a chunk that is full and
-/// held by no job is closed at once. Closing the parent's descriptor is all it takes: a worker's
-/// mapping keeps the memory only as long as its own objects use it.
+/// Jobs *hold* the chunks their buffers lie in until they complete; each job also makes its
+/// worker map the chunk, until the worker reports (by the chunk's token) that nothing there uses
+/// it any more. A full chunk neither held nor mapped is recycled — its pages are written again,
+/// several times cheaper than fresh ones — or closed. Chunks still mapped by a worker when the
+/// arena goes are closed: the worker's mapping keeps the memory while its objects use it.
 ///
-/// Allocating tmpfs pages (and zeroing them) and freeing them costs as much as copying into them,
-/// so a helper thread prepares the next chunk ahead of time and closes finished ones.
+/// Allocating tmpfs pages (and zeroing them) costs as much as copying into them, so a helper
+/// thread prepares the next chunk ahead of time, and frees closed ones.
 #[derive(Debug)]
 pub struct Arena {
     chunk_size: usize,
     chunks: Vec<Option<Chunk>>,
     current: Option<usize>,
     spare: Option<Receiver<io::Result<SharedFile>>>,
+    recycled: Vec<SharedFile>,
 }
 
 #[derive(Debug)]
 struct Chunk {
     file: SharedFile,
+    token: u64,
     used: usize,
     holds: usize,
+    mapped: usize,
     full: bool,
 }
 
@@ -164,11 +235,15 @@ impl Arena {
             chunks: Vec::new(),
             current: None,
             spare: None,
+            recycled: Vec::new(),
         }
     }
 
-    /// A fresh chunk of the standard size: the one prepared ahead if there is one.
+    /// A chunk of the standard size: a recycled one, or the one prepared ahead, or a new one.
     fn standard_file(&mut self) -> io::Result<SharedFile> {
+        if let Some(file) = self.recycled.pop() {
+            return Ok(file);
+        }
         let prepared = self.spare.take().and_then(|rx| rx.recv().ok());
         self.spare = shm::prepare_later(c"ferrojob-arguments", self.chunk_size);
         match prepared {
@@ -213,8 +288,10 @@ impl Arena {
     fn new_chunk(&mut self, file: SharedFile) -> usize {
         self.chunks.push(Some(Chunk {
             file,
+            token: new_token(),
             used: 0,
             holds: 0,
+            mapped: 0,
             full: false,
         }));
         self.chunks.len() - 1
@@ -227,44 +304,75 @@ impl Arena {
         Ok(())
     }
 
-    /// A descriptor of `chunk` for a job (the job owns it).
-    pub fn duplicate_fd(&self, chunk: usize) -> io::Result<OwnedFd> {
-        self.live(chunk)?.file.duplicate_fd()
+    /// A descriptor of `chunk` for a job (the job owns it), and the chunk's token.
+    pub fn duplicate_fd(&self, chunk: usize) -> io::Result<(OwnedFd, u64)> {
+        let entry = self.live(chunk)?;
+        Ok((entry.file.duplicate_fd()?, entry.token))
     }
 
-    /// A job that refers to `chunk` was submitted.
+    /// A job that refers to `chunk` was submitted: it holds the chunk, and its worker maps it.
     pub fn hold(&mut self, chunk: usize) -> io::Result<()> {
-        self.live_mut(chunk)?.holds += 1;
+        let entry = self.live_mut(chunk)?;
+        entry.holds += 1;
+        entry.mapped += 1;
         Ok(())
     }
 
-    /// A job that held `chunk` completed. Returns whether the chunk was closed.
+    /// A job that held `chunk` completed. Returns whether the chunk was retired (recycled or
+    /// closed: what was placed in it is gone).
     pub fn release(&mut self, chunk: usize) -> bool {
         if let Some(Some(entry)) = self.chunks.get_mut(chunk) {
             entry.holds = entry.holds.saturating_sub(1);
         }
-        self.close_if_unused(chunk)
+        self.retire_if_unused(chunk)
     }
 
-    /// Close every full chunk that no job holds; returns their numbers.
+    /// A worker no longer maps the chunks of these tokens (tokens of other arenas are ignored).
+    /// Returns the chunks retired.
+    pub fn unmapped(&mut self, tokens: &[u64]) -> Vec<usize> {
+        let mut retired = Vec::new();
+        for &token in tokens {
+            let found = self
+                .chunks
+                .iter()
+                .position(|c| c.as_ref().is_some_and(|c| c.token == token));
+            if let Some(chunk) = found {
+                let entry = self.chunks[chunk].as_mut().expect("found");
+                entry.mapped = entry.mapped.saturating_sub(1);
+                if self.retire_if_unused(chunk) {
+                    retired.push(chunk);
+                }
+            }
+        }
+        retired
+    }
+
+    /// Retire every full chunk that no job holds and no worker maps; returns their numbers.
     pub fn sweep(&mut self) -> Vec<usize> {
         (0..self.chunks.len())
-            .filter(|&chunk| self.close_if_unused(chunk))
+            .filter(|&chunk| self.retire_if_unused(chunk))
             .collect()
     }
 
-    fn close_if_unused(&mut self, chunk: usize) -> bool {
+    fn retire_if_unused(&mut self, chunk: usize) -> bool {
         let slot = match self.chunks.get_mut(chunk) {
             Some(slot) => slot,
             None => return false,
         };
-        if slot.as_ref().is_some_and(|c| c.full && c.holds == 0) {
-            if let Some(chunk) = slot.take() {
-                shm::free_later(chunk.file);
-            }
-            return true;
+        if !slot
+            .as_ref()
+            .is_some_and(|c| c.full && c.holds == 0 && c.mapped == 0)
+        {
+            return false;
         }
-        false
+        let entry = slot.take().expect("checked");
+        let standard = entry.file.len() <= self.chunk_size;
+        if standard && self.recycled.len() < MAX_FREE_SEGMENTS {
+            self.recycled.push(entry.file);
+        } else {
+            shm::free_later(entry.file);
+        }
+        true
     }
 
     /// Chunks currently open (for tests and leak checks).
@@ -294,32 +402,81 @@ fn closed_chunk(chunk: usize) -> io::Error {
     )
 }
 
-/// Pack `buffers` into one fresh memfd (a worker's results); returns it with their places.
-pub fn pack<'a>(
-    name: &CStr,
-    buffers: impl IntoIterator<Item = &'a [u8]>,
-) -> io::Result<(SharedFile, Vec<BufferRef>)> {
-    let mut file = SharedFile::create(name)?;
-    let mut refs = Vec::new();
-    let mut offset = 0usize;
-    for bytes in buffers {
-        file.write_at(offset, bytes)?;
-        refs.push(BufferRef {
-            segment: 0,
-            offset: offset as u64,
-            len: bytes.len() as u64,
-        });
-        offset = (offset + bytes.len()).next_multiple_of(ALIGNMENT);
-    }
-    Ok((file, refs))
-}
-
 impl Drop for Arena {
     fn drop(&mut self) {
         for chunk in self.chunks.drain(..).flatten() {
             shm::free_later(chunk.file);
         }
+        for file in self.recycled.drain(..) {
+            shm::free_later(file);
+        }
         // A chunk still being prepared is freed by the helper when its reply finds no receiver.
+    }
+}
+
+/// A worker's result segments: each reply's buffers are packed into one segment, lent to the
+/// parent under a token; when the parent releases the token, the segment is written again for a
+/// later reply (its pages already exist), up to `MAX_FREE_SEGMENTS` of them.
+#[derive(Debug, Default)]
+pub struct ResultSegments {
+    lent: Vec<(u64, SharedFile)>,
+    free: Vec<SharedFile>,
+}
+
+impl ResultSegments {
+    pub const fn new() -> Self {
+        Self {
+            lent: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+
+    /// Pack `buffers` into a segment (the smallest free one large enough, else a new one) and
+    /// lend it: returns a descriptor for the reply, the segment's token and the buffers' places.
+    pub fn pack(&mut self, buffers: &[&[u8]]) -> io::Result<(OwnedFd, u64, Vec<BufferRef>)> {
+        let mut places = Vec::with_capacity(buffers.len());
+        let mut end = 0usize;
+        for bytes in buffers {
+            places.push(BufferRef {
+                segment: 0,
+                offset: end as u64,
+                len: bytes.len() as u64,
+            });
+            end = (end + bytes.len()).next_multiple_of(ALIGNMENT);
+        }
+        let reusable = self
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, file)| file.len() >= end)
+            .min_by_key(|(_, file)| file.len())
+            .map(|(index, _)| index);
+        let mut file = match reusable {
+            Some(index) => self.free.swap_remove(index),
+            None => SharedFile::create(c"ferrojob-results")?,
+        };
+        for (bytes, place) in buffers.iter().zip(&places) {
+            file.write_at(place.offset as usize, bytes)?;
+        }
+        let fd = file.duplicate_fd()?;
+        let token = new_token();
+        self.lent.push((token, file));
+        Ok((fd, token, places))
+    }
+
+    /// The parent no longer maps the segment of `token`: it may be written again.
+    pub fn release(&mut self, token: u64) {
+        if let Some(index) = self.lent.iter().position(|(t, _)| *t == token) {
+            let (_, file) = self.lent.swap_remove(index);
+            if self.free.len() < MAX_FREE_SEGMENTS {
+                self.free.push(file);
+            }
+        }
+    }
+
+    /// Segments lent and not released yet (for tests).
+    pub fn n_lent(&self) -> usize {
+        self.lent.len()
     }
 }
 
@@ -347,15 +504,15 @@ mod tests {
                 len: 5,
             },
         ];
-        let payload = encode(Access::CopyOnWrite, &buffers, b"pickle");
+        let payload = encode(Access::CopyOnWrite, &buffers, &[7, 0], &[3], b"pickle");
         let envelope = decode(&payload).unwrap();
         assert_eq!(envelope.access, Access::CopyOnWrite);
         assert_eq!(envelope.buffers, buffers);
+        assert_eq!(envelope.tokens, [7, 0]);
+        assert_eq!(envelope.released, [3]);
         assert_eq!(envelope.body, b"pickle");
-        assert_eq!(
-            decode(&encode(Access::ReadOnly, &[], b"")).unwrap().body,
-            b""
-        );
+        let empty = encode(Access::ReadOnly, &[], &[], &[], b"");
+        assert_eq!(decode(&empty).unwrap().body, b"");
     }
 
     #[test]
@@ -370,8 +527,14 @@ mod tests {
             offset: 0,
             len: 1,
         };
-        let payload = encode(Access::ReadOnly, &[one], b"");
-        assert_eq!(decode(&payload[..8]), Err(EnvelopeError::Truncated));
+        let payload = encode(Access::ReadOnly, &[one], &[1], &[], b"");
+        for cut in [8, 25, 30, payload.len() - 1] {
+            assert_eq!(
+                decode(&payload[..cut]),
+                Err(EnvelopeError::Truncated),
+                "{cut}"
+            );
+        }
         assert!(matches!(
             check_bounds(&[one], &[]),
             Err(EnvelopeError::MissingSegment { .. })
@@ -400,42 +563,60 @@ mod tests {
         assert_eq!((b.chunk, b.offset), (0, 128));
         assert_eq!((c.chunk, c.offset), (1, 0));
         assert_eq!((big.chunk, big.offset), (2, 0));
-        let mapping = Mapping::map(arena.duplicate_fd(0).unwrap(), Access::ReadOnly).unwrap();
+        let (fd, token) = arena.duplicate_fd(0).unwrap();
+        assert_ne!(token, 0);
+        let mapping = Mapping::map(fd, Access::ReadOnly).unwrap();
         assert_eq!(read(&mapping, 128, 100), vec![2u8; 100]);
-        let mapping = Mapping::map(arena.duplicate_fd(2).unwrap(), Access::ReadOnly).unwrap();
+        let mapping = Mapping::map(arena.duplicate_fd(2).unwrap().0, Access::ReadOnly).unwrap();
         assert_eq!(mapping.len(), 1000);
     }
 
     #[test]
-    fn full_chunks_close_when_their_last_job_completes() {
+    fn full_chunks_retire_when_no_job_holds_and_no_worker_maps_them() {
         let mut arena = Arena::new(128);
         let first = arena.place(&[0u8; 100]).unwrap();
         arena.hold(first.chunk).unwrap();
+        let (_, token) = arena.duplicate_fd(first.chunk).unwrap();
         let second = arena.place(&[0u8; 100]).unwrap(); // fills chunk 0
         arena.hold(second.chunk).unwrap();
         assert!(arena.sweep().is_empty()); // chunk 0 is full but held
-        assert!(arena.release(first.chunk));
-        assert_eq!(arena.n_open_chunks(), 1);
+        assert!(!arena.release(first.chunk)); // no longer held, still mapped by its worker
+        assert_eq!(arena.unmapped(&[token, 12345]), vec![first.chunk]);
         assert!(arena.duplicate_fd(first.chunk).is_err());
         assert!(!arena.release(second.chunk)); // the current chunk stays open
         assert_eq!(arena.n_open_chunks(), 1);
     }
 
     #[test]
-    fn an_unheld_full_chunk_is_swept() {
+    fn retired_chunks_are_recycled_with_their_contents_replaced() {
         let mut arena = Arena::new(128);
-        arena.place(&[0u8; 100]).unwrap();
-        arena.place(&[0u8; 100]).unwrap();
-        assert_eq!(arena.sweep(), vec![0]);
+        let old = arena.place(&[1u8; 100]).unwrap();
+        arena.place(&[2u8; 100]).unwrap(); // fills chunk 0: it retires at the sweep
+        assert_eq!(arena.sweep(), vec![old.chunk]);
+        let reused = arena.place(&[3u8; 64]).unwrap(); // chunk 1 is full: chunk 0's file again
+        let (fd, _) = arena.duplicate_fd(reused.chunk).unwrap();
+        let mapping = Mapping::map(fd, Access::ReadOnly).unwrap();
+        assert_eq!(read(&mapping, 0, 64), vec![3u8; 64]);
+        assert_eq!(read(&mapping, 64, 36), vec![1u8; 36]); // the old bytes beyond: recycled
     }
 
     #[test]
-    fn packed_buffers_map_back_in_another_mapping() {
-        let (file, refs) = pack(c"test", [&b"hello"[..], &[7u8; 3][..]]).unwrap();
+    fn result_segments_are_lent_and_reused_once_released() {
+        let mut segments = ResultSegments::new();
+        let (fd, token, refs) = segments.pack(&[&b"hello"[..], &[7u8; 3][..]]).unwrap();
         assert_eq!(refs[1].offset, 64);
-        let mapping = Mapping::map(file.duplicate_fd().unwrap(), Access::CopyOnWrite).unwrap();
+        let mapping = Mapping::map(fd, Access::CopyOnWrite).unwrap();
         assert_eq!(read(&mapping, 0, 5), b"hello");
         assert_eq!(read(&mapping, 64, 3), vec![7u8; 3]);
         check_bounds(&refs, &[mapping.len()]).unwrap();
+        drop(mapping);
+        assert_eq!(segments.n_lent(), 1);
+        segments.release(token);
+        let (fd, second, _) = segments.pack(&[&b"HELLO"[..]]).unwrap();
+        assert_ne!(second, token);
+        let mapping = Mapping::map(fd, Access::ReadOnly).unwrap();
+        assert_eq!(read(&mapping, 0, 5), b"HELLO");
+        assert_eq!(mapping.len(), 67); // the first segment, written again
+        assert_eq!(segments.n_lent(), 1);
     }
 }

@@ -121,6 +121,32 @@ pub struct Pool {
     shared: Arc<Shared>,
 }
 
+/// Tells a worker of the pool that the parent no longer maps some of its result segments (a
+/// `Release` frame), from any thread; a worker or pool that is gone is skipped.
+#[derive(Clone)]
+pub struct Releaser {
+    shared: std::sync::Weak<Shared>,
+}
+
+impl Releaser {
+    pub fn release(&self, pid: i32, tokens: &[u64]) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let conn = shared
+            .state()
+            .workers
+            .values()
+            .find(|worker| worker.pid.as_raw() == pid && worker.is_live())
+            .map(|worker| Arc::clone(&worker.conn));
+        if let Some(conn) = conn {
+            let payload: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
+            // A failed send means the worker is gone: its segments went with it.
+            let _ = conn.send(Kind::Release, 0, 0, &payload, &[]);
+        }
+    }
+}
+
 struct Shared {
     spec: WorkerSpec,
     owner: u32,
@@ -326,6 +352,13 @@ impl Pool {
             if now.duration_since(running.task_since) > limit {
                 worker.kill(KillReason::TimedOut(limit));
             }
+        }
+    }
+
+    /// A handle to send `Release` frames to this pool's workers.
+    pub fn releaser(&self) -> Releaser {
+        Releaser {
+            shared: Arc::downgrade(&self.shared),
         }
     }
 

@@ -39,6 +39,9 @@ pub enum Kind {
     Failed = 4,
     /// Parent → worker: exit cleanly.
     Shutdown = 5,
+    /// Parent → worker: the parent no longer maps these result segments (u64 tokens, little
+    /// endian); the worker may write into them again.
+    Release = 6,
 }
 
 impl Kind {
@@ -49,6 +52,7 @@ impl Kind {
             3 => Self::Done,
             4 => Self::Failed,
             5 => Self::Shutdown,
+            6 => Self::Release,
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }
@@ -79,16 +83,20 @@ pub enum ProtocolError {
     Truncated,
 }
 
-/// One end of a parent↔worker socket. Sending and receiving take `&self`, so one thread can read
-/// while another writes (callers serialise writers themselves).
+/// One end of a parent↔worker socket. Sending and receiving take `&self`: one thread can read
+/// while others write; frames sent from several threads never interleave.
 #[derive(Debug)]
 pub struct Connection {
     stream: UnixStream,
+    sending: std::sync::Mutex<()>,
 }
 
 impl Connection {
     pub fn new(stream: UnixStream) -> Self {
-        Self { stream }
+        Self {
+            stream,
+            sending: std::sync::Mutex::new(()),
+        }
     }
 
     /// Wrap an inherited descriptor (a worker's end of the socket).
@@ -120,6 +128,10 @@ impl Connection {
         }
         let header = encode_header(kind, fds.len() as u8, id, aux, payload.len() as u64);
         let total = HEADER_LEN + payload.len();
+        let _one_frame_at_a_time = self
+            .sending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let iov = [IoSlice::new(&header), IoSlice::new(payload)];
         let cmsgs: &[ControlMessage] = if fds.is_empty() {
             &[]

@@ -258,12 +258,12 @@ impl Access {
 ///
 /// The memory is handed to Python as a raw pointer (buffer protocol), so the mapping keeps the
 /// pointer it was created with rather than borrowing the map object afresh.
-#[derive(Debug)]
 pub struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
     access: Access,
     owner: Option<MappedMemory>,
+    on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 #[derive(Debug)]
@@ -279,6 +279,15 @@ unsafe impl Send for Mapping {}
 // happen in Python under the buffer protocol's rules, as for any shared bytearray.
 unsafe impl Sync for Mapping {}
 
+impl std::fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mapping")
+            .field("len", &self.len)
+            .field("access", &self.access)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Mapping {
     pub fn map(fd: OwnedFd, access: Access) -> io::Result<Self> {
         let file = File::from(fd);
@@ -291,6 +300,7 @@ impl Mapping {
                 len,
                 access,
                 owner: None,
+                on_drop: None,
             });
         }
         // SAFETY: ferrojob segments are memfds that no process truncates after sending them, so
@@ -315,7 +325,15 @@ impl Mapping {
             len,
             access,
             owner: Some(owner),
+            on_drop: None,
         })
+    }
+
+    /// Run `hook` when the mapping is dropped — when nothing can read it any more, so that
+    /// whoever wrote the segment may write into it again.
+    pub fn on_drop(mut self, hook: impl FnOnce() + Send + Sync + 'static) -> Self {
+        self.on_drop = Some(Box::new(hook));
+        self
     }
 
     pub fn access(&self) -> Access {
@@ -339,6 +357,9 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        if let Some(hook) = self.on_drop.take() {
+            hook();
+        }
         // Unmapping the last mapping of a segment frees its pages, which takes as long as
         // filling them: let the helper thread do it.
         if let Some(owner) = self.owner.take() {

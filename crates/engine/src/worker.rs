@@ -22,6 +22,8 @@ pub enum Request<'a> {
         payload: &'a [u8],
         fds: Vec<OwnedFd>,
     },
+    /// The parent unmapped these result segments (tokens); they may be written again.
+    Release(Vec<u64>),
 }
 
 /// The handler's answer to a task.
@@ -102,6 +104,14 @@ impl Endpoint {
                         }
                         None => self.conn.send(Kind::Failed, frame.id, elapsed, &[], &[])?,
                     }
+                }
+                Kind::Release => {
+                    let tokens = frame
+                        .payload
+                        .chunks_exact(8)
+                        .map(|t| u64::from_le_bytes(t.try_into().expect("8 bytes")))
+                        .collect();
+                    handler(Request::Release(tokens), &self.status);
                 }
                 Kind::Shutdown => return Ok(()),
                 Kind::Done | Kind::Failed => {

@@ -155,11 +155,16 @@ pub fn access_from_mode(mode: &str) -> PyResult<Access> {
     }
 }
 
+/// What to run when the mapping of a recyclable segment (its token) is dropped.
+pub type UnmapHook = Box<dyn FnOnce() + Send + Sync>;
+
 /// Map the descriptors of a received frame and make one `Buffer` per entry of its envelope.
+/// `on_unmap(token)` gives the hook to run when a recyclable segment's mapping goes.
 pub fn map_buffers(
     py: Python<'_>,
     envelope: &Envelope<'_>,
     fds: Vec<OwnedFd>,
+    on_unmap: impl Fn(u64) -> UnmapHook,
 ) -> PyResult<Vec<Py<Buffer>>> {
     if envelope.buffers.is_empty() {
         return Ok(Vec::new());
@@ -168,10 +173,18 @@ pub fn map_buffers(
     let mappings = py
         .detach(|| {
             fds.into_iter()
-                .map(|fd| Mapping::map(fd, access).map(Arc::new))
+                .map(|fd| Mapping::map(fd, access))
                 .collect::<std::io::Result<Vec<_>>>()
         })
         .map_err(|e| PyOSError::new_err(format!("mapping shared memory: {e}")))?;
+    let mappings: Vec<Arc<Mapping>> = mappings
+        .into_iter()
+        .enumerate()
+        .map(|(segment, mapping)| match envelope.tokens.get(segment) {
+            Some(&token) if token != 0 => Arc::new(mapping.on_drop(on_unmap(token))),
+            _ => Arc::new(mapping),
+        })
+        .collect();
     let lens: Vec<usize> = mappings.iter().map(|m| m.len()).collect();
     buffers::check_bounds(&envelope.buffers, &lens)
         .map_err(|e| PyValueError::new_err(e.to_string()))?;
@@ -220,7 +233,7 @@ pub unsafe fn bytes_of(buffer: &PyBuffer<u8>) -> &[u8] {
 pub fn pack_buffers(
     py: Python<'_>,
     objects: &[Bound<'_, PyAny>],
-) -> PyResult<(Vec<OwnedFd>, Vec<BufferRef>)> {
+) -> PyResult<(Vec<OwnedFd>, Vec<u64>, Vec<BufferRef>)> {
     let held = objects
         .iter()
         .map(contiguous)
@@ -228,12 +241,14 @@ pub fn pack_buffers(
     // SAFETY: `held` keeps every buffer exported until the end of this function.
     let slices: Vec<&[u8]> = held.iter().map(|b| unsafe { bytes_of(b) }).collect();
     let mut fds = Vec::new();
+    let mut tokens = Vec::new();
     let mut places: Vec<Option<BufferRef>> = Vec::with_capacity(slices.len());
     let mut to_copy = Vec::new();
     for bytes in &slices {
         match shared_alloc::locate(bytes.as_ptr(), bytes.len()) {
             Some((fd, offset)) => {
                 fds.push(fd);
+                tokens.push(0); // freed by numpy, never written again
                 places.push(Some(BufferRef {
                     segment: (fds.len() - 1) as u32,
                     offset,
@@ -247,13 +262,11 @@ pub fn pack_buffers(
         }
     }
     if !to_copy.is_empty() {
-        let (file, copied) = py
-            .detach(|| buffers::pack(c"ferrojob-results", to_copy))
+        let (fd, token, copied) = py
+            .detach(|| result_segments().pack(&to_copy))
             .map_err(|e| PyOSError::new_err(format!("writing results to shared memory: {e}")))?;
-        fds.push(
-            file.duplicate_fd()
-                .map_err(|e| PyOSError::new_err(e.to_string()))?,
-        );
+        fds.push(fd);
+        tokens.push(token);
         let segment = (fds.len() - 1) as u32;
         let mut copied = copied.into_iter();
         for place in places.iter_mut().filter(|place| place.is_none()) {
@@ -261,7 +274,16 @@ pub fn pack_buffers(
             *place = Some(BufferRef { segment, ..packed });
         }
     }
-    Ok((fds, places.into_iter().flatten().collect()))
+    Ok((fds, tokens, places.into_iter().flatten().collect()))
+}
+
+/// This worker's result segments (see `ferrojob_engine::buffers::ResultSegments`).
+pub fn result_segments() -> std::sync::MutexGuard<'static, buffers::ResultSegments> {
+    static SEGMENTS: std::sync::Mutex<buffers::ResultSegments> =
+        std::sync::Mutex::new(buffers::ResultSegments::new());
+    SEGMENTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The shared memory of one call's arguments (see `ferrojob_engine::buffers::Arena`).
@@ -304,14 +326,19 @@ impl Arena {
             .map_err(|e| PyValueError::new_err(e.to_string()))
     }
 
-    /// A job that held `chunk` completed; returns whether the chunk was closed.
+    /// A job that held `chunk` completed; returns whether the chunk was retired.
     fn release(&mut self, chunk: usize) -> bool {
         self.inner.release(chunk)
     }
 
-    /// Close the full chunks no job holds; returns their numbers.
+    /// Retire the full chunks no job holds and no worker maps; returns their numbers.
     fn sweep(&mut self) -> Vec<usize> {
         self.inner.sweep()
+    }
+
+    /// Workers reported these chunk tokens unmapped; returns the chunks retired.
+    fn unmapped(&mut self, tokens: Vec<u64>) -> Vec<usize> {
+        self.inner.unmapped(&tokens)
     }
 
     #[getter]
@@ -321,7 +348,7 @@ impl Arena {
 }
 
 impl Arena {
-    pub fn duplicate_fd(&self, chunk: usize) -> PyResult<OwnedFd> {
+    pub fn duplicate_fd(&self, chunk: usize) -> PyResult<(OwnedFd, u64)> {
         self.inner
             .duplicate_fd(chunk)
             .map_err(|e| PyValueError::new_err(e.to_string()))

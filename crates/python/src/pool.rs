@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use ferrojob_engine::buffers::{self as envelope, BufferRef};
-use ferrojob_engine::pool::{Job, LossCause, Outcome, Pool, WorkerSpec};
+use ferrojob_engine::pool::{Job, LossCause, Outcome, Pool, Releaser, WorkerSpec};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -36,6 +36,8 @@ pub struct Completion {
     payload: Option<Py<PyBytes>>,
     /// The out-of-band buffers of a "done" payload, mapped copy-on-write.
     buffers: Vec<Py<Buffer>>,
+    /// Tokens of argument chunks the worker no longer maps (see `Arena.unmapped`).
+    released: Vec<u64>,
     elapsed: f64,
     pid: i32,
     code: Option<i32>,
@@ -132,7 +134,7 @@ impl ProcessPool {
                 chunks.len()
             )));
         }
-        let fds = match (&arena, chunks.is_empty()) {
+        let segments = match (&arena, chunks.is_empty()) {
             (_, true) => Vec::new(),
             (Some(arena), false) => chunks
                 .iter()
@@ -142,9 +144,10 @@ impl ProcessPool {
                 return Err(PyValueError::new_err("buffers given without their arena"))
             }
         };
+        let (fds, tokens): (Vec<_>, Vec<_>) = segments.into_iter().unzip();
         let job = Job {
             id: job,
-            payload: envelope::encode(access, &refs, payload),
+            payload: envelope::encode(access, &refs, &tokens, &[], payload),
             fds,
         };
         py.detach(|| self.pool.submit(job))
@@ -176,7 +179,7 @@ impl ProcessPool {
                 self.pool.recv(slice)
             });
             if let Some(completion) = received {
-                return to_python(py, completion).map(Some);
+                return to_python(py, completion, &self.pool.releaser()).map(Some);
             }
             if let Err(interrupt) = py.check_signals() {
                 py.detach(|| self.pool.terminate());
@@ -208,14 +211,22 @@ impl ProcessPool {
 fn to_python(
     py: Python<'_>,
     completion: ferrojob_engine::pool::Completion,
+    releaser: &Releaser,
 ) -> PyResult<Completion> {
     let bytes = |payload: &[u8]| Some(PyBytes::new(py, payload).unbind());
     let mut buffers = Vec::new();
+    let mut released = Vec::new();
+    let pid = completion.pid;
     let (kind, payload, code, tasks_started) = match completion.outcome {
         Outcome::Done { payload, fds } => {
             let envelope = envelope::decode(&payload)
                 .map_err(|e| PyValueError::new_err(format!("a worker's reply is damaged: {e}")))?;
-            buffers = map_buffers(py, &envelope, fds)?;
+            // When the parent stops mapping a result segment, its worker may write it again.
+            buffers = map_buffers(py, &envelope, fds, |token| {
+                let releaser = releaser.clone();
+                Box::new(move || releaser.release(pid, &[token]))
+            })?;
+            released = envelope.released;
             ("done", bytes(envelope.body), None, 0)
         }
         Outcome::Failed { payload } => ("failed", bytes(&payload), None, 0),
@@ -235,6 +246,7 @@ fn to_python(
         kind,
         payload,
         buffers,
+        released,
         elapsed: completion.elapsed.as_secs_f64(),
         pid: completion.pid,
         code,

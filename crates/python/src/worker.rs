@@ -11,7 +11,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::buffers::{map_buffers, pack_buffers};
+use crate::buffers::{map_buffers, pack_buffers, result_segments};
 use crate::errors::EngineError;
 
 /// CPython's `PyBUF_WRITE` flag (object.h), not exported by pyo3's ffi module.
@@ -49,6 +49,13 @@ pub fn serve_worker(py: Python<'_>, on_init: Py<PyAny>, on_task: Py<PyAny>) -> P
                     None
                 }
                 Request::Task { payload, fds, .. } => Some(run_task(py, &on_task, payload, fds)),
+                Request::Release(tokens) => {
+                    let mut segments = result_segments();
+                    for token in tokens {
+                        segments.release(token);
+                    }
+                    None
+                }
             })
         })
     });
@@ -77,23 +84,36 @@ fn try_run_task(
 ) -> PyResult<Reply> {
     let envelope = envelope::decode(payload)
         .map_err(|e| PyValueError::new_err(format!("a job from the parent is damaged: {e}")))?;
-    let buffers = map_buffers(py, &envelope, fds)?;
+    // When nothing here uses an argument chunk any more, the parent may write it again: say so
+    // in the reply (or a later one, if a task kept a reference).
+    let buffers = map_buffers(py, &envelope, fds, |token| {
+        Box::new(move || unmapped_chunks().push(token))
+    })?;
     let answer = on_task.call1(py, (PyBytes::new(py, envelope.body), buffers))?;
     let (ok, body, out): (bool, Vec<u8>, Vec<Bound<'_, PyAny>>) = answer.extract(py)?;
     if !ok {
         return Ok(Reply::Failed { payload: body });
     }
-    if out.is_empty() {
-        return Ok(Reply::Done {
-            payload: envelope::encode(Access::CopyOnWrite, &[], &body),
-            fds: Vec::new(),
-        });
-    }
-    let (fds, refs) = pack_buffers(py, &out)?;
+    let (fds, tokens, refs) = if out.is_empty() {
+        Default::default()
+    } else {
+        pack_buffers(py, &out)?
+    };
+    drop(out);
+    drop(answer); // the results may be views of the arguments
+    let released = std::mem::take(&mut *unmapped_chunks());
     Ok(Reply::Done {
-        payload: envelope::encode(Access::CopyOnWrite, &refs, &body),
+        payload: envelope::encode(Access::CopyOnWrite, &refs, &tokens, &released, &body),
         fds,
     })
+}
+
+/// Tokens of argument chunks whose mappings were dropped since the last reply.
+fn unmapped_chunks() -> std::sync::MutexGuard<'static, Vec<u64>> {
+    static UNMAPPED: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+    UNMAPPED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn status_memoryview(py: Python<'_>, words: *mut u64) -> PyResult<Bound<'_, PyAny>> {

@@ -191,6 +191,7 @@ class ProcessSession(Session):
         for nothing, or a job of an aborted call."""
         if completion is None:
             return None
+        self._arguments.unmapped(completion.released)
         entry = self._jobs.pop(completion.job, None)
         if entry is None:
             return None
