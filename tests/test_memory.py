@@ -214,3 +214,10 @@ def test_concurrent_processes_compute_once(tmp_path):
     assert len(os.listdir(marks)) == 1
     leftovers = [name for _, _, files in os.walk(tmp_path / "cache") for name in files if name.endswith(".tmp")]
     assert leftovers == []
+
+
+def test_verbose_reports_computations(tmp_path, capsys):
+    cached = Memory(tmp_path, verbose=1).cache(add)
+    cached(1)
+    cached(1)
+    assert capsys.readouterr().out.count("[Memory] calling") == 1

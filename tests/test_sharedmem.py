@@ -223,7 +223,7 @@ def test_nothing_leaks_across_many_calls_and_crashes():
     one_round(0)
     gc.collect()  # objects of earlier tests must not close their descriptors during the count
     fds, maps, kids = open_fds(), shared_memory_maps(), len(worker_children())
-    for i in range(1, 101):
+    for i in range(1, 501):  # 1,000 calls, and 50 with a crashing worker
         one_round(i)
     from ferrojob._core import Arena
 
