@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing import TypeGuard
 
 from ._core import DelayedFunction
 from ._tasks import describe_call, function_name
@@ -154,7 +157,7 @@ def coerce_call(parallel: str, iterable: Any, item: Any, index: int) -> tuple:
     raise not_a_call(parallel, iterable, item, index)
 
 
-def looks_like_one_call(value: Any) -> bool:
+def looks_like_one_call(value: Any) -> TypeGuard[tuple]:
     return (
         type(value) is tuple
         and len(value) == 3

@@ -63,10 +63,14 @@ class _Sink(io.RawIOBase):
         return len(data)
 
 
-class _HashPickler(pickle._Pickler):  # type: ignore[misc,name-defined]
+# The pure-Python pickler: its per-type `dispatch` table can be overridden (the C one's cannot).
+_PurePickler: Any = pickle._Pickler  # type: ignore[attr-defined]
+
+
+class _HashPickler(_PurePickler):
     """A pickler whose output is hashed, with numpy arrays and unordered containers canonical."""
 
-    dispatch = pickle._Pickler.dispatch.copy()  # type: ignore[attr-defined]
+    dispatch = _PurePickler.dispatch.copy()
 
     def __init__(self, hasher: Any, hash_name: str, coerce_mmap: bool) -> None:
         super().__init__(_Sink(hasher), protocol=4)

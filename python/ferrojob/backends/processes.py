@@ -228,6 +228,7 @@ def _explain_unpicklable_batch(batch: Batch, error: Exception) -> Exception:
 
 
 def _load_results(completion: EngineCompletion, batch: Batch) -> list[Any]:
+    assert completion.payload is not None, "a done job always has a payload"
     try:
         return pickle.loads(completion.payload, buffers=completion.buffers)
     except Exception as error:

@@ -31,7 +31,8 @@ class ThreadSession(Session):
     def __init__(self, n_workers: int, timeout: float | None) -> None:
         self.n_workers = n_workers
         self._timeout = timeout
-        self._todo: queue.SimpleQueue[tuple[int, Batch] | None] = queue.SimpleQueue()
+        # (generation, (batch id, batch)); None stops a thread.
+        self._todo: queue.SimpleQueue[tuple[int, tuple[int, Batch]] | None] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[tuple[int, bool, Any, float]] = queue.SimpleQueue()
         # thread id -> (batch, offset of the running task, when it started)
         self._running: dict[int, tuple[Batch, int, float]] = {}
@@ -67,7 +68,7 @@ class ThreadSession(Session):
                 self._running.pop(me, None)
 
     def submit(self, batch_id: int, batch: Batch) -> None:
-        self._todo.put((self._generation, (batch_id, batch)))  # type: ignore[arg-type]
+        self._todo.put((self._generation, (batch_id, batch)))
 
     def wait(self) -> Completion:
         while True:
