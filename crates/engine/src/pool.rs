@@ -122,7 +122,8 @@ pub struct Pool {
 }
 
 /// Tells a worker of the pool that the parent no longer maps some of its result segments (a
-/// `Release` frame), from any thread; a worker or pool that is gone is skipped.
+/// `Release` frame), from any thread: at once if the worker is idle, else before its next job.
+/// A worker or pool that is gone is skipped.
 #[derive(Clone)]
 pub struct Releaser {
     shared: std::sync::Weak<Shared>,
@@ -133,17 +134,21 @@ impl Releaser {
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
-        let conn = shared
-            .state()
+        let mut state = shared.state();
+        let Some(worker) = state
             .workers
-            .values()
+            .values_mut()
             .find(|worker| worker.pid.as_raw() == pid && worker.is_live())
-            .map(|worker| Arc::clone(&worker.conn));
-        if let Some(conn) = conn {
-            let payload: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
-            // A failed send means the worker is gone: its segments went with it.
-            let _ = conn.send(Kind::Release, 0, 0, &payload, &[]);
+        else {
+            return;
+        };
+        if worker.running.is_some() {
+            worker.pending_release.extend_from_slice(tokens);
+            return;
         }
+        let conn = Arc::clone(&worker.conn);
+        drop(state);
+        send_releases(&conn, tokens);
     }
 }
 
@@ -172,6 +177,9 @@ struct Worker {
     status: Arc<StatusPage>,
     running: Option<Running>,
     leaving: Option<Leaving>,
+    /// Result segments released while the worker was busy: sent before its next frame, so that
+    /// a busy worker's socket never fills up with them.
+    pending_release: Vec<u64>,
 }
 
 /// Why a worker is on its way out (it no longer counts as live).
@@ -322,7 +330,9 @@ impl Pool {
         };
         worker.running = Some(Running::new(job.id));
         let conn = Arc::clone(&worker.conn);
+        let releases = std::mem::take(&mut worker.pending_release);
         drop(state);
+        send_releases(&conn, &releases);
         send_job(&conn, &job);
         Ok(())
     }
@@ -475,6 +485,15 @@ impl Shared {
     }
 }
 
+fn send_releases(conn: &Connection, tokens: &[u64]) {
+    if tokens.is_empty() {
+        return;
+    }
+    let payload: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
+    // A failed send means the worker is gone, and its segments with it.
+    let _ = conn.send(Kind::Release, 0, 0, &payload, &[]);
+}
+
 fn send_job(conn: &Connection, job: &Job) {
     let fds: Vec<RawFd> = job.fds.iter().map(|fd| fd.as_raw_fd()).collect();
     // A failed send means the worker is gone; its reader sees the end of the socket and reports
@@ -543,6 +562,7 @@ fn spawn_worker(shared: &Arc<Shared>) -> Result<(), PoolError> {
                 conn: Arc::clone(&conn),
                 status: Arc::clone(&status),
                 running: first_job.as_ref().map(|job| Running::new(job.id)),
+                pending_release: Vec::new(),
                 leaving: None,
             },
         );
@@ -635,6 +655,7 @@ fn on_reply(shared: &Shared, id: u64, frame: crate::protocol::Frame) -> bool {
         _ => return false,
     }
     let (conn, pid) = (Arc::clone(&worker.conn), worker.pid.as_raw());
+    let releases = std::mem::take(&mut worker.pending_release);
     let next = match next {
         Some(job) if worker.is_live() => {
             worker.running = Some(Running::new(job.id));
@@ -647,6 +668,7 @@ fn on_reply(shared: &Shared, id: u64, frame: crate::protocol::Frame) -> bool {
         None => None,
     };
     drop(state);
+    send_releases(&conn, &releases);
     if let Some(job) = next {
         send_job(&conn, &job);
     }
