@@ -311,3 +311,18 @@ def test_progress_bar_with_tqdm(capsys):
     pytest.importorskip("tqdm")
     assert Parallel(n_jobs=2, progress=True)(delayed(identity)(x) for x in range(10)) == list(range(10))
     assert "10/10" in capsys.readouterr().err
+
+
+def test_calls_from_several_threads_at_once():
+    # One thread gets the warm pool, the others a private pool each, for the call's duration.
+    outcomes: dict[int, list] = {}
+
+    def call(n):
+        outcomes[n] = Parallel(n_jobs=2)(delayed(my_function)(x) for x in range(n, n + 200))
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in (0, 1000, 2000)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes == {n: [2 * x for x in range(n, n + 200)] for n in (0, 1000, 2000)}
