@@ -12,7 +12,7 @@ import os
 import sys
 
 import numpy as np
-from harness import measure, report
+from harness import measure, report, save_results
 from workloads import double, slice_sum
 
 
@@ -59,6 +59,7 @@ def main() -> None:
             {"ferrojob (dask)": measure(ours_big, 3), "joblib (dask)": measure(theirs_big, 3)},
             baseline="ferrojob (dask)",
         )
+        save_results()
     finally:
         client.close()
         cluster.close()

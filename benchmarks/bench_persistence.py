@@ -18,7 +18,7 @@ import tempfile
 import time
 
 import numpy as np
-from harness import measure, report, run_scenarios
+from harness import measure, record, report, run_scenarios
 
 MB = 1 << 20
 
@@ -68,6 +68,7 @@ def dump_scenario() -> None:
         for name, seconds, size in (("ferrojob compress=3", dump_ours, size_ours), ("joblib compress=3", dump_theirs, size_theirs)):
             print(f"  dump {name:<22} {seconds * 1000:9.1f} ms  {512 / seconds:8.1f} MB/s  ratio {data.nbytes / size:5.2f}")
         print(f"  dump throughput: ferrojob {dump_theirs / dump_ours:6.2f}x faster")
+        record("dump: 512 MB rounded random walk, compress=3", {"ferrojob": dump_ours, "joblib": dump_theirs})
         report("load of that dump", {"ferrojob": load_ours, "joblib": load_theirs})
 
         small = data[: 64 * MB // 8]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from harness import measure, report
+from harness import measure, report, save_results
 
 
 def main() -> None:
@@ -37,6 +37,7 @@ def main() -> None:
         timings,
         baseline="ferrojob backend",
     )
+    save_results()
 
 
 if __name__ == "__main__":

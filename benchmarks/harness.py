@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Callable
+
+#: Every scenario measured in this run: what ``save_results`` writes for ``plot.py``.
+RESULTS: list[dict] = []
 
 
 def measure(run: Callable[[], object], repeat: int, warm_up: bool = True) -> float:
@@ -21,8 +26,25 @@ def measure(run: Callable[[], object], repeat: int, warm_up: bool = True) -> flo
     return statistics.median(times)
 
 
+def record(title: str, timings: dict[str, float], baseline: str = "ferrojob") -> None:
+    """Keep one scenario's timings (seconds) for ``save_results``."""
+    RESULTS.append({"title": title, "baseline": baseline, "seconds": dict(timings)})
+
+
+def save_results() -> Path:
+    """Merge this run's scenarios into ``benchmarks/results/<script>.json`` (by title)."""
+    path = Path(__file__).parent / "results" / f"{Path(sys.argv[0]).stem}.json"
+    path.parent.mkdir(exist_ok=True)
+    previous = json.loads(path.read_text()) if path.exists() else []
+    titles = {entry["title"] for entry in RESULTS}
+    merged = [entry for entry in previous if entry["title"] not in titles] + RESULTS
+    path.write_text(json.dumps(merged, indent=1) + "\n")
+    return path
+
+
 def report(title: str, timings: dict[str, float], baseline: str = "ferrojob", note: str = "") -> None:
     """Print one scenario: each library's time and how many times slower it is than ferrojob."""
+    record(title, timings, baseline)
     print(f"\n{title}" + (f"  ({note})" if note else ""))
     ours = timings[baseline]
     for name, seconds in timings.items():
@@ -43,3 +65,4 @@ def run_scenarios(scenarios: dict[str, Callable[[], None]], names: list[str], se
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs" + (f", {setting}" if setting else ""))
     for name in names or scenarios:
         scenarios[name]()
+    save_results()
