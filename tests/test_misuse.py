@@ -260,3 +260,14 @@ def test_pool_is_usable_after_a_misuse():
     with pytest.raises(ParallelUsageError):
         Parallel(n_jobs=2)([delayed(my_function)(1), 2])
     assert Parallel(n_jobs=2)(delayed(my_function)(x) for x in data) == [2, 4, 6]
+
+
+def test_misuse_tracebacks_end_at_the_callers_line():
+    import traceback
+
+    with pytest.raises(ParallelUsageError) as info:
+        Parallel(n_jobs=2)(my_function(x) for x in data)
+    frames = traceback.extract_tb(info.value.__traceback__)
+    internal = ("ferrojob/_misuse.py", "ferrojob/_tasks.py")
+    assert not any(frame.filename.endswith(internal) for frame in frames)
+    assert info.value.__cause__ is None and info.value.__suppress_context__

@@ -23,7 +23,7 @@ from ._tasks import TaskSource
 from .backends import DEFAULT_BACKEND, Backend, CallOptions, Session, check_backend_name, get_backend
 from .config import DEFAULT, current_config, is_default
 from .cpus import cpu_count
-from .errors import InvalidParameterError, compose_message
+from .errors import InvalidParameterError, ParallelUsageError, compose_message
 
 __all__ = ["Parallel", "delayed", "effective_n_jobs"]
 
@@ -325,7 +325,11 @@ class Parallel:
         except TypeError:
             raise _misuse.not_an_iterable(label, iterable) from None
         chunks = self._run(iterable, label)
-        first = next(chunks)
+        try:
+            first = next(chunks)
+        except ParallelUsageError as error:
+            # A misuse is the caller's: show their line, not ferrojob's internals.
+            raise error.with_traceback(None) from None
         assert first is _STARTED
         if self.return_as == "list":
             results: list[Any] = []
