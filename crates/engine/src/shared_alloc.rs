@@ -116,11 +116,13 @@ mod tests {
         let ptr = allocate(len).unwrap().as_ptr();
         assert!(owns(ptr));
         assert_eq!(size_of(ptr), Some(len));
-        // SAFETY: inside the fresh allocation of `len` bytes.
-        unsafe { ptr.add(4096).write_bytes(7, 100) };
-        let (fd, offset) = locate(unsafe { ptr.add(4096) }, 100).unwrap();
+        // SAFETY: every offset used below lies inside the fresh allocation of `len` bytes.
+        let (inside, near_end) = unsafe { (ptr.add(4096), ptr.add(len - 10)) };
+        // SAFETY: 100 bytes from `inside` are within the allocation.
+        unsafe { inside.write_bytes(7, 100) };
+        let (fd, offset) = locate(inside, 100).unwrap();
         assert_eq!(offset, 4096);
-        assert!(locate(unsafe { ptr.add(len - 10) }, 100).is_none());
+        assert!(locate(near_end, 100).is_none());
         let mapping = Mapping::map(fd, Access::CopyOnWrite).unwrap();
         // SAFETY: the mapping is `len` bytes long.
         let seen = unsafe { std::slice::from_raw_parts(mapping.as_ptr().add(4096), 100) };
