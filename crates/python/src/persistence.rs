@@ -235,8 +235,9 @@ impl Store {
         self.inner.contains(function, key)
     }
 
-    fn touch(&self, function: &str, key: &str) -> PyResult<()> {
-        self.inner.touch(function, key).map_err(os_error)
+    fn touch(&self, py: Python<'_>, function: &str, key: &str) -> PyResult<()> {
+        py.detach(|| self.inner.touch(function, key))
+            .map_err(os_error)
     }
 
     /// Lock an entry, waiting up to `timeout` seconds; None if the wait ran out.
@@ -254,28 +255,35 @@ impl Store {
         Ok(lock.map(|lock| EntryLock { inner: Some(lock) }))
     }
 
-    fn begin(&self, function: &str, key: &str) -> PyResult<PathBuf> {
-        self.inner.begin(function, key).map_err(os_error)
-    }
-
-    fn commit(&self, function: &str, key: &str, temporary: PathBuf) -> PyResult<bool> {
-        self.inner
-            .commit(function, key, &temporary)
+    fn begin(&self, py: Python<'_>, function: &str, key: &str) -> PyResult<PathBuf> {
+        py.detach(|| self.inner.begin(function, key))
             .map_err(os_error)
     }
 
-    fn remove(&self, function: &str, key: &str) -> PyResult<()> {
-        self.inner.remove(function, key).map_err(os_error)
+    fn commit(
+        &self,
+        py: Python<'_>,
+        function: &str,
+        key: &str,
+        temporary: PathBuf,
+    ) -> PyResult<bool> {
+        py.detach(|| self.inner.commit(function, key, &temporary))
+            .map_err(os_error)
+    }
+
+    fn remove(&self, py: Python<'_>, function: &str, key: &str) -> PyResult<()> {
+        py.detach(|| self.inner.remove(function, key))
+            .map_err(os_error)
     }
 
     #[pyo3(signature = (function=None))]
-    fn clear(&self, function: Option<&str>) -> PyResult<()> {
-        self.inner.clear(function).map_err(os_error)
+    fn clear(&self, py: Python<'_>, function: Option<&str>) -> PyResult<()> {
+        py.detach(|| self.inner.clear(function)).map_err(os_error)
     }
 
     /// Every entry as `(function, key, size in bytes, last access as a UNIX time)`.
-    fn entries(&self) -> PyResult<Vec<(String, String, u64, f64)>> {
-        let entries = self.inner.entries().map_err(os_error)?;
+    fn entries(&self, py: Python<'_>) -> PyResult<Vec<(String, String, u64, f64)>> {
+        let entries = py.detach(|| self.inner.entries()).map_err(os_error)?;
         Ok(entries.into_iter().map(entry_tuple).collect())
     }
 
@@ -283,14 +291,14 @@ impl Store {
     #[pyo3(signature = (bytes_limit=None, items_limit=None, age_limit=None))]
     fn reduce_size(
         &self,
+        py: Python<'_>,
         bytes_limit: Option<u64>,
         items_limit: Option<usize>,
         age_limit: Option<f64>,
     ) -> PyResult<Vec<(String, String, u64, f64)>> {
         let age_limit = age_limit.map(|seconds| Duration::from_secs_f64(seconds.max(0.0)));
-        let removed = self
-            .inner
-            .reduce_size(bytes_limit, items_limit, age_limit)
+        let removed = py
+            .detach(|| self.inner.reduce_size(bytes_limit, items_limit, age_limit))
             .map_err(os_error)?;
         Ok(removed.into_iter().map(entry_tuple).collect())
     }
