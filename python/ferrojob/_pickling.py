@@ -24,8 +24,6 @@ def dumps(obj: Any) -> bytes:
     return cloudpickle.dumps(obj, protocol=PROTOCOL)
 
 
-loads = pickle.loads
-
 
 def _collector(threshold: int | None) -> tuple[list[pickle.PickleBuffer], Callable[[Any], bool] | None]:
     """A ``buffer_callback`` that takes buffers of ``threshold`` bytes or more out of band."""

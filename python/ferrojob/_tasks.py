@@ -58,11 +58,6 @@ class Batch:
         return call_columns(self.calls)
 
 
-def run_calls(calls: Iterable[Call]) -> list[Any]:
-    """Run calls in this thread, in order."""
-    return [function(*args, **kwargs) for function, args, kwargs in calls]
-
-
 class TaskSource:
     """The user's iterable of delayed calls, read ahead just enough to size the next batch.
 

@@ -467,10 +467,6 @@ impl Container {
         &self.sections
     }
 
-    pub fn file(&self) -> &File {
-        &self.file
-    }
-
     /// Whether every buffer section is stored raw (so it can be memory-mapped in place).
     pub fn is_mappable(&self) -> bool {
         self.sections
@@ -532,10 +528,6 @@ impl Container {
             }
         }
         Ok(())
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

@@ -145,11 +145,6 @@ impl<T> Scheduler<T> {
         true
     }
 
-    /// Forget a batch that will never complete (cancelled before it ran).
-    pub fn forget(&mut self, id: u64) {
-        self.in_flight.remove(&id);
-    }
-
     /// The next finished batch to hand back: in submission order when ordered, else as completed.
     pub fn pop_ready(&mut self) -> Option<T> {
         if self.ordered {

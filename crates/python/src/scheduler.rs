@@ -43,11 +43,6 @@ impl Scheduler {
         self.inner.can_submit()
     }
 
-    #[getter]
-    fn n_in_flight(&self) -> usize {
-        self.inner.n_in_flight()
-    }
-
     fn is_drained(&self) -> bool {
         self.inner.is_drained()
     }
@@ -68,10 +63,6 @@ impl Scheduler {
     fn complete(&mut self, batch_id: u64, elapsed: f64, value: Py<PyAny>) -> bool {
         let elapsed = Duration::try_from_secs_f64(elapsed).unwrap_or(Duration::ZERO);
         self.inner.complete(batch_id, elapsed, value)
-    }
-
-    fn forget(&mut self, batch_id: u64) {
-        self.inner.forget(batch_id)
     }
 
     fn pop_ready(&mut self) -> Option<Py<PyAny>> {

@@ -24,10 +24,11 @@ def is_large(value: Any, threshold: int | None) -> bool:
     memory_usage = getattr(value, "memory_usage", None)  # pandas objects
     if callable(memory_usage) and type(value).__module__.startswith("pandas"):
         try:
-            usage = memory_usage(index=True)
-            return int(getattr(usage, "sum", lambda: usage)()) >= threshold
+            usage = memory_usage(index=True)  # a Series per column for a DataFrame, an int else
         except (TypeError, ValueError):
             return False
+        total = usage.sum() if hasattr(usage, "sum") else usage
+        return int(total) >= threshold
     return False
 
 
