@@ -10,6 +10,7 @@ use crossbeam_channel::Receiver;
 use std::io;
 use std::os::fd::OwnedFd;
 
+use crate::cursor::Cursor;
 use crate::shm::{self, Access, SharedFile};
 
 /// Where one buffer lies: `len` bytes at `offset` in the frame's descriptor number `segment`.
@@ -86,67 +87,40 @@ pub fn encode(
     out
 }
 
-struct Cursor<'a> {
-    bytes: &'a [u8],
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], EnvelopeError> {
-        if self.bytes.len() < n {
-            return Err(EnvelopeError::Truncated);
-        }
-        let (head, rest) = self.bytes.split_at(n);
-        self.bytes = rest;
-        Ok(head)
-    }
-
-    fn u32(&mut self) -> Result<u32, EnvelopeError> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
-    }
-
-    fn u64(&mut self) -> Result<u64, EnvelopeError> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
-    }
-
-    fn u64_list(&mut self) -> Result<Vec<u64>, EnvelopeError> {
-        let count = self.u32()? as usize;
-        if self.bytes.len() / 8 < count {
-            return Err(EnvelopeError::Truncated);
-        }
-        (0..count).map(|_| self.u64()).collect()
-    }
-}
-
 /// Split a payload made by [`encode`] into its envelope and body.
 pub fn decode(payload: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
-    let mut cursor = Cursor { bytes: payload };
-    let code = cursor.take(1)?[0];
+    let mut cursor = Cursor::new(payload);
+    let code = cursor.u8().ok_or(EnvelopeError::Truncated)?;
     let access = Access::from_code(code).ok_or(EnvelopeError::UnknownAccess(code))?;
-    let count = cursor.u32()? as usize;
-    if cursor.bytes.len() / 20 < count {
-        return Err(EnvelopeError::Truncated);
-    }
+    let count = cursor.count(20).ok_or(EnvelopeError::Truncated)?;
     let mut buffers = Vec::with_capacity(count);
     for _ in 0..count {
+        let (Some(segment), Some(offset), Some(len)) = (cursor.u32(), cursor.u64(), cursor.u64())
+        else {
+            return Err(EnvelopeError::Truncated);
+        };
         buffers.push(BufferRef {
-            segment: cursor.u32()?,
-            offset: cursor.u64()?,
-            len: cursor.u64()?,
+            segment,
+            offset,
+            len,
         });
     }
-    let tokens = cursor.u64_list()?;
-    let released = cursor.u64_list()?;
+    let tokens = u64_list(&mut cursor)?;
+    let released = u64_list(&mut cursor)?;
     Ok(Envelope {
         access,
         buffers,
         tokens,
         released,
-        body: cursor.bytes,
+        body: cursor.rest(),
     })
+}
+
+fn u64_list(cursor: &mut Cursor<'_>) -> Result<Vec<u64>, EnvelopeError> {
+    let count = cursor.count(8).ok_or(EnvelopeError::Truncated)?;
+    (0..count)
+        .map(|_| cursor.u64().ok_or(EnvelopeError::Truncated))
+        .collect()
 }
 
 /// Check that every buffer lies inside one of the segments, given their lengths.

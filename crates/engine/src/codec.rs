@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::cursor::Cursor;
+
 const MAGIC: &[u8; 7] = b"FJDUMP\0";
 const VERSION: u8 = 1;
 /// Uncompressed bytes per block.
@@ -108,8 +110,12 @@ pub struct Section {
 }
 
 impl Section {
+    /// Bytes the section occupies in the file. Saturates: a damaged header's sum past `u64::MAX`
+    /// is larger than any file, which [`Container::open`] refuses.
     pub fn stored_len(&self) -> u64 {
-        self.blocks.iter().map(|b| b.stored_len).sum()
+        self.blocks
+            .iter()
+            .fold(0u64, |total, block| total.saturating_add(block.stored_len))
     }
 }
 
@@ -317,55 +323,61 @@ fn encode_header(flags: u32, sections: &[Section]) -> Vec<u8> {
     out
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-}
-
-impl Reader<'_> {
-    fn take<const N: usize>(&mut self) -> Result<[u8; N], String> {
-        if self.bytes.len() < N {
-            return Err("ends early".into());
-        }
-        let (head, rest) = self.bytes.split_at(N);
-        self.bytes = rest;
-        Ok(head.try_into().expect("N bytes"))
-    }
-    fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.take::<1>()?[0])
-    }
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take()?))
-    }
-    fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(self.take()?))
+/// Most raw bytes one stored byte may expand to, per codec: zstd needs at least 4 bytes per
+/// 128 KiB block of one repeated byte (ratio 32768), lz4 one byte per 255 bytes of a match. A
+/// header that claims more than its stored bytes can hold is damaged (or hostile: it would make
+/// `load` allocate memory the file cannot justify).
+fn max_raw_len(codec: Codec, stored_len: u64) -> u64 {
+    match codec {
+        Codec::Raw => stored_len,
+        Codec::Zstd(_) => stored_len.saturating_mul(32 << 10),
+        Codec::Lz4 => stored_len.saturating_mul(256).saturating_add(64),
     }
 }
 
 fn decode_header(bytes: &[u8]) -> Result<(u32, Vec<Section>), String> {
-    let mut reader = Reader { bytes };
-    let flags = reader.u32()?;
-    let count = reader.u32()? as usize;
-    let mut sections = Vec::with_capacity(count.min(1 << 16));
-    for _ in 0..count {
-        let kind = match reader.u8()? {
+    const SECTION_LEN: usize = 1 + 1 + 8 + 8 + 4;
+    const BLOCK_LEN: usize = 8 + 8 + 8;
+    let ends_early = || "ends early".to_owned();
+    let mut reader = Cursor::new(bytes);
+    let flags = reader.u32().ok_or_else(ends_early)?;
+    let count = reader.count(SECTION_LEN).ok_or_else(ends_early)?;
+    let mut sections = Vec::with_capacity(count);
+    for index in 0..count {
+        let kind = match reader.u8().ok_or_else(ends_early)? {
             0 => SectionKind::Pickle,
             1 => SectionKind::Buffer,
             other => return Err(format!("unknown section kind {other}")),
         };
-        let codec = Codec::from_code(reader.u8()?).ok_or("unknown codec")?;
-        let raw_len = reader.u64()?;
-        let offset = reader.u64()?;
-        let n_blocks = reader.u32()? as usize;
-        let mut blocks = Vec::with_capacity(n_blocks.min(1 << 20));
-        for _ in 0..n_blocks {
-            blocks.push(Block {
-                raw_len: reader.u64()?,
-                stored_len: reader.u64()?,
-                checksum: reader.u64()?,
-            });
+        let code = reader.u8().ok_or_else(ends_early)?;
+        let codec = Codec::from_code(code).ok_or_else(|| format!("unknown codec {code}"))?;
+        let raw_len = reader.u64().ok_or_else(ends_early)?;
+        let offset = reader.u64().ok_or_else(ends_early)?;
+        let n_blocks = reader.count(BLOCK_LEN).ok_or_else(ends_early)?;
+        let mut blocks = Vec::with_capacity(n_blocks);
+        let mut total: u64 = 0;
+        for number in 0..n_blocks {
+            let block = Block {
+                raw_len: reader.u64().ok_or_else(ends_early)?,
+                stored_len: reader.u64().ok_or_else(ends_early)?,
+                checksum: reader.u64().ok_or_else(ends_early)?,
+            };
+            let plausible = block.raw_len <= BLOCK_SIZE as u64
+                && block.raw_len <= max_raw_len(codec, block.stored_len)
+                && (codec != Codec::Raw || block.raw_len == block.stored_len);
+            if !plausible {
+                return Err(format!(
+                    "section {index}, block {number} claims {} bytes from {} stored",
+                    block.raw_len, block.stored_len
+                ));
+            }
+            total = total
+                .checked_add(block.raw_len)
+                .ok_or("block lengths overflow")?;
+            blocks.push(block);
         }
-        if blocks.iter().map(|b| b.raw_len).sum::<u64>() != raw_len {
-            return Err("block lengths do not add up".into());
+        if total != raw_len {
+            return Err(format!("section {index}: block lengths do not add up"));
         }
         sections.push(Section {
             kind,
@@ -375,8 +387,17 @@ fn decode_header(bytes: &[u8]) -> Result<(u32, Vec<Section>), String> {
             blocks,
         });
     }
-    if !reader.bytes.is_empty() {
+    if !reader.is_empty() {
         return Err("trailing bytes".into());
+    }
+    let pickles = sections
+        .iter()
+        .filter(|s| s.kind == SectionKind::Pickle)
+        .count();
+    if pickles != 1 || sections[0].kind != SectionKind::Pickle {
+        return Err(format!(
+            "{pickles} pickle sections; a dump has exactly one, first"
+        ));
     }
     Ok((flags, sections))
 }
@@ -415,19 +436,37 @@ impl Container {
                 version: preamble[7],
             });
         }
-        let header_len = u64::from_le_bytes(preamble[8..16].try_into().expect("8 bytes"));
-        if header_len + 8 > size.saturating_sub(PREAMBLE as u64) {
-            return Err(damaged("the file ends inside its header"));
-        }
-        let mut header = vec![0u8; header_len as usize + 8];
+        let mut declared = [0u8; 8];
+        declared.copy_from_slice(&preamble[8..PREAMBLE]);
+        let header_len = u64::from_le_bytes(declared);
+        let header_end = header_len
+            .checked_add((PREAMBLE + 8) as u64)
+            .filter(|&end| end <= size)
+            .ok_or_else(|| damaged("the file ends inside its header"))?;
+        // Bounded by the file's size just above; fallible all the same (a huge file, little memory).
+        let header_len = usize::try_from(header_len)
+            .map_err(|_| damaged("the header is larger than this machine's memory"))?;
+        let mut header = Vec::new();
+        header
+            .try_reserve_exact(header_len + 8)
+            .map_err(|_| damaged("the header is larger than this machine's memory"))?;
+        header.resize(header_len + 8, 0);
         file.read_exact(&mut header).map_err(io_error(path))?;
-        let (header, checksum) = header.split_at(header_len as usize);
-        if xxh3_64(header) != u64::from_le_bytes(checksum.try_into().expect("8 bytes")) {
+        let (header, checksum) = header.split_at(header_len);
+        let mut expected = [0u8; 8];
+        expected.copy_from_slice(checksum);
+        if xxh3_64(header) != u64::from_le_bytes(expected) {
             return Err(damaged("checksum mismatch"));
         }
         let (flags, sections) = decode_header(header).map_err(|reason| damaged(&reason))?;
         for (index, section) in sections.iter().enumerate() {
-            let needed = section.offset + section.stored_len();
+            if section.offset < header_end || section.offset % ALIGNMENT != 0 {
+                return Err(damaged(&format!(
+                    "section {index} starts at {}, inside the header or unaligned",
+                    section.offset
+                )));
+            }
+            let needed = section.offset.saturating_add(section.stored_len());
             if needed > size {
                 return Err(CodecError::Truncated {
                     path: path.to_owned(),
@@ -477,32 +516,59 @@ impl Container {
     /// Read, check and decompress section `index` into `out` (exactly its raw length).
     pub fn read_into(&self, index: usize, out: &mut [u8]) -> Result<(), CodecError> {
         use std::os::unix::fs::FileExt;
-        let section = &self.sections[index];
-        assert_eq!(
-            out.len() as u64,
-            section.raw_len,
-            "output sized for the section"
-        );
-        let mut stored =
-            crate::shm::anonymous(section.stored_len() as usize).map_err(io_error(&self.path))?;
-        let stored = &mut stored[..section.stored_len() as usize];
+        let section = self
+            .sections
+            .get(index)
+            .ok_or_else(|| CodecError::DamagedHeader {
+                path: self.path.clone(),
+                reason: format!("no section {index}"),
+            })?;
+        if out.len() as u64 != section.raw_len {
+            return Err(CodecError::Io {
+                path: self.path.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "section {index} has {} bytes, not {}",
+                        section.raw_len,
+                        out.len()
+                    ),
+                ),
+            });
+        }
+        // `open` checked that the section lies inside the file, so its length fits in memory's
+        // address space only if the file does: convert without truncating.
+        let stored_len = usize::try_from(section.stored_len()).map_err(|_| CodecError::Io {
+            path: self.path.clone(),
+            source: io::Error::from(io::ErrorKind::OutOfMemory),
+        })?;
+        let mut stored = crate::shm::anonymous(stored_len).map_err(io_error(&self.path))?;
+        let stored = &mut stored[..stored_len];
         self.file
             .read_exact_at(stored, section.offset)
             .map_err(io_error(&self.path))?;
+        // The header's block lengths add up to the section's (checked by `decode_header`); split
+        // with checked calls all the same, so no header can make a slice go out of bounds.
+        let inconsistent = || CodecError::DamagedHeader {
+            path: self.path.clone(),
+            reason: format!("section {index}: block lengths do not match the section"),
+        };
         let mut inputs = Vec::with_capacity(section.blocks.len());
-        let (mut stored_at, mut raw_at) = (0usize, 0usize);
-        for block in &section.blocks {
-            let stored_end = stored_at + block.stored_len as usize;
-            inputs.push((block, &stored[stored_at..stored_end], raw_at));
-            stored_at = stored_end;
-            raw_at += block.raw_len as usize;
-        }
         let mut outputs: Vec<&mut [u8]> = Vec::with_capacity(section.blocks.len());
-        let mut rest = out;
+        let (mut stored_rest, mut out_rest): (&[u8], &mut [u8]) = (stored, out);
         for block in &section.blocks {
-            let (head, tail) = rest.split_at_mut(block.raw_len as usize);
+            let stored_len = usize::try_from(block.stored_len).map_err(|_| inconsistent())?;
+            let raw_len = usize::try_from(block.raw_len).map_err(|_| inconsistent())?;
+            let (bytes, tail) = stored_rest
+                .split_at_checked(stored_len)
+                .ok_or_else(inconsistent)?;
+            stored_rest = tail;
+            inputs.push((block, bytes));
+            let (head, tail) = std::mem::take(&mut out_rest)
+                .split_at_mut_checked(raw_len)
+                .ok_or_else(inconsistent)?;
+            out_rest = tail;
             outputs.push(head);
-            rest = tail;
         }
         let mut results: Vec<Result<(), String>> = vec![Ok(()); inputs.len()];
         let mut work: Vec<(&mut [u8], &mut Result<(), String>)> =
@@ -510,7 +576,7 @@ impl Container {
         let verify = !(section.kind == SectionKind::Buffer
             && section.codec == Codec::Raw
             && self.flags & MODIFIED_IN_PLACE != 0);
-        crate::parallel::zip(&inputs, &mut work, |(block, bytes, _), (out, result)| {
+        crate::parallel::zip(&inputs, &mut work, |(block, bytes), (out, result)| {
             **result = if verify && xxh3_64(bytes) != block.checksum {
                 Err("checksum mismatch".into())
             } else {
@@ -686,6 +752,110 @@ mod tests {
         ));
         assert!(looks_like_joblib(&[0x78, 0x9c]));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A file with this exact header (checksum made right) and `body` after it: what a hostile
+    /// writer can make.
+    fn forged(dir: &Path, sections: &[Section], body_len: usize) -> PathBuf {
+        let header = encode_header(0, sections);
+        let mut bytes = MAGIC.to_vec();
+        bytes.push(VERSION);
+        bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&header);
+        bytes.extend_from_slice(&xxh3_64(&header).to_le_bytes());
+        bytes.resize(bytes.len().next_multiple_of(64) + body_len, 7);
+        let path = dir.join(format!("forged-{}.fj", xxh3_64(&bytes)));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn section(kind: SectionKind, codec: Codec, offset: u64, blocks: &[(u64, u64)]) -> Section {
+        Section {
+            kind,
+            codec,
+            raw_len: blocks.iter().map(|b| b.0).fold(0u64, u64::wrapping_add),
+            offset,
+            blocks: blocks
+                .iter()
+                .map(|&(raw_len, stored_len)| Block {
+                    raw_len,
+                    stored_len,
+                    checksum: 0,
+                })
+                .collect(),
+        }
+    }
+
+    fn damaged_header(path: &Path) -> String {
+        match Container::open(path) {
+            Err(CodecError::DamagedHeader { reason, .. }) => reason,
+            other => panic!("expected a damaged header, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn hostile_headers_are_refused_before_anything_is_sized_from_them() {
+        let dir = temp_dir();
+        let pickle = section(SectionKind::Pickle, Codec::Raw, 128, &[(4, 4)]);
+        // A raw section that declares more than it stores: a mapping would reach past the file.
+        let longer = section(SectionKind::Buffer, Codec::Raw, 192, &[(1 << 20, 64)]);
+        let path = forged(&dir, &[pickle.clone(), longer], 256);
+        assert!(damaged_header(&path).contains("claims"));
+        // 1 TiB from a few bytes of zstd: more than any codec can expand to.
+        let tebibyte = section(SectionKind::Buffer, Codec::Zstd(0), 192, &[(1 << 40, 16)]);
+        assert!(damaged_header(&forged(&dir, &[pickle.clone(), tebibyte], 64)).contains("claims"));
+        let blocks = vec![(BLOCK_SIZE as u64, 16); 64];
+        let ratio = section(SectionKind::Buffer, Codec::Lz4, 192, &blocks);
+        assert!(damaged_header(&forged(&dir, &[pickle.clone(), ratio], 2048)).contains("claims"));
+        // An offset that wraps around 2^64 with its length.
+        let wrapping = section(SectionKind::Buffer, Codec::Raw, u64::MAX - 63, &[(64, 64)]);
+        assert!(matches!(
+            Container::open(&forged(&dir, &[pickle.clone(), wrapping], 256)),
+            Err(CodecError::Truncated { .. })
+        ));
+        // Block lengths whose sum overflows.
+        let mut overflow = section(SectionKind::Buffer, Codec::Raw, 192, &[(8, 8), (8, 8)]);
+        overflow.blocks[1].stored_len = u64::MAX;
+        overflow.blocks[1].raw_len = u64::MAX;
+        damaged_header(&forged(&dir, &[pickle.clone(), overflow], 64));
+        // Sections inside the header, or unaligned.
+        let inside = section(SectionKind::Buffer, Codec::Raw, 8, &[(4, 4)]);
+        damaged_header(&forged(&dir, &[pickle.clone(), inside], 64));
+        // No pickle section, two of them, or a pickle that is not first.
+        let buffer = section(SectionKind::Buffer, Codec::Raw, 192, &[(4, 4)]);
+        assert!(damaged_header(&forged(&dir, &[buffer.clone()], 64)).contains("pickle"));
+        let second = section(SectionKind::Pickle, Codec::Raw, 192, &[(4, 4)]);
+        damaged_header(&forged(&dir, &[pickle.clone(), second], 64));
+        damaged_header(&forged(&dir, &[buffer, pickle], 128));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_header_length_near_u64_max_is_damage_not_a_panic() {
+        let dir = temp_dir();
+        for declared in [u64::MAX, u64::MAX - 7, 1 << 40] {
+            let mut bytes = MAGIC.to_vec();
+            bytes.push(VERSION);
+            bytes.extend_from_slice(&declared.to_le_bytes());
+            bytes.extend_from_slice(&[0u8; 100]);
+            let path = dir.join("long-header.fj");
+            std::fs::write(&path, &bytes).unwrap();
+            damaged_header(&path);
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn real_codecs_stay_within_the_ratio_limits() {
+        for codec in [Codec::Zstd(19), Codec::Zstd(1), Codec::Lz4] {
+            let (blocks, _) = encode_blocks(&vec![0u8; 2 * BLOCK_SIZE + 17], codec).unwrap();
+            for block in blocks {
+                assert!(
+                    block.raw_len <= max_raw_len(codec, block.stored_len),
+                    "{codec:?}"
+                );
+            }
+        }
     }
 
     #[test]

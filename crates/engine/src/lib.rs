@@ -7,6 +7,7 @@
 
 pub mod buffers;
 pub mod codec;
+pub mod cursor;
 pub mod hash;
 pub mod parallel;
 pub mod pool;

@@ -94,6 +94,9 @@ pub enum LossCause {
     Cancelled,
     /// The process could not be reaped (someone else waited for it).
     Vanished,
+    /// We killed it: it broke the protocol (a frame out of turn, a reply for another job, a
+    /// malformed or oversized frame), so nothing it says can be trusted.
+    Protocol(String),
 }
 
 /// A job's end, as delivered by [`Pool::recv`].
@@ -114,6 +117,8 @@ pub enum PoolError {
     Setup(#[from] io::Error),
     #[error("the pool is shut down")]
     Closed,
+    #[error("this worker pool belongs to process {owner}; a forked child cannot use it (it starts its own)")]
+    Forked { owner: u32 },
 }
 
 /// A set of warm worker processes.
@@ -134,6 +139,11 @@ impl Releaser {
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
+        // A forked child that drops results it inherited must not tell the parent's workers to
+        // reuse memory the parent still maps.
+        if !shared.owned_here() {
+            return;
+        }
         let mut state = shared.state();
         let Some(worker) = state
             .workers
@@ -272,6 +282,7 @@ impl Pool {
 
     /// Make exactly `n` workers live: start missing ones, retire idle extras.
     pub fn ensure_workers(&self, n: usize) -> Result<(), PoolError> {
+        self.shared.check_owner()?;
         let missing = {
             let mut state = self.shared.state();
             if state.closed {
@@ -319,6 +330,7 @@ impl Pool {
 
     /// Hand a job to an idle worker now, or queue it for the first one to finish.
     pub fn submit(&self, job: Job) -> Result<(), PoolError> {
+        self.shared.check_owner()?;
         let mut state = self.shared.state();
         if state.closed {
             return Err(PoolError::Closed);
@@ -339,6 +351,10 @@ impl Pool {
 
     /// The next completion, waiting at most `timeout`.
     pub fn recv(&self, timeout: Duration) -> Option<Completion> {
+        if !self.shared.owned_here() {
+            // No reader thread survives a fork: nothing will ever arrive here.
+            return None;
+        }
         // A timeout, or a disconnected channel (impossible while the pool holds a sender).
         self.shared.rx.recv_timeout(timeout).ok()
     }
@@ -346,6 +362,9 @@ impl Pool {
     /// Kill every worker whose current task has run longer than `limit`; their jobs complete as
     /// [`LossCause::TimedOut`]. Call it periodically while waiting.
     pub fn enforce_task_timeout(&self, limit: Duration) {
+        if !self.shared.owned_here() {
+            return;
+        }
         let now = Instant::now();
         let mut state = self.shared.state();
         for worker in state.workers.values_mut().filter(|w| w.is_live()) {
@@ -376,6 +395,9 @@ impl Pool {
     /// that were dropped; the running ones complete as [`LossCause::Cancelled`]. Returns once the
     /// killed workers are reaped, so no zombie outlives the call.
     pub fn cancel(&self) -> Vec<JobId> {
+        if !self.shared.owned_here() {
+            return Vec::new();
+        }
         let mut state = self.shared.state();
         let dropped = state.queue.drain(..).map(|job| job.id).collect();
         for worker in state.workers.values_mut() {
@@ -391,6 +413,9 @@ impl Pool {
     /// Kill every worker at once (Ctrl-C) and reap them: nothing keeps running. The pool stays
     /// usable; [`Pool::ensure_workers`] starts fresh workers.
     pub fn terminate(&self) {
+        if !self.shared.owned_here() {
+            return;
+        }
         let mut state = self.shared.state();
         state.queue.clear();
         for worker in state.workers.values_mut() {
@@ -404,6 +429,9 @@ impl Pool {
     /// thread of the pool. Idempotent.
     pub fn shutdown(&self, grace: Duration) {
         let shared = &self.shared;
+        if !shared.owned_here() {
+            return;
+        }
         {
             let mut state = shared.state();
             state.closed = true;
@@ -432,14 +460,26 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        // In a forked child the workers belong to the parent: leave them alone.
-        if std::process::id() == self.shared.owner {
-            self.shutdown(Duration::from_secs(1));
-        }
+        // In a forked child the workers belong to the parent: `shutdown` leaves them alone.
+        self.shutdown(Duration::from_secs(1));
     }
 }
 
 impl Shared {
+    /// Whether this process is the one that started the pool. Everything a forked child inherits
+    /// (sockets, worker pids, the state) belongs to the parent: a child acts on none of it.
+    fn owned_here(&self) -> bool {
+        std::process::id() == self.owner
+    }
+
+    fn check_owner(&self) -> Result<(), PoolError> {
+        if self.owned_here() {
+            Ok(())
+        } else {
+            Err(PoolError::Forked { owner: self.owner })
+        }
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves the bookkeeping consistent enough to shut down.
         self.state
@@ -595,30 +635,40 @@ fn dup_above(fd: RawFd, min: RawFd) -> io::Result<OwnedFd> {
 
 /// A worker's reader thread: relay replies, keep the worker fed, and report its death.
 fn read_replies(shared: &Arc<Shared>, id: u64, conn: &Connection, pid: Pid) {
-    loop {
+    let violation = loop {
         match conn.recv() {
             Ok(Some(frame)) if matches!(frame.kind, Kind::Done | Kind::Failed) => {
-                if !on_reply(shared, id, frame) {
-                    break;
+                if let Err(reason) = on_reply(shared, id, frame) {
+                    break Some(reason);
                 }
             }
-            // A worker that speaks out of turn cannot be trusted with more work.
-            Ok(Some(_)) | Err(ProtocolError::BadMagic(_) | ProtocolError::UnknownKind(_)) => {
-                let _ = kill(pid, Signal::SIGKILL);
-                break;
+            Ok(Some(frame)) => {
+                break Some(format!(
+                    "it sent a {:?} frame, which only the parent sends",
+                    frame.kind
+                ))
             }
-            Ok(None) | Err(_) => break,
+            // The end of the socket, in or between frames: the worker exited or was killed.
+            Ok(None) | Err(ProtocolError::Truncated | ProtocolError::Io(_)) => break None,
+            Err(error) => break Some(error.to_string()),
         }
+    };
+    if violation.is_some() {
+        // A worker that speaks out of turn cannot be trusted with more work.
+        let _ = kill(pid, Signal::SIGKILL);
     }
     conn.shutdown();
     let exit = reap(pid);
     let mut state = shared.state();
     if let Some(worker) = state.workers.remove(&id) {
         if let Some(running) = worker.running {
-            let cause = match worker.leaving {
-                Some(Leaving::Killed(KillReason::TimedOut(limit))) => LossCause::TimedOut(limit),
-                Some(Leaving::Killed(KillReason::Cancelled)) => LossCause::Cancelled,
-                Some(Leaving::Retired) | None => exit,
+            let cause = match (violation, worker.leaving) {
+                (_, Some(Leaving::Killed(KillReason::TimedOut(limit)))) => {
+                    LossCause::TimedOut(limit)
+                }
+                (_, Some(Leaving::Killed(KillReason::Cancelled))) => LossCause::Cancelled,
+                (Some(reason), _) => LossCause::Protocol(reason),
+                (None, Some(Leaving::Retired) | None) => exit,
             };
             let tasks_started = if worker.status.load(STATUS_JOB) == running.job {
                 worker.status.load(STATUS_TASKS_STARTED)
@@ -641,32 +691,36 @@ fn read_replies(shared: &Arc<Shared>, id: u64, conn: &Connection, pid: Pid) {
     shared.changed.notify_all();
 }
 
-/// Record a reply, give the worker its next job, and deliver the completion. Returns false when
-/// the reply makes no sense (not for the job the worker was given).
-fn on_reply(shared: &Shared, id: u64, frame: crate::protocol::Frame) -> bool {
+/// Record a reply, give the worker its next job, and deliver the completion. A reply that makes
+/// no sense (for another job than the one the worker runs, or while it runs none) is an error:
+/// the worker's job stays recorded as running, so its loss is reported when the worker goes.
+fn on_reply(shared: &Shared, id: u64, frame: crate::protocol::Frame) -> Result<(), String> {
     let mut state = shared.state();
     state.last_activity = Instant::now();
-    let next = state.queue.pop_front();
     let Some(worker) = state.workers.get_mut(&id) else {
-        return false;
+        return Err("it is no longer part of the pool".into());
     };
-    match worker.running.take() {
+    match &worker.running {
         Some(running) if running.job == frame.id => {}
-        _ => return false,
+        Some(running) => {
+            return Err(format!(
+                "it replied for job {} while running job {}",
+                frame.id, running.job
+            ))
+        }
+        None => return Err(format!("it replied for job {} while idle", frame.id)),
     }
-    let (conn, pid) = (Arc::clone(&worker.conn), worker.pid.as_raw());
+    worker.running = None;
+    let (conn, pid, live) = (
+        Arc::clone(&worker.conn),
+        worker.pid.as_raw(),
+        worker.is_live(),
+    );
     let releases = std::mem::take(&mut worker.pending_release);
-    let next = match next {
-        Some(job) if worker.is_live() => {
-            worker.running = Some(Running::new(job.id));
-            Some(job)
-        }
-        Some(job) => {
-            state.queue.push_front(job);
-            None
-        }
-        None => None,
-    };
+    let next = if live { state.queue.pop_front() } else { None };
+    if let (Some(job), Some(worker)) = (&next, state.workers.get_mut(&id)) {
+        worker.running = Some(Running::new(job.id));
+    }
     drop(state);
     send_releases(&conn, &releases);
     if let Some(job) = next {
@@ -687,7 +741,7 @@ fn on_reply(shared: &Shared, id: u64, frame: crate::protocol::Frame) -> bool {
         elapsed: Duration::from_nanos(frame.aux),
         outcome,
     });
-    true
+    Ok(())
 }
 
 /// Wait for a child that closed its socket. A child that lingers is killed after a grace period.

@@ -16,6 +16,8 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 use nix::cmsg_space;
+
+use crate::cursor::Cursor;
 use nix::errno::Errno;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
@@ -23,6 +25,13 @@ use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, Ms
 pub const HEADER_LEN: usize = 32;
 /// Most descriptors one frame may carry (bounded by the ancillary buffer we reserve).
 pub const MAX_FDS: usize = 32;
+/// Largest payload a frame may declare. Large data travels in shared memory beside frames, so
+/// a real payload is a pickle of the non-buffer part of a batch or its results; a header that
+/// declares more is a broken or hostile peer, refused before anything is allocated.
+pub const MAX_PAYLOAD_LEN: u64 = 16 << 30;
+/// Payload bytes allocated ahead of reading them; beyond this the buffer grows only as bytes
+/// actually arrive, so a peer that declares a large frame and sends little costs little.
+const PREALLOCATE: usize = 64 << 20;
 const MAGIC: u32 = u32::from_le_bytes(*b"FJOB");
 
 /// What a frame means.
@@ -81,6 +90,12 @@ pub enum ProtocolError {
     TooManyFds(usize),
     #[error("peer closed the connection in the middle of a frame")]
     Truncated,
+    #[error(
+        "peer declared a frame of {0} bytes, more than the {MAX_PAYLOAD_LEN} a frame may carry"
+    )]
+    TooLarge(u64),
+    #[error("no memory for a frame of {0} bytes")]
+    OutOfMemory(u64),
 }
 
 /// One end of a parent↔worker socket. Sending and receiving take `&self`: one thread can read
@@ -180,9 +195,7 @@ impl Connection {
         if fds.len() != n_fds {
             return Err(ProtocolError::Truncated);
         }
-        let len = usize::try_from(len).map_err(|_| ProtocolError::Truncated)?;
-        let mut payload = vec![0u8; len];
-        read_exact_or_truncated(&self.stream, &mut payload)?;
+        let payload = read_payload(&self.stream, len)?;
         Ok(Some(Frame {
             kind,
             id,
@@ -235,6 +248,28 @@ impl AsFd for Connection {
     }
 }
 
+/// Read a payload of the declared length: capped, allocated fallibly, and grown only as bytes
+/// arrive beyond the first `PREALLOCATE`.
+fn read_payload(stream: &UnixStream, len: u64) -> Result<Vec<u8>, ProtocolError> {
+    if len > MAX_PAYLOAD_LEN {
+        return Err(ProtocolError::TooLarge(len));
+    }
+    let wanted = usize::try_from(len).map_err(|_| ProtocolError::TooLarge(len))?;
+    let mut payload = Vec::new();
+    payload
+        .try_reserve_exact(wanted.min(PREALLOCATE))
+        .map_err(|_| ProtocolError::OutOfMemory(len))?;
+    // `read_to_end` reserves with `try_reserve`: an allocation failure is an error, not an abort.
+    match stream.take(len).read_to_end(&mut payload) {
+        Ok(n) if n == wanted => Ok(payload),
+        Ok(_) => Err(ProtocolError::Truncated),
+        Err(error) if error.kind() == io::ErrorKind::OutOfMemory => {
+            Err(ProtocolError::OutOfMemory(len))
+        }
+        Err(error) => Err(ProtocolError::Io(error)),
+    }
+}
+
 fn read_exact_or_truncated(mut stream: &UnixStream, buf: &mut [u8]) -> Result<(), ProtocolError> {
     stream.read_exact(buf).map_err(|err| match err.kind() {
         io::ErrorKind::UnexpectedEof => ProtocolError::Truncated,
@@ -242,7 +277,8 @@ fn read_exact_or_truncated(mut stream: &UnixStream, buf: &mut [u8]) -> Result<()
     })
 }
 
-fn encode_header(kind: Kind, n_fds: u8, id: u64, aux: u64, len: u64) -> [u8; HEADER_LEN] {
+/// The header of a frame. Public for test peers that misbehave on purpose, and fuzzing.
+pub fn encode_header(kind: Kind, n_fds: u8, id: u64, aux: u64, len: u64) -> [u8; HEADER_LEN] {
     let mut header = [0u8; HEADER_LEN];
     header[0..4].copy_from_slice(&MAGIC.to_le_bytes());
     header[4] = kind as u8;
@@ -254,23 +290,18 @@ fn encode_header(kind: Kind, n_fds: u8, id: u64, aux: u64, len: u64) -> [u8; HEA
 }
 
 fn decode_header(header: &[u8; HEADER_LEN]) -> Result<(Kind, usize, u64, u64, u64), ProtocolError> {
-    let word = |range: std::ops::Range<usize>| {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(&header[range]);
-        u64::from_le_bytes(bytes)
-    };
-    let magic = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let mut cursor = Cursor::new(header);
+    let magic = cursor.u32().ok_or(ProtocolError::Truncated)?;
     if magic != MAGIC {
         return Err(ProtocolError::BadMagic(magic));
     }
-    let kind = Kind::from_u8(header[4])?;
-    Ok((
-        kind,
-        header[5] as usize,
-        word(8..16),
-        word(16..24),
-        word(24..32),
-    ))
+    let kind = Kind::from_u8(cursor.u8().ok_or(ProtocolError::Truncated)?)?;
+    let n_fds = cursor.u8().ok_or(ProtocolError::Truncated)?;
+    let _reserved = cursor.take(2).ok_or(ProtocolError::Truncated)?;
+    let (Some(id), Some(aux), Some(len)) = (cursor.u64(), cursor.u64(), cursor.u64()) else {
+        return Err(ProtocolError::Truncated);
+    };
+    Ok((kind, usize::from(n_fds), id, aux, len))
 }
 
 #[cfg(test)]
@@ -331,6 +362,21 @@ mod tests {
         let header = encode_header(Kind::Done, 0, 1, 0, 100);
         (&a.stream).write_all(&header).unwrap();
         (&a.stream).write_all(b"only part").unwrap();
+        drop(a);
+        assert!(matches!(b.recv(), Err(ProtocolError::Truncated)));
+    }
+
+    #[test]
+    fn an_oversized_frame_is_refused_before_allocating() {
+        let (a, b) = Connection::pair().unwrap();
+        let header = encode_header(Kind::Done, 0, 1, 0, u64::MAX);
+        (&a.stream).write_all(&header).unwrap();
+        assert!(matches!(b.recv(), Err(ProtocolError::TooLarge(u64::MAX))));
+        let (a, b) = Connection::pair().unwrap();
+        // Within the cap but a lie: the reader allocates as bytes arrive, then sees the end.
+        let header = encode_header(Kind::Done, 0, 1, 0, MAX_PAYLOAD_LEN);
+        (&a.stream).write_all(&header).unwrap();
+        (&a.stream).write_all(b"a few bytes").unwrap();
         drop(a);
         assert!(matches!(b.recv(), Err(ProtocolError::Truncated)));
     }

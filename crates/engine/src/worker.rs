@@ -8,6 +8,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
+use crate::cursor::Cursor;
 use crate::pool::{WORKER_SOCKET_FD, WORKER_STATUS_FD};
 use crate::protocol::{Connection, Kind, ProtocolError};
 use crate::shm::{StatusPage, STATUS_JOB, STATUS_TASKS_STARTED};
@@ -36,6 +37,9 @@ pub enum Reply {
 pub struct Endpoint {
     conn: Connection,
     status: StatusPage,
+    /// The worker process. A task may fork; a child that comes back into this loop must not
+    /// speak on its parent's socket (a second reply for one job breaks the call).
+    owner: u32,
 }
 
 impl Endpoint {
@@ -59,7 +63,26 @@ impl Endpoint {
     }
 
     pub fn new(conn: Connection, status: StatusPage) -> Self {
-        Self { conn, status }
+        Self {
+            conn,
+            status,
+            owner: std::process::id(),
+        }
+    }
+
+    /// End a process forked by a task that returned into the worker loop: everything here (the
+    /// socket, the status page, the segments) belongs to the worker that forked it.
+    fn leave_if_forked(&self) {
+        if std::process::id() != self.owner {
+            let note = b"ferrojob: a process forked inside a task returned into the worker loop; \
+                         it exits here (end forked children with os._exit)\n";
+            // SAFETY: writing a static buffer to stderr, then ending this process at once without
+            // running the worker's exit handlers, which belong to the worker.
+            unsafe {
+                libc::write(2, note.as_ptr().cast(), note.len());
+                libc::_exit(0)
+            }
+        }
     }
 
     /// The status page, so the handler can count the tasks it starts.
@@ -77,6 +100,7 @@ impl Endpoint {
             match frame.kind {
                 Kind::Init => {
                     handler(Request::Init(&frame.payload), &self.status);
+                    self.leave_if_forked();
                 }
                 Kind::Task => {
                     self.status.store(STATUS_TASKS_STARTED, 0);
@@ -90,7 +114,8 @@ impl Endpoint {
                         },
                         &self.status,
                     );
-                    let elapsed = started.elapsed().as_nanos() as u64;
+                    self.leave_if_forked();
+                    let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                     match reply {
                         Some(Reply::Done { payload, fds }) => {
                             // The descriptors are closed here once sent: the parent has its own.
@@ -106,11 +131,8 @@ impl Endpoint {
                     }
                 }
                 Kind::Release => {
-                    let tokens = frame
-                        .payload
-                        .chunks_exact(8)
-                        .map(|t| u64::from_le_bytes(t.try_into().expect("8 bytes")))
-                        .collect();
+                    let mut cursor = Cursor::new(&frame.payload);
+                    let tokens = std::iter::from_fn(|| cursor.u64()).collect();
                     handler(Request::Release(tokens), &self.status);
                 }
                 Kind::Shutdown => return Ok(()),

@@ -171,3 +171,73 @@ fn shutdown_reaps_every_child() {
     assert!(pids.is_disjoint(&remaining), "left behind: {remaining:?}");
     assert!(pool.submit(job(2, "echo:x")).is_err());
 }
+
+fn lost_to_protocol(completion: &Completion) -> bool {
+    matches!(
+        &completion.outcome,
+        Outcome::Lost(loss) if matches!(loss.cause, LossCause::Protocol(_))
+    )
+}
+
+#[test]
+fn a_second_reply_for_a_job_is_a_protocol_error_that_fails_the_next_job_not_a_hang() {
+    let pool = Pool::new(spec(), 1, None).unwrap();
+    pool.submit(job(0, "twice:first")).unwrap();
+    pool.submit(job(1, "echo:second")).unwrap();
+    let first = next(&pool);
+    assert_eq!((first.job, payload(&first)), (0, "first".to_owned()));
+    // The extra reply arrives while job 1 runs: the worker is replaced and job 1 reported lost.
+    let second = next(&pool);
+    assert_eq!(second.job, 1);
+    assert!(lost_to_protocol(&second), "{second:?}");
+    pool.ensure_workers(1).unwrap();
+    pool.submit(job(2, "echo:after")).unwrap();
+    assert_eq!(payload(&next(&pool)), "after");
+}
+
+#[test]
+fn an_oversized_or_garbled_frame_fails_its_job_and_replaces_the_worker() {
+    let pool = Pool::new(spec(), 1, None).unwrap();
+    for (id, command) in [(0, "hugeframe"), (1, "garbage")] {
+        pool.ensure_workers(1).unwrap();
+        pool.submit(job(id, command)).unwrap();
+        let completion = next(&pool);
+        assert_eq!(completion.job, id);
+        assert!(lost_to_protocol(&completion), "{completion:?}");
+    }
+}
+
+#[test]
+fn a_forked_child_cannot_act_on_its_parents_pool() {
+    let pool = Pool::new(spec(), 1, None).unwrap();
+    let pids = pool.pids();
+    // SAFETY: the child only calls the pool (which refuses at once) and _exit; it takes no lock
+    // that another thread of the parent could have held at the fork... except the pool's state
+    // lock, which the refusal checks before taking.
+    match unsafe { libc::fork() } {
+        0 => {
+            let refused = matches!(
+                pool.submit(job(9, "echo:child")),
+                Err(ferrojob_engine::pool::PoolError::Forked { .. })
+            ) && pool.recv(Duration::ZERO).is_none();
+            pool.releaser().release(pids[0], &[1, 2, 3]);
+            pool.terminate();
+            std::mem::forget(pool);
+            // SAFETY: leaving the forked child at once, without running the parent's destructors.
+            unsafe { libc::_exit(if refused { 0 } else { 1 }) }
+        }
+        child => {
+            let mut status = 0;
+            // SAFETY: waiting for the child we just forked.
+            assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        }
+    }
+    assert_eq!(
+        pool.pids(),
+        pids,
+        "the child's terminate() must not kill our workers"
+    );
+    pool.submit(job(1, "echo:parent")).unwrap();
+    assert_eq!(payload(&next(&pool)), "parent");
+}

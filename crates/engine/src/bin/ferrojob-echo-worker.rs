@@ -2,10 +2,16 @@
 //!
 //! Payload commands: `echo:<text>` replies `<text>`; `fail:<text>` replies Failed; `sleep:<ms>`
 //! sleeps then replies `slept`; `exit:<code>` exits; `abort` dies by SIGABRT; `tasks:<n>:<ms>`
-//! starts n tasks of <ms> each, counting them on the status page.
+//! starts n tasks of <ms> each, counting them on the status page. Misbehaving peers, written
+//! straight onto the socket: `twice:<text>` sends an extra reply for its job first,
+//! `hugeframe` a header declaring 2^64 - 1 bytes, `garbage` 32 bytes of noise.
 
+use std::io::Write;
+use std::os::fd::FromRawFd;
 use std::time::Duration;
 
+use ferrojob_engine::pool::WORKER_SOCKET_FD;
+use ferrojob_engine::protocol::{encode_header, Kind};
 use ferrojob_engine::shm::STATUS_TASKS_STARTED;
 use ferrojob_engine::worker::{Endpoint, Reply, Request};
 
@@ -13,7 +19,7 @@ fn main() {
     // SAFETY: this program is only ever started by the pool, which installs fds 3 and 4.
     let endpoint = unsafe { Endpoint::inherit() }.expect("not started by a ferrojob pool");
     let result = endpoint.serve(|request, status| {
-        let Request::Task { payload, .. } = request else {
+        let Request::Task { payload, job, .. } = request else {
             return None;
         };
         let text = String::from_utf8_lossy(payload).into_owned();
@@ -46,8 +52,35 @@ fn main() {
                     fds: vec![],
                 })
             }
+            "twice" => {
+                let header = encode_header(Kind::Done, 0, job, 0, argument.len() as u64);
+                write_raw(&[&header[..], argument.as_bytes()].concat());
+                Some(Reply::Done {
+                    payload: argument.as_bytes().to_vec(),
+                    fds: vec![],
+                })
+            }
+            "hugeframe" => {
+                write_raw(&encode_header(Kind::Done, 0, job, 0, u64::MAX));
+                std::thread::sleep(Duration::from_secs(60));
+                None
+            }
+            "garbage" => {
+                write_raw(&[0xA5; 32]);
+                std::thread::sleep(Duration::from_secs(60));
+                None
+            }
             other => panic!("unknown test command {other}"),
         }
     });
     result.expect("protocol error");
+}
+
+/// Write bytes onto the parent socket behind the endpoint's back.
+fn write_raw(bytes: &[u8]) {
+    // SAFETY: fd 3 is the worker's socket for the life of the process; ManuallyDrop keeps this
+    // borrowed handle from closing it.
+    let mut socket =
+        std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(WORKER_SOCKET_FD) });
+    socket.write_all(bytes).unwrap();
 }
