@@ -823,7 +823,9 @@ mod tests {
         damaged_header(&forged(&dir, &[pickle.clone(), inside], 64));
         // No pickle section, two of them, or a pickle that is not first.
         let buffer = section(SectionKind::Buffer, Codec::Raw, 192, &[(4, 4)]);
-        assert!(damaged_header(&forged(&dir, &[buffer.clone()], 64)).contains("pickle"));
+        assert!(
+            damaged_header(&forged(&dir, std::slice::from_ref(&buffer), 64)).contains("pickle")
+        );
         let second = section(SectionKind::Pickle, Codec::Raw, 192, &[(4, 4)]);
         damaged_header(&forged(&dir, &[pickle.clone(), second], 64));
         damaged_header(&forged(&dir, &[buffer, pickle], 128));
