@@ -508,16 +508,19 @@ impl Shared {
     }
 
     fn wait_until(&self, timeout: Duration, done: impl Fn(&State) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
+        // A wait too long for an Instant is a wait without end.
+        let deadline = Instant::now().checked_add(timeout);
         let mut state = self.state();
         while !done(&state) {
             let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
+            let left = match deadline {
+                Some(deadline) if now >= deadline => return false,
+                Some(deadline) => deadline - now,
+                None => Duration::from_secs(3600),
+            };
             state = self
                 .changed
-                .wait_timeout(state, deadline - now)
+                .wait_timeout(state, left)
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .0;
         }

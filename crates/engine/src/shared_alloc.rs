@@ -12,7 +12,6 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::{Mutex, MutexGuard};
 
-use nix::sys::memfd::{memfd_create, MFdFlags};
 use nix::sys::mman::{madvise, mmap, munmap, MapFlags, MmapAdvise, ProtFlags};
 use nix::unistd::ftruncate;
 
@@ -40,8 +39,10 @@ pub fn allocate(len: usize) -> Option<NonNull<u8>> {
     if len < MIN_SHARED_ALLOCATION || live().len() >= MAX_LIVE_ALLOCATIONS {
         return None;
     }
-    let fd = memfd_create(c"ferrojob-array", MFdFlags::MFD_CLOEXEC).ok()?;
+    let fd = crate::shm::memfd(c"ferrojob-array").ok()?;
     ftruncate(&fd, i64::try_from(len).ok()?).ok()?;
+    // The parent maps it when it is returned: nobody may shrink it under that mapping.
+    crate::shm::seal_against_shrinking(fd.as_fd()).ok()?;
     // SAFETY: a fresh mapping of a file we own and never truncate; no existing memory is touched.
     let ptr = unsafe {
         mmap(

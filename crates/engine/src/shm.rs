@@ -23,12 +23,30 @@ pub struct Segment {
     map: MmapMut,
 }
 
+/// A new memfd that can be sealed (see [`seal_against_shrinking`]).
+pub fn memfd(name: &CStr) -> io::Result<OwnedFd> {
+    memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING).map_err(io::Error::from)
+}
+
+/// Forbid shrinking the memfd, for every process that holds it, for good. A process that maps a
+/// segment reads up to its length; if another could shrink it (a task calling `ftruncate` on a
+/// descriptor it finds), the reader would die of SIGBUS. Growing stays allowed. Fails for a
+/// descriptor that is not a sealable memfd (what a broken or hostile peer could send).
+pub fn seal_against_shrinking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_ADD_SEALS(nix::fcntl::SealFlag::F_SEAL_SHRINK),
+    )
+    .map(drop)
+    .map_err(io::Error::from)
+}
+
 impl Segment {
-    /// Create and map a zero-filled segment of `len` bytes.
+    /// Create and map a zero-filled segment of `len` bytes, sealed against shrinking.
     pub fn create(name: &CStr, len: usize) -> io::Result<Self> {
-        let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC).map_err(io::Error::from)?;
-        let file = File::from(fd);
+        let file = File::from(memfd(name)?);
         file.set_len(len as u64)?;
+        seal_against_shrinking(file.as_fd())?;
         Self::map(file)
     }
 
@@ -153,6 +171,29 @@ mod tests {
     }
 
     #[test]
+    fn lent_segments_cannot_shrink_under_a_mapping() {
+        let mut file = SharedFile::create(c"t").unwrap();
+        file.write_at(0, &[1u8; 8192]).unwrap();
+        let fd = File::from(file.duplicate_fd().unwrap());
+        let mapping =
+            Mapping::map_segment(fd.try_clone().unwrap().into(), Access::ReadOnly).unwrap();
+        assert!(fd.set_len(0).is_err(), "shrinking a lent segment must fail");
+        fd.set_len(16384).unwrap(); // growing is fine
+                                    // SAFETY: reading the last byte of a live 8192-byte mapping.
+        assert_eq!(unsafe { *mapping.as_ptr().add(8191) }, 1);
+        let plain = tempfile_fd();
+        assert!(Mapping::map_segment(plain, Access::ReadOnly).is_err());
+    }
+
+    fn tempfile_fd() -> OwnedFd {
+        let path = std::env::temp_dir().join(format!("ferrojob-shm-{}", std::process::id()));
+        std::fs::write(&path, [0u8; 64]).unwrap();
+        let file = File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        file.into()
+    }
+
+    #[test]
     fn a_segment_starts_zeroed_and_has_its_length() {
         let segment = Segment::create(c"t", 10_000).unwrap();
         assert_eq!(segment.len(), 10_000);
@@ -172,9 +213,8 @@ pub struct SharedFile {
 impl SharedFile {
     /// A zero-length file that grows as it is written.
     pub fn create(name: &CStr) -> io::Result<Self> {
-        let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC).map_err(io::Error::from)?;
         Ok(Self {
-            file: File::from(fd),
+            file: File::from(memfd(name)?),
             len: 0,
         })
     }
@@ -207,8 +247,10 @@ impl SharedFile {
         self.len == 0
     }
 
-    /// A new descriptor of the same file, to hand to another process.
+    /// A new descriptor of the same file, to hand to another process: from then on the file
+    /// can grow but never shrink, so the other process's mapping stays backed.
     pub fn duplicate_fd(&self) -> io::Result<OwnedFd> {
+        seal_against_shrinking(self.file.as_fd())?;
         self.file.as_fd().try_clone_to_owned()
     }
 }
@@ -289,6 +331,19 @@ impl std::fmt::Debug for Mapping {
 }
 
 impl Mapping {
+    /// Map a shared-memory segment received from another process, after sealing it against
+    /// shrinking: a descriptor that cannot be sealed (not a ferrojob memfd) is refused.
+    pub fn map_segment(fd: OwnedFd, access: Access) -> io::Result<Self> {
+        seal_against_shrinking(fd.as_fd()).map_err(|error| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a shared-memory segment that cannot be sealed against shrinking: {error}"),
+            )
+        })?;
+        Self::map(fd, access)
+    }
+
+    /// Map a file (a segment, or a file on disk for `load(mmap_mode=...)`).
     pub fn map(fd: OwnedFd, access: Access) -> io::Result<Self> {
         let file = File::from(fd);
         let len = usize::try_from(file.metadata()?.len())

@@ -93,7 +93,8 @@ impl Store {
         let dir = self.function_dir(function);
         fs::create_dir_all(&dir)?;
         let path = dir.join(format!(".{key}.lock"));
-        let deadline = Instant::now() + timeout;
+        // A wait too long for an Instant is a wait without end.
+        let deadline = Instant::now().checked_add(timeout);
         let mut pause = Duration::from_millis(1);
         loop {
             let file = OpenOptions::new()
@@ -104,7 +105,7 @@ impl Store {
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(lock) => return Ok(Some(EntryLock { _lock: lock })),
                 Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                    if Instant::now() >= deadline {
+                    if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                         return Ok(None);
                     }
                     std::thread::sleep(pause);

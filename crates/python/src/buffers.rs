@@ -24,6 +24,7 @@ pub enum Backing {
 /// rather than borrowed from the map afresh.
 pub struct HeapBytes {
     ptr: std::ptr::NonNull<u8>,
+    len: usize,
     _memory: memmap2::MmapMut,
 }
 
@@ -34,9 +35,14 @@ unsafe impl Sync for HeapBytes {}
 
 impl HeapBytes {
     pub fn new(mut memory: memmap2::MmapMut) -> Self {
-        let ptr = std::ptr::NonNull::new(memory.as_mut_ptr()).expect("maps are non-null");
+        // A map's address is never null; dangling stands for an (impossible) null with no bytes.
+        let (ptr, len) = match std::ptr::NonNull::new(memory.as_mut_ptr()) {
+            Some(ptr) => (ptr, memory.len()),
+            None => (std::ptr::NonNull::dangling(), 0),
+        };
         Self {
             ptr,
+            len,
             _memory: memory,
         }
     }
@@ -47,6 +53,13 @@ impl Backing {
         match self {
             Backing::Mapped(mapping) => mapping.as_ptr(),
             Backing::Heap(heap) => heap.ptr.as_ptr(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Backing::Mapped(mapping) => mapping.len(),
+            Backing::Heap(heap) => heap.len,
         }
     }
 
@@ -70,12 +83,19 @@ pub struct Buffer {
 }
 
 impl Buffer {
-    pub fn new(backing: Backing, offset: usize, len: usize) -> Self {
-        Self {
-            backing,
-            offset,
-            len,
+    /// `len` bytes at `offset` of `backing`; None unless they lie inside it. Offsets and lengths
+    /// come from files and frames, so this is the check that keeps every array built on a
+    /// `Buffer` inside its memory.
+    pub fn new(backing: Backing, offset: u64, len: u64) -> Option<Self> {
+        let end = offset.checked_add(len)?;
+        if end > backing.len() as u64 {
+            return None;
         }
+        Some(Self {
+            backing,
+            offset: usize::try_from(offset).ok()?,
+            len: usize::try_from(len).ok()?,
+        })
     }
 }
 
@@ -90,7 +110,7 @@ impl Buffer {
     ) -> PyResult<()> {
         let this = slf.get();
         let readonly = c_int::from(!this.backing.writable());
-        // SAFETY: offset + len lies inside the memory (checked when the buffer was made), and
+        // SAFETY: offset + len lies inside the memory (checked by `Buffer::new`), and
         // the view holds a reference to `slf`, which keeps the memory alive while it exists.
         let status = unsafe {
             pyo3::ffi::PyBuffer_FillInfo(
@@ -173,7 +193,7 @@ pub fn map_buffers(
     let mappings = py
         .detach(|| {
             fds.into_iter()
-                .map(|fd| Mapping::map(fd, access))
+                .map(|fd| Mapping::map_segment(fd, access))
                 .collect::<std::io::Result<Vec<_>>>()
         })
         .map_err(|e| PyOSError::new_err(format!("mapping shared memory: {e}")))?;
@@ -192,14 +212,15 @@ pub fn map_buffers(
         .buffers
         .iter()
         .map(|buffer| {
-            Py::new(
-                py,
-                Buffer::new(
-                    Backing::Mapped(Arc::clone(&mappings[buffer.segment as usize])),
-                    buffer.offset as usize,
-                    buffer.len as usize,
-                ),
+            let outside = || PyValueError::new_err("a buffer lies outside its shared memory");
+            let mapping = mappings.get(buffer.segment as usize).ok_or_else(outside)?;
+            let buffer = Buffer::new(
+                Backing::Mapped(Arc::clone(mapping)),
+                buffer.offset,
+                buffer.len,
             )
+            .ok_or_else(outside)?;
+            Py::new(py, buffer)
         })
         .collect()
 }

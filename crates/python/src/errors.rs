@@ -36,7 +36,9 @@ impl From<EngineError> for PyErr {
             EngineError::Pool(err @ (PoolError::Spawn { .. } | PoolError::Setup(_))) => {
                 PyOSError::new_err(err.to_string())
             }
-            EngineError::Pool(err @ PoolError::Closed) => PyRuntimeError::new_err(err.to_string()),
+            EngineError::Pool(err @ (PoolError::Closed | PoolError::Forked { .. })) => {
+                PyRuntimeError::new_err(err.to_string())
+            }
             EngineError::Protocol(err @ ProtocolError::Io(_)) => {
                 PyConnectionError::new_err(err.to_string())
             }
@@ -44,7 +46,9 @@ impl From<EngineError> for PyErr {
                 err @ (ProtocolError::BadMagic(_)
                 | ProtocolError::UnknownKind(_)
                 | ProtocolError::TooManyFds(_)
-                | ProtocolError::Truncated),
+                | ProtocolError::Truncated
+                | ProtocolError::TooLarge(_)
+                | ProtocolError::OutOfMemory(_)),
             ) => PyConnectionError::new_err(err.to_string()),
             EngineError::Codec(CodecError::Io { path, source }) => {
                 let message = format!("{}: {source}", path.display());
@@ -61,9 +65,19 @@ impl From<EngineError> for PyErr {
                 | CodecError::DamagedHeader { .. }
                 | CodecError::Truncated { .. }
                 | CodecError::DamagedBlock { .. }),
-            ) => ferrojob_error("DamagedFileError", err.to_string()),
+            ) => damaged_file(err.to_string()),
         }
     }
+}
+
+/// `InvalidParameterError` (FJ201, a `ValueError`) with this message.
+pub fn invalid_parameter(message: String) -> PyErr {
+    ferrojob_error("InvalidParameterError", message)
+}
+
+/// `DamagedFileError` (FJ401, a `ValueError`) with this message.
+pub fn damaged_file(message: String) -> PyErr {
+    ferrojob_error("DamagedFileError", message)
 }
 
 /// An instance of the exception class `name` of `ferrojob.errors`.

@@ -3,6 +3,7 @@
 
 mod buffers;
 mod calls;
+mod durations;
 mod errors;
 mod numpy_allocator;
 mod persistence;

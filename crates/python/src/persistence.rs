@@ -13,7 +13,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::buffers::{access_from_mode, bytes_of, contiguous, Backing, Buffer, HeapBytes};
-use crate::errors::EngineError;
+use crate::durations;
+use crate::errors::{damaged_file, EngineError};
 
 /// A streaming hasher: "xxh3" (xxh3-128) or "blake3". Large buffers are hashed on every core.
 #[pyclass(module = "ferrojob._core")]
@@ -126,37 +127,38 @@ pub fn read_dump<'py>(
             .mark_modified_in_place()
             .map_err(EngineError::from)?;
     }
+    // An opened container has exactly one pickle section, first, and its sections lie inside
+    // the file (see `Container::open`); each buffer is checked against its memory all the same.
     let sections = container.sections().to_vec();
-    let pickle_index = sections
-        .iter()
-        .position(|s| s.kind == codec::SectionKind::Pickle)
-        .ok_or_else(|| PyValueError::new_err(format!("{}: no pickle section", path.display())))?;
-    let pickle = read_section(py, &container, pickle_index)?;
+    let pickle = read_section(py, &container, 0)?;
     let mapped = access.is_some() && container.is_mappable();
     let mapping = match access {
         Some(access) if mapped => Some(Arc::new(map_file(py, &path, access)?)),
         _ => None,
     };
     let mut buffers = Vec::new();
-    for (index, section) in sections.iter().enumerate() {
-        if section.kind != codec::SectionKind::Buffer {
-            continue;
-        }
+    for (index, section) in sections.iter().enumerate().skip(1) {
         let buffer = match &mapping {
             Some(mapping) => Buffer::new(
                 Backing::Mapped(Arc::clone(mapping)),
-                section.offset as usize,
-                section.raw_len as usize,
+                section.offset,
+                section.raw_len,
             ),
             None => {
-                let len = section.raw_len as usize;
-                let mut memory =
-                    shm::anonymous(len).map_err(|e| PyOSError::new_err(e.to_string()))?;
-                py.detach(|| container.read_into(index, &mut memory[..len]))
-                    .map_err(EngineError::from)?;
-                Buffer::new(Backing::Heap(Arc::new(HeapBytes::new(memory))), 0, len)
+                let memory = allocate_section(py, &container, index)?;
+                Buffer::new(
+                    Backing::Heap(Arc::new(HeapBytes::new(memory))),
+                    0,
+                    section.raw_len,
+                )
             }
         };
+        let buffer = buffer.ok_or_else(|| {
+            damaged_file(format!(
+                "{}: section {index} lies outside the file",
+                path.display()
+            ))
+        })?;
         buffers.push(Py::new(py, buffer)?);
     }
     let pickle = PyBytes::new(py, &pickle);
@@ -164,11 +166,34 @@ pub fn read_dump<'py>(
 }
 
 fn read_section(py: Python<'_>, container: &Container, index: usize) -> PyResult<Vec<u8>> {
-    let len = container.sections()[index].raw_len as usize;
-    let mut out = vec![0u8; len];
+    let raw_len = container.sections()[index].raw_len;
+    let len = usize::try_from(raw_len).map_err(|_| no_memory(raw_len))?;
+    let mut out = Vec::new();
+    out.try_reserve_exact(len).map_err(|_| no_memory(raw_len))?;
+    out.resize(len, 0);
     py.detach(|| container.read_into(index, &mut out))
         .map_err(EngineError::from)?;
     Ok(out)
+}
+
+/// Memory for a section read into this process, the section read into it. A header cannot claim
+/// more than its stored bytes justify (`Container::open`), but a real file can be larger than
+/// memory: that is a `MemoryError`, never an abort.
+fn allocate_section(
+    py: Python<'_>,
+    container: &Container,
+    index: usize,
+) -> PyResult<memmap2::MmapMut> {
+    let raw_len = container.sections()[index].raw_len;
+    let len = usize::try_from(raw_len).map_err(|_| no_memory(raw_len))?;
+    let mut memory = shm::anonymous(len).map_err(|_| no_memory(raw_len))?;
+    py.detach(|| container.read_into(index, &mut memory[..len]))
+        .map_err(EngineError::from)?;
+    Ok(memory)
+}
+
+fn no_memory(len: u64) -> PyErr {
+    pyo3::exceptions::PyMemoryError::new_err(format!("no memory to read a section of {len} bytes"))
 }
 
 fn map_file(py: Python<'_>, path: &PathBuf, access: Access) -> PyResult<Mapping> {
@@ -248,7 +273,7 @@ impl Store {
         key: &str,
         timeout: f64,
     ) -> PyResult<Option<EntryLock>> {
-        let timeout = Duration::from_secs_f64(timeout.max(0.0));
+        let timeout = durations::limit(Some(timeout), "timeout")?.unwrap_or(Duration::MAX);
         let lock = py
             .detach(|| self.inner.lock(function, key, timeout))
             .map_err(os_error)?;
@@ -296,7 +321,7 @@ impl Store {
         items_limit: Option<usize>,
         age_limit: Option<f64>,
     ) -> PyResult<Vec<(String, String, u64, f64)>> {
-        let age_limit = age_limit.map(|seconds| Duration::from_secs_f64(seconds.max(0.0)));
+        let age_limit = durations::limit(age_limit, "age_limit")?;
         let removed = py
             .detach(|| self.inner.reduce_size(bytes_limit, items_limit, age_limit))
             .map_err(os_error)?;

@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::buffers::{access_from_mode, map_buffers, Arena, Buffer};
+use crate::durations;
 use crate::errors::EngineError;
 
 /// SCM_RIGHTS carries at most 253 descriptors in one message (SCM_MAX_FD).
@@ -27,8 +28,8 @@ pub struct ProcessPool {
 /// How one job ended.
 ///
 /// `kind` is one of "done", "failed" (the job raised; `payload` describes it), "exited",
-/// "signaled" (the worker died; `code` is the exit code or signal number), "timeout", "cancelled"
-/// or "vanished". `tasks_started` counts the job's tasks the worker had begun when it was lost.
+/// "signaled" (the worker died; `code` is the exit code or signal number), "timeout", "cancelled",
+/// "vanished" or "protocol" (the worker broke the protocol and was killed; see `reason`). `tasks_started` counts the job's tasks the worker had begun when it was lost.
 #[pyclass(module = "ferrojob._core", frozen, get_all)]
 pub struct Completion {
     job: u64,
@@ -42,6 +43,8 @@ pub struct Completion {
     pid: i32,
     code: Option<i32>,
     tasks_started: u64,
+    /// For "protocol": what the worker did wrong.
+    reason: Option<String>,
 }
 
 #[pymethods]
@@ -73,7 +76,7 @@ impl ProcessPool {
             env,
             init,
         };
-        let idle_timeout = idle_timeout.map(Duration::from_secs_f64);
+        let idle_timeout = durations::limit(idle_timeout, "idle_timeout")?;
         let pool = py
             .detach(|| Pool::new(spec, n_workers, idle_timeout))
             .map_err(EngineError::from)?;
@@ -165,8 +168,8 @@ impl ProcessPool {
         timeout: Option<f64>,
         task_timeout: Option<f64>,
     ) -> PyResult<Option<Completion>> {
-        let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
-        let task_timeout = task_timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
+        let deadline = durations::deadline(durations::limit(timeout, "timeout")?);
+        let task_timeout = durations::limit(task_timeout, "timeout")?;
         loop {
             let slice = match deadline {
                 Some(deadline) => deadline.saturating_duration_since(Instant::now()).min(POLL),
@@ -203,8 +206,10 @@ impl ProcessPool {
 
     /// Ask workers to exit, kill those still there after `grace` seconds, reap them all.
     #[pyo3(signature = (grace=1.0))]
-    fn shutdown(&self, py: Python<'_>, grace: f64) {
-        py.detach(|| self.pool.shutdown(Duration::from_secs_f64(grace.max(0.0))))
+    fn shutdown(&self, py: Python<'_>, grace: f64) -> PyResult<()> {
+        let grace = durations::limit(Some(grace), "grace")?.unwrap_or(Duration::MAX);
+        py.detach(|| self.pool.shutdown(grace));
+        Ok(())
     }
 }
 
@@ -216,6 +221,7 @@ fn to_python(
     let bytes = |payload: &[u8]| Some(PyBytes::new(py, payload).unbind());
     let mut buffers = Vec::new();
     let mut released = Vec::new();
+    let mut reason = None;
     let pid = completion.pid;
     let (kind, payload, code, tasks_started) = match completion.outcome {
         Outcome::Done { payload, fds } => {
@@ -237,6 +243,10 @@ fn to_python(
                 LossCause::TimedOut(_) => ("timeout", None),
                 LossCause::Cancelled => ("cancelled", None),
                 LossCause::Vanished => ("vanished", None),
+                LossCause::Protocol(ref why) => {
+                    reason = Some(why.clone());
+                    ("protocol", None)
+                }
             };
             (kind, None, code, loss.tasks_started)
         }
@@ -251,5 +261,6 @@ fn to_python(
         pid: completion.pid,
         code,
         tasks_started,
+        reason,
     })
 }
