@@ -17,11 +17,20 @@ _status: Any = None  # memoryview of the status words in shared memory
 _TASKS_STARTED = 1  # index of the tasks-started word (the engine's STATUS_TASKS_STARTED)
 
 
+#: Exit code of a worker whose socket to the parent broke under it (a task closed fd 3).
+CHANNEL_LOST_EXIT = 121
+
+
 def main() -> None:
     from . import _core
 
     assert _core.STATUS_TASKS_STARTED == _TASKS_STARTED
-    _core.serve_worker(_on_init, _run_job)
+    try:
+        _core.serve_worker(_on_init, _run_job)
+    except OSError as error:
+        sys.stderr.write(f"ferrojob worker {os.getpid()}: its socket to the parent broke: {error}\n")
+        _flush_output()
+        os._exit(CHANNEL_LOST_EXIT)
 
 
 def _on_init(payload: bytes, status: Any) -> None:
@@ -46,6 +55,9 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
     append = results.append
     try:
         threshold, groups = pickle.loads(payload, buffers=buffers)
+    except BaseException as error:  # noqa: BLE001 - whatever unpickling raised, the parent hears it
+        return False, _unloadable_arguments(error), []
+    try:
         if not _numpy_allocator_checked:
             _share_numpy_arrays()
         for function, args_list, kwargs_list in groups:
@@ -59,7 +71,8 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
                     started += 1
                     status[slot] = started
                     append(function(*args, **kwargs))
-    except Exception as error:  # SystemExit and KeyboardInterrupt end the worker, as they should
+    except BaseException as error:  # noqa: BLE001 - KeyboardInterrupt and SystemExit included:
+        # raised by the task, they are its result, re-raised in the parent with the task named.
         return False, _raised(error, started - 1), []
     finally:
         _flush_output()
@@ -98,13 +111,18 @@ def _share_numpy_arrays() -> None:
         _core.install_numpy_allocator()
 
 
-def _raised(error: Exception, offset: int) -> bytes:
+def _unloadable_arguments(error: BaseException) -> bytes:
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    return pickle.dumps(("arguments", type_name(error), str(error), text), protocol=5)
+
+
+def _raised(error: BaseException, offset: int) -> bytes:
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     report = ("raised", offset, *_exception_payload(error), type_name(error), str(error), text)
     return pickle.dumps(report, protocol=5)
 
 
-def _exception_payload(error: Exception) -> tuple[str | None, bytes | None]:
+def _exception_payload(error: BaseException) -> tuple[str | None, bytes | None]:
     """How the parent can rebuild ``error``: ("pickle", bytes), ("parts", bytes) or (None, None).
 
     An exception whose ``__init__`` takes other arguments than its ``args`` pickles but does not

@@ -26,6 +26,7 @@ __all__ = [
     "NoClusterError",
     "NotADumpFileError",
     "ParallelUsageError",
+    "RefusedContentError",
     "RemoteTraceback",
     "TaskTimeoutError",
     "UnknownBackendError",
@@ -131,6 +132,14 @@ class NotADumpFileError(FerrojobError, ValueError):
     ``joblib.dump`` when joblib is not installed to read it."""
 
     code = "FJ402"
+
+
+class RefusedContentError(FerrojobError, pickle.UnpicklingError):
+    """``load(..., allow_pickle=False)`` found more than data in a file (FJ403): a global other
+    than numpy's array machinery and plain builtins, an object array, or a dtype with fields or
+    flags. Also a ``pickle.UnpicklingError``."""
+
+    code = "FJ403"
 
 
 class NoClusterError(FerrojobError, ValueError):

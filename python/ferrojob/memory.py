@@ -25,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import datetime
+import errno
 import functools
 import inspect
 import json
@@ -47,17 +48,47 @@ LOCK_WAIT = 600.0
 _OUTPUT = "output.fj"
 _METADATA = "metadata.json"
 _CODE = "func_code.txt"
+#: Characters of a function's name kept in its cache folder's name.
+_READABLE_LEN = 80
+#: Cache locations already warned about being read-only (one warning per location).
+_READ_ONLY_WARNED: set[str] = set()
+
+
+def _warn_read_only(location: str, error: OSError) -> None:
+    if location not in _READ_ONLY_WARNED:
+        _READ_ONLY_WARNED.add(location)
+        warnings.warn(
+            f"the cache in {location} cannot be written ({error.strerror or error}): cached results "
+            "are still used, new ones are computed and not stored",
+            stacklevel=4,
+        )
+
+
+def _is_read_only(error: OSError) -> bool:
+    return error.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def _function_id(func: Callable[..., Any]) -> str:
-    """A directory name for ``func``: its module and qualified name, made file-system safe."""
+    """The folder name of ``func``'s cache: a readable prefix (module and qualified name, made
+    file-system safe) and a hash of the exact module and qualified name — plus, for lambdas and
+    local functions, which share names, where their code starts. Two functions never share a
+    folder, the name never starts with "." (hidden folders are the store's own) and stays far
+    below the 255-byte limit of a file name."""
     module = getattr(func, "__module__", None) or "unknown"
     if module == "__main__":
         main = getattr(sys.modules.get("__main__"), "__file__", None)
         if main:
             module = "__main__." + os.path.splitext(os.path.basename(main))[0]
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{module}.{name}")
+    exact = f"{module}\0{name}"
+    code = getattr(func, "__code__", None)
+    if code is not None and "<" in name:  # <lambda>, <locals>: names shared by many functions
+        columns = [col for _, _, col, _ in getattr(code, "co_positions", lambda: [])() if col]
+        exact += f"\0{code.co_filename}:{code.co_firstlineno}:{min(columns, default=0)}"
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{module}.{name}").strip(".")[:_READABLE_LEN]
+    hasher = _core.Hasher("xxh3")
+    hasher.update(exact.encode("utf-8", "surrogatepass"))
+    return f"{readable or 'function'}-{hasher.hexdigest()[:16]}"
 
 
 def _function_code(func: Callable[..., Any]) -> str:
@@ -314,6 +345,10 @@ class MemorizedFunc:
                 code="FJ201",
             )
         self._code_checked = False
+        #: The cache location cannot be written: serve what is there, store nothing.
+        self._read_only = False
+        #: The code changed and the stale entries could not be cleared: serve and store nothing.
+        self._stale = False
         functools.update_wrapper(self, func)
 
     def __reduce__(self) -> tuple:
@@ -344,23 +379,44 @@ class MemorizedFunc:
         try:
             with open(path, encoding="utf-8") as handle:
                 stored = handle.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, UnicodeDecodeError):
             stored = None
         if stored != code:
-            if stored is not None:
-                if self.verbose:
-                    print(f"[Memory] {self.func_id}: the code changed, clearing its cache")
-                self._store.clear(self.func_id)
+            if stored is not None and self.verbose:
+                print(f"[Memory] {self.func_id}: the code changed, clearing its cache")
+            try:
+                if stored is not None:
+                    self._store.clear(self.func_id)
+                self._write_code(directory, path, code)
+            except OSError as error:
+                if not _is_read_only(error):
+                    raise
+                _warn_read_only(self._store_location, error)
+                # Stale entries of another version of the code must not be served.
+                self._read_only = stored is None
+                self._stale = stored is not None
+        self._code_checked = True
+
+    @staticmethod
+    def _write_code(directory: str, path: str, code: str) -> None:
+        for _ in range(10):  # another process's clear() may remove the folder in between
             os.makedirs(directory, exist_ok=True)
             temporary = f"{path}.{os.getpid()}.tmp"
-            with open(temporary, "w", encoding="utf-8") as handle:
-                handle.write(code)
-            os.replace(temporary, path)
-        self._code_checked = True
+            try:
+                with open(temporary, "w", encoding="utf-8") as handle:
+                    handle.write(code)
+                os.replace(temporary, path)
+                return
+            except FileNotFoundError:
+                continue
+
+    @property
+    def _store_location(self) -> str:
+        return os.path.dirname(self._store.function_dir(self.func_id))
 
     def _load(self, key: str) -> tuple[bool, Any]:
         store = self._store
-        if not store.contains(self.func_id, key):
+        if self._stale or not store.contains(self.func_id, key):
             return False, None
         entry = store.entry_dir(self.func_id, key)
         if self.cache_validation_callback is not None:
@@ -377,18 +433,40 @@ class MemorizedFunc:
             return False, None
         except (DamagedFileError, NotADumpFileError) as error:
             warnings.warn(f"dropping a damaged cache entry of {self.func_id}: {error}", stacklevel=3)
-            store.remove(self.func_id, key)
+            try:
+                store.remove(self.func_id, key)
+            except OSError as removal:
+                if not _is_read_only(removal):
+                    raise
             return False, None
-        store.touch(self.func_id, key)
+        try:
+            store.touch(self.func_id, key)
+        except OSError as error:
+            if not _is_read_only(error):
+                raise
+            _warn_read_only(self._store_location, error)
         return True, value
 
     def _save(self, key: str, value: Any, duration: float) -> None:
+        """Store a result. A cache is an optimisation: a folder removed meanwhile by another
+        process's ``clear`` or a read-only location means the result is not stored, never that
+        the call fails."""
+        if self._read_only or self._stale:
+            return
         store = self._store
-        temporary = store.begin(self.func_id, key)
+        try:
+            temporary = store.begin(self.func_id, key)
+        except OSError as error:
+            if not _is_read_only(error):
+                raise
+            _warn_read_only(self._store_location, error)
+            return
         try:
             dump(value, os.path.join(temporary, _OUTPUT), compress=self.memory.compress)
             with open(os.path.join(temporary, _METADATA), "w", encoding="utf-8") as handle:
                 json.dump({"duration": duration, "time": time.time()}, handle)
+        except FileNotFoundError:  # the temporary folder went with a concurrent clear()
+            return
         except Exception as error:
             import shutil
 
@@ -411,12 +489,26 @@ class MemorizedFunc:
         return value
 
     def _compute_or_load(self, args: tuple, kwargs: dict) -> tuple[str, Any]:
-        self._check_code()
+        try:
+            self._check_code()
+        except OSError as error:  # the location itself cannot be created: compute only
+            if not _is_read_only(error):
+                raise
+            _warn_read_only(os.fspath(self.memory.location or ""), error)
+            self._code_checked = self._read_only = self._stale = True
         key = self._key(args, kwargs)
         found, value = self._load(key)
         if found:
             return key, value
-        lock = self._store.lock(self.func_id, key, LOCK_WAIT)
+        lock = None
+        if not (self._read_only or self._stale):
+            try:
+                lock = self._store.lock(self.func_id, key, LOCK_WAIT)
+            except OSError as error:
+                if not _is_read_only(error):
+                    raise
+                _warn_read_only(self._store_location, error)
+                self._read_only = True
         try:
             found, value = self._load(key)  # computed by another process while we waited?
             if found:
@@ -443,6 +535,7 @@ class MemorizedFunc:
         """Remove this function's cached results."""
         self._store.clear(self.func_id)
         self._code_checked = False
+        self._stale = False
 
     def __repr__(self) -> str:
         return f"MemorizedFunc(func={self.func!r}, location={self.memory.location!r})"

@@ -26,8 +26,8 @@ import pickle
 import warnings
 from typing import Any
 
-from . import _core
-from .errors import InvalidParameterError, NotADumpFileError, compose_message
+from . import _core, _safe_pickle
+from .errors import DamagedFileError, InvalidParameterError, NotADumpFileError, compose_message
 
 __all__ = ["dump", "load"]
 
@@ -125,38 +125,6 @@ def dump(value: Any, filename: Any, compress: Any = 0, protocol: int | None = No
     return [path]
 
 
-_SAFE_GLOBALS = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("builtins", "complex"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "bytearray"),
-    ("builtins", "slice"),
-}
-
-
-class _ArraysOnlyUnpickler(pickle.Unpickler):
-    """Refuses every global but numpy's array machinery and plain builtin containers."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _SAFE_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(
-            compose_message(
-                f"load(..., allow_pickle=False) refuses {module}.{name}: the file holds more than "
-                "numpy arrays and plain containers.",
-                "load it with allow_pickle=True only if you trust where it comes from",
-            )
-        )
-
-
 def _load_joblib_file(path: str, mmap_mode: str | None, allow_pickle: bool) -> Any:
     try:
         import joblib
@@ -212,6 +180,7 @@ def load(filename: Any, mmap_mode: str | None = None, allow_pickle: bool = True)
         )
     if allow_pickle:
         return pickle.loads(data, buffers=buffers)
-    import io
-
-    return _ArraysOnlyUnpickler(io.BytesIO(data), buffers=buffers).load()
+    try:
+        return _safe_pickle.loads(data, buffers)
+    except DamagedFileError as error:
+        raise DamagedFileError(f"{path}: {error}", code="FJ401") from error.__cause__

@@ -35,6 +35,23 @@ pub struct Entry {
     pub last_access: SystemTime,
 }
 
+/// A failed file-system operation of the store, with the path it was about.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct StoreError {
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+impl StoreError {
+    pub fn kind(&self) -> io::ErrorKind {
+        self.source.kind()
+    }
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
 /// An exclusive lock on one entry, released when dropped.
 #[derive(Debug)]
 pub struct EntryLock {
@@ -48,9 +65,9 @@ fn is_hidden(name: &str) -> bool {
 }
 
 impl Store {
-    pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        fs::create_dir_all(&root)?;
+        fs::create_dir_all(&root).map_err(with_path(&root))?;
         Ok(Self { root })
     }
 
@@ -71,37 +88,39 @@ impl Store {
         self.entry_dir(function, key).is_dir()
     }
 
-    /// Record that the entry was just used (for least-recently-used eviction).
-    pub fn touch(&self, function: &str, key: &str) -> io::Result<()> {
+    /// Record that the entry was just used (for least-recently-used eviction). An entry removed
+    /// meanwhile (by another process's `clear`) needs no record.
+    pub fn touch(&self, function: &str, key: &str) -> Result<()> {
         let mark = self.entry_dir(function, key).join(ACCESS_MARK);
-        let file = OpenOptions::new()
+        let touched = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(mark)?;
-        file.set_modified(SystemTime::now())
+            .open(&mark)
+            .and_then(|file| file.set_modified(SystemTime::now()));
+        match touched {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other.map_err(with_path(&mark)),
+        }
     }
 
     /// Lock the entry, waiting up to `timeout` for another process computing it. None when the
     /// wait ran out: the caller may compute anyway (the first finished copy wins).
-    pub fn lock(
-        &self,
-        function: &str,
-        key: &str,
-        timeout: Duration,
-    ) -> io::Result<Option<EntryLock>> {
+    pub fn lock(&self, function: &str, key: &str, timeout: Duration) -> Result<Option<EntryLock>> {
         let dir = self.function_dir(function);
-        fs::create_dir_all(&dir)?;
         let path = dir.join(format!(".{key}.lock"));
         // A wait too long for an Instant is a wait without end.
         let deadline = Instant::now().checked_add(timeout);
         let mut pause = Duration::from_millis(1);
         loop {
-            let file = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)?;
+            let file = in_function_dir(&dir, || {
+                OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+                    .map_err(with_path(&path))
+            })?;
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(lock) => return Ok(Some(EntryLock { _lock: lock })),
                 Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
@@ -111,57 +130,70 @@ impl Store {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(50));
                 }
-                Err((_, errno)) => return Err(io::Error::from(errno)),
+                Err((_, errno)) => return Err(with_path(&path)(io::Error::from(errno))),
             }
         }
     }
 
     /// A fresh temporary directory to write an entry into; pass it to [`Store::commit`].
-    pub fn begin(&self, function: &str, key: &str) -> io::Result<PathBuf> {
+    pub fn begin(&self, function: &str, key: &str) -> Result<PathBuf> {
         let dir = self.function_dir(function);
-        fs::create_dir_all(&dir)?;
         let temporary = dir.join(format!(
             ".{key}.{}-{}.tmp",
             std::process::id(),
             TEMPORARY.fetch_add(1, Ordering::Relaxed)
         ));
-        fs::create_dir(&temporary)?;
+        in_function_dir(&dir, || {
+            fs::create_dir(&temporary).map_err(with_path(&temporary))
+        })?;
         Ok(temporary)
     }
 
     /// Move a written entry into place. Returns false if the entry already existed (the
-    /// temporary directory is then removed and the existing entry kept).
-    pub fn commit(&self, function: &str, key: &str, temporary: &Path) -> io::Result<bool> {
-        File::create(temporary.join(ACCESS_MARK))?;
+    /// temporary directory is then removed and the existing entry kept), or if the temporary
+    /// directory was removed meanwhile by another process's `clear` (nothing is cached then).
+    pub fn commit(&self, function: &str, key: &str, temporary: &Path) -> Result<bool> {
+        match File::create(temporary.join(ACCESS_MARK)) {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+            other => drop(other.map_err(with_path(temporary))?),
+        }
         let target = self.entry_dir(function, key);
         match fs::rename(temporary, &target) {
             Ok(()) => Ok(true),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                let _ = fs::remove_dir_all(temporary);
+                Ok(false)
+            }
             Err(error)
                 if target.is_dir()
                     || matches!(error.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) =>
             {
-                fs::remove_dir_all(temporary)?;
+                fs::remove_dir_all(temporary).map_err(with_path(temporary))?;
                 Ok(false)
             }
             Err(error) => {
                 let _ = fs::remove_dir_all(temporary);
-                Err(error)
+                Err(with_path(&target)(error))
             }
         }
     }
 
     /// Remove one entry (if present).
-    pub fn remove(&self, function: &str, key: &str) -> io::Result<()> {
+    pub fn remove(&self, function: &str, key: &str) -> Result<()> {
         remove_atomically(&self.entry_dir(function, key))
     }
 
     /// Remove every entry of `function`, or of every function.
-    pub fn clear(&self, function: Option<&str>) -> io::Result<()> {
+    pub fn clear(&self, function: Option<&str>) -> Result<()> {
         match function {
             Some(function) => remove_atomically(&self.function_dir(function)),
             None => {
                 for child in read_dir_names(&self.root)? {
                     remove_atomically(&self.root.join(child))?;
+                }
+                // Left behind by a removal that another process's writes made fail.
+                for leftover in hidden_names(&self.root, ".removed")? {
+                    let _ = fs::remove_dir_all(self.root.join(leftover));
                 }
                 Ok(())
             }
@@ -169,7 +201,7 @@ impl Store {
     }
 
     /// Every complete entry, with its size and last use.
-    pub fn entries(&self) -> io::Result<Vec<Entry>> {
+    pub fn entries(&self) -> Result<Vec<Entry>> {
         let mut entries = Vec::new();
         for function in read_dir_names(&self.root)? {
             let function_dir = self.root.join(&function);
@@ -203,7 +235,7 @@ impl Store {
         bytes_limit: Option<u64>,
         items_limit: Option<usize>,
         age_limit: Option<Duration>,
-    ) -> io::Result<Vec<Entry>> {
+    ) -> Result<Vec<Entry>> {
         let mut entries = self.entries()?;
         entries.sort_by_key(|entry| entry.last_access);
         let now = SystemTime::now();
@@ -228,20 +260,53 @@ impl Store {
     }
 }
 
-fn read_dir_names(dir: &Path) -> io::Result<Vec<String>> {
+/// Names of the visible children of `dir` (none if `dir` is gone).
+fn read_dir_names(dir: &Path) -> Result<Vec<String>> {
+    listed(dir, |name| !is_hidden(name))
+}
+
+/// Names of the hidden children of `dir` ending in `suffix`.
+fn hidden_names(dir: &Path, suffix: &str) -> Result<Vec<String>> {
+    listed(dir, |name| is_hidden(name) && name.ends_with(suffix))
+}
+
+fn listed(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<String>> {
     let mut names = Vec::new();
     let listing = match fs::read_dir(dir) {
         Ok(listing) => listing,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(names),
-        Err(error) => return Err(error),
+        Err(error) => return Err(with_path(dir)(error)),
     };
     for child in listing {
-        let name = child?.file_name().to_string_lossy().into_owned();
-        if !is_hidden(&name) {
+        // A child removed while listing is simply not listed.
+        let Ok(child) = child else { continue };
+        let name = child.file_name().to_string_lossy().into_owned();
+        if keep(&name) {
             names.push(name);
         }
     }
     Ok(names)
+}
+
+/// Run `create` (which makes something inside the function directory `dir`), creating `dir`
+/// first, and again if another process's `clear` removes `dir` in between.
+fn in_function_dir<T>(dir: &Path, mut create: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut attempts = 0;
+    loop {
+        fs::create_dir_all(dir).map_err(with_path(dir))?;
+        match create() {
+            Err(error) if error.kind() == io::ErrorKind::NotFound && attempts < 10 => attempts += 1,
+            other => return other,
+        }
+    }
+}
+
+/// Name the path in an I/O error, so that an error from the store says where it happened.
+fn with_path(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 fn dir_size(dir: &Path) -> u64 {
@@ -259,7 +324,7 @@ fn dir_size(dir: &Path) -> u64 {
 }
 
 /// Rename `path` to a hidden name, then delete it: it disappears at once for other processes.
-fn remove_atomically(path: &Path) -> io::Result<()> {
+fn remove_atomically(path: &Path) -> Result<()> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -270,9 +335,14 @@ fn remove_atomically(path: &Path) -> io::Result<()> {
         TEMPORARY.fetch_add(1, Ordering::Relaxed)
     ));
     match fs::rename(path, &doomed) {
-        Ok(()) => fs::remove_dir_all(&doomed),
+        // Another process may still be writing a temporary entry that moved along: a failed
+        // deletion leaves a hidden folder that the next `clear` sweeps, never an error.
+        Ok(()) => {
+            let _ = fs::remove_dir_all(&doomed);
+            Ok(())
+        }
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(error) => Err(error),
+        Err(error) => Err(with_path(path)(error)),
     }
 }
 

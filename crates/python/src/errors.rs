@@ -3,6 +3,7 @@
 use ferrojob_engine::codec::CodecError;
 use ferrojob_engine::pool::PoolError;
 use ferrojob_engine::protocol::ProtocolError;
+use ferrojob_engine::store::StoreError;
 use pyo3::exceptions::{PyConnectionError, PyOSError, PyRuntimeError};
 use pyo3::prelude::*;
 
@@ -10,6 +11,13 @@ pub enum EngineError {
     Pool(PoolError),
     Protocol(ProtocolError),
     Codec(CodecError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(err: StoreError) -> Self {
+        Self::Store(err)
+    }
 }
 
 impl From<CodecError> for EngineError {
@@ -57,6 +65,14 @@ impl From<EngineError> for PyErr {
                     None => PyOSError::new_err(message),
                 }
             }
+            // OSError(errno, strerror, filename): Python picks the subclass (PermissionError,
+            // FileNotFoundError, ...) from the errno, and the path is in `.filename`.
+            EngineError::Store(StoreError { path, source }) => match source.raw_os_error() {
+                Some(errno) => {
+                    PyOSError::new_err((errno, strerror(errno), path.display().to_string()))
+                }
+                None => PyOSError::new_err(format!("{}: {source}", path.display())),
+            },
             EngineError::Codec(err @ CodecError::NotAContainer { .. }) => {
                 ferrojob_error("NotADumpFileError", err.to_string())
             }
@@ -67,6 +83,16 @@ impl From<EngineError> for PyErr {
                 | CodecError::DamagedBlock { .. }),
             ) => damaged_file(err.to_string()),
         }
+    }
+}
+
+/// The C library's text for `errno`, as Python's own OSErrors show it.
+fn strerror(errno: i32) -> String {
+    let text = std::io::Error::from_raw_os_error(errno).to_string();
+    // Rust appends " (os error N)"; Python shows the number separately.
+    match text.rfind(" (os error ") {
+        Some(cut) => text[..cut].to_owned(),
+        None => text,
     }
 }
 

@@ -213,13 +213,6 @@ pub fn looks_like_joblib(start: &[u8]) -> bool {
     codec::looks_like_joblib(start)
 }
 
-fn os_error(error: std::io::Error) -> PyErr {
-    match error.raw_os_error() {
-        Some(errno) => PyOSError::new_err((errno, error.to_string())),
-        None => PyOSError::new_err(error.to_string()),
-    }
-}
-
 /// The cache store of a `Memory` (see `ferrojob_engine::store`).
 #[pyclass(module = "ferrojob._core", frozen)]
 pub struct Store {
@@ -244,7 +237,7 @@ impl Store {
     #[new]
     fn new(root: PathBuf) -> PyResult<Self> {
         Ok(Self {
-            inner: EngineStore::open(root).map_err(os_error)?,
+            inner: EngineStore::open(root).map_err(store_error)?,
         })
     }
 
@@ -262,7 +255,7 @@ impl Store {
 
     fn touch(&self, py: Python<'_>, function: &str, key: &str) -> PyResult<()> {
         py.detach(|| self.inner.touch(function, key))
-            .map_err(os_error)
+            .map_err(store_error)
     }
 
     /// Lock an entry, waiting up to `timeout` seconds; None if the wait ran out.
@@ -276,13 +269,13 @@ impl Store {
         let timeout = durations::limit(Some(timeout), "timeout")?.unwrap_or(Duration::MAX);
         let lock = py
             .detach(|| self.inner.lock(function, key, timeout))
-            .map_err(os_error)?;
+            .map_err(store_error)?;
         Ok(lock.map(|lock| EntryLock { inner: Some(lock) }))
     }
 
     fn begin(&self, py: Python<'_>, function: &str, key: &str) -> PyResult<PathBuf> {
         py.detach(|| self.inner.begin(function, key))
-            .map_err(os_error)
+            .map_err(store_error)
     }
 
     fn commit(
@@ -293,22 +286,23 @@ impl Store {
         temporary: PathBuf,
     ) -> PyResult<bool> {
         py.detach(|| self.inner.commit(function, key, &temporary))
-            .map_err(os_error)
+            .map_err(store_error)
     }
 
     fn remove(&self, py: Python<'_>, function: &str, key: &str) -> PyResult<()> {
         py.detach(|| self.inner.remove(function, key))
-            .map_err(os_error)
+            .map_err(store_error)
     }
 
     #[pyo3(signature = (function=None))]
     fn clear(&self, py: Python<'_>, function: Option<&str>) -> PyResult<()> {
-        py.detach(|| self.inner.clear(function)).map_err(os_error)
+        py.detach(|| self.inner.clear(function))
+            .map_err(store_error)
     }
 
     /// Every entry as `(function, key, size in bytes, last access as a UNIX time)`.
     fn entries(&self, py: Python<'_>) -> PyResult<Vec<(String, String, u64, f64)>> {
-        let entries = py.detach(|| self.inner.entries()).map_err(os_error)?;
+        let entries = py.detach(|| self.inner.entries()).map_err(store_error)?;
         Ok(entries.into_iter().map(entry_tuple).collect())
     }
 
@@ -324,9 +318,13 @@ impl Store {
         let age_limit = durations::limit(age_limit, "age_limit")?;
         let removed = py
             .detach(|| self.inner.reduce_size(bytes_limit, items_limit, age_limit))
-            .map_err(os_error)?;
+            .map_err(store_error)?;
         Ok(removed.into_iter().map(entry_tuple).collect())
     }
+}
+
+fn store_error(error: store::StoreError) -> PyErr {
+    EngineError::from(error).into()
 }
 
 fn entry_tuple(entry: store::Entry) -> (String, String, u64, f64) {

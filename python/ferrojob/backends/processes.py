@@ -19,6 +19,7 @@ from typing import Any, Callable
 from .. import _pickling
 from .._core import Completion as EngineCompletion
 from .._core import ProcessPool
+from .._worker import CHANNEL_LOST_EXIT
 from .._sharedmem import ArgumentStore
 from .._tasks import Batch
 from ..cpus import cpu_count
@@ -258,9 +259,18 @@ def _job_error(completion: EngineCompletion, batch: Batch, timeout: float | None
             ),
             code="FJ302",
         )
-    if kind == "exited":
+    if kind == "exited" and completion.code == CHANNEL_LOST_EXIT:
+        how = "lost its connection to the parent"
+        hint = (
+            "a task closed or replaced file descriptor 3, the worker's socket "
+            "(os.closerange, os.dup2 onto it)"
+        )
+    elif kind == "exited":
         how = f"exited with code {completion.code}"
-        hint = "os._exit() or sys.exit() inside a task ends its worker process"
+        hint = "os._exit() inside a task ends its worker process"
+    elif kind == "protocol":
+        how = f"broke ferrojob's worker protocol ({completion.reason}) and was killed"
+        hint = "a task wrote to file descriptor 3, the worker's socket, or a forked child did"
     elif kind == "signaled":
         how = f"was killed by signal {_signal_name(completion.code)}"
         hint = (
@@ -299,6 +309,20 @@ def _task_failure(payload: bytes | None, batch: Batch) -> BaseException:
     if report[0] == "result":
         _, offset, type_name, reason = report
         return _pickling.unpicklable_result(type_name, batch.describe(offset), reason)
+    if report[0] == "arguments":
+        _, type_name, message, traceback_text = report
+        error = UnpicklableError(
+            compose_message(
+                f"the arguments of tasks {batch.start}..{batch.start + len(batch) - 1} could not "
+                f"be loaded in the worker process: {type_name}: {message}",
+                "an argument unpickles differently in a fresh process (its module cannot be",
+                "imported there, or its __reduce__/__setstate__ failed); make its module",
+                "importable, or build the object inside the task",
+            ),
+            code="FJ101",
+        )
+        error.__cause__ = RemoteTraceback(traceback_text)
+        return error
     _, offset, how, data, type_name, message, traceback_text = report
     exception = _rebuild_exception(how, data)
     if exception is None:
