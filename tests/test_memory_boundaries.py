@@ -163,3 +163,14 @@ def test_a_read_only_cache_serves_hits_and_computes_misses(tmp_path):
         for folder, _, _ in os.walk(location):
             os.chmod(folder, 0o755)
         shutil.rmtree(tmp_path)
+
+
+def test_infinite_and_invalid_ages(tmp_path):
+    from ferrojob import InvalidParameterError
+
+    memory = Memory(tmp_path)
+    memory.cache(abs)(-1)
+    memory.reduce_size(age_limit=float("inf"))  # no limit: nothing is too old
+    assert len(memory.store.entries()) == 1
+    with pytest.raises(InvalidParameterError, match="age_limit"):
+        memory.reduce_size(age_limit=float("nan"))

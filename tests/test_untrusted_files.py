@@ -4,10 +4,10 @@ refusal — never an object array, an allocation the file cannot justify, or a c
 from __future__ import annotations
 
 import datetime
+import os
 import pickle
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -131,71 +131,18 @@ def test_other_globals_are_refused(tmp_path):
         safe_load(Forged(eval, ("1",)))
 
 
-FUZZ = textwrap.dedent(
-    """
-    import os, pickle, random, sys
-    import numpy as np
-    from ferrojob import DamagedFileError, NotADumpFileError, RefusedContentError, dump, load
-    from ferrojob import _safe_pickle
-
-    rounds, seed, folder = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-    rng = random.Random(seed)
-    value = {"a": np.arange(20.0).reshape(4, 5), "s": np.array(["ab", "c"]), "t": (1, [2.5, "x"]),
-             "b": np.arange(5)[::2], "d": np.dtype(">i2"), "n": np.int64(3)}
-    expected = (DamagedFileError, NotADumpFileError, RefusedContentError)
-    buffers = []
-    body = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-    raws = [bytes(b.raw()) for b in buffers]
-    in_band = pickle.dumps(value, protocol=2)
-
-    def mutate(data):
-        data = bytearray(data)
-        for _ in range(rng.randint(1, 4)):
-            choice = rng.random()
-            if choice < 0.5 and data:
-                data[rng.randrange(len(data))] = rng.randrange(256)
-            elif choice < 0.7 and data:
-                del data[rng.randrange(len(data)):][: rng.randint(1, 8)]
-            elif choice < 0.85:
-                data[rng.randrange(len(data) + 1):0] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
-            elif data:
-                cut = rng.randrange(len(data))
-                data = data[:cut]
-        return bytes(data)
-
-    path = os.path.join(folder, "f.fj")
-    dump(value, path, compress=rng.choice([0, 3, ("lz4", 1)]))
-    original = open(path, "rb").read()
-    for _ in range(rounds):
-        for data, extra in ((mutate(body), raws), (mutate(in_band), [])):
-            try:
-                _safe_pickle.loads(data, extra)
-            except expected:
-                pass
-        with open(path, "wb") as handle:
-            handle.write(mutate(original))
-        for mode in (None, "r"):
-            try:
-                load(path, mmap_mode=mode, allow_pickle=False)
-            except expected:
-                pass
-            except OSError as error:
-                raise SystemExit(f"load raised {error!r}")
-    print("fuzzed", rounds)
-    """
-)
+FUZZ_LOAD = os.path.join(os.path.dirname(__file__), "..", "fuzz", "fuzz_load.py")
 
 
 def test_mutation_fuzz_of_safe_load_raises_only_ferrojob_errors(tmp_path):
     """A short run in a child process (a crash there fails the test instead of killing pytest);
-    ``python tests/fuzz_load.py`` runs it for as long as you like."""
-    script = tmp_path / "fuzz.py"
-    script.write_text(FUZZ)
+    ``python fuzz/fuzz_load.py ROUNDS SEED FOLDER`` runs it for as long as you like."""
+    rounds = os.environ.get("FERROJOB_FUZZ_ROUNDS", "400")
     done = subprocess.run(
-        [sys.executable, str(script), "400", "20261126", str(tmp_path)],
+        [sys.executable, FUZZ_LOAD, rounds, "20261126", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "fuzzed 400" in done.stdout
+    assert f"fuzzed {rounds}" in done.stdout

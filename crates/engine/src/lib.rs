@@ -8,6 +8,7 @@
 pub mod buffers;
 pub mod codec;
 pub mod cursor;
+pub mod fuzzing;
 pub mod hash;
 pub mod parallel;
 pub mod pool;

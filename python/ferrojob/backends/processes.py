@@ -294,6 +294,13 @@ def _job_error(completion: EngineCompletion, batch: Batch, timeout: float | None
     )
 
 
+def _tasks_of(batch: Batch) -> str:
+    """``task 3: f(3)`` for a batch of one, else ``tasks 3..9``."""
+    if len(batch) == 1:
+        return batch.describe(0)
+    return f"tasks {batch.start}..{batch.start + len(batch) - 1}"
+
+
 def _signal_name(number: int | None) -> str:
     try:
         return f"{signal.Signals(number).name} ({number})"  # type: ignore[arg-type]
@@ -313,8 +320,8 @@ def _task_failure(payload: bytes | None, batch: Batch) -> BaseException:
         _, type_name, message, traceback_text = report
         error = UnpicklableError(
             compose_message(
-                f"the arguments of tasks {batch.start}..{batch.start + len(batch) - 1} could not "
-                f"be loaded in the worker process: {type_name}: {message}",
+                f"the arguments of {_tasks_of(batch)} could not be loaded in the worker process: "
+                f"{type_name}: {message}",
                 "an argument unpickles differently in a fresh process (its module cannot be",
                 "imported there, or its __reduce__/__setstate__ failed); make its module",
                 "importable, or build the object inside the task",

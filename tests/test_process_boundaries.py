@@ -1,0 +1,169 @@
+"""The process pool at its boundaries: forks on either side, tasks that misuse the worker's
+descriptors or raise what ``except Exception`` misses, and odd parameter values."""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import pickle
+
+import pytest
+
+from ferrojob import InvalidParameterError, Parallel, UnpicklableError, WorkerCrashedError, delayed
+
+np = pytest.importorskip("numpy")
+
+BIG = 50_000  # elements: results travel through shared memory, not the socket
+
+
+def filled(value):
+    return np.full(BIG, value, dtype=np.int64)
+
+
+def firsts(arrays):
+    return [int(array[0]) for array in arrays]
+
+
+def drop_inherited_results(results):
+    """What a forked child may do with results it inherited: drop them."""
+    results.clear()
+    gc.collect()
+
+
+def test_a_forked_child_dropping_inherited_results_leaves_the_parents_intact():
+    results = Parallel(n_jobs=2)(delayed(filled)(i) for i in range(4))
+    assert firsts(results) == [0, 1, 2, 3]
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        drop_inherited_results(results)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    later = Parallel(n_jobs=2)(delayed(filled)(100 + i) for i in range(4))
+    assert firsts(later) == [100, 101, 102, 103]
+    assert firsts(results) == [0, 1, 2, 3]  # not rewritten by the workers
+
+
+def test_a_multiprocessing_fork_child_cannot_corrupt_the_parent():
+    results = Parallel(n_jobs=2)(delayed(filled)(i) for i in range(4))
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=drop_inherited_results, args=(results,))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    Parallel(n_jobs=2)(delayed(filled)(100 + i) for i in range(4))
+    assert firsts(results) == [0, 1, 2, 3]
+
+
+def test_a_forked_child_uses_a_pool_of_its_own():
+    assert Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(4)) == [0, 1, 2, 3]
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(reader)
+        try:
+            out = Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(4))
+            os.write(writer, pickle.dumps(out))
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as pipe:
+        assert pickle.loads(pipe.read()) == [0, 1, 2, 3]
+    os.waitpid(pid, 0)
+    assert Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(4)) == [0, 1, 2, 3]
+
+
+def forks_and_returns(x):
+    pid = os.fork()
+    if pid == 0:
+        return x + 1000  # the child returns into the worker's loop instead of exiting
+    os.waitpid(pid, 0)
+    return x
+
+
+def test_a_task_that_forks_completes_within_the_timeout_with_the_parents_results():
+    assert Parallel(n_jobs=2, timeout=30)(delayed(forks_and_returns)(i) for i in range(6)) == list(range(6))
+
+
+def writes_on_the_worker_socket(x):
+    os.write(3, b"\x00" * 64)  # not a frame: the parent must not trust this worker any more
+    return x
+
+
+def closes_the_worker_socket(x):
+    os.close(3)
+    return x
+
+
+def test_a_task_that_garbles_the_worker_socket_fails_clearly():
+    with pytest.raises(WorkerCrashedError, match="broke ferrojob's worker protocol") as raised:
+        Parallel(n_jobs=2, timeout=30)(delayed(writes_on_the_worker_socket)(i) for i in range(2))
+    assert "file descriptor 3" in str(raised.value)
+    assert Parallel(n_jobs=1)(delayed(abs)(-1) for _ in range(2)) == [1, 1]
+
+
+def test_a_task_that_closes_the_worker_socket_is_named_without_blaming_os_exit():
+    with pytest.raises(WorkerCrashedError, match="lost its connection to the parent") as raised:
+        Parallel(n_jobs=2, timeout=30)(delayed(closes_the_worker_socket)(i) for i in range(2))
+    assert "closes_the_worker_socket" in str(raised.value)
+    assert "os._exit" not in str(raised.value)
+
+
+def interrupts(x):
+    if x == 2:
+        raise KeyboardInterrupt("from the task")
+    return x
+
+
+def test_keyboard_interrupt_in_a_task_is_reraised_with_its_task():
+    with pytest.raises(KeyboardInterrupt, match="from the task") as raised:
+        Parallel(n_jobs=2)(delayed(interrupts)(i) for i in range(4))
+    assert "task 2: interrupts(2)" in str(raised.value.__cause__)
+    assert Parallel(n_jobs=2)(delayed(abs)(-1) for _ in range(2)) == [1, 1]
+
+
+class BreaksWhenLoaded:
+    def __reduce__(self):
+        return (int, ("not a number",))
+
+
+def test_arguments_that_fail_to_load_in_the_worker_name_their_tasks():
+    with pytest.raises(UnpicklableError, match=r"the arguments of task [01]: abs\(<.*\) could not be loaded") as raised:
+        Parallel(n_jobs=2, batch_size=1)(delayed(abs)(BreaksWhenLoaded()) for _ in range(2))
+    assert "ValueError" in str(raised.value)
+    assert "invalid literal" in str(raised.value.__cause__)
+
+
+@pytest.mark.parametrize("backend", ["loky", "threading", "sequential"])
+def test_an_infinite_timeout_means_no_limit(backend):
+    assert Parallel(n_jobs=2, backend=backend, timeout=float("inf"))(delayed(abs)(-i) for i in range(3)) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), -1.0, 0])
+def test_a_timeout_that_is_no_duration_is_refused(timeout):
+    with pytest.raises(InvalidParameterError, match="timeout"):
+        Parallel(n_jobs=2, timeout=timeout)
+
+
+def tries_to_shrink_shared_memory(array):
+    """Truncate every shared-memory file this worker holds; return how many refused."""
+    refused = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith("/memfd:ferrojob"):
+            try:
+                os.ftruncate(int(name), 0)
+            except PermissionError:
+                refused += 1
+    return refused, np.full(BIG, 7)
+
+
+def test_tasks_cannot_shrink_shared_memory_under_the_parent():
+    argument = np.arange(BIG)
+    results = Parallel(n_jobs=2)(delayed(tries_to_shrink_shared_memory)(argument) for _ in range(4))
+    results += Parallel(n_jobs=2)(delayed(tries_to_shrink_shared_memory)(argument) for _ in range(4))
+    assert all(refused >= 1 for refused, _ in results)  # the status page at least
+    assert all(int(array.sum()) == 7 * BIG for _, array in results)  # no SIGBUS reading them
