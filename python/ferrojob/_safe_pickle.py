@@ -67,7 +67,7 @@ def _check_lengths(data: bytes) -> None:
         for opcode, argument, position in pickletools.genops(data):
             # A memo index sizes the unpickler's memo table: one past the pickle's length is
             # more than any real pickle needs (each entry costs at least one opcode byte).
-            if opcode.name in _MEMO_PUTS and argument > position:
+            if opcode.name in _MEMO_PUTS and isinstance(argument, int) and argument > (position or 0):
                 raise ValueError(f"memo index {argument} at byte {position}")
     except ValueError as error:
         raise DamagedFileError(f"the file's pickle is damaged: {error}", code="FJ401") from error

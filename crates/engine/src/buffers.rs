@@ -190,6 +190,9 @@ pub struct Arena {
     current: Option<usize>,
     spare: Option<Receiver<io::Result<SharedFile>>>,
     recycled: Vec<SharedFile>,
+    /// The process whose workers map the chunks: a forked child shares the memfds, so its
+    /// writes would land in memory the parent's jobs use.
+    owner: u32,
 }
 
 #[derive(Debug)]
@@ -210,6 +213,7 @@ impl Arena {
             current: None,
             spare: None,
             recycled: Vec::new(),
+            owner: std::process::id(),
         }
     }
 
@@ -229,6 +233,12 @@ impl Arena {
 
     /// Copy `bytes` into the arena.
     pub fn place(&mut self, bytes: &[u8]) -> io::Result<Placement> {
+        if std::process::id() != self.owner {
+            return Err(io::Error::other(format!(
+                "this shared-memory arena belongs to process {}; a forked child cannot write to it",
+                self.owner
+            )));
+        }
         if bytes.len() > self.chunk_size {
             let chunk = self.new_chunk(SharedFile::create(c"ferrojob-arguments")?);
             self.write(chunk, 0, bytes)?;
@@ -572,6 +582,34 @@ mod tests {
         let mapping = Mapping::map(fd, Access::ReadOnly).unwrap();
         assert_eq!(read(&mapping, 0, 64), vec![3u8; 64]);
         assert_eq!(read(&mapping, 64, 36), vec![1u8; 36]); // the old bytes beyond: recycled
+    }
+
+    #[test]
+    fn a_forked_child_cannot_write_into_its_parents_arena() {
+        let mut arena = Arena::new(256);
+        let placed = arena.place(&[1u8; 100]).unwrap();
+        // SAFETY: the child only calls `place` (no lock shared with other threads) and _exit.
+        match unsafe { libc::fork() } {
+            0 => {
+                let refused = arena.place(&[9u8; 100]).is_err();
+                std::mem::forget(arena);
+                // SAFETY: leave the forked child at once, without the parent's destructors.
+                unsafe { libc::_exit(if refused { 0 } else { 1 }) }
+            }
+            child => {
+                let mut status = 0;
+                // SAFETY: waiting for the child we just forked.
+                assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+                assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+            }
+        }
+        let next = arena.place(&[2u8; 100]).unwrap();
+        let mapping = Mapping::map(
+            arena.duplicate_fd(placed.chunk).unwrap().0,
+            Access::ReadOnly,
+        )
+        .unwrap();
+        assert_eq!(read(&mapping, next.offset, 100), vec![2u8; 100]);
     }
 
     #[test]

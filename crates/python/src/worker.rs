@@ -42,9 +42,11 @@ pub fn serve_worker(py: Python<'_>, on_init: Py<PyAny>, on_task: Py<PyAny>) -> P
         endpoint.serve(|request, _status| {
             Python::attach(|py| match request {
                 Request::Init(payload) => {
-                    let view = status_view.take().expect("Init is sent once");
-                    if let Err(err) = on_init.call1(py, (PyBytes::new(py, payload), view)) {
-                        err.print(py);
+                    // The parent sends Init once; a second one has no status view to give.
+                    if let Some(view) = status_view.take() {
+                        if let Err(err) = on_init.call1(py, (PyBytes::new(py, payload), view)) {
+                            err.print(py);
+                        }
                     }
                     None
                 }
