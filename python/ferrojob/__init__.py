@@ -28,6 +28,16 @@ from .errors import (
 )
 from ._pickling import wrap_non_picklable_objects
 from .parallel import Parallel, delayed, effective_n_jobs
+from . import _core, _misuse, _tasks
+
+# The bindings raise these classes and name functions this way: handed over once, here.
+_core.install(
+    function_name=_tasks.function_name,
+    not_callable=_misuse.not_callable,
+    damaged_file=DamagedFileError,
+    invalid_parameter=InvalidParameterError,
+    not_a_dump_file=NotADumpFileError,
+)
 
 if TYPE_CHECKING:
     from .hashing import hash

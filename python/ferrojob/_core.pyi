@@ -1,8 +1,22 @@
 """Stubs of ``ferrojob._core``, the Rust engine's bindings (checked by mypy's stubtest)."""
 
+from enum import Enum
 from typing import Any, Callable, Iterator, final
 
 STATUS_TASKS_STARTED: int
+
+_Placement = tuple[int, int, int, int]
+_Identity = tuple[int, int, int]
+
+def install(
+    *,
+    function_name: Callable[[Any], str],
+    not_callable: Callable[[Any], BaseException],
+    damaged_file: type[BaseException],
+    invalid_parameter: type[BaseException],
+    not_a_dump_file: type[BaseException],
+) -> None:
+    """Hand the bindings ferrojob's exception classes and misuse helpers (once, at import)."""
 
 _Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
@@ -31,19 +45,30 @@ def call_columns(
     """Group consecutive calls of the same function into columns."""
 
 @final
+class CompletionKind(Enum):
+    """How a job ended."""
+
+    Done = ...
+    Failed = ...
+    Exited = ...
+    Signaled = ...
+    Timeout = ...
+    Cancelled = ...
+    Vanished = ...
+    Protocol = ...
+
+@final
 class Completion:
     """How one job ended (see ``ProcessPool.wait``)."""
 
     @property
     def job(self) -> int: ...
     @property
-    def kind(self) -> str: ...
+    def kind(self) -> CompletionKind: ...
     @property
     def payload(self) -> bytes | None: ...
     @property
     def buffers(self) -> list[Buffer]: ...
-    @property
-    def released(self) -> list[int]: ...
     @property
     def elapsed(self) -> float: ...
     @property
@@ -76,8 +101,8 @@ class ProcessPool:
         self,
         job: int,
         payload: bytes,
-        buffers: list[tuple[int, int, int]] = ...,
-        arena: Arena | None = None,
+        arena: Arena,
+        placements: list[_Placement] = ...,
         mmap_mode: str = "r",
     ) -> None: ...
     def wait(
@@ -122,15 +147,13 @@ class Buffer:
     @property
     def readonly(self) -> bool: ...
 
+@final
 class Arena:
-    """The shared memory of one call's arguments."""
+    """The shared memory of a session's arguments; jobs hold the chunks they use."""
 
     def __new__(cls, chunk_size: int = ...) -> Arena: ...
-    def place(self, buffer: Any) -> tuple[int, int, int]: ...
-    def hold(self, chunk: int) -> None: ...
-    def release(self, chunk: int) -> bool: ...
-    def sweep(self) -> list[int]: ...
-    def unmapped(self, tokens: list[int]) -> list[int]: ...
+    def place(self, buffer: Any, identity: _Identity | None = None) -> _Placement: ...
+    def forget(self, identity: _Identity) -> None: ...
     @property
     def n_open_chunks(self) -> int: ...
 

@@ -82,68 +82,37 @@ def _owner(exporter: Any) -> Any:
 
 
 class ArgumentStore:
-    """A call's arguments in shared memory: places buffers, remembers them, frees chunks."""
+    """A session's arguments in shared memory. The Rust arena owns placement, the chunks jobs
+    hold and their recycling; this side only names each buffer by its owner's identity (so the
+    same array passed to many tasks is copied once) and tells the arena when an owner dies (its
+    memory, and so its identity, may then be reused)."""
 
     def __init__(self) -> None:
         self.arena = Arena()
-        # (id(owner), address, nbytes) -> (chunk, offset, nbytes), valid while the owner lives.
-        self._placed: dict[tuple[int, int, int], tuple[int, int, int]] = {}
         self._guards: dict[tuple[int, int, int], weakref.ref] = {}
-        self._by_chunk: dict[int, list[tuple[int, int, int]]] = {}
 
-    def place(self, buffer: pickle.PickleBuffer) -> tuple[int, int, int]:
-        """Where ``buffer`` lies in the arena: ``(chunk, offset, nbytes)``; copied on first sight."""
+    def place(self, buffer: pickle.PickleBuffer) -> tuple[int, int, int, int]:
+        """Where ``buffer`` lies in the arena (an opaque placement); copied on first sight."""
         view = memoryview(buffer)
         owner = _owner(view.obj)
-        key = (id(owner), buffer_address(buffer), view.nbytes)
-        found = self._placed.get(key)
-        if found is not None:
-            return found
-        place = self.arena.place(buffer)
-        try:
-            guard = weakref.ref(owner, functools.partial(_forget, weakref.ref(self), key))
-        except TypeError:  # bytes and the like: no weak references, so no reuse
-            return place
-        self._placed[key] = place
-        self._guards[key] = guard
-        self._by_chunk.setdefault(place[0], []).append(key)
-        return place
+        identity: tuple[int, int, int] | None = (id(owner), buffer_address(buffer), view.nbytes)
+        if identity not in self._guards:
+            try:
+                self._guards[identity] = weakref.ref(
+                    owner, functools.partial(_forget, weakref.ref(self), identity)
+                )
+            except TypeError:  # bytes and the like: no weak references, so no reuse
+                identity = None
+        return self.arena.place(buffer, identity)
 
-    def hold(self, chunks: set[int]) -> None:
-        for chunk in chunks:
-            self.arena.hold(chunk)
-        for closed in self.arena.sweep():
-            self._forget_chunk(closed)
-
-    def release(self, chunks: set[int]) -> None:
-        """The job that held ``chunks`` completed."""
-        for chunk in chunks:
-            if self.arena.release(chunk):
-                self._forget_chunk(chunk)
-
-    def unmapped(self, tokens: list[int]) -> None:
-        """A worker reported that nothing there maps these chunks (tokens) any more."""
-        if tokens:
-            for chunk in self.arena.unmapped(tokens):
-                self._forget_chunk(chunk)
-
-    def forget(self, key: tuple[int, int, int]) -> None:
-        place = self._placed.pop(key, None)
-        self._guards.pop(key, None)
-        if place is not None:
-            keys = self._by_chunk.get(place[0])
-            if keys is not None and key in keys:
-                keys.remove(key)
-
-    def _forget_chunk(self, chunk: int) -> None:
-        for key in self._by_chunk.pop(chunk, []):
-            self._placed.pop(key, None)
-            self._guards.pop(key, None)
+    def forget(self, identity: tuple[int, int, int]) -> None:
+        if self._guards.pop(identity, None) is not None:
+            self.arena.forget(identity)
 
 
-def _forget(store: weakref.ref, key: tuple[int, int, int], _dead: weakref.ref) -> None:
+def _forget(store: weakref.ref, identity: tuple[int, int, int], _dead: weakref.ref) -> None:
     """The owner of a placed buffer died: its memory may be reused, so forget the placement.
     (The store is held weakly, so that it is freed, with its shared memory, as soon as unused.)"""
     live_store = store()
     if live_store is not None:
-        live_store.forget(key)
+        live_store.forget(identity)

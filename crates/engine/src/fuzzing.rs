@@ -7,8 +7,8 @@ use std::fs::File;
 use std::io::{Seek, Write};
 use std::path::Path;
 
-use crate::buffers;
 use crate::codec::Container;
+use crate::envelope;
 use crate::protocol::Connection;
 
 /// The bytes of a container file as `load` reads them: open, then read every section. The
@@ -64,8 +64,8 @@ pub fn frames(bytes: &[u8]) {
 
 /// The envelope of a job or a reply, checked against segments of a few sizes.
 pub fn envelope(bytes: &[u8]) {
-    if let Ok(envelope) = buffers::decode(bytes) {
-        let _ = buffers::check_bounds(&envelope.buffers, &[0, 64, 4096, usize::MAX]);
+    if let Ok(envelope) = envelope::decode(bytes) {
+        let _ = envelope::check_bounds(&envelope.buffers, &[0, 64, 4096, usize::MAX]);
     }
 }
 

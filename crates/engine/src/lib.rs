@@ -5,9 +5,10 @@
 //! Python workers do that through the `ferrojob._core` bindings, and the tests use the tiny echo
 //! worker in `src/bin`.
 
-pub mod buffers;
+pub mod arena;
 pub mod codec;
 pub mod cursor;
+pub mod envelope;
 pub mod fuzzing;
 pub mod hash;
 pub mod parallel;

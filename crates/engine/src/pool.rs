@@ -29,8 +29,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::arena::Holds;
 use crate::protocol::{Connection, Kind, ProtocolError};
-use crate::shm::{StatusPage, STATUS_JOB, STATUS_TASKS_STARTED};
+use crate::shm::{SharedBuffer, StatusPage, STATUS_JOB, STATUS_TASKS_STARTED};
 
 /// The descriptor number of the worker's socket in the child.
 pub const WORKER_SOCKET_FD: RawFd = 3;
@@ -54,19 +55,41 @@ pub struct WorkerSpec {
     pub init: Vec<u8>,
 }
 
-/// A unit of work for one worker.
+/// A unit of work for one worker: its payload is an envelope (where its out-of-band buffers
+/// lie, see [`crate::envelope`]) followed by its body. Jobs made by
+/// [`crate::arena::Arguments::job`] hold their argument chunks until the job ends (the pool
+/// drops `holds` then).
 #[derive(Debug)]
 pub struct Job {
     pub id: JobId,
     pub payload: Vec<u8>,
     pub fds: Vec<OwnedFd>,
+    pub holds: Option<Holds>,
+}
+
+impl Job {
+    /// A job of `body` alone, with no shared memory.
+    pub fn new(id: JobId, body: &[u8]) -> Self {
+        Self {
+            id,
+            payload: crate::envelope::encode(crate::shm::Access::ReadOnly, &[], &[], &[], body),
+            fds: Vec::new(),
+            holds: None,
+        }
+    }
 }
 
 /// How a job ended.
 #[derive(Debug)]
 pub enum Outcome {
-    /// The worker answered with results.
-    Done { payload: Vec<u8>, fds: Vec<OwnedFd> },
+    /// The worker answered with results: the result buffers are mapped (copy-on-write; dropping
+    /// the last one over a segment tells the worker it may write it again) and the body starts
+    /// at `body_start` of `payload` (after the envelope).
+    Done {
+        payload: Vec<u8>,
+        body_start: usize,
+        buffers: Vec<SharedBuffer>,
+    },
     /// The worker answered that the job raised.
     Failed { payload: Vec<u8> },
     /// The worker went away while running the job.
@@ -209,14 +232,17 @@ struct Running {
     job: JobId,
     tasks_seen: u64,
     task_since: Instant,
+    /// The argument chunks the job holds (released when this is dropped).
+    holds: Option<Holds>,
 }
 
 impl Running {
-    fn new(job: JobId) -> Self {
+    fn new(job: &mut Job) -> Self {
         Self {
-            job,
+            job: job.id,
             tasks_seen: 0,
             task_since: Instant::now(),
+            holds: job.holds.take(),
         }
     }
 }
@@ -340,7 +366,8 @@ impl Pool {
             state.queue.push_back(job);
             return Ok(());
         };
-        worker.running = Some(Running::new(job.id));
+        let mut job = job;
+        worker.running = Some(Running::new(&mut job));
         let conn = Arc::clone(&worker.conn);
         let releases = std::mem::take(&mut worker.pending_release);
         drop(state);
@@ -597,14 +624,14 @@ fn spawn_worker(shared: &Arc<Shared>) -> Result<(), PoolError> {
         let id = state.next_worker;
         state.next_worker += 1;
         // A worker that boots while jobs wait takes the first one right away.
-        let first_job = state.queue.pop_front();
+        let mut first_job = state.queue.pop_front();
         state.workers.insert(
             id,
             Worker {
                 pid,
                 conn: Arc::clone(&conn),
                 status: Arc::clone(&status),
-                running: first_job.as_ref().map(|job| Running::new(job.id)),
+                running: first_job.as_mut().map(Running::new),
                 pending_release: Vec::new(),
                 leaving: None,
             },
@@ -695,14 +722,16 @@ fn read_replies(shared: &Arc<Shared>, id: u64, conn: &Connection, pid: Pid) {
 }
 
 /// Record a reply, give the worker its next job, and deliver the completion. A reply that makes
-/// no sense (for another job than the one the worker runs, or while it runs none) is an error:
-/// the worker's job stays recorded as running, so its loss is reported when the worker goes.
-fn on_reply(shared: &Shared, id: u64, frame: crate::protocol::Frame) -> Result<(), String> {
+/// no sense (for another job than the one the worker runs, or while it runs none; a damaged
+/// envelope or segments that cannot be mapped) is an error: the worker's job stays recorded as
+/// running, so its loss is reported when the worker goes.
+fn on_reply(shared: &Arc<Shared>, id: u64, frame: crate::protocol::Frame) -> Result<(), String> {
     let mut state = shared.state();
     state.last_activity = Instant::now();
     let Some(worker) = state.workers.get_mut(&id) else {
         return Err("it is no longer part of the pool".into());
     };
+    let (conn, pid) = (Arc::clone(&worker.conn), worker.pid.as_raw());
     match &worker.running {
         Some(running) if running.job == frame.id => {}
         Some(running) => {
@@ -713,31 +742,52 @@ fn on_reply(shared: &Shared, id: u64, frame: crate::protocol::Frame) -> Result<(
         }
         None => return Err(format!("it replied for job {} while idle", frame.id)),
     }
-    worker.running = None;
-    let (conn, pid, live) = (
-        Arc::clone(&worker.conn),
-        worker.pid.as_raw(),
-        worker.is_live(),
-    );
+    drop(state);
+    let outcome = match frame.kind {
+        Kind::Done => {
+            let releaser = Releaser {
+                shared: Arc::downgrade(shared),
+            };
+            let (envelope_released, body_start, buffers) =
+                open_reply(&frame.payload, frame.fds, pid, &releaser)
+                    .map_err(|error| format!("its reply is damaged: {error}"))?;
+            (
+                Some(envelope_released),
+                Outcome::Done {
+                    payload: frame.payload,
+                    body_start,
+                    buffers,
+                },
+            )
+        }
+        _ => (
+            None,
+            Outcome::Failed {
+                payload: frame.payload,
+            },
+        ),
+    };
+    let (released, outcome) = outcome;
+    let mut state = shared.state();
+    let Some(worker) = state.workers.get_mut(&id) else {
+        return Err("it is no longer part of the pool".into());
+    };
+    let finished = worker.running.take();
+    let live = worker.is_live();
     let releases = std::mem::take(&mut worker.pending_release);
-    let next = if live { state.queue.pop_front() } else { None };
-    if let (Some(job), Some(worker)) = (&next, state.workers.get_mut(&id)) {
-        worker.running = Some(Running::new(job.id));
+    let mut next = if live { state.queue.pop_front() } else { None };
+    if let (Some(job), Some(worker)) = (next.as_mut(), state.workers.get_mut(&id)) {
+        worker.running = Some(Running::new(job));
     }
     drop(state);
+    // The job's argument chunks: those the worker no longer maps, then the job's holds.
+    if let Some(holds) = finished.and_then(|running| running.holds) {
+        holds.unmapped(released.as_deref().unwrap_or_default());
+    }
     send_releases(&conn, &releases);
     if let Some(job) = next {
         send_job(&conn, &job);
     }
-    let outcome = match frame.kind {
-        Kind::Done => Outcome::Done {
-            payload: frame.payload,
-            fds: frame.fds,
-        },
-        _ => Outcome::Failed {
-            payload: frame.payload,
-        },
-    };
     let _ = shared.tx.send(Completion {
         job: frame.id,
         pid,
@@ -745,6 +795,24 @@ fn on_reply(shared: &Shared, id: u64, frame: crate::protocol::Frame) -> Result<(
         outcome,
     });
     Ok(())
+}
+
+/// Decode a reply's envelope and map its result buffers: the tokens of argument chunks the
+/// worker released, where the body starts, and the buffers (each result segment's release is
+/// sent back to worker `pid` when nothing here maps it any more).
+fn open_reply(
+    payload: &[u8],
+    fds: Vec<OwnedFd>,
+    pid: i32,
+    releaser: &Releaser,
+) -> Result<(Vec<u64>, usize, Vec<SharedBuffer>), crate::envelope::EnvelopeError> {
+    let envelope = crate::envelope::decode(payload)?;
+    let body_start = payload.len() - envelope.body.len();
+    let buffers = crate::envelope::map_buffers(&envelope, fds, |token| {
+        let releaser = releaser.clone();
+        Box::new(move || releaser.release(pid, &[token]))
+    })?;
+    Ok((envelope.released, body_start, buffers))
 }
 
 /// Wait for a child that closed its socket. A child that lingers is killed after a grace period.

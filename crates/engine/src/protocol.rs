@@ -23,8 +23,8 @@ use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, Ms
 
 /// Bytes of a frame header.
 pub const HEADER_LEN: usize = 32;
-/// Most descriptors one frame may carry (bounded by the ancillary buffer we reserve).
-pub const MAX_FDS: usize = 32;
+/// Most descriptors one frame may carry: the kernel's limit for one message (SCM_MAX_FD).
+pub const MAX_FDS: usize = 253;
 /// Largest payload a frame may declare. Large data travels in shared memory beside frames, so
 /// a real payload is a pickle of the non-buffer part of a batch or its results; a header that
 /// declares more is a broken or hostile peer, refused before anything is allocated.

@@ -423,6 +423,68 @@ impl Drop for Mapping {
     }
 }
 
+/// `len` bytes at `offset` of a shared mapping, which it keeps alive: an out-of-band buffer of a
+/// received frame. Made only inside its mapping ([`SharedBuffer::new`] checks), so the memory it
+/// names is always mapped.
+#[derive(Clone)]
+pub struct SharedBuffer {
+    mapping: std::sync::Arc<Mapping>,
+    offset: usize,
+    len: usize,
+}
+
+impl SharedBuffer {
+    /// The buffer at `offset..offset + len` of `mapping`; None unless it lies inside.
+    pub fn new(mapping: std::sync::Arc<Mapping>, offset: u64, len: u64) -> Option<Self> {
+        let end = offset.checked_add(len)?;
+        if end > mapping.len() as u64 {
+            return None;
+        }
+        Some(Self {
+            mapping,
+            offset: usize::try_from(offset).ok()?,
+            len: usize::try_from(len).ok()?,
+        })
+    }
+
+    pub fn mapping(&self) -> &std::sync::Arc<Mapping> {
+        &self.mapping
+    }
+
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes (for tests and for the engine's own reads; Python reads through the pointer).
+    pub fn to_vec(&self) -> Vec<u8> {
+        if self.len == 0 {
+            return Vec::new();
+        }
+        // SAFETY: offset + len lies inside the live mapping (checked by `new`), which `self`
+        // keeps alive; the copy is taken at once.
+        unsafe { std::slice::from_raw_parts(self.mapping.as_ptr().add(self.offset), self.len) }
+            .to_vec()
+    }
+}
+
+impl std::fmt::Debug for SharedBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedBuffer")
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .field("access", &self.mapping.access())
+            .finish()
+    }
+}
+
 /// Work for the shared-memory helper thread: allocating segments ahead of time, and freeing
 /// them, off the calling thread.
 enum Chore {

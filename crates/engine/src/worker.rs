@@ -1,36 +1,78 @@
 //! The worker side of the protocol: receive jobs, hand them to a handler, send the replies.
 //!
-//! The handler (in ferrojob, Python code) only sees payload bytes; the loop owns the socket, the
-//! status page and the timing, so the parent learns the worker's compute time per job and can read
-//! which task is running without a message.
+//! The handler (in ferrojob, Python code) sees a job's pickle body and its out-of-band buffers,
+//! already mapped; it answers through a [`Responder`] with the result body and result buffers.
+//! The loop owns everything else: the socket, the status page and the timing (so the parent
+//! learns the worker's compute time per job and which task runs, without a message), the result
+//! segments lent to the parent and recycled when it releases them, and the tokens of argument
+//! chunks that nothing here maps any more (reported in the next reply, so the parent may write
+//! them again).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use crate::arena::ResultSegments;
 use crate::cursor::Cursor;
+use crate::envelope::{self, BufferRef};
 use crate::pool::{WORKER_SOCKET_FD, WORKER_STATUS_FD};
 use crate::protocol::{Connection, Kind, ProtocolError};
-use crate::shm::{StatusPage, STATUS_JOB, STATUS_TASKS_STARTED};
+use crate::shared_alloc;
+use crate::shm::{Access, SharedBuffer, StatusPage, STATUS_JOB, STATUS_TASKS_STARTED};
 
 /// What the parent asked for.
 pub enum Request<'a> {
     /// Set the worker up (sent once, first).
     Init(&'a [u8]),
-    /// Run a job.
+    /// Run a job: its pickle body and out-of-band buffers; answer through `reply`.
     Task {
         job: u64,
-        payload: &'a [u8],
-        fds: Vec<OwnedFd>,
+        body: &'a [u8],
+        buffers: Vec<SharedBuffer>,
+        reply: Responder<'a>,
     },
-    /// The parent unmapped these result segments (tokens); they may be written again.
-    Release(Vec<u64>),
 }
 
-/// The handler's answer to a task.
-pub enum Reply {
-    Done { payload: Vec<u8>, fds: Vec<OwnedFd> },
-    Failed { payload: Vec<u8> },
+/// Answers one job, once. A job the handler leaves unanswered is reported failed (with no
+/// report: the parent says "internal error").
+pub struct Responder<'a> {
+    endpoint: &'a Endpoint,
+    job: u64,
+    started: Instant,
+    answered: &'a AtomicBool,
+}
+
+impl Responder<'_> {
+    /// The job's results: `body` (the pickle) and the out-of-band buffers it refers to, sent
+    /// through shared memory — as they are when they already live in a shared allocation (the
+    /// numpy handler's), else copied into one of this worker's recycled result segments.
+    pub fn done(self, body: &[u8], buffers: &[&[u8]]) -> Result<(), ProtocolError> {
+        self.endpoint.leave_if_forked();
+        let (fds, tokens, places) = self.endpoint.pack(buffers)?;
+        let released = std::mem::take(&mut *lock(&self.endpoint.unmapped));
+        let payload = envelope::encode(Access::CopyOnWrite, &places, &tokens, &released, body);
+        // The descriptors are closed once sent: the parent has its own.
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        self.answered.store(true, Ordering::Relaxed);
+        self.endpoint
+            .conn
+            .send(Kind::Done, self.job, self.elapsed(), &payload, &raw)
+    }
+
+    /// The job raised: `report` describes the error (opaque to the engine).
+    pub fn failed(self, report: &[u8]) -> Result<(), ProtocolError> {
+        self.endpoint.leave_if_forked();
+        self.answered.store(true, Ordering::Relaxed);
+        self.endpoint
+            .conn
+            .send(Kind::Failed, self.job, self.elapsed(), report, &[])
+    }
+
+    fn elapsed(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
 }
 
 /// A worker's end of its parent connection.
@@ -40,6 +82,16 @@ pub struct Endpoint {
     /// The worker process. A task may fork; a child that comes back into this loop must not
     /// speak on its parent's socket (a second reply for one job breaks the call).
     owner: u32,
+    /// Result segments lent to the parent, and those it released (to write again).
+    results: Mutex<ResultSegments>,
+    /// Tokens of argument chunks whose mappings were dropped since the last reply.
+    unmapped: Arc<Mutex<Vec<u64>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Endpoint {
@@ -67,7 +119,19 @@ impl Endpoint {
             conn,
             status,
             owner: std::process::id(),
+            results: Mutex::new(ResultSegments::new()),
+            unmapped: Arc::new(Mutex::new(Vec::new())),
         }
+    }
+
+    /// The status page, so the handler can count the tasks it starts.
+    pub fn status_mut(&mut self) -> &mut StatusPage {
+        &mut self.status
+    }
+
+    /// Result segments lent to the parent and not released yet (for tests and leak checks).
+    pub fn n_lent_results(&self) -> usize {
+        lock(&self.results).n_lent()
     }
 
     /// End a process forked by a task that returned into the worker loop: everything here (the
@@ -85,16 +149,66 @@ impl Endpoint {
         }
     }
 
-    /// The status page, so the handler can count the tasks it starts.
-    pub fn status_mut(&mut self) -> &mut StatusPage {
-        &mut self.status
+    /// Descriptors, tokens and places for result buffers: those in a live shared allocation go
+    /// as they are (token 0: freed by numpy, never written again); the others are packed into one
+    /// recycled result segment.
+    fn pack(&self, buffers: &[&[u8]]) -> io::Result<(Vec<OwnedFd>, Vec<u64>, Vec<BufferRef>)> {
+        let mut fds = Vec::new();
+        let mut tokens = Vec::new();
+        let mut places: Vec<Option<BufferRef>> = Vec::with_capacity(buffers.len());
+        let mut to_copy = Vec::new();
+        for bytes in buffers {
+            match shared_alloc::locate(bytes.as_ptr(), bytes.len()) {
+                Some((fd, offset)) => {
+                    fds.push(fd);
+                    tokens.push(0);
+                    places.push(Some(BufferRef {
+                        segment: segment_number(fds.len())?,
+                        offset,
+                        len: bytes.len() as u64,
+                    }));
+                }
+                None => {
+                    places.push(None);
+                    to_copy.push(*bytes);
+                }
+            }
+        }
+        if !to_copy.is_empty() {
+            let (fd, token, packed) = lock(&self.results).pack(&to_copy)?;
+            fds.push(fd);
+            tokens.push(token);
+            let segment = segment_number(fds.len())?;
+            let mut packed = packed.into_iter();
+            for place in places.iter_mut().filter(|place| place.is_none()) {
+                *place = packed.next().map(|copied| BufferRef { segment, ..copied });
+            }
+        }
+        Ok((fds, tokens, places.into_iter().flatten().collect()))
     }
 
-    /// Serve requests until the parent says `Shutdown` or closes the socket. A handler that
-    /// returns `None` for an `Init` request is fine; for a task it must reply.
+    /// Map a job's out-of-band buffers; each chunk's token is recorded as unmapped when the last
+    /// buffer over it goes (a task may keep one past its job).
+    fn map_arguments(
+        &self,
+        payload: &[u8],
+        fds: Vec<OwnedFd>,
+    ) -> Result<(Vec<SharedBuffer>, usize), String> {
+        let envelope = envelope::decode(payload).map_err(|e| e.to_string())?;
+        let body_start = payload.len() - envelope.body.len();
+        let unmapped = &self.unmapped;
+        let buffers = envelope::map_buffers(&envelope, fds, |token| {
+            let unmapped = Arc::clone(unmapped);
+            Box::new(move || lock(&unmapped).push(token))
+        })
+        .map_err(|e| e.to_string())?;
+        Ok((buffers, body_start))
+    }
+
+    /// Serve requests until the parent says `Shutdown` or closes the socket.
     pub fn serve<F>(&self, mut handler: F) -> Result<(), ProtocolError>
     where
-        F: FnMut(Request<'_>, &StatusPage) -> Option<Reply>,
+        F: FnMut(Request<'_>, &StatusPage),
     {
         while let Some(frame) = self.conn.recv()? {
             match frame.kind {
@@ -106,34 +220,41 @@ impl Endpoint {
                     self.status.store(STATUS_TASKS_STARTED, 0);
                     self.status.store(STATUS_JOB, frame.id);
                     let started = Instant::now();
-                    let reply = handler(
-                        Request::Task {
-                            job: frame.id,
-                            payload: &frame.payload,
-                            fds: frame.fds,
-                        },
-                        &self.status,
-                    );
+                    let answered = AtomicBool::new(false);
+                    match self.map_arguments(&frame.payload, frame.fds) {
+                        Ok((buffers, body_start)) => {
+                            let reply = Responder {
+                                endpoint: self,
+                                job: frame.id,
+                                started,
+                                answered: &answered,
+                            };
+                            let body = frame.payload.get(body_start..).unwrap_or_default();
+                            handler(
+                                Request::Task {
+                                    job: frame.id,
+                                    body,
+                                    buffers,
+                                    reply,
+                                },
+                                &self.status,
+                            );
+                        }
+                        Err(reason) => {
+                            eprintln!("ferrojob worker: job {} is damaged: {reason}", frame.id)
+                        }
+                    }
                     self.leave_if_forked();
-                    let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                    match reply {
-                        Some(Reply::Done { payload, fds }) => {
-                            // The descriptors are closed here once sent: the parent has its own.
-                            let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-                            self.conn
-                                .send(Kind::Done, frame.id, elapsed, &payload, &raw)?
-                        }
-                        Some(Reply::Failed { payload }) => {
-                            self.conn
-                                .send(Kind::Failed, frame.id, elapsed, &payload, &[])?
-                        }
-                        None => self.conn.send(Kind::Failed, frame.id, elapsed, &[], &[])?,
+                    if !answered.load(Ordering::Relaxed) {
+                        self.conn.send(Kind::Failed, frame.id, 0, &[], &[])?;
                     }
                 }
                 Kind::Release => {
                     let mut cursor = Cursor::new(&frame.payload);
-                    let tokens = std::iter::from_fn(|| cursor.u64()).collect();
-                    handler(Request::Release(tokens), &self.status);
+                    let mut results = lock(&self.results);
+                    while let Some(token) = cursor.u64() {
+                        results.release(token);
+                    }
                 }
                 Kind::Shutdown => return Ok(()),
                 Kind::Done | Kind::Failed => {
@@ -143,4 +264,11 @@ impl Endpoint {
         }
         Ok(())
     }
+}
+
+/// The envelope's number for the last of `n` descriptors.
+fn segment_number(n: usize) -> io::Result<u32> {
+    n.checked_sub(1)
+        .and_then(|last| u32::try_from(last).ok())
+        .ok_or_else(|| io::Error::other("too many result segments"))
 }

@@ -10,8 +10,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ferrojob_engine::buffers::{self, BufferRef};
 use ferrojob_engine::codec::{self, Codec};
+use ferrojob_engine::envelope::{self, BufferRef};
 use ferrojob_engine::fuzzing;
 use ferrojob_engine::protocol::{encode_header, Kind};
 use ferrojob_engine::shm::Access;
@@ -202,9 +202,9 @@ fn fuzz_envelope() {
         len: 100,
     };
     let seeds = vec![
-        buffers::encode(Access::ReadOnly, &[one], &[3], &[], b"body"),
-        buffers::encode(Access::CopyOnWrite, &[one, one], &[1, 0], &[5, 6], b""),
-        buffers::encode(Access::ReadWrite, &[], &[], &[], b"pickle"),
+        envelope::encode(Access::ReadOnly, &[one], &[3], &[], b"body"),
+        envelope::encode(Access::CopyOnWrite, &[one, one], &[1, 0], &[5, 6], b""),
+        envelope::encode(Access::ReadWrite, &[], &[], &[], b"pickle"),
     ];
     run("envelope", seeds, fuzzing::envelope);
 }

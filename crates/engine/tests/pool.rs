@@ -17,11 +17,7 @@ fn spec() -> WorkerSpec {
 }
 
 fn job(id: u64, command: &str) -> Job {
-    Job {
-        id,
-        payload: command.as_bytes().to_vec(),
-        fds: vec![],
-    }
+    Job::new(id, command.as_bytes())
 }
 
 fn next(pool: &Pool) -> Completion {
@@ -30,10 +26,7 @@ fn next(pool: &Pool) -> Completion {
 }
 
 fn payload(completion: &Completion) -> String {
-    match &completion.outcome {
-        Outcome::Done { payload, .. } => String::from_utf8(payload.clone()).unwrap(),
-        other => panic!("expected Done, got {other:?}"),
-    }
+    String::from_utf8(body(completion)).unwrap()
 }
 
 fn children_of_this_process() -> HashSet<i32> {
@@ -240,4 +233,103 @@ fn a_forked_child_cannot_act_on_its_parents_pool() {
     );
     pool.submit(job(1, "echo:parent")).unwrap();
     assert_eq!(payload(&next(&pool)), "parent");
+}
+
+fn body(completion: &Completion) -> Vec<u8> {
+    match &completion.outcome {
+        Outcome::Done {
+            payload,
+            body_start,
+            ..
+        } => payload[*body_start..].to_vec(),
+        other => panic!("expected Done, got {other:?}"),
+    }
+}
+
+#[test]
+fn arguments_reach_the_worker_and_results_come_back_in_shared_memory() {
+    use ferrojob_engine::arena::Arguments;
+    use ferrojob_engine::shm::Access;
+
+    let pool = Pool::new(spec(), 1, None).unwrap();
+    let arguments = Arguments::new(256);
+    let a = arguments.place(None, b"first ").unwrap();
+    let b = arguments.place(Some((1, 2, 6)), b"second").unwrap();
+    assert_eq!(arguments.place(Some((1, 2, 6)), b"second").unwrap(), b); // placed once
+    let job = arguments
+        .job(1, b"args", &[a, b, a], Access::ReadOnly)
+        .unwrap();
+    pool.submit(job).unwrap();
+    assert_eq!(body(&next(&pool)), b"first secondfirst ");
+    let job = arguments
+        .job(2, b"buffer:out of band", &[], Access::ReadOnly)
+        .unwrap();
+    pool.submit(job).unwrap();
+    match next(&pool).outcome {
+        Outcome::Done { buffers, .. } => assert_eq!(buffers[0].to_vec(), b"out of band"),
+        other => panic!("expected Done, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_chunk_is_rewritten_only_after_its_jobs_end_and_the_worker_unmaps_it() {
+    use ferrojob_engine::arena::Arguments;
+    use ferrojob_engine::shm::Access;
+
+    let pool = Pool::new(spec(), 1, None).unwrap();
+    let arguments = Arguments::new(128);
+    let held = arguments.place(None, &[1u8; 100]).unwrap();
+    // The job sleeps, holding its chunk; filling the arena meanwhile must not recycle it.
+    let job = arguments
+        .job(1, b"sleep:200", &[held], Access::ReadOnly)
+        .unwrap();
+    pool.submit(job).unwrap();
+    let others: Vec<_> = (0..6)
+        .map(|i| arguments.place(None, &[10 + i; 100]).unwrap())
+        .collect();
+    assert!(others.iter().all(|p| p.chunk != held.chunk));
+    assert_eq!(body(&next(&pool)), b"slept");
+    // Done, but the worker kept its mapping until the reply: it reports it in a later reply.
+    let job = arguments.job(2, b"args", &[], Access::ReadOnly).unwrap();
+    pool.submit(job).unwrap();
+    next(&pool);
+    let reused = (0..4)
+        .map(|i| arguments.place(None, &[20 + i; 100]).unwrap())
+        .any(|p| p.token != held.token && p.chunk != held.chunk);
+    assert!(reused);
+    // A placement in a retired chunk is refused, never misread.
+    assert!(arguments
+        .job(3, b"args", &[held], Access::ReadOnly)
+        .is_err());
+}
+
+#[test]
+fn a_job_releases_its_chunks_when_its_worker_dies_or_it_is_cancelled() {
+    use ferrojob_engine::arena::Arguments;
+    use ferrojob_engine::shm::Access;
+
+    let pool = Pool::new(spec(), 1, None).unwrap();
+    let arguments = Arguments::new(64);
+    let first = arguments.place(None, &[1u8; 64]).unwrap();
+    let queued = arguments.place(None, &[2u8; 64]).unwrap();
+    pool.submit(
+        arguments
+            .job(1, b"exit:3", &[first], Access::ReadOnly)
+            .unwrap(),
+    )
+    .unwrap();
+    pool.submit(
+        arguments
+            .job(2, b"sleep:10000", &[queued], Access::ReadOnly)
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(matches!(next(&pool).outcome, Outcome::Lost(_)));
+    pool.ensure_workers(1).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    pool.cancel();
+    while pool.recv(Duration::from_millis(100)).is_some() {}
+    // Both jobs are gone: nothing holds their chunks; only mapped counts from workers that died
+    // remain, and the arena closes those chunks with itself.
+    drop(arguments);
 }

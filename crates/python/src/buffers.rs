@@ -2,12 +2,10 @@
 //! (a shared mapping, a mapped file, heap bytes) that numpy arrays are rebuilt on.
 
 use std::ffi::c_int;
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use ferrojob_engine::buffers::{self, BufferRef, Envelope};
-use ferrojob_engine::shared_alloc;
-use ferrojob_engine::shm::{Access, Mapping};
+use ferrojob_engine::arena::{self, Arguments, Identity, Placement};
+use ferrojob_engine::shm::{Access, Mapping, SharedBuffer};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
@@ -175,51 +173,24 @@ pub fn access_from_mode(mode: &str) -> PyResult<Access> {
     }
 }
 
-/// What to run when the mapping of a recyclable segment (its token) is dropped.
-pub type UnmapHook = Box<dyn FnOnce() + Send + Sync>;
-
-/// Map the descriptors of a received frame and make one `Buffer` per entry of its envelope.
-/// `on_unmap(token)` gives the hook to run when a recyclable segment's mapping goes.
-pub fn map_buffers(
-    py: Python<'_>,
-    envelope: &Envelope<'_>,
-    fds: Vec<OwnedFd>,
-    on_unmap: impl Fn(u64) -> UnmapHook,
-) -> PyResult<Vec<Py<Buffer>>> {
-    if envelope.buffers.is_empty() {
-        return Ok(Vec::new());
+impl Buffer {
+    /// A buffer of a received frame (bounds-checked when it was made).
+    pub fn from_shared(shared: SharedBuffer) -> Option<Self> {
+        Self::new(
+            Backing::Mapped(Arc::clone(shared.mapping())),
+            shared.offset() as u64,
+            shared.len() as u64,
+        )
     }
-    let access = envelope.access;
-    let mappings = py
-        .detach(|| {
-            fds.into_iter()
-                .map(|fd| Mapping::map_segment(fd, access))
-                .collect::<std::io::Result<Vec<_>>>()
-        })
-        .map_err(|e| PyOSError::new_err(format!("mapping shared memory: {e}")))?;
-    let mappings: Vec<Arc<Mapping>> = mappings
+}
+
+/// Wrap received buffers for Python.
+pub fn to_python(py: Python<'_>, buffers: Vec<SharedBuffer>) -> PyResult<Vec<Py<Buffer>>> {
+    buffers
         .into_iter()
-        .enumerate()
-        .map(|(segment, mapping)| match envelope.tokens.get(segment) {
-            Some(&token) if token != 0 => Arc::new(mapping.on_drop(on_unmap(token))),
-            _ => Arc::new(mapping),
-        })
-        .collect();
-    let lens: Vec<usize> = mappings.iter().map(|m| m.len()).collect();
-    buffers::check_bounds(&envelope.buffers, &lens)
-        .map_err(|e| PyValueError::new_err(e.to_string()))?;
-    envelope
-        .buffers
-        .iter()
-        .map(|buffer| {
-            let outside = || PyValueError::new_err("a buffer lies outside its shared memory");
-            let mapping = mappings.get(buffer.segment as usize).ok_or_else(outside)?;
-            let buffer = Buffer::new(
-                Backing::Mapped(Arc::clone(mapping)),
-                buffer.offset,
-                buffer.len,
-            )
-            .ok_or_else(outside)?;
+        .map(|shared| {
+            let buffer = Buffer::from_shared(shared)
+                .ok_or_else(|| PyValueError::new_err("a buffer lies outside its shared memory"))?;
             Py::new(py, buffer)
         })
         .collect()
@@ -248,118 +219,51 @@ pub unsafe fn bytes_of(buffer: &PyBuffer<u8>) -> &[u8] {
     unsafe { std::slice::from_raw_parts(buffer.buf_ptr().cast::<u8>(), buffer.len_bytes()) }
 }
 
-/// Send `objects` (buffer-protocol objects: a worker's result buffers) through shared memory.
-/// Those that live in a shared allocation (arrays made by the numpy handler) go as they are;
-/// the others are copied into one fresh segment. Returns the descriptors and the places.
-pub fn pack_buffers(
-    py: Python<'_>,
-    objects: &[Bound<'_, PyAny>],
-) -> PyResult<(Vec<OwnedFd>, Vec<u64>, Vec<BufferRef>)> {
-    let held = objects
-        .iter()
-        .map(contiguous)
-        .collect::<PyResult<Vec<_>>>()?;
-    // SAFETY: `held` keeps every buffer exported until the end of this function.
-    let slices: Vec<&[u8]> = held.iter().map(|b| unsafe { bytes_of(b) }).collect();
-    let mut fds = Vec::new();
-    let mut tokens = Vec::new();
-    let mut places: Vec<Option<BufferRef>> = Vec::with_capacity(slices.len());
-    let mut to_copy = Vec::new();
-    for bytes in &slices {
-        match shared_alloc::locate(bytes.as_ptr(), bytes.len()) {
-            Some((fd, offset)) => {
-                fds.push(fd);
-                tokens.push(0); // freed by numpy, never written again
-                places.push(Some(BufferRef {
-                    segment: (fds.len() - 1) as u32,
-                    offset,
-                    len: bytes.len() as u64,
-                }));
-            }
-            None => {
-                places.push(None);
-                to_copy.push(*bytes);
-            }
-        }
-    }
-    if !to_copy.is_empty() {
-        let (fd, token, copied) = py
-            .detach(|| result_segments().pack(&to_copy))
-            .map_err(|e| PyOSError::new_err(format!("writing results to shared memory: {e}")))?;
-        fds.push(fd);
-        tokens.push(token);
-        let segment = (fds.len() - 1) as u32;
-        let mut copied = copied.into_iter();
-        for place in places.iter_mut().filter(|place| place.is_none()) {
-            let packed = copied.next().expect("one packed place per copied buffer");
-            *place = Some(BufferRef { segment, ..packed });
-        }
-    }
-    Ok((fds, tokens, places.into_iter().flatten().collect()))
-}
-
-/// This worker's result segments (see `ferrojob_engine::buffers::ResultSegments`).
-pub fn result_segments() -> std::sync::MutexGuard<'static, buffers::ResultSegments> {
-    static SEGMENTS: std::sync::Mutex<buffers::ResultSegments> =
-        std::sync::Mutex::new(buffers::ResultSegments::new());
-    SEGMENTS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The shared memory of one call's arguments (see `ferrojob_engine::buffers::Arena`).
-#[pyclass(module = "ferrojob._core")]
+/// The shared memory of a session's arguments (see `ferrojob_engine::arena::Arguments`): buffers
+/// are placed once per identity; jobs made from placements hold their chunks until they end.
+#[pyclass(module = "ferrojob._core", frozen)]
 pub struct Arena {
-    inner: buffers::Arena,
+    pub inner: Arguments,
 }
 
 #[pymethods]
 impl Arena {
     #[new]
-    #[pyo3(signature = (chunk_size=buffers::DEFAULT_CHUNK_SIZE))]
+    #[pyo3(signature = (chunk_size=arena::DEFAULT_CHUNK_SIZE))]
     fn new(chunk_size: usize) -> Self {
         Self {
-            inner: buffers::Arena::new(chunk_size),
+            inner: Arguments::new(chunk_size),
         }
     }
 
-    /// Copy `buffer` into shared memory; returns `(chunk, offset, length)`.
+    /// Copy `buffer` into shared memory, unless the buffer of `identity` (its owner's `id()`,
+    /// address, length) is there already; returns its placement (opaque to Python).
+    #[pyo3(signature = (buffer, identity=None))]
     fn place(
-        &mut self,
+        &self,
         py: Python<'_>,
         buffer: Bound<'_, PyAny>,
-    ) -> PyResult<(usize, usize, usize)> {
+        identity: Option<Identity>,
+    ) -> PyResult<(usize, usize, usize, u64)> {
         let held = contiguous(&buffer)?;
         // SAFETY: `held` keeps the buffer exported until the end of this function. Another
         // thread writing to it meanwhile would race as it would with any GIL-free reader.
         let bytes = unsafe { bytes_of(&held) };
-        let inner = &mut self.inner;
-        let placement = py.detach(|| inner.place(bytes)).map_err(|e| {
+        let inner = &self.inner;
+        let placement = py.detach(|| inner.place(identity, bytes)).map_err(|e| {
             PyOSError::new_err(format!("copying an argument to shared memory: {e}"))
         })?;
-        Ok((placement.chunk, placement.offset, bytes.len()))
+        Ok((
+            placement.chunk,
+            placement.offset,
+            placement.len,
+            placement.token,
+        ))
     }
 
-    /// A job referring to `chunk` is being submitted.
-    fn hold(&mut self, chunk: usize) -> PyResult<()> {
-        self.inner
-            .hold(chunk)
-            .map_err(|e| PyValueError::new_err(e.to_string()))
-    }
-
-    /// A job that held `chunk` completed; returns whether the chunk was retired.
-    fn release(&mut self, chunk: usize) -> bool {
-        self.inner.release(chunk)
-    }
-
-    /// Retire the full chunks no job holds and no worker maps; returns their numbers.
-    fn sweep(&mut self) -> Vec<usize> {
-        self.inner.sweep()
-    }
-
-    /// Workers reported these chunk tokens unmapped; returns the chunks retired.
-    fn unmapped(&mut self, tokens: Vec<u64>) -> Vec<usize> {
-        self.inner.unmapped(&tokens)
+    /// The owner of `identity` is gone: its memory may be reused for something else.
+    fn forget(&self, identity: Identity) {
+        self.inner.forget(identity)
     }
 
     #[getter]
@@ -368,11 +272,12 @@ impl Arena {
     }
 }
 
-impl Arena {
-    pub fn duplicate_fd(&self, chunk: usize) -> PyResult<(OwnedFd, u64)> {
-        self.inner
-            .duplicate_fd(chunk)
-            .map_err(|e| PyValueError::new_err(e.to_string()))
+pub fn placement((chunk, offset, len, token): (usize, usize, usize, u64)) -> Placement {
+    Placement {
+        chunk,
+        offset,
+        len,
+        token,
     }
 }
 

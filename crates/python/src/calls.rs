@@ -3,6 +3,8 @@
 //! process, so it lives here rather than in Python (see DESIGN.md, "Where the time goes").
 
 use pyo3::exceptions::PyTypeError;
+
+use crate::hooks;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyIterator, PyList, PyTuple};
 
@@ -35,9 +37,7 @@ impl DelayedFunction {
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        let name = misuse(py)?
-            .getattr("function_name")?
-            .call1((&self.function,))?;
+        let name = hooks::function_name(self.function.bind(py))?;
         Ok(format!("delayed({name})"))
     }
 
@@ -68,8 +68,7 @@ pub fn delayed(function: Bound<'_, PyAny>) -> PyResult<Py<DelayedFunction>> {
         return Ok(already.clone().unbind());
     }
     if !function.is_callable() {
-        let error = misuse(py)?.getattr("not_callable")?.call1((function,))?;
-        return Err(PyErr::from_value(error));
+        return Err(hooks::not_callable(&function));
     }
     Py::new(
         py,
@@ -77,10 +76,6 @@ pub fn delayed(function: Bound<'_, PyAny>) -> PyResult<Py<DelayedFunction>> {
             function: function.unbind(),
         },
     )
-}
-
-fn misuse(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
-    py.import("ferrojob._misuse")
 }
 
 /// Whether `item` is a call triple as `delayed` makes them: `(callable, tuple, dict)`.

@@ -4,14 +4,18 @@ use ferrojob_engine::codec::CodecError;
 use ferrojob_engine::pool::PoolError;
 use ferrojob_engine::protocol::ProtocolError;
 use ferrojob_engine::store::StoreError;
-use pyo3::exceptions::{PyConnectionError, PyOSError, PyRuntimeError};
+use pyo3::exceptions::{PyConnectionError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+
+use crate::hooks::{self, ErrorClass};
 
 pub enum EngineError {
     Pool(PoolError),
     Protocol(ProtocolError),
     Codec(CodecError),
     Store(StoreError),
+    /// The argument arena: shared memory could not be had, or a job cannot be made.
+    Arena(std::io::Error),
 }
 
 impl From<StoreError> for EngineError {
@@ -73,8 +77,18 @@ impl From<EngineError> for PyErr {
                 }
                 None => PyOSError::new_err(format!("{}: {source}", path.display())),
             },
+            EngineError::Arena(err) if err.kind() == std::io::ErrorKind::InvalidInput => {
+                PyValueError::new_err(err.to_string())
+            }
+            EngineError::Arena(err) => match err.raw_os_error() {
+                Some(errno) => PyOSError::new_err((
+                    errno,
+                    format!("shared memory for arguments: {}", strerror(errno)),
+                )),
+                None => PyOSError::new_err(format!("shared memory for arguments: {err}")),
+            },
             EngineError::Codec(err @ CodecError::NotAContainer { .. }) => {
-                ferrojob_error("NotADumpFileError", err.to_string())
+                Python::attach(|py| hooks::error(py, ErrorClass::NotADumpFile, err.to_string()))
             }
             EngineError::Codec(
                 err @ (CodecError::UnsupportedVersion { .. }
@@ -98,24 +112,10 @@ fn strerror(errno: i32) -> String {
 
 /// `InvalidParameterError` (FJ201, a `ValueError`) with this message.
 pub fn invalid_parameter(message: String) -> PyErr {
-    ferrojob_error("InvalidParameterError", message)
+    Python::attach(|py| hooks::error(py, ErrorClass::InvalidParameter, message))
 }
 
 /// `DamagedFileError` (FJ401, a `ValueError`) with this message.
 pub fn damaged_file(message: String) -> PyErr {
-    ferrojob_error("DamagedFileError", message)
-}
-
-/// An instance of the exception class `name` of `ferrojob.errors`.
-fn ferrojob_error(name: &str, message: String) -> PyErr {
-    Python::attach(|py| {
-        match py
-            .import("ferrojob.errors")
-            .and_then(|module| module.getattr(name))
-            .and_then(|class| class.call1((message.clone(),)))
-        {
-            Ok(error) => PyErr::from_value(error),
-            Err(err) => err,
-        }
-    })
+    Python::attach(|py| hooks::error(py, ErrorClass::DamagedFile, message))
 }

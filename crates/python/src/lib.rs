@@ -5,6 +5,7 @@ mod buffers;
 mod calls;
 mod durations;
 mod errors;
+mod hooks;
 mod numpy_allocator;
 mod persistence;
 mod pool;
@@ -15,6 +16,7 @@ use pyo3::prelude::*;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(hooks::install, m)?)?;
     m.add_class::<calls::DelayedFunction>()?;
     m.add_function(wrap_pyfunction!(calls::delayed, m)?)?;
     m.add_function(wrap_pyfunction!(calls::read_calls, m)?)?;
@@ -34,6 +36,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(persistence::looks_like_joblib, m)?)?;
     m.add_class::<pool::ProcessPool>()?;
     m.add_class::<pool::Completion>()?;
+    m.add_class::<pool::CompletionKind>()?;
     m.add_class::<scheduler::Scheduler>()?;
     m.add_function(wrap_pyfunction!(worker::serve_worker, m)?)?;
     m.add(

@@ -3,18 +3,13 @@
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
-use ferrojob_engine::buffers::{self as envelope, BufferRef};
-use ferrojob_engine::pool::{Job, LossCause, Outcome, Pool, Releaser, WorkerSpec};
-use pyo3::exceptions::PyValueError;
+use ferrojob_engine::pool::{LossCause, Outcome, Pool, WorkerSpec};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::buffers::{access_from_mode, map_buffers, Arena, Buffer};
+use crate::buffers::{self, access_from_mode, placement, Arena, Buffer};
 use crate::durations;
 use crate::errors::EngineError;
-
-/// SCM_RIGHTS carries at most 253 descriptors in one message (SCM_MAX_FD).
-const MAX_SEGMENTS_PER_JOB: usize = 253;
 
 /// How often a blocked `wait` wakes to look for Ctrl-C and overdue tasks.
 const POLL: Duration = Duration::from_millis(50);
@@ -25,20 +20,38 @@ pub struct ProcessPool {
     pool: Pool,
 }
 
-/// How one job ended.
-///
-/// `kind` is one of "done", "failed" (the job raised; `payload` describes it), "exited",
-/// "signaled" (the worker died; `code` is the exit code or signal number), "timeout", "cancelled",
-/// "vanished" or "protocol" (the worker broke the protocol and was killed; see `reason`). `tasks_started` counts the job's tasks the worker had begun when it was lost.
+/// How a job ended.
+#[pyclass(module = "ferrojob._core", frozen, eq, eq_int)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompletionKind {
+    /// The worker answered with results.
+    Done,
+    /// The job raised; `payload` is the worker's report.
+    Failed,
+    /// The worker exited (`code`: its exit code).
+    Exited,
+    /// The worker was killed by a signal (`code`: its number).
+    Signaled,
+    /// The job's current task ran past its time limit; the worker was killed.
+    Timeout,
+    /// The caller cancelled the job; the worker was killed.
+    Cancelled,
+    /// The worker could not be reaped.
+    Vanished,
+    /// The worker broke the protocol and was killed (`reason` says how).
+    Protocol,
+}
+
+/// How one job ended. `tasks_started` counts the job's tasks the worker had begun when it was
+/// lost.
 #[pyclass(module = "ferrojob._core", frozen, get_all)]
 pub struct Completion {
     job: u64,
-    kind: &'static str,
+    kind: CompletionKind,
+    /// The pickle body of a "done" reply, or the report of a "failed" one.
     payload: Option<Py<PyBytes>>,
-    /// The out-of-band buffers of a "done" payload, mapped copy-on-write.
+    /// The out-of-band buffers of a "done" reply, mapped copy-on-write.
     buffers: Vec<Py<Buffer>>,
-    /// Tokens of argument chunks the worker no longer maps (see `Arena.unmapped`).
-    released: Vec<u64>,
     elapsed: f64,
     pid: i32,
     code: Option<i32>,
@@ -101,58 +114,25 @@ impl ProcessPool {
 
     /// Queue a job; it starts as soon as a worker is free.
     ///
-    /// `buffers`: the out-of-band buffers of `payload`, as `(chunk, offset, length)` places in
-    /// `arena`; the worker maps them with `mmap_mode` ("r", "r+", "w+" or "c").
-    #[pyo3(signature = (job, payload, buffers=Vec::new(), arena=None, mmap_mode="r"))]
+    /// `placements`: the out-of-band buffers of `payload`, as placed in `arena` (see
+    /// `Arena.place`); the worker maps them with `mmap_mode` ("r", "r+", "w+" or "c"). The job
+    /// holds their chunks until it completes, is cancelled or its worker dies.
+    #[pyo3(signature = (job, payload, arena, placements=Vec::new(), mmap_mode="r"))]
     fn submit(
         &self,
         py: Python<'_>,
         job: u64,
         payload: &[u8],
-        buffers: Vec<(usize, u64, u64)>,
-        arena: Option<PyRef<'_, Arena>>,
+        arena: PyRef<'_, Arena>,
+        placements: Vec<(usize, usize, usize, u64)>,
         mmap_mode: &str,
     ) -> PyResult<()> {
         let access = access_from_mode(mmap_mode)?;
-        let mut chunks: Vec<usize> = Vec::new();
-        let mut refs = Vec::with_capacity(buffers.len());
-        for (chunk, offset, len) in buffers {
-            let segment = match chunks.iter().position(|&c| c == chunk) {
-                Some(index) => index,
-                None => {
-                    chunks.push(chunk);
-                    chunks.len() - 1
-                }
-            };
-            refs.push(BufferRef {
-                segment: segment as u32,
-                offset,
-                len,
-            });
-        }
-        if chunks.len() > MAX_SEGMENTS_PER_JOB {
-            return Err(PyValueError::new_err(format!(
-                "a batch refers to {} shared-memory chunks, more than the {MAX_SEGMENTS_PER_JOB} \
-                 one message can carry; use a smaller batch_size",
-                chunks.len()
-            )));
-        }
-        let segments = match (&arena, chunks.is_empty()) {
-            (_, true) => Vec::new(),
-            (Some(arena), false) => chunks
-                .iter()
-                .map(|&chunk| arena.duplicate_fd(chunk))
-                .collect::<PyResult<Vec<_>>>()?,
-            (None, false) => {
-                return Err(PyValueError::new_err("buffers given without their arena"))
-            }
-        };
-        let (fds, tokens): (Vec<_>, Vec<_>) = segments.into_iter().unzip();
-        let job = Job {
-            id: job,
-            payload: envelope::encode(access, &refs, &tokens, &[], payload),
-            fds,
-        };
+        let placements: Vec<_> = placements.into_iter().map(placement).collect();
+        let arguments = &arena.inner;
+        let job = py
+            .detach(|| arguments.job(job, payload, &placements, access))
+            .map_err(EngineError::Arena)?;
         py.detach(|| self.pool.submit(job))
             .map_err(EngineError::from)?;
         Ok(())
@@ -182,7 +162,7 @@ impl ProcessPool {
                 self.pool.recv(slice)
             });
             if let Some(completion) = received {
-                return to_python(py, completion, &self.pool.releaser()).map(Some);
+                return to_python(py, completion).map(Some);
             }
             if let Err(interrupt) = py.check_signals() {
                 py.detach(|| self.pool.terminate());
@@ -216,36 +196,40 @@ impl ProcessPool {
 fn to_python(
     py: Python<'_>,
     completion: ferrojob_engine::pool::Completion,
-    releaser: &Releaser,
 ) -> PyResult<Completion> {
-    let bytes = |payload: &[u8]| Some(PyBytes::new(py, payload).unbind());
     let mut buffers = Vec::new();
-    let mut released = Vec::new();
     let mut reason = None;
-    let pid = completion.pid;
     let (kind, payload, code, tasks_started) = match completion.outcome {
-        Outcome::Done { payload, fds } => {
-            let envelope = envelope::decode(&payload)
-                .map_err(|e| PyValueError::new_err(format!("a worker's reply is damaged: {e}")))?;
-            // When the parent stops mapping a result segment, its worker may write it again.
-            buffers = map_buffers(py, &envelope, fds, |token| {
-                let releaser = releaser.clone();
-                Box::new(move || releaser.release(pid, &[token]))
-            })?;
-            released = envelope.released;
-            ("done", bytes(envelope.body), None, 0)
+        Outcome::Done {
+            payload,
+            body_start,
+            buffers: shared,
+        } => {
+            buffers = buffers::to_python(py, shared)?;
+            let body = payload.get(body_start..).unwrap_or_default();
+            (
+                CompletionKind::Done,
+                Some(PyBytes::new(py, body).unbind()),
+                None,
+                0,
+            )
         }
-        Outcome::Failed { payload } => ("failed", bytes(&payload), None, 0),
+        Outcome::Failed { payload } => (
+            CompletionKind::Failed,
+            Some(PyBytes::new(py, &payload).unbind()),
+            None,
+            0,
+        ),
         Outcome::Lost(loss) => {
             let (kind, code) = match loss.cause {
-                LossCause::Exited(code) => ("exited", Some(code)),
-                LossCause::Signaled(signal) => ("signaled", Some(signal)),
-                LossCause::TimedOut(_) => ("timeout", None),
-                LossCause::Cancelled => ("cancelled", None),
-                LossCause::Vanished => ("vanished", None),
-                LossCause::Protocol(ref why) => {
-                    reason = Some(why.clone());
-                    ("protocol", None)
+                LossCause::Exited(code) => (CompletionKind::Exited, Some(code)),
+                LossCause::Signaled(signal) => (CompletionKind::Signaled, Some(signal)),
+                LossCause::TimedOut(_) => (CompletionKind::Timeout, None),
+                LossCause::Cancelled => (CompletionKind::Cancelled, None),
+                LossCause::Vanished => (CompletionKind::Vanished, None),
+                LossCause::Protocol(why) => {
+                    reason = Some(why);
+                    (CompletionKind::Protocol, None)
                 }
             };
             (kind, None, code, loss.tasks_started)
@@ -256,7 +240,6 @@ fn to_python(
         kind,
         payload,
         buffers,
-        released,
         elapsed: completion.elapsed.as_secs_f64(),
         pid: completion.pid,
         code,

@@ -2,16 +2,12 @@
 
 use std::os::raw::c_char;
 
-use std::os::fd::OwnedFd;
-
-use ferrojob_engine::buffers as envelope;
-use ferrojob_engine::shm::{Access, StatusPage};
-use ferrojob_engine::worker::{Endpoint, Reply, Request};
-use pyo3::exceptions::PyValueError;
+use ferrojob_engine::shm::{SharedBuffer, StatusPage};
+use ferrojob_engine::worker::{Endpoint, Request, Responder};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::buffers::{map_buffers, pack_buffers, result_segments};
+use crate::buffers::{bytes_of, contiguous};
 use crate::errors::EngineError;
 
 /// CPython's `PyBUF_WRITE` flag (object.h), not exported by pyo3's ffi module.
@@ -48,15 +44,19 @@ pub fn serve_worker(py: Python<'_>, on_init: Py<PyAny>, on_task: Py<PyAny>) -> P
                             err.print(py);
                         }
                     }
-                    None
                 }
-                Request::Task { payload, fds, .. } => Some(run_task(py, &on_task, payload, fds)),
-                Request::Release(tokens) => {
-                    let mut segments = result_segments();
-                    for token in tokens {
-                        segments.release(token);
+                Request::Task {
+                    body,
+                    buffers,
+                    reply,
+                    ..
+                } => {
+                    if let Err(err) = run_task(py, &on_task, body, buffers, reply) {
+                        // The task runner catches task errors itself; reaching here means the
+                        // reply could not be sent or its buffers read (a bug, or no memory):
+                        // the loop reports the job failed.
+                        err.print(py);
                     }
-                    None
                 }
             })
         })
@@ -64,58 +64,28 @@ pub fn serve_worker(py: Python<'_>, on_init: Py<PyAny>, on_task: Py<PyAny>) -> P
     served.map_err(|e| EngineError::from(e).into())
 }
 
-fn run_task(py: Python<'_>, on_task: &Py<PyAny>, payload: &[u8], fds: Vec<OwnedFd>) -> Reply {
-    match try_run_task(py, on_task, payload, fds) {
-        Ok(reply) => reply,
-        Err(err) => {
-            // The task runner catches task errors itself; reaching here means the frame or the
-            // shared memory could not be handled (a bug, or the system is out of memory).
-            err.print(py);
-            Reply::Failed {
-                payload: Vec::new(),
-            }
-        }
-    }
-}
-
-fn try_run_task(
+/// Run one job with `on_task(body, buffers)`, which returns `(ok, reply_bytes, result_buffers)`,
+/// and send its answer.
+fn run_task(
     py: Python<'_>,
     on_task: &Py<PyAny>,
-    payload: &[u8],
-    fds: Vec<OwnedFd>,
-) -> PyResult<Reply> {
-    let envelope = envelope::decode(payload)
-        .map_err(|e| PyValueError::new_err(format!("a job from the parent is damaged: {e}")))?;
-    // When nothing here uses an argument chunk any more, the parent may write it again: say so
-    // in the reply (or a later one, if a task kept a reference).
-    let buffers = map_buffers(py, &envelope, fds, |token| {
-        Box::new(move || unmapped_chunks().push(token))
-    })?;
-    let answer = on_task.call1(py, (PyBytes::new(py, envelope.body), buffers))?;
+    body: &[u8],
+    buffers: Vec<SharedBuffer>,
+    reply: Responder<'_>,
+) -> PyResult<()> {
+    let buffers = crate::buffers::to_python(py, buffers)?;
+    let answer = on_task.call1(py, (PyBytes::new(py, body), buffers))?;
     let (ok, body, out): (bool, Vec<u8>, Vec<Bound<'_, PyAny>>) = answer.extract(py)?;
     if !ok {
-        return Ok(Reply::Failed { payload: body });
+        return py
+            .detach(|| reply.failed(&body))
+            .map_err(|e| EngineError::from(e).into());
     }
-    let (fds, tokens, refs) = if out.is_empty() {
-        Default::default()
-    } else {
-        pack_buffers(py, &out)?
-    };
-    drop(out);
-    drop(answer); // the results may be views of the arguments
-    let released = std::mem::take(&mut *unmapped_chunks());
-    Ok(Reply::Done {
-        payload: envelope::encode(Access::CopyOnWrite, &refs, &tokens, &released, &body),
-        fds,
-    })
-}
-
-/// Tokens of argument chunks whose mappings were dropped since the last reply.
-fn unmapped_chunks() -> std::sync::MutexGuard<'static, Vec<u64>> {
-    static UNMAPPED: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
-    UNMAPPED
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    let held = out.iter().map(contiguous).collect::<PyResult<Vec<_>>>()?;
+    // SAFETY: `held` keeps every buffer exported until the reply is sent.
+    let slices: Vec<&[u8]> = held.iter().map(|b| unsafe { bytes_of(b) }).collect();
+    py.detach(|| reply.done(&body, &slices))
+        .map_err(|e| EngineError::from(e).into())
 }
 
 fn status_memoryview(py: Python<'_>, words: *mut u64) -> PyResult<Bound<'_, PyAny>> {

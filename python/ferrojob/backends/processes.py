@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from .. import _pickling
 from .._core import Completion as EngineCompletion
-from .._core import ProcessPool
+from .._core import CompletionKind, ProcessPool
 from .._worker import CHANNEL_LOST_EXIT
 from .._sharedmem import ArgumentStore
 from .._tasks import Batch
@@ -147,8 +147,8 @@ class ProcessSession(Session):
         env = {**worker_environment(n_workers, options.inner_max_num_threads), **(extra_env or {})}
         self._pool, self._release = _SHARED.acquire(n_workers, env)
         self._arguments = ArgumentStore()
-        # job -> (batch id, batch, arena chunks it holds)
-        self._jobs: dict[int, tuple[int, Batch, set[int]]] = {}
+        # job -> (batch id, batch)
+        self._jobs: dict[int, tuple[int, Batch]] = {}
 
     def begin(self) -> None:
         if self._pool.n_workers != self.n_workers:
@@ -161,16 +161,13 @@ class ProcessSession(Session):
             )
         except Exception as error:
             raise _explain_unpicklable_batch(batch, error) from error
-        places = [self._arguments.place(buffer) for buffer in buffers]
-        chunks = {chunk for chunk, _, _ in places}
-        self._arguments.hold(chunks)
+        placements = [self._arguments.place(buffer) for buffer in buffers]
         job = next(_JOB_IDS)
-        self._jobs[job] = (batch_id, batch, chunks)
+        self._jobs[job] = (batch_id, batch)
         try:
-            self._pool.submit(job, body, places, self._arguments.arena, self._mmap_mode)
+            self._pool.submit(job, body, self._arguments.arena, placements, self._mmap_mode)
         except BaseException:
             self._jobs.pop(job)
-            self._arguments.release(chunks)
             raise
 
     def wait(self) -> Completion:
@@ -192,13 +189,11 @@ class ProcessSession(Session):
         for nothing, or a job of an aborted call."""
         if completion is None:
             return None
-        self._arguments.unmapped(completion.released)
         entry = self._jobs.pop(completion.job, None)
         if entry is None:
             return None
-        batch_id, batch, chunks = entry
-        self._arguments.release(chunks)
-        if completion.kind != "done":
+        batch_id, batch = entry
+        if completion.kind != CompletionKind.Done:
             return batch_id, None, completion.elapsed, _job_error(completion, batch, self._timeout)
         try:
             return batch_id, _load_results(completion, batch), completion.elapsed, None
@@ -210,8 +205,6 @@ class ProcessSession(Session):
             self._pool.terminate()
         elif self._jobs:
             self._pool.cancel()
-        for _, _, chunks in self._jobs.values():
-            self._arguments.release(chunks)
         self._jobs.clear()
 
     def close(self) -> None:
@@ -246,10 +239,10 @@ def _load_results(completion: EngineCompletion, batch: Batch) -> list[Any]:
 
 def _job_error(completion: EngineCompletion, batch: Batch, timeout: float | None) -> BaseException:
     kind = completion.kind
-    if kind == "failed":
+    if kind == CompletionKind.Failed:
         return _task_failure(completion.payload, batch)
     running = completion.tasks_started - 1
-    if kind == "timeout":
+    if kind == CompletionKind.Timeout:
         return TaskTimeoutError(
             compose_message(
                 f"{batch.describe(running)} ran longer than timeout={timeout:g} s; "
@@ -259,19 +252,19 @@ def _job_error(completion: EngineCompletion, batch: Batch, timeout: float | None
             ),
             code="FJ302",
         )
-    if kind == "exited" and completion.code == CHANNEL_LOST_EXIT:
+    if kind == CompletionKind.Exited and completion.code == CHANNEL_LOST_EXIT:
         how = "lost its connection to the parent"
         hint = (
             "a task closed or replaced file descriptor 3, the worker's socket "
             "(os.closerange, os.dup2 onto it)"
         )
-    elif kind == "exited":
+    elif kind == CompletionKind.Exited:
         how = f"exited with code {completion.code}"
         hint = "os._exit() inside a task ends its worker process"
-    elif kind == "protocol":
+    elif kind == CompletionKind.Protocol:
         how = f"broke ferrojob's worker protocol ({completion.reason}) and was killed"
         hint = "a task wrote to file descriptor 3, the worker's socket, or a forked child did"
-    elif kind == "signaled":
+    elif kind == CompletionKind.Signaled:
         how = f"was killed by signal {_signal_name(completion.code)}"
         hint = (
             "SIGSEGV/SIGBUS usually come from a C extension, SIGKILL from the out-of-memory killer"

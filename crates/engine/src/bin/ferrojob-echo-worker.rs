@@ -4,40 +4,41 @@
 //! sleeps then replies `slept`; `exit:<code>` exits; `abort` dies by SIGABRT; `tasks:<n>:<ms>`
 //! starts n tasks of <ms> each, counting them on the status page. Misbehaving peers, written
 //! straight onto the socket: `twice:<text>` sends an extra reply for its job first,
-//! `hugeframe` a header declaring 2^64 - 1 bytes, `garbage` 32 bytes of noise.
+//! `hugeframe` a header declaring 2^64 - 1 bytes, `garbage` 32 bytes of noise. `buffer:<text>`
+//! returns <text> as an out-of-band result buffer; `args` returns its argument buffers' bytes
+//! joined; `silent` never answers.
 
 use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::time::Duration;
 
+use ferrojob_engine::envelope::encode;
 use ferrojob_engine::pool::WORKER_SOCKET_FD;
 use ferrojob_engine::protocol::{encode_header, Kind};
-use ferrojob_engine::shm::STATUS_TASKS_STARTED;
-use ferrojob_engine::worker::{Endpoint, Reply, Request};
+use ferrojob_engine::shm::{Access, STATUS_TASKS_STARTED};
+use ferrojob_engine::worker::{Endpoint, Request};
 
 fn main() {
     // SAFETY: this program is only ever started by the pool, which installs fds 3 and 4.
     let endpoint = unsafe { Endpoint::inherit() }.expect("not started by a ferrojob pool");
     let result = endpoint.serve(|request, status| {
-        let Request::Task { payload, job, .. } = request else {
-            return None;
+        let Request::Task {
+            body,
+            job,
+            reply,
+            buffers,
+        } = request
+        else {
+            return;
         };
-        let text = String::from_utf8_lossy(payload).into_owned();
+        let text = String::from_utf8_lossy(body).into_owned();
         let (command, argument) = text.split_once(':').unwrap_or((text.as_str(), ""));
-        match command {
-            "echo" => Some(Reply::Done {
-                payload: argument.as_bytes().to_vec(),
-                fds: vec![],
-            }),
-            "fail" => Some(Reply::Failed {
-                payload: argument.as_bytes().to_vec(),
-            }),
+        let sent = match command {
+            "echo" => reply.done(argument.as_bytes(), &[]),
+            "fail" => reply.failed(argument.as_bytes()),
             "sleep" => {
                 std::thread::sleep(Duration::from_millis(argument.parse().unwrap()));
-                Some(Reply::Done {
-                    payload: b"slept".to_vec(),
-                    fds: vec![],
-                })
+                reply.done(b"slept", &[])
             }
             "exit" => std::process::exit(argument.parse().unwrap()),
             "abort" => std::process::abort(),
@@ -47,31 +48,34 @@ fn main() {
                     status.store(STATUS_TASKS_STARTED, i);
                     std::thread::sleep(Duration::from_millis(ms.parse().unwrap()));
                 }
-                Some(Reply::Done {
-                    payload: b"tasks done".to_vec(),
-                    fds: vec![],
-                })
+                reply.done(b"tasks done", &[])
+            }
+            "buffer" => reply.done(b"with a buffer", &[argument.as_bytes()]),
+            "args" => {
+                let joined: Vec<u8> = buffers.iter().flat_map(|b| b.to_vec()).collect();
+                drop(buffers); // nothing maps the arguments any more: reported in this reply
+                reply.done(&joined, &[])
             }
             "twice" => {
-                let header = encode_header(Kind::Done, 0, job, 0, argument.len() as u64);
-                write_raw(&[&header[..], argument.as_bytes()].concat());
-                Some(Reply::Done {
-                    payload: argument.as_bytes().to_vec(),
-                    fds: vec![],
-                })
+                let extra = encode(Access::CopyOnWrite, &[], &[], &[], argument.as_bytes());
+                let header = encode_header(Kind::Done, 0, job, 0, extra.len() as u64);
+                write_raw(&[&header[..], &extra].concat());
+                reply.done(argument.as_bytes(), &[])
             }
             "hugeframe" => {
                 write_raw(&encode_header(Kind::Done, 0, job, 0, u64::MAX));
                 std::thread::sleep(Duration::from_secs(60));
-                None
+                Ok(())
             }
             "garbage" => {
                 write_raw(&[0xA5; 32]);
                 std::thread::sleep(Duration::from_secs(60));
-                None
+                Ok(())
             }
+            "silent" => Ok(()), // never answers: the loop reports the job failed
             other => panic!("unknown test command {other}"),
-        }
+        };
+        sent.expect("reply sent");
     });
     result.expect("protocol error");
 }

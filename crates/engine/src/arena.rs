@@ -1,154 +1,22 @@
-//! Out-of-band buffers: large byte ranges (pickle protocol 5 `PickleBuffer`s) that travel beside
-//! a frame, in shared memory, instead of inside it.
+//! Recyclable shared memory: the parent's argument [`Arena`] and a worker's
+//! [`ResultSegments`].
 //!
-//! A frame that carries buffers starts with an *envelope*: how the receiver maps them, and where
-//! each one lies — which of the frame's descriptors, at what offset, how long. The pickle body
-//! follows. In the parent, an [`Arena`] packs the buffers of one call into a few memfd chunks, so
-//! a 200 KB argument costs a `pwrite`, not a `memfd_create` + `mmap` + `munmap`.
+//! Both lend memfd segments to the other process under a token, and write into a segment again
+//! only once the other side says (by its token) that nothing there maps it any more: writing
+//! into pages that already exist is several times cheaper than into fresh ones. In the parent,
+//! an [`Arena`] packs the buffers of one call into a few chunks, so a 200 KB argument costs a
+//! `pwrite`, not a `memfd_create` + `mmap` + `munmap`.
 
-use crossbeam_channel::Receiver;
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::cursor::Cursor;
+use crossbeam_channel::Receiver;
+
+use crate::envelope::{self, BufferRef};
+use crate::pool::{Job, JobId};
 use crate::shm::{self, Access, SharedFile};
-
-/// Where one buffer lies: `len` bytes at `offset` in the frame's descriptor number `segment`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BufferRef {
-    pub segment: u32,
-    pub offset: u64,
-    pub len: u64,
-}
-
-/// A decoded envelope: the buffers' access and places, a token per descriptor, the tokens the
-/// sender has stopped mapping, and the pickle body.
-///
-/// Tokens name shared segments across the two processes so they can be recycled: a segment's
-/// writer reuses it (writing into pages that already exist is several times cheaper than fresh
-/// ones) once the reader says, with its token, that nothing maps it any more. Token 0: not
-/// recyclable.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Envelope<'a> {
-    pub access: Access,
-    pub buffers: Vec<BufferRef>,
-    pub tokens: Vec<u64>,
-    pub released: Vec<u64>,
-    pub body: &'a [u8],
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum EnvelopeError {
-    #[error("frame too short for its buffer table")]
-    Truncated,
-    #[error("unknown buffer access mode {0}")]
-    UnknownAccess(u8),
-    #[error("buffer {index} refers to descriptor {segment}, but the frame carries {n_segments}")]
-    MissingSegment {
-        index: usize,
-        segment: u32,
-        n_segments: usize,
-    },
-    #[error("buffer {index} ({offset}+{len}) lies outside its segment of {segment_len} bytes")]
-    OutOfBounds {
-        index: usize,
-        offset: u64,
-        len: u64,
-        segment_len: usize,
-    },
-}
-
-/// Prefix `body` with the envelope: `access u8 | n u32 | n × (segment u32, offset u64, len u64)
-/// | m u32 | m × token u64 | r u32 | r × released token u64`.
-pub fn encode(
-    access: Access,
-    buffers: &[BufferRef],
-    tokens: &[u64],
-    released: &[u64],
-    body: &[u8],
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(
-        1 + 12 + buffers.len() * 20 + (tokens.len() + released.len()) * 8 + body.len(),
-    );
-    out.push(access.code());
-    out.extend_from_slice(&(buffers.len() as u32).to_le_bytes());
-    for buffer in buffers {
-        out.extend_from_slice(&buffer.segment.to_le_bytes());
-        out.extend_from_slice(&buffer.offset.to_le_bytes());
-        out.extend_from_slice(&buffer.len.to_le_bytes());
-    }
-    for list in [tokens, released] {
-        out.extend_from_slice(&(list.len() as u32).to_le_bytes());
-        for token in list {
-            out.extend_from_slice(&token.to_le_bytes());
-        }
-    }
-    out.extend_from_slice(body);
-    out
-}
-
-/// Split a payload made by [`encode`] into its envelope and body.
-pub fn decode(payload: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
-    let mut cursor = Cursor::new(payload);
-    let code = cursor.u8().ok_or(EnvelopeError::Truncated)?;
-    let access = Access::from_code(code).ok_or(EnvelopeError::UnknownAccess(code))?;
-    let count = cursor.count(20).ok_or(EnvelopeError::Truncated)?;
-    let mut buffers = Vec::with_capacity(count);
-    for _ in 0..count {
-        let (Some(segment), Some(offset), Some(len)) = (cursor.u32(), cursor.u64(), cursor.u64())
-        else {
-            return Err(EnvelopeError::Truncated);
-        };
-        buffers.push(BufferRef {
-            segment,
-            offset,
-            len,
-        });
-    }
-    let tokens = u64_list(&mut cursor)?;
-    let released = u64_list(&mut cursor)?;
-    Ok(Envelope {
-        access,
-        buffers,
-        tokens,
-        released,
-        body: cursor.rest(),
-    })
-}
-
-fn u64_list(cursor: &mut Cursor<'_>) -> Result<Vec<u64>, EnvelopeError> {
-    let count = cursor.count(8).ok_or(EnvelopeError::Truncated)?;
-    (0..count)
-        .map(|_| cursor.u64().ok_or(EnvelopeError::Truncated))
-        .collect()
-}
-
-/// Check that every buffer lies inside one of the segments, given their lengths.
-pub fn check_bounds(buffers: &[BufferRef], segment_lens: &[usize]) -> Result<(), EnvelopeError> {
-    for (index, buffer) in buffers.iter().enumerate() {
-        let segment_len =
-            *segment_lens
-                .get(buffer.segment as usize)
-                .ok_or(EnvelopeError::MissingSegment {
-                    index,
-                    segment: buffer.segment,
-                    n_segments: segment_lens.len(),
-                })?;
-        let inside = matches!(
-            buffer.offset.checked_add(buffer.len),
-            Some(end) if end <= segment_len as u64
-        );
-        if !inside {
-            return Err(EnvelopeError::OutOfBounds {
-                index,
-                offset: buffer.offset,
-                len: buffer.len,
-                segment_len,
-            });
-        }
-    }
-    Ok(())
-}
 
 /// Buffers start at multiples of this, so that arrays rebuilt over them are aligned for any
 /// dtype (and for SIMD loads).
@@ -156,12 +24,22 @@ pub const ALIGNMENT: usize = 64;
 /// Default size of an arena chunk; a larger buffer gets a chunk of its own.
 pub const DEFAULT_CHUNK_SIZE: usize = 16 << 20;
 
-/// Where [`Arena::place`] put a buffer.
+/// Where [`Arena::place`] put a buffer: `len` bytes at `offset` of chunk number `chunk`, whose
+/// token was `token` (a placement in a chunk retired since is refused, never misread).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placement {
     pub chunk: usize,
     pub offset: usize,
+    pub len: usize,
+    pub token: u64,
 }
+
+/// Names one argument buffer by its owner's identity (for Python: the owner's `id()`, the
+/// buffer's address and length), so that the same memory passed to many tasks is placed once.
+pub type Identity = (u64, u64, u64);
+
+/// Most shared-memory chunks one job may refer to: a frame carries at most this many descriptors.
+pub const MAX_CHUNKS_PER_JOB: usize = crate::protocol::MAX_FDS;
 
 /// Recyclable segments kept ready at most (per arena, per worker).
 const MAX_FREE_SEGMENTS: usize = 4;
@@ -193,6 +71,8 @@ pub struct Arena {
     /// The process whose workers map the chunks: a forked child shares the memfds, so its
     /// writes would land in memory the parent's jobs use.
     owner: u32,
+    /// Buffers placed by identity, while their chunk is open.
+    identities: HashMap<Identity, Placement>,
 }
 
 #[derive(Debug)]
@@ -203,6 +83,8 @@ struct Chunk {
     holds: usize,
     mapped: usize,
     full: bool,
+    /// Identities placed in this chunk: forgotten when it retires.
+    identities: Vec<Identity>,
 }
 
 impl Arena {
@@ -214,7 +96,35 @@ impl Arena {
             spare: None,
             recycled: Vec::new(),
             owner: std::process::id(),
+            identities: HashMap::new(),
         }
+    }
+
+    /// Where the buffer of `identity` lies, copying `bytes` in on first sight (while its chunk
+    /// is open); without an identity, always a fresh copy.
+    pub fn place_once(
+        &mut self,
+        identity: Option<Identity>,
+        bytes: &[u8],
+    ) -> io::Result<Placement> {
+        if let Some(found) = identity.and_then(|key| self.identities.get(&key)) {
+            if found.len == bytes.len() {
+                return Ok(*found);
+            }
+        }
+        let placement = self.place(bytes)?;
+        if let Some(key) = identity {
+            self.identities.insert(key, placement);
+            if let Some(Some(chunk)) = self.chunks.get_mut(placement.chunk) {
+                chunk.identities.push(key);
+            }
+        }
+        Ok(placement)
+    }
+
+    /// The owner of `identity` is gone: its memory may be reused for something else.
+    pub fn forget(&mut self, identity: Identity) {
+        self.identities.remove(&identity);
     }
 
     /// A chunk of the standard size: a recycled one, or the one prepared ahead, or a new one.
@@ -243,7 +153,7 @@ impl Arena {
             let chunk = self.new_chunk(SharedFile::create(c"ferrojob-arguments")?);
             self.write(chunk, 0, bytes)?;
             self.chunks[chunk].as_mut().expect("new").full = true;
-            return Ok(Placement { chunk, offset: 0 });
+            return Ok(self.placement(chunk, 0, bytes.len()));
         }
         let (chunk, offset) = match self.current.and_then(|c| self.room_in(c, bytes.len())) {
             Some(place) => place,
@@ -260,7 +170,17 @@ impl Arena {
             }
         };
         self.write(chunk, offset, bytes)?;
-        Ok(Placement { chunk, offset })
+        Ok(self.placement(chunk, offset, bytes.len()))
+    }
+
+    fn placement(&self, chunk: usize, offset: usize, len: usize) -> Placement {
+        let token = self.chunks[chunk].as_ref().map_or(0, |c| c.token);
+        Placement {
+            chunk,
+            offset,
+            len,
+            token,
+        }
     }
 
     fn room_in(&self, chunk: usize, len: usize) -> Option<(usize, usize)> {
@@ -277,6 +197,7 @@ impl Arena {
             holds: 0,
             mapped: 0,
             full: false,
+            identities: Vec::new(),
         }));
         self.chunks.len() - 1
     }
@@ -350,6 +271,9 @@ impl Arena {
             return false;
         }
         let entry = slot.take().expect("checked");
+        for key in &entry.identities {
+            self.identities.remove(key);
+        }
         let standard = entry.file.len() <= self.chunk_size;
         if standard && self.recycled.len() < MAX_FREE_SEGMENTS {
             self.recycled.push(entry.file);
@@ -395,6 +319,143 @@ impl Drop for Arena {
             shm::free_later(file);
         }
         // A chunk still being prepared is freed by the helper when its reply finds no receiver.
+    }
+}
+
+/// The argument arena of one session (a call, or a `with Parallel` block), shared with the jobs
+/// that hold its chunks: the one owner of the invariant "no chunk is written again while a job
+/// holds it or a worker maps it". Placing, holding, releasing on completion, cancellation or a
+/// worker's death ([`Holds`] are dropped then), and the workers' reports of unmapped chunks all
+/// go through it.
+#[derive(Debug, Clone)]
+pub struct Arguments {
+    arena: Arc<Mutex<Arena>>,
+}
+
+impl Default for Arguments {
+    fn default() -> Self {
+        Self::new(DEFAULT_CHUNK_SIZE)
+    }
+}
+
+impl Arguments {
+    pub fn new(chunk_size: usize) -> Self {
+        Self {
+            arena: Arc::new(Mutex::new(Arena::new(chunk_size))),
+        }
+    }
+
+    fn arena(&self) -> MutexGuard<'_, Arena> {
+        self.arena
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// See [`Arena::place_once`].
+    pub fn place(&self, identity: Option<Identity>, bytes: &[u8]) -> io::Result<Placement> {
+        self.arena().place_once(identity, bytes)
+    }
+
+    /// See [`Arena::forget`].
+    pub fn forget(&self, identity: Identity) {
+        self.arena().forget(identity)
+    }
+
+    /// Chunks open (for tests and leak checks).
+    pub fn n_open_chunks(&self) -> usize {
+        self.arena().n_open_chunks()
+    }
+
+    /// A job whose out-of-band buffers are `placements`, mapped by its worker with `access`: its
+    /// payload is the envelope (where each buffer lies) followed by `body`; it carries a
+    /// descriptor per chunk and holds those chunks until it is dropped.
+    pub fn job(
+        &self,
+        id: JobId,
+        body: &[u8],
+        placements: &[Placement],
+        access: Access,
+    ) -> io::Result<Job> {
+        let mut arena = self.arena();
+        let mut chunks: Vec<usize> = Vec::new();
+        let mut refs = Vec::with_capacity(placements.len());
+        for placement in placements {
+            let live = arena.live(placement.chunk)?;
+            if live.token != placement.token {
+                return Err(closed_chunk(placement.chunk));
+            }
+            let segment = match chunks.iter().position(|&c| c == placement.chunk) {
+                Some(index) => index,
+                None => {
+                    chunks.push(placement.chunk);
+                    chunks.len() - 1
+                }
+            };
+            refs.push(BufferRef {
+                segment: u32::try_from(segment).map_err(io::Error::other)?,
+                offset: placement.offset as u64,
+                len: placement.len as u64,
+            });
+        }
+        if chunks.len() > MAX_CHUNKS_PER_JOB {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a batch refers to {} shared-memory chunks, more than the {MAX_CHUNKS_PER_JOB} \
+                     one message can carry; use a smaller batch_size",
+                    chunks.len()
+                ),
+            ));
+        }
+        let mut fds = Vec::with_capacity(chunks.len());
+        let mut tokens = Vec::with_capacity(chunks.len());
+        for &chunk in &chunks {
+            let (fd, token) = arena.duplicate_fd(chunk)?;
+            fds.push(fd);
+            tokens.push(token);
+        }
+        for &chunk in &chunks {
+            arena.hold(chunk)?;
+        }
+        // Held now: retiring the full chunks nobody holds cannot touch this job's.
+        arena.sweep();
+        drop(arena);
+        Ok(Job {
+            id,
+            payload: envelope::encode(access, &refs, &tokens, &[], body),
+            fds,
+            holds: Some(Holds {
+                arguments: self.clone(),
+                chunks,
+            }),
+        })
+    }
+}
+
+/// The chunks a job holds, released when it is dropped (the job completed, was cancelled, or
+/// its worker died).
+#[derive(Debug)]
+pub struct Holds {
+    arguments: Arguments,
+    chunks: Vec<usize>,
+}
+
+impl Holds {
+    /// A reply said the worker no longer maps the chunks of these tokens (tokens of other
+    /// arenas are ignored).
+    pub fn unmapped(&self, tokens: &[u64]) {
+        if !tokens.is_empty() {
+            self.arguments.arena().unmapped(tokens);
+        }
+    }
+}
+
+impl Drop for Holds {
+    fn drop(&mut self) {
+        let mut arena = self.arguments.arena();
+        for &chunk in &self.chunks {
+            arena.release(chunk);
+        }
     }
 }
 
@@ -467,73 +528,12 @@ impl ResultSegments {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shm::Mapping;
+    use crate::envelope::check_bounds;
+    use crate::shm::{Access, Mapping};
 
     fn read(mapping: &Mapping, offset: usize, len: usize) -> Vec<u8> {
         // SAFETY: test-only read of a live mapping, inside its bounds (checked by the caller).
         unsafe { std::slice::from_raw_parts(mapping.as_ptr().add(offset), len).to_vec() }
-    }
-
-    #[test]
-    fn envelopes_round_trip() {
-        let buffers = [
-            BufferRef {
-                segment: 0,
-                offset: 0,
-                len: 10,
-            },
-            BufferRef {
-                segment: 1,
-                offset: 64,
-                len: 5,
-            },
-        ];
-        let payload = encode(Access::CopyOnWrite, &buffers, &[7, 0], &[3], b"pickle");
-        let envelope = decode(&payload).unwrap();
-        assert_eq!(envelope.access, Access::CopyOnWrite);
-        assert_eq!(envelope.buffers, buffers);
-        assert_eq!(envelope.tokens, [7, 0]);
-        assert_eq!(envelope.released, [3]);
-        assert_eq!(envelope.body, b"pickle");
-        let empty = encode(Access::ReadOnly, &[], &[], &[], b"");
-        assert_eq!(decode(&empty).unwrap().body, b"");
-    }
-
-    #[test]
-    fn damaged_envelopes_are_refused() {
-        assert_eq!(decode(b"\x00\x01"), Err(EnvelopeError::Truncated));
-        assert_eq!(
-            decode(b"\x09\x00\x00\x00\x00"),
-            Err(EnvelopeError::UnknownAccess(9))
-        );
-        let one = BufferRef {
-            segment: 0,
-            offset: 0,
-            len: 1,
-        };
-        let payload = encode(Access::ReadOnly, &[one], &[1], &[], b"");
-        for cut in [8, 25, 30, payload.len() - 1] {
-            assert_eq!(
-                decode(&payload[..cut]),
-                Err(EnvelopeError::Truncated),
-                "{cut}"
-            );
-        }
-        assert!(matches!(
-            check_bounds(&[one], &[]),
-            Err(EnvelopeError::MissingSegment { .. })
-        ));
-        let long = BufferRef { len: 100, ..one };
-        assert!(matches!(
-            check_bounds(&[long], &[10]),
-            Err(EnvelopeError::OutOfBounds { .. })
-        ));
-        let overflow = BufferRef {
-            offset: u64::MAX,
-            ..one
-        };
-        assert!(check_bounds(&[overflow], &[10]).is_err());
-        assert!(check_bounds(&[one], &[1]).is_ok());
     }
 
     #[test]
