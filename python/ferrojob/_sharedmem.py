@@ -95,14 +95,14 @@ class ArgumentStore:
         """Where ``buffer`` lies in the arena (an opaque placement); copied on first sight."""
         view = memoryview(buffer)
         owner = _owner(view.obj)
-        identity: tuple[int, int, int] | None = (id(owner), buffer_address(buffer), view.nbytes)
+        identity = (id(owner), buffer_address(buffer), view.nbytes)
         if identity not in self._guards:
             try:
                 self._guards[identity] = weakref.ref(
                     owner, functools.partial(_forget, weakref.ref(self), identity)
                 )
             except TypeError:  # bytes and the like: no weak references, so no reuse
-                identity = None
+                return self.arena.place(buffer, None)
         return self.arena.place(buffer, identity)
 
     def forget(self, identity: tuple[int, int, int]) -> None:
