@@ -11,6 +11,7 @@ import sys
 import traceback
 from typing import Any
 
+from . import _failures
 from ._pickling import dumps_result, type_name
 
 _status: Any = None  # memoryview of the status words in shared memory
@@ -111,15 +112,23 @@ def _share_numpy_arrays() -> None:
         _core.install_numpy_allocator()
 
 
+def _traceback_text(error: BaseException) -> str:
+    return "".join(traceback.format_exception(type(error), error, error.__traceback__))
+
+
 def _unloadable_arguments(error: BaseException) -> bytes:
-    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    return pickle.dumps(("arguments", type_name(error), str(error), text), protocol=5)
+    return _failures.dumps(
+        _failures.ArgumentsUnloadable(type_name(error), str(error), _traceback_text(error))
+    )
 
 
 def _raised(error: BaseException, offset: int) -> bytes:
-    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    report = ("raised", offset, *_exception_payload(error), type_name(error), str(error), text)
-    return pickle.dumps(report, protocol=5)
+    rebuild, data = _exception_payload(error)
+    return _failures.dumps(
+        _failures.TaskRaised(
+            offset, rebuild, data, type_name(error), str(error), _traceback_text(error)
+        )
+    )
 
 
 def _exception_payload(error: BaseException) -> tuple[str | None, bytes | None]:
@@ -145,8 +154,10 @@ def _unpicklable_result(results: list[Any]) -> bytes:
         try:
             dumps_result(value)
         except Exception as error:
-            return pickle.dumps(("result", offset, type_name(value), str(error)), protocol=5)
-    return pickle.dumps(("result", 0, "list", "the results could not be pickled together"))
+            return _failures.dumps(_failures.ResultUnpicklable(offset, type_name(value), str(error)))
+    return _failures.dumps(
+        _failures.ResultUnpicklable(0, "list", "the results could not be pickled together")
+    )
 
 
 def _flush_output() -> None:

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use ferrojob_engine::arena::{self, Arguments, Identity, Placement};
 use ferrojob_engine::shm::{Access, Mapping, SharedBuffer};
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+
+use crate::errors::{invalid_parameter, EngineError};
 
 /// Memory that rebuilt objects (numpy arrays, bytes) live on.
 pub enum Backing {
@@ -167,8 +169,8 @@ pub fn access_from_mode(mode: &str) -> PyResult<Access> {
         "r" => Ok(Access::ReadOnly),
         "r+" | "w+" => Ok(Access::ReadWrite),
         "c" => Ok(Access::CopyOnWrite),
-        other => Err(PyValueError::new_err(format!(
-            "unknown mmap_mode {other:?}: use 'r', 'r+', 'w+' or 'c'"
+        other => Err(invalid_parameter(format!(
+            "mmap_mode={other:?} is not a mapping mode: use 'r', 'r+', 'w+' or 'c'"
         ))),
     }
 }
@@ -250,9 +252,9 @@ impl Arena {
         // thread writing to it meanwhile would race as it would with any GIL-free reader.
         let bytes = unsafe { bytes_of(&held) };
         let inner = &self.inner;
-        let placement = py.detach(|| inner.place(identity, bytes)).map_err(|e| {
-            PyOSError::new_err(format!("copying an argument to shared memory: {e}"))
-        })?;
+        let placement = py
+            .detach(|| inner.place(identity, bytes))
+            .map_err(EngineError::Arena)?;
         Ok((
             placement.chunk,
             placement.offset,

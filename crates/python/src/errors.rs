@@ -4,7 +4,7 @@ use ferrojob_engine::codec::CodecError;
 use ferrojob_engine::pool::PoolError;
 use ferrojob_engine::protocol::ProtocolError;
 use ferrojob_engine::store::StoreError;
-use pyo3::exceptions::{PyConnectionError, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyConnectionError, PyMemoryError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::hooks::{self, ErrorClass};
@@ -16,6 +16,15 @@ pub enum EngineError {
     Store(StoreError),
     /// The argument arena: shared memory could not be had, or a job cannot be made.
     Arena(std::io::Error),
+    /// Memory for `what` could not be had.
+    OutOfMemory {
+        what: String,
+    },
+    /// Any other failed system call, with what it was for.
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
 }
 
 impl From<StoreError> for EngineError {
@@ -80,13 +89,11 @@ impl From<EngineError> for PyErr {
             EngineError::Arena(err) if err.kind() == std::io::ErrorKind::InvalidInput => {
                 PyValueError::new_err(err.to_string())
             }
-            EngineError::Arena(err) => match err.raw_os_error() {
-                Some(errno) => PyOSError::new_err((
-                    errno,
-                    format!("shared memory for arguments: {}", strerror(errno)),
-                )),
-                None => PyOSError::new_err(format!("shared memory for arguments: {err}")),
-            },
+            EngineError::Arena(err) => os_error("shared memory for arguments", &err),
+            EngineError::OutOfMemory { what } => {
+                PyMemoryError::new_err(format!("no memory for {what}"))
+            }
+            EngineError::Io { context, source } => os_error(&context, &source),
             EngineError::Codec(err @ CodecError::NotAContainer { .. }) => {
                 Python::attach(|py| hooks::error(py, ErrorClass::NotADumpFile, err.to_string()))
             }
@@ -97,6 +104,14 @@ impl From<EngineError> for PyErr {
                 | CodecError::DamagedBlock { .. }),
             ) => damaged_file(err.to_string()),
         }
+    }
+}
+
+/// `OSError(errno, "context: strerror")` (Python picks the subclass from the errno).
+fn os_error(context: &str, error: &std::io::Error) -> PyErr {
+    match error.raw_os_error() {
+        Some(errno) => PyOSError::new_err((errno, format!("{context}: {}", strerror(errno)))),
+        None => PyOSError::new_err(format!("{context}: {error}")),
     }
 }
 

@@ -8,13 +8,12 @@ use ferrojob_engine::codec::{self, Codec, Container};
 use ferrojob_engine::hash::{Algorithm, Hasher as EngineHasher};
 use ferrojob_engine::shm::{self, Access, Mapping};
 use ferrojob_engine::store::{self, Store as EngineStore};
-use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::buffers::{access_from_mode, bytes_of, contiguous, Backing, Buffer, HeapBytes};
 use crate::durations;
-use crate::errors::{damaged_file, EngineError};
+use crate::errors::{damaged_file, invalid_parameter, EngineError};
 
 /// A streaming hasher: "xxh3" (xxh3-128) or "blake3". Large buffers are hashed on every core.
 #[pyclass(module = "ferrojob._core")]
@@ -27,7 +26,7 @@ impl Hasher {
     #[new]
     fn new(name: &str) -> PyResult<Self> {
         let algorithm = Algorithm::from_name(name).ok_or_else(|| {
-            PyValueError::new_err(format!("unknown hash {name:?}: use 'xxh3' or 'blake3'"))
+            invalid_parameter(format!("unknown hash {name:?}: use 'xxh3' or 'blake3'"))
         })?;
         Ok(Self {
             inner: EngineHasher::new(algorithm),
@@ -79,7 +78,7 @@ fn parse_codec(name: &str, level: i32) -> PyResult<Codec> {
         "raw" => Ok(Codec::Raw),
         "zstd" => Ok(Codec::Zstd(level)),
         "lz4" => Ok(Codec::Lz4),
-        other => Err(PyValueError::new_err(format!("unknown codec {other:?}"))),
+        other => Err(invalid_parameter(format!("unknown codec {other:?}"))),
     }
 }
 
@@ -193,7 +192,10 @@ fn allocate_section(
 }
 
 fn no_memory(len: u64) -> PyErr {
-    pyo3::exceptions::PyMemoryError::new_err(format!("no memory to read a section of {len} bytes"))
+    EngineError::OutOfMemory {
+        what: format!("a section of {len} bytes"),
+    }
+    .into()
 }
 
 fn map_file(py: Python<'_>, path: &PathBuf, access: Access) -> PyResult<Mapping> {
@@ -204,7 +206,13 @@ fn map_file(py: Python<'_>, path: &PathBuf, access: Access) -> PyResult<Mapping>
             .open(path)?;
         Mapping::map(file.into(), access)
     })
-    .map_err(|e| PyOSError::new_err(format!("{}: {e}", path.display())))
+    .map_err(|source| {
+        EngineError::Io {
+            context: format!("mapping {}", path.display()),
+            source,
+        }
+        .into()
+    })
 }
 
 /// Whether the first bytes of a file look like a joblib dump.

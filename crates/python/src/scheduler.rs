@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use ferrojob_engine::scheduler::{self, BatchSizing, DEFAULT_TARGET_BATCH_DURATION};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+
+use crate::errors::invalid_parameter;
 
 /// Batch sizing, pre-dispatch accounting and result ordering of one parallel call.
 #[pyclass(module = "ferrojob._core")]
@@ -24,14 +25,14 @@ impl Scheduler {
         target_batch_duration: Option<f64>,
     ) -> PyResult<Self> {
         let sizing = match (batch_size, target_batch_duration) {
-            (Some(0), _) => return Err(PyValueError::new_err("batch_size must be at least 1")),
+            (Some(0), _) => return Err(invalid_parameter("batch_size must be at least 1".into())),
             (Some(size), _) => BatchSizing::Fixed(size),
             (None, None) => BatchSizing::Auto {
                 target: DEFAULT_TARGET_BATCH_DURATION,
             },
             (None, Some(seconds)) => BatchSizing::Auto {
                 target: Duration::try_from_secs_f64(seconds)
-                    .map_err(|e| PyValueError::new_err(format!("target_batch_duration: {e}")))?,
+                    .map_err(|e| invalid_parameter(format!("target_batch_duration: {e}")))?,
             },
         };
         Ok(Self {

@@ -24,8 +24,10 @@ const PYBUF_WRITE: std::os::raw::c_int = 0x200;
 #[pyfunction]
 pub fn serve_worker(py: Python<'_>, on_init: Py<PyAny>, on_task: Py<PyAny>) -> PyResult<()> {
     // SAFETY: `ferrojob._worker` calls this once, in a process the pool started with fds 3 and 4.
-    let endpoint = unsafe { Endpoint::inherit() }
-        .map_err(|e| pyo3::exceptions::PyOSError::new_err(e.to_string()))?;
+    let endpoint = unsafe { Endpoint::inherit() }.map_err(|source| EngineError::Io {
+        context: "adopting the worker's descriptors 3 and 4".into(),
+        source,
+    })?;
     // The endpoint (and its status mapping) lives until the process exits, so the memoryview
     // handed to Python can never dangle.
     let endpoint: &'static mut Endpoint = Box::leak(Box::new(endpoint));

@@ -16,7 +16,7 @@ import sys
 import threading
 from typing import Any, Callable
 
-from .. import _pickling
+from .. import _failures, _pickling
 from .._core import Completion as EngineCompletion
 from .._core import CompletionKind, ProcessPool
 from .._worker import CHANNEL_LOST_EXIT
@@ -302,33 +302,30 @@ def _signal_name(number: int | None) -> str:
 
 
 def _task_failure(payload: bytes | None, batch: Batch) -> BaseException:
-    """Rebuild the error a worker reported (see ``ferrojob._worker``)."""
+    """Rebuild the error a worker reported (see ``ferrojob._failures``)."""
     if not payload:
         return RuntimeError("a ferrojob worker failed without a report (an internal error)")
-    report = pickle.loads(payload)
-    if report[0] == "result":
-        _, offset, type_name, reason = report
-        return _pickling.unpicklable_result(type_name, batch.describe(offset), reason)
-    if report[0] == "arguments":
-        _, type_name, message, traceback_text = report
+    report = _failures.loads(payload)
+    if isinstance(report, _failures.ResultUnpicklable):
+        return _pickling.unpicklable_result(report.type_name, batch.describe(report.offset), report.reason)
+    if isinstance(report, _failures.ArgumentsUnloadable):
         error = UnpicklableError(
             compose_message(
                 f"the arguments of {_tasks_of(batch)} could not be loaded in the worker process: "
-                f"{type_name}: {message}",
+                f"{report.type_name}: {report.message}",
                 "an argument unpickles differently in a fresh process (its module cannot be",
                 "imported there, or its __reduce__/__setstate__ failed); make its module",
                 "importable, or build the object inside the task",
             ),
             code="FJ101",
         )
-        error.__cause__ = RemoteTraceback(traceback_text)
+        error.__cause__ = RemoteTraceback(report.traceback)
         return error
-    _, offset, how, data, type_name, message, traceback_text = report
-    exception = _rebuild_exception(how, data)
+    exception = _rebuild_exception(report.rebuild, report.data)
     if exception is None:
-        exception = RuntimeError(f"{type_name}: {message}")
-    header = f"Traceback of {batch.describe(offset)} in its worker process:\n"
-    exception.__cause__ = RemoteTraceback(header + traceback_text)
+        exception = RuntimeError(f"{report.type_name}: {report.message}")
+    header = f"Traceback of {batch.describe(report.offset)} in its worker process:\n"
+    exception.__cause__ = RemoteTraceback(header + report.traceback)
     return exception
 
 
