@@ -52,20 +52,24 @@ def _bad_max_nbytes(value: Any) -> InvalidParameterError:
     )
 
 
+def validate_mmap_mode(mode: Any, meaning_of_none: str) -> str | None:
+    """``mode`` if it is numpy's mapping mode or None, else ``InvalidParameterError`` (FJ201)
+    saying what None means where it is used."""
+    if mode is None or mode in MMAP_MODES:
+        return mode
+    raise InvalidParameterError(
+        compose_message(
+            f"mmap_mode={mode!r} is not a mapping mode.",
+            "use 'r' (read-only), 'r+' or 'w+' (writable, shared), 'c' (writable copy-on-write,",
+            f"private), or None ({meaning_of_none})",
+        ),
+        code="FJ201",
+    )
+
+
 def check_mmap_mode(mode: Any) -> str:
     """The mapping mode of arguments in workers; None (joblib: no memmapping) is a private copy."""
-    if mode is None:
-        return "c"
-    if mode not in MMAP_MODES:
-        raise InvalidParameterError(
-            compose_message(
-                f"mmap_mode={mode!r} is not a mapping mode.",
-                "use 'r' (read-only, the default), 'r+' or 'w+' (writable, shared by the tasks),",
-                "'c' (writable copy-on-write, private to each task) or None (same as 'c')",
-            ),
-            code="FJ201",
-        )
-    return mode
+    return validate_mmap_mode(mode, "a private copy for each task, as 'c'") or "c"
 
 
 def _owner(exporter: Any) -> Any:

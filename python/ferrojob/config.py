@@ -15,7 +15,16 @@ import contextvars
 from types import MappingProxyType
 from typing import Any, Mapping, NamedTuple
 
-__all__ = ["parallel_backend", "parallel_config", "current_config", "DEFAULT", "is_default"]
+__all__ = [
+    "DEFAULT",
+    "Settings",
+    "check_prefer_require",
+    "current_config",
+    "effective_settings",
+    "is_default",
+    "parallel_backend",
+    "parallel_config",
+]
 
 
 class _Default:
@@ -57,6 +66,69 @@ def current_config() -> Config:
     return _CONFIG.get()
 
 
+class Settings(NamedTuple):
+    """What one ``Parallel`` call runs with: its own keywords where given, else the enclosing
+    ``parallel_config``'s, else ``DEFAULT`` (the backend's or ferrojob's default applies)."""
+
+    backend: Any
+    #: Whether ``backend`` was given to ``Parallel`` itself (a conflict is then an error, where
+    #: a ``parallel_config`` backend yields to ``require="sharedmem"``).
+    backend_is_explicit: bool
+    n_jobs: Any
+    verbose: int
+    max_nbytes: Any
+    mmap_mode: Any
+    prefer: Any
+    require: Any
+    inner_max_num_threads: Any
+    backend_params: Mapping[str, Any]
+
+
+def effective_settings(**explicit: Any) -> Settings:
+    """Merge ``Parallel``'s keywords (``DEFAULT`` where not given) with ``parallel_config``:
+    the one place where the two meet."""
+    config = current_config()
+
+    def pick(name: str) -> Any:
+        value = explicit.get(name, DEFAULT)
+        return getattr(config, name) if is_default(value) else value
+
+    backend = explicit.get("backend", DEFAULT)
+    backend_is_explicit = not is_default(backend) and backend is not None
+    verbose = pick("verbose")
+    return Settings(
+        backend=backend if backend_is_explicit else config.backend,
+        backend_is_explicit=backend_is_explicit,
+        n_jobs=pick("n_jobs"),
+        verbose=0 if is_default(verbose) else int(verbose),
+        max_nbytes=pick("max_nbytes"),
+        mmap_mode=pick("mmap_mode"),
+        prefer=pick("prefer"),
+        require=pick("require"),
+        inner_max_num_threads=config.inner_max_num_threads,
+        backend_params=dict(config.backend_params),
+    )
+
+
+def check_prefer_require(prefer: Any, require: Any) -> None:
+    if not (is_default(prefer) or prefer in (None, "processes", "threads")):
+        raise _invalid_setting(
+            f"prefer={prefer!r} is not a valid preference.",
+            'use prefer="processes", prefer="threads" or prefer=None',
+        )
+    if not (is_default(require) or require in (None, "sharedmem")):
+        raise _invalid_setting(
+            f"require={require!r} is not a valid requirement.",
+            'use require="sharedmem" (tasks must share memory: threads) or require=None',
+        )
+
+
+def _invalid_setting(summary: str, *help_lines: str) -> Any:
+    from .errors import InvalidParameterError, compose_message
+
+    return InvalidParameterError(compose_message(summary, *help_lines), code="FJ201")
+
+
 class parallel_config(contextlib.ContextDecorator):
     """Set defaults for ``Parallel`` calls inside a ``with`` block (or a decorated function).
 
@@ -92,7 +164,7 @@ class parallel_config(contextlib.ContextDecorator):
         **backend_params: Any,
     ) -> None:
         from .backends import check_backend_name
-        from .parallel import check_n_jobs, check_prefer_require
+        from .cpus import check_n_jobs
 
         if not is_default(backend):
             check_backend_name(backend)

@@ -1,11 +1,19 @@
-"""How many CPUs this process may use."""
+"""How many CPUs this process may use, and what joblib's ``n_jobs`` means here."""
 
 from __future__ import annotations
 
 import math
+import numbers
 import os
+from typing import Any
 
-__all__ = ["cpu_count"]
+from .errors import InvalidParameterError, compose_message
+
+__all__ = ["check_n_jobs", "cpu_count", "resolve_n_jobs"]
+
+
+def _invalid(summary: str, *help_lines: str) -> InvalidParameterError:
+    return InvalidParameterError(compose_message(summary, *help_lines), code="FJ201")
 
 
 def _cgroup_cpu_limit() -> int | None:
@@ -37,3 +45,30 @@ def cpu_count(only_physical_cores: bool = False) -> int:
         count = os.cpu_count() or 1
     limit = _cgroup_cpu_limit()
     return max(1, min(count, limit) if limit else count)
+
+
+def check_n_jobs(n_jobs: Any) -> None:
+    """Raise ``InvalidParameterError`` (a ``ValueError``) for an ``n_jobs`` that means nothing."""
+    if n_jobs is None:
+        return
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, numbers.Integral):
+        raise _invalid(
+            f"n_jobs must be an integer or None, got {n_jobs!r} ({type(n_jobs).__name__}).",
+            "n_jobs=2 for two workers, n_jobs=-1 for all CPUs, n_jobs=None for the default",
+        )
+    if n_jobs == 0:
+        raise _invalid(
+            "n_jobs=0 is not a number of workers.",
+            "use n_jobs=1 to run in this process, n_jobs=2 (or more) for that many workers,",
+            "n_jobs=-1 for all CPUs, or n_jobs=None for the default (1, or parallel_config's)",
+        )
+
+
+def resolve_n_jobs(n_jobs: int | None) -> int:
+    """Turn joblib's n_jobs convention into a worker count (None → 1, -1 → all CPUs, ...)."""
+    check_n_jobs(n_jobs)
+    if n_jobs is None:
+        return 1
+    if n_jobs < 0:
+        return max(cpu_count() + 1 + int(n_jobs), 1)
+    return int(n_jobs)

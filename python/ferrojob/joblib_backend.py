@@ -29,7 +29,7 @@ from joblib._parallel_backends import (
 from ._tasks import Batch
 from .backends.base import CallOptions
 from .backends.processes import ProcessSession, in_worker
-from .cpus import cpu_count
+from .cpus import resolve_n_jobs
 
 __all__ = ["FerrojobBackend", "register"]
 
@@ -55,13 +55,7 @@ class FerrojobBackend(AutoBatchingMixin, ParallelBackendBase):
         self._stop = threading.Event()
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
-        if n_jobs == 0:
-            raise ValueError("n_jobs == 0 in Parallel has no meaning")
-        if n_jobs is None or in_worker():
-            return 1
-        if n_jobs < 0:
-            return max(cpu_count() + 1 + n_jobs, 1)
-        return n_jobs
+        return 1 if in_worker() else resolve_n_jobs(n_jobs)
 
     def configure(self, n_jobs: int = 1, parallel: Any = None, prefer: Any = None, require: Any = None, **kwargs: Any) -> int:
         n_jobs = self.effective_n_jobs(n_jobs)

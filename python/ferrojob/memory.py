@@ -163,16 +163,10 @@ class Memory:
                 ),
                 code="FJ201",
             )
-        if mmap_mode not in (None, "r", "r+", "w+", "c"):
-            raise InvalidParameterError(
-                compose_message(
-                    f"mmap_mode={mmap_mode!r} is not a mapping mode.",
-                    "use None, 'r', 'r+', 'w+' or 'c'",
-                ),
-                code="FJ201",
-            )
+        from ._sharedmem import parse_max_nbytes, validate_mmap_mode
+
+        validate_mmap_mode(mmap_mode, "results read into memory")
         parse_compress(compress)
-        from ._sharedmem import parse_max_nbytes
 
         self.location = None if location is None else os.fspath(location)
         self.mmap_mode = mmap_mode

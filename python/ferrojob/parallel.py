@@ -21,8 +21,8 @@ from ._progress import Progress
 from ._sharedmem import DEFAULT_MAX_NBYTES, check_mmap_mode, parse_max_nbytes
 from ._tasks import TaskSource
 from .backends import DEFAULT_BACKEND, Backend, CallOptions, Session, check_backend_name, get_backend
-from .config import DEFAULT, current_config, is_default
-from .cpus import cpu_count
+from .config import DEFAULT, Settings, check_prefer_require, current_config, effective_settings, is_default
+from .cpus import check_n_jobs, resolve_n_jobs
 from .errors import InvalidParameterError, ParallelUsageError, compose_message
 
 __all__ = ["Parallel", "delayed", "effective_n_jobs"]
@@ -33,46 +33,6 @@ _STARTED = object()  # first value of the result generator: dispatch has begun
 
 def _invalid(summary: str, *help_lines: str) -> InvalidParameterError:
     return InvalidParameterError(compose_message(summary, *help_lines), code="FJ201")
-
-
-def check_n_jobs(n_jobs: Any) -> None:
-    """Raise ``InvalidParameterError`` (a ``ValueError``) for an ``n_jobs`` that means nothing."""
-    if n_jobs is None:
-        return
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, numbers.Integral):
-        raise _invalid(
-            f"n_jobs must be an integer or None, got {n_jobs!r} ({type(n_jobs).__name__}).",
-            "n_jobs=2 for two workers, n_jobs=-1 for all CPUs, n_jobs=None for the default",
-        )
-    if n_jobs == 0:
-        raise _invalid(
-            "n_jobs=0 is not a number of workers.",
-            "use n_jobs=1 to run in this process, n_jobs=2 (or more) for that many workers,",
-            "n_jobs=-1 for all CPUs, or n_jobs=None for the default (1, or parallel_config's)",
-        )
-
-
-def check_prefer_require(prefer: Any, require: Any) -> None:
-    if not (is_default(prefer) or prefer in (None, "processes", "threads")):
-        raise _invalid(
-            f"prefer={prefer!r} is not a valid preference.",
-            'use prefer="processes", prefer="threads" or prefer=None',
-        )
-    if not (is_default(require) or require in (None, "sharedmem")):
-        raise _invalid(
-            f"require={require!r} is not a valid requirement.",
-            'use require="sharedmem" (tasks must share memory: threads) or require=None',
-        )
-
-
-def resolve_n_jobs(n_jobs: int | None) -> int:
-    """Turn joblib's n_jobs convention into a worker count (None → 1, -1 → all CPUs, ...)."""
-    check_n_jobs(n_jobs)
-    if n_jobs is None:
-        return 1
-    if n_jobs < 0:
-        return max(cpu_count() + 1 + int(n_jobs), 1)
-    return int(n_jobs)
 
 
 def effective_n_jobs(n_jobs: int | None = -1) -> int:
@@ -243,52 +203,56 @@ class Parallel:
 
     # -- choosing the backend -------------------------------------------------------------
 
+    def _settings(self) -> Settings:
+        return effective_settings(
+            backend=self.backend,
+            n_jobs=self.n_jobs,
+            verbose=self.verbose,
+            max_nbytes=self.max_nbytes,
+            mmap_mode=self.mmap_mode,
+            prefer=self.prefer,
+            require=self.require,
+        )
+
     def _choose(self) -> tuple[Backend, int, CallOptions]:
-        config = current_config()
-        require = self.require if not is_default(self.require) else config.require
-        prefer = self.prefer if not is_default(self.prefer) else config.prefer
-        require = None if is_default(require) else require
-        prefer = None if is_default(prefer) else prefer
-        shared = require == "sharedmem"
-        if not is_default(self.backend) and self.backend is not None:
-            backend = get_backend(self.backend)
+        settings = self._settings()
+        shared = settings.require == "sharedmem"
+        if settings.backend_is_explicit:
+            backend = get_backend(settings.backend)
             if shared and not backend.supports_sharedmem:
                 raise _invalid(
-                    f"backend {self.backend!r} cannot share memory, but require='sharedmem' was "
-                    "given.",
+                    f"backend {settings.backend!r} cannot share memory, but require='sharedmem' "
+                    "was given.",
                     'use backend="threading", or drop require="sharedmem"',
                 )
-        elif not is_default(config.backend):
-            backend = get_backend(config.backend)
+        elif not is_default(settings.backend):
+            backend = get_backend(settings.backend)
             if shared and not backend.supports_sharedmem:
                 backend = get_backend("threading")
-        elif shared or prefer == "threads":
+        elif shared or settings.prefer == "threads":
             backend = get_backend("threading")
         else:
             backend = get_backend(DEFAULT_BACKEND)
-        n_jobs = self.n_jobs if not is_default(self.n_jobs) else config.n_jobs
+        n_jobs = settings.n_jobs
         if is_default(n_jobs) or n_jobs is None:
             n_jobs = backend.default_n_jobs
         n_workers = backend.effective_n_jobs(resolve_n_jobs(n_jobs))
         if n_workers == 1:
             backend = get_backend("sequential")
-        inner = None if is_default(config.inner_max_num_threads) else config.inner_max_num_threads
-        max_nbytes = self.max_nbytes if not is_default(self.max_nbytes) else config.max_nbytes
-        mmap_mode = self.mmap_mode if not is_default(self.mmap_mode) else config.mmap_mode
+        inner = settings.inner_max_num_threads
         options = CallOptions(
             timeout=self.timeout,
-            inner_max_num_threads=inner,
-            max_nbytes=DEFAULT_MAX_NBYTES if is_default(max_nbytes) else parse_max_nbytes(max_nbytes),
-            mmap_mode="r" if is_default(mmap_mode) else check_mmap_mode(mmap_mode),
-            backend_params=dict(config.backend_params),
+            inner_max_num_threads=None if is_default(inner) else inner,
+            max_nbytes=(
+                DEFAULT_MAX_NBYTES if is_default(settings.max_nbytes) else parse_max_nbytes(settings.max_nbytes)
+            ),
+            mmap_mode="r" if is_default(settings.mmap_mode) else check_mmap_mode(settings.mmap_mode),
+            backend_params=dict(settings.backend_params),
         )
         return backend, n_workers, options
 
     def _verbosity(self) -> int:
-        if not is_default(self.verbose):
-            return int(self.verbose)
-        config_verbose = current_config().verbose
-        return 0 if is_default(config_verbose) else int(config_verbose)
+        return self._settings().verbose
 
     def _max_in_flight(self, n_workers: int) -> int:
         if self.pre_dispatch == "all":

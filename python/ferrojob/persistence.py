@@ -27,6 +27,7 @@ import warnings
 from typing import Any
 
 from . import _core, _safe_pickle
+from ._sharedmem import validate_mmap_mode
 from .errors import DamagedFileError, InvalidParameterError, NotADumpFileError, compose_message
 
 __all__ = ["dump", "load"]
@@ -156,14 +157,7 @@ def load(filename: Any, mmap_mode: str | None = None, allow_pickle: bool = True)
     file and the damaged section; ``NotADumpFileError`` for a file that is no dump.
     """
     path = _path(filename, "load")
-    if mmap_mode is not None and mmap_mode not in ("r", "r+", "w+", "c"):
-        raise InvalidParameterError(
-            compose_message(
-                f"mmap_mode={mmap_mode!r} is not a mapping mode.",
-                "use None (read into memory), 'r', 'r+', 'w+' or 'c'",
-            ),
-            code="FJ201",
-        )
+    validate_mmap_mode(mmap_mode, "read into memory")
     try:
         data, buffers, mapped = _core.read_dump(path, mmap_mode)
     except NotADumpFileError:
