@@ -47,7 +47,6 @@ __all__ = ["Memory", "MemorizedFunc", "MemorizedResult", "NotMemorizedFunc", "ex
 LOCK_WAIT = 600.0
 _OUTPUT = "output.fj"
 _METADATA = "metadata.json"
-_CODE = "func_code.txt"
 #: Characters of a function's name kept in its cache folder's name.
 _READABLE_LEN = 80
 #: Cache locations already warned about being read-only (one warning per location).
@@ -368,20 +367,14 @@ class MemorizedFunc:
         if self._code_checked:
             return
         code = _function_code(self.func)
-        directory = self._store.function_dir(self.func_id)
-        path = os.path.join(directory, _CODE)
-        try:
-            with open(path, encoding="utf-8") as handle:
-                stored = handle.read()
-        except (FileNotFoundError, UnicodeDecodeError):
-            stored = None
+        stored = self._store.code_version(self.func_id)
         if stored != code:
             if stored is not None and self.verbose:
                 print(f"[Memory] {self.func_id}: the code changed, clearing its cache")
             try:
                 if stored is not None:
                     self._store.clear(self.func_id)
-                self._write_code(directory, path, code)
+                self._store.set_code_version(self.func_id, code)
             except OSError as error:
                 if not _is_read_only(error):
                     raise
@@ -390,19 +383,6 @@ class MemorizedFunc:
                 self._read_only = stored is None
                 self._stale = stored is not None
         self._code_checked = True
-
-    @staticmethod
-    def _write_code(directory: str, path: str, code: str) -> None:
-        for _ in range(10):  # another process's clear() may remove the folder in between
-            os.makedirs(directory, exist_ok=True)
-            temporary = f"{path}.{os.getpid()}.tmp"
-            try:
-                with open(temporary, "w", encoding="utf-8") as handle:
-                    handle.write(code)
-                os.replace(temporary, path)
-                return
-            except FileNotFoundError:
-                continue
 
     @property
     def _store_location(self) -> str:
@@ -462,9 +442,7 @@ class MemorizedFunc:
         except FileNotFoundError:  # the temporary folder went with a concurrent clear()
             return
         except Exception as error:
-            import shutil
-
-            shutil.rmtree(temporary, ignore_errors=True)
+            store.abandon(temporary)
             warnings.warn(
                 f"the result of {self.func_id} was not cached: {type(error).__name__}: {error}",
                 stacklevel=3,

@@ -239,7 +239,7 @@ pub fn write(
         offset += section.stored_len();
     }
     let header = encode_header(0, &sections);
-    let temporary = temporary_path(path);
+    let temporary = crate::atomic::temporary_sibling(path, "tmp");
     let written = (|| -> io::Result<u64> {
         let file = File::create(&temporary)?;
         let mut out = io::BufWriter::with_capacity(1 << 20, file);
@@ -276,21 +276,6 @@ pub fn write(
             Err(io_error(path)(error))
         }
     }
-}
-
-fn temporary_path(path: &Path) -> PathBuf {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let unique = format!(
-        ".{name}.{}-{}.tmp",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
-    path.with_file_name(unique)
 }
 
 fn encoded_header_len(sections: &[Section]) -> usize {

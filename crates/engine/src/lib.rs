@@ -6,6 +6,7 @@
 //! worker in `src/bin`.
 
 pub mod arena;
+pub mod atomic;
 pub mod codec;
 pub mod cursor;
 pub mod envelope;

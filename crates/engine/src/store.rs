@@ -13,13 +13,16 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::fcntl::{Flock, FlockArg};
 
+use crate::atomic;
+
 /// The file whose modification time records an entry's last use.
 const ACCESS_MARK: &str = ".last-access";
+/// The file that holds the version of a function's code (joblib's name for it).
+const CODE_VERSION: &str = "func_code.txt";
 
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -57,8 +60,6 @@ type Result<T> = std::result::Result<T, StoreError>;
 pub struct EntryLock {
     _lock: Flock<File>,
 }
-
-static TEMPORARY: AtomicU64 = AtomicU64::new(0);
 
 fn is_hidden(name: &str) -> bool {
     name.starts_with('.')
@@ -138,11 +139,7 @@ impl Store {
     /// A fresh temporary directory to write an entry into; pass it to [`Store::commit`].
     pub fn begin(&self, function: &str, key: &str) -> Result<PathBuf> {
         let dir = self.function_dir(function);
-        let temporary = dir.join(format!(
-            ".{key}.{}-{}.tmp",
-            std::process::id(),
-            TEMPORARY.fetch_add(1, Ordering::Relaxed)
-        ));
+        let temporary = atomic::temporary_sibling(&dir.join(key), "tmp");
         in_function_dir(&dir, || {
             fs::create_dir(&temporary).map_err(with_path(&temporary))
         })?;
@@ -176,6 +173,37 @@ impl Store {
                 Err(with_path(&target)(error))
             }
         }
+    }
+
+    /// Remove a temporary entry whose writing failed (see [`Store::begin`]).
+    pub fn abandon(&self, temporary: &Path) -> Result<()> {
+        match fs::remove_dir_all(temporary) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                Err(with_path(temporary)(error))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The version of `function`'s code its entries were made with (see
+    /// [`Store::set_code_version`]); None if none was recorded.
+    pub fn code_version(&self, function: &str) -> Result<Option<String>> {
+        let path = self.function_dir(function).join(CODE_VERSION);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(with_path(&path)(error)),
+        }
+    }
+
+    /// Record the version of `function`'s code (its source): a later version with different code
+    /// clears the entries first. Written atomically, in a folder another process may be clearing.
+    pub fn set_code_version(&self, function: &str, code: &str) -> Result<()> {
+        let dir = self.function_dir(function);
+        let path = dir.join(CODE_VERSION);
+        in_function_dir(&dir, || {
+            atomic::write_file(&path, code.as_bytes()).map_err(with_path(&path))
+        })
     }
 
     /// Remove one entry (if present).
@@ -325,15 +353,7 @@ fn dir_size(dir: &Path) -> u64 {
 
 /// Rename `path` to a hidden name, then delete it: it disappears at once for other processes.
 fn remove_atomically(path: &Path) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let doomed = path.with_file_name(format!(
-        ".{name}.{}-{}.removed",
-        std::process::id(),
-        TEMPORARY.fetch_add(1, Ordering::Relaxed)
-    ));
+    let doomed = atomic::temporary_sibling(path, "removed");
     match fs::rename(path, &doomed) {
         // Another process may still be writing a temporary entry that moved along: a failed
         // deletion leaves a hidden folder that the next `clear` sweeps, never an error.
@@ -349,12 +369,15 @@ fn remove_atomically(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static NEXT_STORE: AtomicU64 = AtomicU64::new(0);
 
     fn store() -> Store {
         let dir = std::env::temp_dir().join(format!(
             "ferrojob-store-{}-{}",
             std::process::id(),
-            TEMPORARY.fetch_add(1, Ordering::Relaxed)
+            NEXT_STORE.fetch_add(1, Ordering::Relaxed)
         ));
         Store::open(dir).unwrap()
     }
@@ -425,6 +448,22 @@ mod tests {
         let removed = store.reduce_size(None, None, Some(Duration::ZERO)).unwrap();
         assert_eq!(removed.len(), 1);
         assert!(store.entries().unwrap().is_empty());
+        fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    #[test]
+    fn code_versions_are_recorded_and_failed_entries_abandoned() {
+        let store = store();
+        assert_eq!(store.code_version("f").unwrap(), None);
+        store.set_code_version("f", "def f(): pass").unwrap();
+        assert_eq!(
+            store.code_version("f").unwrap().as_deref(),
+            Some("def f(): pass")
+        );
+        let temporary = store.begin("f", "k").unwrap();
+        store.abandon(&temporary).unwrap();
+        assert!(!temporary.exists());
+        store.abandon(&temporary).unwrap(); // gone already: fine
         fs::remove_dir_all(store.root()).unwrap();
     }
 

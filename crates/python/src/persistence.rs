@@ -297,6 +297,24 @@ impl Store {
             .map_err(store_error)
     }
 
+    /// Remove a temporary entry whose writing failed.
+    fn abandon(&self, py: Python<'_>, temporary: PathBuf) -> PyResult<()> {
+        py.detach(|| self.inner.abandon(&temporary))
+            .map_err(store_error)
+    }
+
+    /// The recorded version of `function`'s code, or None.
+    fn code_version(&self, py: Python<'_>, function: &str) -> PyResult<Option<String>> {
+        py.detach(|| self.inner.code_version(function))
+            .map_err(store_error)
+    }
+
+    /// Record the version of `function`'s code (atomically).
+    fn set_code_version(&self, py: Python<'_>, function: &str, code: &str) -> PyResult<()> {
+        py.detach(|| self.inner.set_code_version(function, code))
+            .map_err(store_error)
+    }
+
     fn remove(&self, py: Python<'_>, function: &str, key: &str) -> PyResult<()> {
         py.detach(|| self.inner.remove(function, key))
             .map_err(store_error)
