@@ -17,16 +17,11 @@ Example::
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from .._tasks import Batch
 from ..errors import NoClusterError, compose_message
-from .base import Backend, CallOptions, Completion, Session
-from .remote import check_deadlines, SharedArguments, run_columns
-
-#: How often a wait wakes up (for Ctrl-C and deadlines).
-_TICK = 0.2
+from .base import Backend, CallOptions, Session
+from .remote import ClusterSession, Columns, run_columns
 
 
 class DaskBackend(Backend):
@@ -70,49 +65,38 @@ def _client(options: CallOptions) -> tuple[Any, Any]:
         ) from None
 
 
-class DaskSession(Session):
+class DaskSession(ClusterSession):
+    where = "on the dask cluster"
+
     def __init__(self, n_jobs: int, options: CallOptions) -> None:
         self._client, self._cluster = _client(options)
-        threads = sum(self._client.nthreads().values()) or 1
-        self.n_workers = threads
-        self._timeout = options.timeout
-        self._arguments = SharedArguments(self._scatter, options.max_nbytes)
-        self._pending: dict[Any, tuple[int, Batch, float]] = {}
+        super().__init__(options, sum(self._client.nthreads().values()) or 1)
 
-    def _scatter(self, value: Any) -> Any:
-        return self._client.scatter(value, hash=False, broadcast=False)
+    def launch(self, columns: Columns) -> Any:
+        return self._client.submit(run_columns, columns, pure=False)
 
-    def submit(self, batch_id: int, batch: Batch) -> None:
-        columns = self._arguments.replace(batch.columns())
-        future = self._client.submit(run_columns, columns, pure=False)
-        self._pending[future] = (batch_id, batch, time.monotonic())
-
-    def wait(self) -> Completion:
+    def first_done(self, futures: list[Any], timeout: float) -> Any | None:
         from distributed import wait
 
-        while True:
-            try:
-                done, _ = wait(list(self._pending), timeout=_TICK, return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                done = set()
-            if done:
-                future = next(iter(done))
-                batch_id, batch, _ = self._pending.pop(future)
-                results, elapsed = future.result()  # re-raises the task's exception, with its traceback
-                return Completion(batch_id, results, elapsed)
-            check_deadlines(self._pending.values(), self._timeout, "on the dask cluster")
+        try:
+            done, _ = wait(futures, timeout=timeout, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            return None
+        return next(iter(done), None)
 
-    def abort(self, everything: bool = False) -> None:
-        if self._pending:
-            self._client.cancel(list(self._pending))
-            self._pending.clear()
+    def result(self, future: Any) -> tuple[list[Any], float]:
+        return future.result()  # re-raises the task's exception, with its traceback
 
-    def close(self) -> None:
-        self.abort()
-        handles = self._arguments.handles
-        if handles:
-            self._client.cancel(handles)
-        self._arguments.clear()
+    def cancel(self, futures: list[Any]) -> None:
+        self._client.cancel(futures)
+
+    def put(self, value: Any) -> Any:
+        return self._client.scatter(value, hash=False, broadcast=False)
+
+    def release(self, handles: list[Any]) -> None:
+        self._client.cancel(handles)
+
+    def shut_down(self) -> None:
         if self._cluster is not None:
             self._client.close()
             self._cluster.close()

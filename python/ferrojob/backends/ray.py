@@ -15,15 +15,11 @@ Example::
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from .._tasks import Batch
 from ..errors import NoClusterError, compose_message
-from .base import Backend, CallOptions, Completion, Session
-from .remote import check_deadlines, Columns, SharedArguments, run_columns
-
-_TICK = 0.2
+from .base import Backend, CallOptions, Session
+from .remote import ClusterSession, Columns, run_columns
 
 
 class RayBackend(Backend):
@@ -65,35 +61,29 @@ def _run_on_ray(columns: Columns) -> tuple[list[Any], float]:
     return run_columns(columns, resolve)
 
 
-class RaySession(Session):
+class RaySession(ClusterSession):
+    where = "on ray"
+
     def __init__(self, n_jobs: int, options: CallOptions) -> None:
         self._ray = _ray(options)
-        self.n_workers = max(int(self._ray.cluster_resources().get("CPU", 1)), 1)
-        self._timeout = options.timeout
         self._remote = self._ray.remote(_run_on_ray)
-        self._arguments = SharedArguments(self._ray.put, options.max_nbytes)
-        self._pending: dict[Any, tuple[int, Batch, float]] = {}
+        super().__init__(options, max(int(self._ray.cluster_resources().get("CPU", 1)), 1))
 
-    def submit(self, batch_id: int, batch: Batch) -> None:
-        reference = self._remote.remote(self._arguments.replace(batch.columns()))
-        self._pending[reference] = (batch_id, batch, time.monotonic())
+    def launch(self, columns: Columns) -> Any:
+        return self._remote.remote(columns)
 
-    def wait(self) -> Completion:
-        while True:
-            ready, _ = self._ray.wait(list(self._pending), num_returns=1, timeout=_TICK)
-            if ready:
-                batch_id, _, _ = self._pending.pop(ready[0])
-                # A task's exception comes back as a RayTaskError that is also an instance of
-                # the task's own exception type, so `except ValueError` keeps working.
-                results, elapsed = self._ray.get(ready[0])
-                return Completion(batch_id, results, elapsed)
-            check_deadlines(self._pending.values(), self._timeout, "on ray")
+    def first_done(self, futures: list[Any], timeout: float) -> Any | None:
+        ready, _ = self._ray.wait(futures, num_returns=1, timeout=timeout)
+        return ready[0] if ready else None
 
-    def abort(self, everything: bool = False) -> None:
-        for reference in self._pending:
+    def result(self, future: Any) -> tuple[list[Any], float]:
+        # A task's exception comes back as a RayTaskError that is also an instance of the task's
+        # own exception type, so `except ValueError` keeps working.
+        return self._ray.get(future)
+
+    def cancel(self, futures: list[Any]) -> None:
+        for reference in futures:
             self._ray.cancel(reference, force=True)
-        self._pending.clear()
 
-    def close(self) -> None:
-        self.abort()
-        self._arguments.clear()
+    def put(self, value: Any) -> Any:
+        return self._ray.put(value)

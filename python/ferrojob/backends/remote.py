@@ -1,13 +1,19 @@
-"""What the cluster backends (dask, ray) share: large arguments sent once per call, and the
-function that runs a batch on a cluster worker."""
+"""What the cluster backends (dask, ray) share: the session that runs batches as cluster tasks,
+large arguments sent once per call, and the function that runs a batch on a cluster worker.
+Each backend only says how to launch, wait for, fetch, cancel and send objects on its engine."""
 
 from __future__ import annotations
 
 import time
+from abc import abstractmethod
 from typing import Any, Callable, Iterable
 
 from .._tasks import Batch
 from ..errors import TaskTimeoutError, compose_message
+from .base import CallOptions, Completion, Session
+
+#: How often a wait wakes up (for Ctrl-C and deadlines).
+TICK = 0.2
 
 Columns = list  # [(function, [args...], [kwargs...] or None)], see ferrojob._tasks.Batch.columns
 
@@ -47,9 +53,12 @@ class SharedArguments:
             return value
         sent = self._sent.get(id(value))
         if sent is None:
-            sent = (value, self._put(value))
+            sent = (value, self._send(value))
             self._sent[id(value)] = sent
         return sent[1]
+
+    def _send(self, value: Any) -> Any:
+        return self._put(value)
 
     def replace(self, columns: Columns) -> Columns:
         """``columns`` with every large argument replaced by its handle."""
@@ -101,3 +110,70 @@ def check_deadlines(pending: Iterable[tuple[int, Batch, float]], timeout: float 
                 ),
                 code="FJ302",
             )
+
+
+class ClusterSession(Session):
+    """A call on a cluster: each batch is one cluster task (a future), large arguments are sent
+    once, a task's error is re-raised with its type, ``timeout`` is enforced per batch, and
+    leaving cancels what is still running."""
+
+    #: Where the tasks run, for messages ("on ray").
+    where = "on the cluster"
+
+    def __init__(self, options: CallOptions, n_workers: int) -> None:
+        self.n_workers = n_workers
+        self._timeout = options.timeout
+        self._arguments = SharedArguments(self.put, options.max_nbytes)
+        self._pending: dict[Any, tuple[int, Batch, float]] = {}
+
+    @abstractmethod
+    def launch(self, columns: Columns) -> Any:
+        """Start a cluster task running ``run_columns(columns)``; returns its future."""
+
+    @abstractmethod
+    def first_done(self, futures: list[Any], timeout: float) -> Any | None:
+        """One finished future among ``futures``, or None after ``timeout`` seconds."""
+
+    @abstractmethod
+    def result(self, future: Any) -> tuple[list[Any], float]:
+        """The finished task's ``(results, elapsed)``; re-raises its exception."""
+
+    @abstractmethod
+    def cancel(self, futures: list[Any]) -> None:
+        """Stop these tasks."""
+
+    @abstractmethod
+    def put(self, value: Any) -> Any:
+        """Send a large argument to the cluster once; returns its handle."""
+
+    def release(self, handles: list[Any]) -> None:
+        """Drop the arguments sent for this call (nothing to do where the engine counts refs)."""
+
+    def shut_down(self) -> None:
+        """Stop what this session started (a local cluster)."""
+
+    def submit(self, batch_id: int, batch: Batch) -> None:
+        future = self.launch(self._arguments.replace(batch.columns()))
+        self._pending[future] = (batch_id, batch, time.monotonic())
+
+    def wait(self) -> Completion:
+        while True:
+            future = self.first_done(list(self._pending), TICK)
+            if future is not None:
+                batch_id, _, _ = self._pending.pop(future)
+                results, elapsed = self.result(future)
+                return Completion(batch_id, results, elapsed)
+            check_deadlines(self._pending.values(), self._timeout, self.where)
+
+    def abort(self, everything: bool = False) -> None:
+        if self._pending:
+            self.cancel(list(self._pending))
+            self._pending.clear()
+
+    def close(self) -> None:
+        self.abort()
+        handles = self._arguments.handles
+        if handles:
+            self.release(handles)
+        self._arguments.clear()
+        self.shut_down()
