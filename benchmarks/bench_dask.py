@@ -17,10 +17,9 @@ from workloads import double, slice_sum
 
 
 def main() -> None:
+    import ferrojob
     import joblib
     from distributed import Client, LocalCluster
-
-    import ferrojob
 
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     client = Client(cluster)

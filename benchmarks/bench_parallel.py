@@ -24,9 +24,8 @@ N_JOBS = 2
 
 
 def tiny() -> None:
-    import joblib
-
     import ferrojob
+    import joblib
 
     data = range(100_000)
     with multiprocessing.get_context("fork").Pool(N_JOBS) as pool:
@@ -40,9 +39,8 @@ def tiny() -> None:
 
 
 def medium() -> None:
-    import joblib
-
     import ferrojob
+    import joblib
 
     n, ms = 1000, 2.0
     ideal = n * ms / 1000 / N_JOBS

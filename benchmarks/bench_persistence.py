@@ -24,9 +24,8 @@ MB = 1 << 20
 
 
 def hash_scenario() -> None:
-    import joblib
-
     import ferrojob
+    import joblib
 
     data = np.random.default_rng(0).random(1024 * MB // 8)
     timings = {
@@ -49,9 +48,8 @@ def timed(run) -> float:
 
 
 def dump_scenario() -> None:
-    import joblib
-
     import ferrojob
+    import joblib
 
     data = random_walk(512 * MB)
     folder = tempfile.mkdtemp(prefix="ferrojob-bench-")
@@ -63,7 +61,7 @@ def dump_scenario() -> None:
         load_ours = measure(lambda: ferrojob.load(ours), 3)
         load_theirs = measure(lambda: joblib.load(theirs), 2)
         assert np.array_equal(ferrojob.load(ours), data)
-        print(f"\ndump/load: 512 MB rounded random walk, compress=3  (targets: dump >= 10x joblib's "
+        print("\ndump/load: 512 MB rounded random walk, compress=3  (targets: dump >= 10x joblib's "
               "throughput at >= its ratio; load >= 5x faster)")
         for name, seconds, size in (("ferrojob compress=3", dump_ours, size_ours), ("joblib compress=3", dump_theirs, size_theirs)):
             print(f"  dump {name:<22} {seconds * 1000:9.1f} ms  {512 / seconds:8.1f} MB/s  ratio {data.nbytes / size:5.2f}")
@@ -92,9 +90,8 @@ def total(array):
 
 
 def memory_scenario() -> None:
-    import joblib
-
     import ferrojob
+    import joblib
 
     data = np.random.default_rng(0).random(100 * MB // 8)
     folder = tempfile.mkdtemp(prefix="ferrojob-bench-")

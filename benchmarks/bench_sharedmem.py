@@ -11,7 +11,6 @@ bigarray:  one 400 MB array passed to 40 tasks, each summing its slice
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sys
 
 import numpy as np
@@ -22,9 +21,8 @@ N_JOBS = 2
 
 
 def bigresult() -> None:
-    import joblib
-
     import ferrojob
+    import joblib
 
     n_tasks, n_items = 20, 50_000_000 // 8
     with multiprocessing.get_context("fork").Pool(N_JOBS) as pool:
@@ -50,9 +48,8 @@ def bigresult() -> None:
 
 
 def midargs() -> None:
-    import joblib
-
     import ferrojob
+    import joblib
 
     rng = np.random.default_rng(0)
     arrays = [rng.random(200_000 // 8) for _ in range(2000)]
@@ -71,9 +68,8 @@ def midargs() -> None:
 
 
 def bigarray() -> None:
-    import joblib
-
     import ferrojob
+    import joblib
 
     n_tasks = 40
     big = np.random.default_rng(0).random(400_000_000 // 8)

@@ -12,12 +12,11 @@ from harness import measure, report, save_results
 
 
 def main() -> None:
+    import ferrojob  # noqa: F401  (registers the "ferrojob" joblib backend)
     import joblib
     from sklearn.datasets import make_classification
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.model_selection import GridSearchCV
-
-    import ferrojob  # noqa: F401  (registers the "ferrojob" joblib backend)
 
     X, y = make_classification(n_samples=2000, n_features=20, random_state=0)
     grid = {"n_estimators": [20, 50], "max_depth": [4, 8, None], "min_samples_leaf": [1, 5]}

@@ -7,8 +7,8 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 #: Every scenario measured in this run: what ``save_results`` writes for ``plot.py``.
 RESULTS: list[dict] = []

@@ -41,7 +41,7 @@ def svg(rows: list[tuple[str, float]]) -> str:
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         'font-family="sans-serif" font-size="12">',
-        f'<text x="10" y="20" font-size="14" font-weight="bold">ferrojob vs joblib: times faster '
+        '<text x="10" y="20" font-size="14" font-weight="bold">ferrojob vs joblib: times faster '
         "(log scale, 2-core machine)</text>",
     ]
     for tick in (1, 10, 100):

@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 from dask.distributed import Client, LocalCluster
-
 from ferrojob import Parallel, delayed, parallel_config
 
 

@@ -17,9 +17,7 @@ import random
 import sys
 
 import numpy as np
-
-from ferrojob import DamagedFileError, NotADumpFileError, RefusedContentError, dump, load
-from ferrojob import _safe_pickle
+from ferrojob import DamagedFileError, NotADumpFileError, RefusedContentError, _safe_pickle, dump, load
 
 EXPECTED = (DamagedFileError, NotADumpFileError, RefusedContentError)
 VALUE = {

@@ -11,8 +11,8 @@ import pytest
 
 np = pytest.importorskip("numpy")
 
-from ferrojob import Parallel, TaskTimeoutError, delayed, parallel_config  # noqa: E402
-from ferrojob.backends import remote  # noqa: E402
+from ferrojob import Parallel, TaskTimeoutError, delayed, parallel_config
+from ferrojob.backends import remote
 
 
 @pytest.fixture(scope="module", params=["dask", "ray"])

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from ferrojob import InvalidParameterError, hash
 
 np = pytest.importorskip("numpy")

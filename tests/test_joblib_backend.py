@@ -9,7 +9,7 @@ import sys
 import pytest
 
 joblib = pytest.importorskip("joblib")
-import ferrojob  # noqa: E402,F401  (registers the backend)
+import ferrojob
 
 
 def pid_and_mark(_=None):
@@ -91,10 +91,10 @@ def test_n_jobs_one_falls_back_to_sequential():
 # -- scikit-learn -------------------------------------------------------------------------------
 
 sklearn = pytest.importorskip("sklearn")
-from sklearn.base import BaseEstimator, ClassifierMixin  # noqa: E402
-from sklearn.datasets import load_iris  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
-from sklearn.model_selection import GridSearchCV, cross_val_score, cross_validate  # noqa: E402
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, cross_val_score, cross_validate
 
 
 class RecordingClassifier(ClassifierMixin, BaseEstimator):

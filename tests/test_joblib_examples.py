@@ -10,9 +10,8 @@ import math
 import os
 from math import modf, sqrt
 
-import pytest
-
 import ferrojob as joblib
+import pytest
 from ferrojob import Memory, Parallel, delayed, parallel_config
 
 np = pytest.importorskip("numpy")
@@ -33,7 +32,7 @@ def test_parallel_config_block():
 
 def test_modf_unzip():
     r = Parallel(n_jobs=1)(delayed(modf)(i / 2.0) for i in range(10))
-    res, i = zip(*r)
+    res, i = zip(*r, strict=True)
     assert res == (0.0, 0.5, 0.0, 0.5, 0.0, 0.5, 0.0, 0.5, 0.0, 0.5)
     assert i == (0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0)
 
@@ -79,7 +78,7 @@ def test_memory_example(tmp_path, capsys):
 
     @memory.cache
     def f(x):
-        print("Running f(%s)" % x)
+        print(f"Running f({x})")
         return x
 
     assert f(1) == 1

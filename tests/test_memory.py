@@ -12,7 +12,6 @@ import textwrap
 import time
 
 import pytest
-
 from ferrojob import InvalidParameterError, Memory, Parallel, delayed
 
 np = pytest.importorskip("numpy")

@@ -9,10 +9,8 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import warnings
 
 import pytest
-
 from ferrojob import Memory
 
 np = pytest.importorskip("numpy")
@@ -148,7 +146,7 @@ def test_a_read_only_cache_serves_hits_and_computes_misses(tmp_path):
     location = os.path.join(tmp_path, "cache")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     subprocess.run([sys.executable, str(script), str(location), "fill"], check=True, env=env)
-    for folder, dirs, files in os.walk(location):
+    for folder, _, files in os.walk(location):
         os.chmod(folder, 0o555)
         for name in files:
             os.chmod(os.path.join(folder, name), 0o444)

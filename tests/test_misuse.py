@@ -9,7 +9,6 @@ import pickle
 import threading
 
 import pytest
-
 from ferrojob import (
     InvalidParameterError,
     Parallel,

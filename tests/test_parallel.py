@@ -6,9 +6,8 @@ import os
 import re
 import threading
 
-import pytest
-
 import ferrojob
+import pytest
 from ferrojob import Parallel, delayed, effective_n_jobs, parallel_backend, parallel_config
 
 
@@ -289,7 +288,7 @@ def test_workers_are_warm_across_calls():
 
 def test_nested_parallel_inside_a_worker_runs_sequentially():
     def inner(x):
-        return Parallel(n_jobs=2)(delayed(worker_pid)() for _ in range(3)) + [x]
+        return [*Parallel(n_jobs=2)(delayed(worker_pid)() for _ in range(3)), x]
 
     results = Parallel(n_jobs=2)(delayed(inner)(x) for x in range(2))
     for x, (a, b, c, marker) in enumerate(results):

@@ -7,7 +7,6 @@ import pickle
 import warnings
 
 import pytest
-
 from ferrojob import DamagedFileError, InvalidParameterError, NotADumpFileError, dump, load
 from ferrojob.persistence import parse_compress
 
@@ -164,7 +163,7 @@ def test_joblib_files_are_read_with_joblib(tmp_path):
         path = tmp_path / f"joblib-{compress}.pkl"
         joblib.dump({"a": np.arange(5)}, path, compress=compress)
         np.testing.assert_array_equal(load(path)["a"], np.arange(5))
-        with pytest.raises(NotADumpFileError, match="written by joblib.dump"):
+        with pytest.raises(NotADumpFileError, match=r"written by joblib\.dump"):
             load(path, allow_pickle=False)
 
 
@@ -175,13 +174,13 @@ def test_allow_pickle_false_accepts_arrays_and_containers_only(tmp_path):
     np.testing.assert_array_equal(loaded["a"], np.arange(3.0))
     assert loaded["b"] == [1, (2, 3)] and loaded["c"] == {4} and loaded["z"] == 1j
     dump({"when": __import__("datetime").date(2026, 1, 1)}, path)
-    with pytest.raises(pickle.UnpicklingError, match="refuses datetime.date"):
+    with pytest.raises(pickle.UnpicklingError, match=r"refuses datetime\.date"):
         load(path, allow_pickle=False)
 
 
 def test_invalid_arguments(tmp_path):
-    with pytest.raises(TypeError, match="expects a file name"):
-        dump(1, open(os.devnull, "wb"))
+    with open(os.devnull, "wb") as handle, pytest.raises(TypeError, match="expects a file name"):
+        dump(1, handle)
     with pytest.raises(InvalidParameterError, match="is not a mapping mode"):
         load(tmp_path / "x.fj", mmap_mode="rw")
 

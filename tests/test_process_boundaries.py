@@ -9,7 +9,6 @@ import os
 import pickle
 
 import pytest
-
 from ferrojob import InvalidParameterError, Parallel, UnpicklableError, WorkerCrashedError, delayed
 
 np = pytest.importorskip("numpy")

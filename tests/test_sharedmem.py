@@ -9,8 +9,7 @@ import pickle
 import signal
 
 import pytest
-from conftest import children, open_fds, worker_children
-
+from conftest import open_fds, worker_children
 from ferrojob import InvalidParameterError, Parallel, WorkerCrashedError, delayed
 from ferrojob._sharedmem import ArgumentStore, parse_max_nbytes
 

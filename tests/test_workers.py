@@ -7,8 +7,7 @@ import signal
 import time
 
 import pytest
-from conftest import children, open_fds, worker_children, process_state
-
+from conftest import children, open_fds, process_state, worker_children
 from ferrojob import Parallel, TaskTimeoutError, WorkerCrashedError, delayed
 from ferrojob.errors import RemoteTraceback
 

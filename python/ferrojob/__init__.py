@@ -10,6 +10,8 @@ Example::
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import _core, _misuse, _tasks
+from ._pickling import wrap_non_picklable_objects
 from .backends import register_parallel_backend
 from .config import parallel_backend, parallel_config
 from .cpus import cpu_count
@@ -26,9 +28,7 @@ from .errors import (
     UnpicklableError,
     WorkerCrashedError,
 )
-from ._pickling import wrap_non_picklable_objects
 from .parallel import Parallel, delayed, effective_n_jobs
-from . import _core, _misuse, _tasks
 
 # The bindings raise these classes and name functions this way: handed over once, here.
 _core.install(
@@ -55,7 +55,7 @@ _LAZY = {
 }
 
 
-from . import _joblib_hook
+from . import _joblib_hook  # noqa: E402 - after the public names its joblib backend uses
 
 _joblib_hook.install()
 

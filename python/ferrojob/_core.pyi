@@ -1,7 +1,31 @@
 """Stubs of ``ferrojob._core``, the Rust engine's bindings (checked by mypy's stubtest)."""
 
-from enum import Enum
-from typing import Any, Callable, Iterator, final
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, final
+
+__all__ = [
+    "STATUS_TASKS_STARTED",
+    "Arena",
+    "Buffer",
+    "Completion",
+    "CompletionKind",
+    "DelayedFunction",
+    "EntryLock",
+    "Hasher",
+    "ProcessPool",
+    "Scheduler",
+    "Store",
+    "buffer_address",
+    "call_columns",
+    "delayed",
+    "install",
+    "install_numpy_allocator",
+    "looks_like_joblib",
+    "read_calls",
+    "read_dump",
+    "serve_worker",
+    "write_dump",
+]
 
 STATUS_TASKS_STARTED: int
 
@@ -45,17 +69,19 @@ def call_columns(
     """Group consecutive calls of the same function into columns."""
 
 @final
-class CompletionKind(Enum):
-    """How a job ended."""
+class CompletionKind:
+    """How a job ended (compare with ``==``)."""
 
-    Done = ...
-    Failed = ...
-    Exited = ...
-    Signaled = ...
-    Timeout = ...
-    Cancelled = ...
-    Vanished = ...
-    Protocol = ...
+    Done: ClassVar[CompletionKind]
+    Failed: ClassVar[CompletionKind]
+    Exited: ClassVar[CompletionKind]
+    Signaled: ClassVar[CompletionKind]
+    Timeout: ClassVar[CompletionKind]
+    Cancelled: ClassVar[CompletionKind]
+    Vanished: ClassVar[CompletionKind]
+    Protocol: ClassVar[CompletionKind]
+    def __eq__(self, other: object, /) -> bool: ...
+    def __int__(self) -> int: ...
 
 @final
 class Completion:
@@ -143,7 +169,6 @@ class Buffer:
     Supports the buffer protocol; read-only when the memory is."""
 
     def __len__(self) -> int: ...
-    def __buffer__(self, flags: int, /) -> memoryview: ...
     @property
     def readonly(self) -> bool: ...
 
@@ -163,6 +188,7 @@ def buffer_address(object: Any) -> int:
 def install_numpy_allocator() -> str:
     """Have numpy allocate large arrays of this thread in shared memory (worker processes only)."""
 
+@final
 class Hasher:
     """A streaming hasher: "xxh3" (xxh3-128) or "blake3"."""
 
@@ -180,6 +206,7 @@ def read_dump(path: str, mmap_mode: str | None = None) -> tuple[bytes, list[Buff
 def looks_like_joblib(start: bytes) -> bool:
     """Whether the first bytes of a file look like a joblib dump."""
 
+@final
 class EntryLock:
     """A lock on one cache entry."""
 

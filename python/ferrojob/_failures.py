@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass
-from typing import Union
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class ArgumentsUnloadable:
     traceback: str
 
 
-FailureReport = Union[TaskRaised, ResultUnpicklable, ArgumentsUnloadable]
+FailureReport = TaskRaised | ResultUnpicklable | ArgumentsUnloadable
 
 
 def dumps(report: FailureReport) -> bytes:

@@ -16,9 +16,9 @@ if TYPE_CHECKING:
 
 from ._core import DelayedFunction
 from ._tasks import describe_call, function_name
+from .errors import ParallelUsageError, compose_message
 
 _name = function_name
-from .errors import ParallelUsageError, compose_message
 
 
 def _describe_value(value: Any) -> str:

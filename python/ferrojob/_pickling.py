@@ -10,7 +10,8 @@ from __future__ import annotations
 import io
 import pickle
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .errors import UnpicklableError, compose_message
 
@@ -62,7 +63,7 @@ def pickling_failure(obj: Any) -> BaseException | None:
     """The error pickling ``obj`` raises, or None if it pickles."""
     try:
         dumps(obj)
-    except Exception as error:  # noqa: BLE001 - any failure is the answer
+    except Exception as error:
         return error
     return None
 

@@ -8,7 +8,8 @@ before anything runs on it. Batches are columnar: consecutive calls of one funct
 from __future__ import annotations
 
 import reprlib
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from ._core import call_columns, read_calls
 
@@ -39,7 +40,7 @@ def describe_call(call: Call) -> str:
 class Batch:
     """Consecutive tasks of one call; ``start`` is the index of the first one."""
 
-    __slots__ = ("start", "calls")
+    __slots__ = ("calls", "start")
 
     def __init__(self, start: int, calls: list[Call]) -> None:
         self.start = start

@@ -56,7 +56,7 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
     append = results.append
     try:
         threshold, groups = pickle.loads(payload, buffers=buffers)
-    except BaseException as error:  # noqa: BLE001 - whatever unpickling raised, the parent hears it
+    except BaseException as error:
         return False, _unloadable_arguments(error), []
     try:
         if not _numpy_allocator_checked:
@@ -68,11 +68,11 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
                     status[slot] = started
                     append(function(*args))
             else:
-                for args, kwargs in zip(args_list, kwargs_list):
+                for args, kwargs in zip(args_list, kwargs_list, strict=True):
                     started += 1
                     status[slot] = started
                     append(function(*args, **kwargs))
-    except BaseException as error:  # noqa: BLE001 - KeyboardInterrupt and SystemExit included:
+    except BaseException as error:
         # raised by the task, they are its result, re-raised in the parent with the task named.
         return False, _raised(error, started - 1), []
     finally:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 __all__ = [
     "DEFAULT",
@@ -58,7 +59,7 @@ class Config(NamedTuple):
     backend_params: Mapping[str, Any] = MappingProxyType({})
 
 
-_CONFIG: contextvars.ContextVar[Config] = contextvars.ContextVar("ferrojob_config", default=Config())
+_CONFIG: contextvars.ContextVar[Config] = contextvars.ContextVar("ferrojob_config", default=Config())  # noqa: B039 - immutable
 
 
 def current_config() -> Config:

@@ -142,7 +142,7 @@ def _new_hasher(hash_name: str) -> Any:
     )
 
 
-def hash(obj: Any, hash_name: str = "xxh3", coerce_mmap: bool = False) -> str:  # noqa: A001
+def hash(obj: Any, hash_name: str = "xxh3", coerce_mmap: bool = False) -> str:
     """The hex digest of ``obj``'s content (joblib's ``hash``, on the Rust engine).
 
     ``hash_name``: "xxh3" (xxh3-128, default), "blake3", or joblib's "md5"/"sha1" (computed by

@@ -16,8 +16,9 @@ Example::
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any
 
 from joblib._parallel_backends import (
     AutoBatchingMixin,

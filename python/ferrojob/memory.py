@@ -34,14 +34,15 @@ import re
 import sys
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import _core
 from .errors import DamagedFileError, InvalidParameterError, NotADumpFileError, compose_message
 from .hashing import hash as content_hash
 from .persistence import dump, load, parse_compress
 
-__all__ = ["Memory", "MemorizedFunc", "MemorizedResult", "NotMemorizedFunc", "expires_after"]
+__all__ = ["MemorizedFunc", "MemorizedResult", "Memory", "NotMemorizedFunc", "expires_after"]
 
 #: How long a call waits for another process computing the same entry before computing it too.
 LOCK_WAIT = 600.0

@@ -12,8 +12,8 @@ from __future__ import annotations
 import ast
 import numbers
 import operator
-from collections.abc import Iterable
-from typing import Any, Callable, Generator
+from collections.abc import Generator, Iterable
+from typing import Any
 
 from . import _misuse
 from ._core import Scheduler, delayed

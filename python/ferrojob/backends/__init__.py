@@ -12,12 +12,14 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import InvalidParameterError, UnknownBackendError, compose_message
 from .base import Backend, CallOptions, Completion, Session
 
 __all__ = [
+    "DEFAULT_BACKEND",
     "Backend",
     "CallOptions",
     "Completion",
@@ -25,7 +27,6 @@ __all__ = [
     "check_backend_name",
     "get_backend",
     "register_parallel_backend",
-    "DEFAULT_BACKEND",
 ]
 
 DEFAULT_BACKEND = "loky"

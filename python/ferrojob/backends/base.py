@@ -8,8 +8,9 @@ lives in the Rust ``Scheduler``) — so a backend only has to run batches.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 from .._tasks import Batch
 

@@ -14,14 +14,15 @@ import pickle
 import signal
 import sys
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .. import _failures, _pickling
 from .._core import Completion as EngineCompletion
 from .._core import CompletionKind, ProcessPool
-from .._worker import CHANNEL_LOST_EXIT
 from .._sharedmem import ArgumentStore
 from .._tasks import Batch
+from .._worker import CHANNEL_LOST_EXIT
 from ..cpus import cpu_count
 from ..errors import (
     RemoteTraceback,

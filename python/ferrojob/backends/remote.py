@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import time
 from abc import abstractmethod
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from .._tasks import Batch
 from ..errors import TaskTimeoutError, compose_message
@@ -86,7 +87,7 @@ def run_columns(columns: Columns, resolve: Callable[[Any], Any] | None = None) -
     for function, args_list, kwargs_list in columns:
         if kwargs_list is None:
             kwargs_list = [{}] * len(args_list)
-        for args, kwargs in zip(args_list, kwargs_list):
+        for args, kwargs in zip(args_list, kwargs_list, strict=True):
             if resolve is not None:
                 args = tuple(resolve(arg) for arg in args)
                 kwargs = {key: resolve(value) for key, value in kwargs.items()}

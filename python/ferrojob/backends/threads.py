@@ -60,7 +60,7 @@ class ThreadSession(Session):
                         break
                     self._running[me] = (batch, offset, time.monotonic())
                     results.append(function(*args, **kwargs))
-            except BaseException as error:  # noqa: BLE001 - handed to the caller as is
+            except BaseException as error:
                 self._done.put((batch_id, False, error, 0.0))
             else:
                 self._done.put((batch_id, True, results, time.perf_counter() - started))
