@@ -74,7 +74,7 @@ impl From<EngineError> for PyErr {
             EngineError::Codec(CodecError::Io { path, source }) => {
                 let message = format!("{}: {source}", path.display());
                 match source.raw_os_error() {
-                    Some(errno) => PyOSError::new_err((errno, message)),
+                    Some(errno) => os_error_instance(errno, message, None),
                     None => PyOSError::new_err(message),
                 }
             }
@@ -82,7 +82,7 @@ impl From<EngineError> for PyErr {
             // FileNotFoundError, ...) from the errno, and the path is in `.filename`.
             EngineError::Store(StoreError { path, source }) => match source.raw_os_error() {
                 Some(errno) => {
-                    PyOSError::new_err((errno, strerror(errno), path.display().to_string()))
+                    os_error_instance(errno, strerror(errno), Some(path.display().to_string()))
                 }
                 None => PyOSError::new_err(format!("{}: {source}", path.display())),
             },
@@ -110,9 +110,25 @@ impl From<EngineError> for PyErr {
 /// `OSError(errno, "context: strerror")` (Python picks the subclass from the errno).
 fn os_error(context: &str, error: &std::io::Error) -> PyErr {
     match error.raw_os_error() {
-        Some(errno) => PyOSError::new_err((errno, format!("{context}: {}", strerror(errno)))),
+        Some(errno) => os_error_instance(errno, format!("{context}: {}", strerror(errno)), None),
         None => PyOSError::new_err(format!("{context}: {error}")),
     }
+}
+
+/// `OSError(*args)` made now, so that the exception has the subclass Python picks from the errno
+/// (`PermissionError`, `FileNotFoundError`, ...) as its type, not only as its value's.
+fn os_error_instance(errno: i32, message: String, filename: Option<String>) -> PyErr {
+    Python::attach(|py| {
+        let class = py.get_type::<PyOSError>();
+        let made = match filename {
+            Some(filename) => class.call1((errno, message, filename)),
+            None => class.call1((errno, message)),
+        };
+        match made {
+            Ok(instance) => PyErr::from_value(instance),
+            Err(err) => err,
+        }
+    })
 }
 
 /// The C library's text for `errno`, as Python's own OSErrors show it.

@@ -12,6 +12,9 @@ mod pool;
 mod scheduler;
 mod worker;
 
+#[cfg(test)]
+mod tests;
+
 use pyo3::prelude::*;
 
 #[pymodule]
