@@ -423,6 +423,16 @@ impl Drop for Mapping {
     }
 }
 
+/// `(offset, len)` as memory indices if `len` bytes at `offset` lie inside `total` bytes: the one
+/// bounds rule for buffers over memory whose offsets come from files and frames.
+pub fn span_inside(offset: u64, len: u64, total: usize) -> Option<(usize, usize)> {
+    let end = offset.checked_add(len)?;
+    if end > total as u64 {
+        return None;
+    }
+    Some((usize::try_from(offset).ok()?, usize::try_from(len).ok()?))
+}
+
 /// `len` bytes at `offset` of a shared mapping, which it keeps alive: an out-of-band buffer of a
 /// received frame. Made only inside its mapping ([`SharedBuffer::new`] checks), so the memory it
 /// names is always mapped.
@@ -436,14 +446,11 @@ pub struct SharedBuffer {
 impl SharedBuffer {
     /// The buffer at `offset..offset + len` of `mapping`; None unless it lies inside.
     pub fn new(mapping: std::sync::Arc<Mapping>, offset: u64, len: u64) -> Option<Self> {
-        let end = offset.checked_add(len)?;
-        if end > mapping.len() as u64 {
-            return None;
-        }
+        let (offset, len) = span_inside(offset, len, mapping.len())?;
         Some(Self {
             mapping,
-            offset: usize::try_from(offset).ok()?,
-            len: usize::try_from(len).ok()?,
+            offset,
+            len,
         })
     }
 

@@ -5,7 +5,7 @@ use std::ffi::c_int;
 use std::sync::Arc;
 
 use ferrojob_engine::arena::{self, Arguments, Identity, Placement};
-use ferrojob_engine::shm::{Access, Mapping, SharedBuffer};
+use ferrojob_engine::shm::{span_inside, Access, Mapping, SharedBuffer};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -87,14 +87,11 @@ impl Buffer {
     /// come from files and frames, so this is the check that keeps every array built on a
     /// `Buffer` inside its memory.
     pub fn new(backing: Backing, offset: u64, len: u64) -> Option<Self> {
-        let end = offset.checked_add(len)?;
-        if end > backing.len() as u64 {
-            return None;
-        }
+        let (offset, len) = span_inside(offset, len, backing.len())?;
         Some(Self {
             backing,
-            offset: usize::try_from(offset).ok()?,
-            len: usize::try_from(len).ok()?,
+            offset,
+            len,
         })
     }
 }
