@@ -361,3 +361,33 @@ fn entry_tuple(entry: store::Entry) -> (String, String, u64, f64) {
         .unwrap_or(0.0);
     (entry.function, entry.key, entry.size, seconds)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_for_an_entry_lock_releases_the_gil() {
+        Python::initialize();
+        let root = std::env::temp_dir().join(format!("ferrojob-gil-{}", std::process::id()));
+        let engine = EngineStore::open(root.clone()).unwrap();
+        let held = engine.lock("f", "k", Duration::ZERO).unwrap().unwrap();
+        // This thread can take the GIL only while the caller below has released it; only then
+        // does it drop the lock the caller waits for. Were the GIL kept, the wait would run out
+        // (None) instead of acquiring.
+        Python::attach(|py| {
+            // Started while this thread holds the GIL: it waits for it.
+            let releaser = std::thread::spawn(move || {
+                Python::attach(|_| drop(held));
+            });
+            let store = Store::new(root.clone()).unwrap();
+            let lock = store.lock(py, "f", "k", 60.0).unwrap();
+            assert!(
+                lock.is_some(),
+                "the lock was not released: the GIL was kept while waiting"
+            );
+            py.detach(|| releaser.join().unwrap());
+        });
+        std::fs::remove_dir_all(root).unwrap();
+    }
+}
