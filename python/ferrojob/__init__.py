@@ -27,6 +27,7 @@ from .errors import (
     UnknownBackendError,
     UnpicklableError,
     WorkerCrashedError,
+    WorkerStartError,
 )
 from .parallel import Parallel, delayed, effective_n_jobs
 
@@ -85,6 +86,7 @@ __all__ = [
     "UnknownBackendError",
     "UnpicklableError",
     "WorkerCrashedError",
+    "WorkerStartError",
     "cpu_count",
     "delayed",
     "dump",

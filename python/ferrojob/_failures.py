@@ -7,7 +7,13 @@ a ``Failed`` reply; the parent rebuilds the exception the user sees from it.
 from __future__ import annotations
 
 import pickle
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+from ._pickling import dumps_result, type_name
+from .errors import RemoteTraceback
 
 
 @dataclass(frozen=True)
@@ -53,3 +59,67 @@ def loads(payload: bytes) -> FailureReport:
     if not isinstance(report, (TaskRaised, ResultUnpicklable, ArgumentsUnloadable)):
         raise TypeError(f"a worker sent {type(report).__name__} as its failure report")
     return report
+
+
+def traceback_text(error: BaseException) -> str:
+    return "".join(traceback.format_exception(type(error), error, error.__traceback__))
+
+
+def raised(error: BaseException, offset: int) -> TaskRaised:
+    """The report of ``error``, raised by the task at ``offset`` of its batch."""
+    rebuild, data = _exception_payload(error)
+    return TaskRaised(offset, rebuild, data, type_name(error), str(error), traceback_text(error))
+
+
+def _exception_payload(error: BaseException) -> tuple[str | None, bytes | None]:
+    """How the parent can rebuild ``error``: ("pickle", bytes), ("parts", bytes) or (None, None).
+
+    An exception whose ``__init__`` takes other arguments than its ``args`` pickles but does not
+    unpickle; for those, send its class, ``args`` and ``__dict__`` and rebuild without ``__init__``.
+    """
+    try:
+        data = dumps_result(error)[0]
+        pickle.loads(data)
+        return "pickle", data
+    except Exception:
+        pass
+    try:
+        return "parts", dumps_result((type(error), error.args, dict(vars(error))))[0]
+    except Exception:
+        return None, None
+
+
+def to_exception(report: TaskRaised, where: str) -> BaseException:
+    """The exception a task raised, rebuilt in the parent, with its remote traceback as
+    ``__cause__`` (``where`` names the task: "task 3: f(3)")."""
+    exception = _rebuild(report.rebuild, report.data)
+    if exception is None:
+        exception = RuntimeError(f"{report.type_name}: {report.message}")
+    header = f"Traceback of {where} in its worker process:\n"
+    exception.__cause__ = RemoteTraceback(header + report.traceback)
+    return exception
+
+
+def _rebuild(how: str | None, data: bytes | None) -> BaseException | None:
+    try:
+        if how == "pickle":
+            exception = pickle.loads(data)  # type: ignore[arg-type]
+        elif how == "parts":
+            cls, args, state = pickle.loads(data)  # type: ignore[arg-type]
+            exception = cls.__new__(cls, *args)
+            exception.args = args
+            exception.__dict__.update(state)
+        else:
+            return None
+    except Exception:
+        return None
+    return exception if isinstance(exception, BaseException) else None
+
+
+def settle(results: list[Any], describe: Callable[[int], str]) -> list[Any]:
+    """Results collected with ``return_exceptions``: each ``TaskRaised`` report in place of a
+    result becomes the exception it describes (``describe(offset)`` names the task)."""
+    return [
+        to_exception(value, describe(offset)) if type(value) is TaskRaised else value
+        for offset, value in enumerate(results)
+    ]

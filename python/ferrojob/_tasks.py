@@ -29,11 +29,19 @@ def function_name(function: Any) -> str:
     return name.rpartition("<locals>.")[2]
 
 
+def safe_repr(value: Any) -> str:
+    """A short repr of ``value`` for messages; never fails, whatever its ``__repr__`` does."""
+    try:
+        return _repr.repr(value)
+    except Exception:
+        return f"<{type(value).__name__} object (its repr failed)>"
+
+
 def describe_call(call: Call) -> str:
     """``my_function(3, key='a')`` — a short rendering of one call for error messages."""
     function, args, kwargs = call
-    parts = [_repr.repr(arg) for arg in args]
-    parts += [f"{key}={_repr.repr(value)}" for key, value in kwargs.items()]
+    parts = [safe_repr(arg) for arg in args]
+    parts += [f"{key}={safe_repr(value)}" for key, value in kwargs.items()]
     return f"{function_name(function)}({', '.join(parts)})"
 
 

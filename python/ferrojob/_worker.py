@@ -5,21 +5,22 @@ Started by the pool as ``python -c "...; from ferrojob._worker import main; main
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import pickle
+import signal
 import sys
-import traceback
 from typing import Any
 
 from . import _failures
 from ._pickling import dumps_result, type_name
+from ._reports import CHANNEL_LOST_EXIT
 
 _status: Any = None  # memoryview of the status words in shared memory
+_NO_KWARGS: dict = {}
 _TASKS_STARTED = 1  # index of the tasks-started word (the engine's STATUS_TASKS_STARTED)
 
 
-#: Exit code of a worker whose socket to the parent broke under it (a task closed fd 3).
-CHANNEL_LOST_EXIT = 121
 
 
 def main() -> None:
@@ -37,6 +38,9 @@ def main() -> None:
 def _on_init(payload: bytes, status: Any) -> None:
     global _status
     _status = status
+    # On a timeout the parent sends SIGUSR1 before killing: the stuck task's stack goes to
+    # stderr, whose tail the parent keeps for the TaskTimeoutError.
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=False)
     settings = pickle.loads(payload)
     sys.path[:] = settings["sys_path"]
     try:
@@ -49,31 +53,35 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
     """Run one batch.
 
     ``(True, pickled results, their out-of-band buffers)`` or ``(False, failure report, [])``.
+    With ``return_exceptions`` (``collect``), a task that raises leaves its report as its result.
     """
     status, slot = _status, _TASKS_STARTED
     started = 0
     results: list[Any] = []
     append = results.append
     try:
-        threshold, groups = pickle.loads(payload, buffers=buffers)
-    except BaseException as error:
+        threshold, groups, collect = pickle.loads(payload, buffers=buffers)
+    except BaseException as error:  # whatever unpickling raised, the parent hears it
         return False, _unloadable_arguments(error), []
     try:
         if not _numpy_allocator_checked:
             _share_numpy_arrays()
         for function, args_list, kwargs_list in groups:
             if kwargs_list is None:
-                for args in args_list:
-                    started += 1
-                    status[slot] = started
-                    append(function(*args))
-            else:
-                for args, kwargs in zip(args_list, kwargs_list, strict=True):
-                    started += 1
-                    status[slot] = started
+                kwargs_list = [_NO_KWARGS] * len(args_list)
+            for args, kwargs in zip(args_list, kwargs_list, strict=True):
+                started += 1
+                status[slot] = started
+                if not collect:
                     append(function(*args, **kwargs))
+                    continue
+                try:
+                    append(function(*args, **kwargs))
+                except BaseException as error:  # return_exceptions: the error is the result
+                    append(_failures.raised(error, started - 1))
     except BaseException as error:
-        # raised by the task, they are its result, re-raised in the parent with the task named.
+        # KeyboardInterrupt and SystemExit included: raised by the task, they are its result,
+        # re-raised in the parent with the task named.
         return False, _raised(error, started - 1), []
     finally:
         _flush_output()
@@ -112,41 +120,14 @@ def _share_numpy_arrays() -> None:
         _core.install_numpy_allocator()
 
 
-def _traceback_text(error: BaseException) -> str:
-    return "".join(traceback.format_exception(type(error), error, error.__traceback__))
-
-
 def _unloadable_arguments(error: BaseException) -> bytes:
     return _failures.dumps(
-        _failures.ArgumentsUnloadable(type_name(error), str(error), _traceback_text(error))
+        _failures.ArgumentsUnloadable(type_name(error), str(error), _failures.traceback_text(error))
     )
 
 
 def _raised(error: BaseException, offset: int) -> bytes:
-    rebuild, data = _exception_payload(error)
-    return _failures.dumps(
-        _failures.TaskRaised(
-            offset, rebuild, data, type_name(error), str(error), _traceback_text(error)
-        )
-    )
-
-
-def _exception_payload(error: BaseException) -> tuple[str | None, bytes | None]:
-    """How the parent can rebuild ``error``: ("pickle", bytes), ("parts", bytes) or (None, None).
-
-    An exception whose ``__init__`` takes other arguments than its ``args`` pickles but does not
-    unpickle; for those, send its class, ``args`` and ``__dict__`` and rebuild without ``__init__``.
-    """
-    try:
-        data = dumps_result(error)[0]
-        pickle.loads(data)
-        return "pickle", data
-    except Exception:
-        pass
-    try:
-        return "parts", dumps_result((type(error), error.args, dict(vars(error))))[0]
-    except Exception:
-        return None, None
+    return _failures.dumps(_failures.raised(error, offset))
 
 
 def _unpicklable_result(results: list[Any]) -> bytes:

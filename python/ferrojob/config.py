@@ -56,6 +56,7 @@ class Config(NamedTuple):
     prefer: Any = DEFAULT
     require: Any = DEFAULT
     inner_max_num_threads: Any = DEFAULT
+    return_exceptions: Any = DEFAULT
     backend_params: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -82,6 +83,7 @@ class Settings(NamedTuple):
     prefer: Any
     require: Any
     inner_max_num_threads: Any
+    return_exceptions: bool
     backend_params: Mapping[str, Any]
 
 
@@ -107,6 +109,7 @@ def effective_settings(**explicit: Any) -> Settings:
         prefer=pick("prefer"),
         require=pick("require"),
         inner_max_num_threads=config.inner_max_num_threads,
+        return_exceptions=bool(pick("return_exceptions")) if not is_default(pick("return_exceptions")) else False,
         backend_params=dict(config.backend_params),
     )
 
@@ -124,6 +127,14 @@ def check_prefer_require(prefer: Any, require: Any) -> None:
         )
 
 
+def check_return_exceptions(value: Any) -> None:
+    if not (is_default(value) or isinstance(value, bool)):
+        raise _invalid_setting(
+            f"return_exceptions={value!r} is not a bool.",
+            "use return_exceptions=True to collect each failed task's exception in its result slot",
+        )
+
+
 def _invalid_setting(summary: str, *help_lines: str) -> Any:
     from .errors import InvalidParameterError, compose_message
 
@@ -137,8 +148,8 @@ class parallel_config(contextlib.ContextDecorator):
     backend name ("loky"/"processes"/"multiprocessing" for ferrojob's process pool, "threading",
     "sequential", or a registered custom backend); ``n_jobs``, ``verbose``, ``prefer`` and
     ``require`` as in ``Parallel``; ``temp_folder``, ``max_nbytes`` and ``mmap_mode`` as in joblib;
-    ``inner_max_num_threads`` caps BLAS/OpenMP threads in each worker; extra keywords are handed
-    to the backend.
+    ``inner_max_num_threads`` caps BLAS/OpenMP threads in each worker; ``return_exceptions`` as in
+    ``Parallel``; extra keywords are handed to the backend.
 
     Example::
 
@@ -162,6 +173,7 @@ class parallel_config(contextlib.ContextDecorator):
         prefer: Any = DEFAULT,
         require: Any = DEFAULT,
         inner_max_num_threads: Any = DEFAULT,
+        return_exceptions: Any = DEFAULT,
         **backend_params: Any,
     ) -> None:
         from .backends import check_backend_name
@@ -172,6 +184,7 @@ class parallel_config(contextlib.ContextDecorator):
         if not is_default(n_jobs):
             check_n_jobs(n_jobs)
         check_prefer_require(prefer, require)
+        check_return_exceptions(return_exceptions)
         self._changes = {
             key: value
             for key, value in dict(
@@ -184,6 +197,7 @@ class parallel_config(contextlib.ContextDecorator):
                 prefer=prefer,
                 require=require,
                 inner_max_num_threads=inner_max_num_threads,
+                return_exceptions=return_exceptions,
             ).items()
             if not is_default(value)
         }

@@ -32,6 +32,7 @@ __all__ = [
     "UnknownBackendError",
     "UnpicklableError",
     "WorkerCrashedError",
+    "WorkerStartError",
     "compose_message",
 ]
 
@@ -94,15 +95,49 @@ class UnknownBackendError(InvalidParameterError):
 
 
 class WorkerCrashedError(FerrojobError, RuntimeError):
-    """A worker process died while running a task (FJ301): a segfault, ``os._exit``, an OOM kill."""
+    """A worker process died while running a task (FJ301): a segfault, ``os._exit``, an OOM kill.
+
+    Attributes (when raised by the process pool): ``task_index``, ``function``, ``args_repr``,
+    ``exitcode`` or ``signal`` (and ``signal_name``), ``peak_rss`` (bytes), ``stderr_tail`` (the
+    worker's last ~4 KiB of stderr), ``likely_cause``, ``pid``."""
 
     code = "FJ301"
+    task_index: int | None = None
+    function: str | None = None
+    args_repr: str | None = None
+    exitcode: int | None = None
+    signal: int | None = None
+    signal_name: str | None = None
+    peak_rss: int | None = None
+    stderr_tail: str = ""
+    likely_cause: str | None = None
+    pid: int | None = None
+
+
+class WorkerStartError(FerrojobError, RuntimeError):
+    """Worker processes died before running anything, three in a row (FJ303): a broken
+    ``sys.path``, ``sitecustomize`` or initializer. Carries the last worker's ``stderr_tail``."""
+
+    code = "FJ303"
+    stderr_tail: str = ""
+    attempts: int = 0
 
 
 class TaskTimeoutError(FerrojobError, TimeoutError):
-    """A task ran longer than ``Parallel(timeout=...)`` seconds; its worker was stopped (FJ302)."""
+    """A task ran longer than ``Parallel(timeout=...)`` seconds; its worker was stopped (FJ302).
+
+    Attributes (process pool): ``task_index``, ``function``, ``args_repr``, ``timeout``, and
+    ``stack``: the Python stack of the worker's main thread when it was stopped."""
 
     code = "FJ302"
+    task_index: int | None = None
+    function: str | None = None
+    args_repr: str | None = None
+    timeout: float | None = None
+    stack: str | None = None
+    peak_rss: int | None = None
+    stderr_tail: str = ""
+    pid: int | None = None
 
 
 class RemoteTraceback(Exception):

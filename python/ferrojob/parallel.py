@@ -21,7 +21,15 @@ from ._progress import Progress
 from ._sharedmem import DEFAULT_MAX_NBYTES, check_mmap_mode, parse_max_nbytes
 from ._tasks import TaskSource
 from .backends import DEFAULT_BACKEND, Backend, CallOptions, Session, check_backend_name, get_backend
-from .config import DEFAULT, Settings, check_prefer_require, current_config, effective_settings, is_default
+from .config import (
+    DEFAULT,
+    Settings,
+    check_prefer_require,
+    check_return_exceptions,
+    current_config,
+    effective_settings,
+    is_default,
+)
 from .cpus import check_n_jobs, resolve_n_jobs
 from .errors import InvalidParameterError, ParallelUsageError, compose_message
 
@@ -110,6 +118,10 @@ class Parallel:
             (writable copy-on-write, private to each task).
         temp_folder: accepted for compatibility with joblib; nothing is written to disk.
         progress: show a tqdm progress bar (when tqdm is installed).
+        return_exceptions: every task runs; one that raises puts its exception (with its remote
+            traceback as ``__cause__``) in its result slot instead of failing the call, and a task
+            stopped by ``timeout`` or whose worker died puts a ``TaskTimeoutError`` or
+            ``WorkerCrashedError`` there (the other tasks of a dead worker's batch run again).
 
     Use it once, or as a context manager to keep its workers for several calls.
 
@@ -142,6 +154,7 @@ class Parallel:
         prefer: Any = DEFAULT,
         require: Any = DEFAULT,
         progress: bool = False,
+        return_exceptions: Any = DEFAULT,
     ) -> None:
         if not is_default(n_jobs):
             check_n_jobs(n_jobs)
@@ -153,6 +166,7 @@ class Parallel:
                 'use return_as="list", "generator" or "generator_unordered"',
             )
         check_prefer_require(prefer, require)
+        check_return_exceptions(return_exceptions)
         if timeout is not None and not (isinstance(timeout, numbers.Real) and timeout > 0):
             raise _invalid(
                 f"timeout={timeout!r} is not a positive number of seconds.",
@@ -189,6 +203,7 @@ class Parallel:
         self.prefer = prefer
         self.require = require
         self.progress = progress
+        self.return_exceptions = return_exceptions
         self._session: Session | None = None
         self._session_backend: Backend | None = None
         self._session_n_jobs = 0
@@ -212,6 +227,7 @@ class Parallel:
             mmap_mode=self.mmap_mode,
             prefer=self.prefer,
             require=self.require,
+            return_exceptions=self.return_exceptions,
         )
 
     def _choose(self) -> tuple[Backend, int, CallOptions]:
@@ -248,6 +264,7 @@ class Parallel:
             ),
             mmap_mode="r" if is_default(settings.mmap_mode) else check_mmap_mode(settings.mmap_mode),
             backend_params=dict(settings.backend_params),
+            return_exceptions=settings.return_exceptions,
         )
         return backend, n_workers, options
 
@@ -319,9 +336,16 @@ class Parallel:
         if backend.in_process:
             yield _STARTED
             progress.started("SequentialBackend", 1)
+            collect = self._settings().return_exceptions
             try:
                 for function, args, kwargs in source:
-                    yield [function(*args, **kwargs)]
+                    if not collect:
+                        yield [function(*args, **kwargs)]
+                    else:
+                        try:
+                            yield [function(*args, **kwargs)]
+                        except Exception as error:  # return_exceptions: the error is the result
+                            yield [error]
                     if progress.active:
                         progress.advance(1)
                 progress.finished()

@@ -12,6 +12,7 @@ pub mod cursor;
 pub mod envelope;
 pub mod fuzzing;
 pub mod hash;
+pub mod output;
 pub mod parallel;
 pub mod pool;
 pub mod protocol;

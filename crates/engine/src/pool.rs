@@ -26,10 +26,10 @@ use crossbeam_channel::{Receiver, Sender};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::arena::Holds;
+use crate::output::StderrTail;
 use crate::protocol::{Connection, Kind, ProtocolError};
 use crate::shm::{SharedBuffer, StatusPage, STATUS_JOB, STATUS_TASKS_STARTED};
 
@@ -37,6 +37,11 @@ use crate::shm::{SharedBuffer, StatusPage, STATUS_JOB, STATUS_TASKS_STARTED};
 pub const WORKER_SOCKET_FD: RawFd = 3;
 /// The descriptor number of the worker's status page in the child.
 pub const WORKER_STATUS_FD: RawFd = 4;
+/// How long a timed-out worker has to dump its Python stack (SIGUSR1, faulthandler) before it
+/// is killed.
+const STACK_GRACE: Duration = Duration::from_millis(200);
+/// How long a lost worker's report waits for the rest of its stderr.
+const TAIL_PATIENCE: Duration = Duration::from_millis(500);
 /// How long [`Pool::cancel`] and [`Pool::terminate`] wait for the workers they killed to be
 /// reaped. SIGKILL cannot be caught, so this only runs out for a process stuck in the kernel.
 const REAP_WAIT: Duration = Duration::from_secs(2);
@@ -103,6 +108,12 @@ pub struct Loss {
     pub cause: LossCause,
     /// How many of the job's tasks had started; the last one started is the culprit.
     pub tasks_started: u64,
+    /// Jobs the worker had completed before this one (0: it never finished one).
+    pub jobs_done: u64,
+    /// The worker's peak resident memory in bytes (from its rusage when it was reaped).
+    pub peak_rss: Option<u64>,
+    /// The last bytes it wrote to stderr (see [`crate::output`]).
+    pub stderr_tail: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,6 +221,8 @@ struct Worker {
     status: Arc<StatusPage>,
     running: Option<Running>,
     leaving: Option<Leaving>,
+    /// Jobs completed so far.
+    jobs_done: u64,
     /// Result segments released while the worker was busy: sent before its next frame, so that
     /// a busy worker's socket never fills up with them.
     pending_release: Vec<u64>,
@@ -234,6 +247,8 @@ struct Running {
     task_since: Instant,
     /// The argument chunks the job holds (released when this is dropped).
     holds: Option<Holds>,
+    /// When the worker was asked to dump its stack (its task ran past the limit).
+    stack_requested: Option<Instant>,
 }
 
 impl Running {
@@ -243,6 +258,7 @@ impl Running {
             tasks_seen: 0,
             task_since: Instant::now(),
             holds: job.holds.take(),
+            stack_requested: None,
         }
     }
 }
@@ -405,8 +421,20 @@ impl Pool {
                     running.task_since = now;
                 }
             }
-            if now.duration_since(running.task_since) > limit {
-                worker.kill(KillReason::TimedOut(limit));
+            if now.duration_since(running.task_since) <= limit {
+                continue;
+            }
+            // First ask for the stuck task's stack (the worker's faulthandler writes it to
+            // stderr, kept in its tail), then kill: a task deaf to signals is killed all the same.
+            match running.stack_requested {
+                None => {
+                    let _ = kill(worker.pid, Signal::SIGUSR1);
+                    running.stack_requested = Some(now);
+                }
+                Some(asked) if now.duration_since(asked) >= STACK_GRACE => {
+                    worker.kill(KillReason::TimedOut(limit));
+                }
+                Some(_) => {}
             }
         }
     }
@@ -588,7 +616,8 @@ fn spawn_worker(shared: &Arc<Shared>) -> Result<(), PoolError> {
         .args(&spec.args)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
     // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
     // system calls (prctl, getppid, signal, dup2) on plain integers.
     unsafe {
@@ -609,10 +638,13 @@ fn spawn_worker(shared: &Arc<Shared>) -> Result<(), PoolError> {
             Ok(())
         });
     }
-    let pid = spawner::spawn(command).map_err(|source| PoolError::Spawn {
+    let (pid, stderr) = spawner::spawn(command).map_err(|source| PoolError::Spawn {
         program: spec.program.clone(),
         source,
     })?;
+    let tail = stderr
+        .map(|pipe| StderrTail::follow(pipe, format!("ferrojob-stderr-{}", pid.as_raw())))
+        .transpose()?;
     drop((child_socket, child_status));
 
     let conn = Arc::new(parent_end);
@@ -632,6 +664,7 @@ fn spawn_worker(shared: &Arc<Shared>) -> Result<(), PoolError> {
                 conn: Arc::clone(&conn),
                 status: Arc::clone(&status),
                 running: first_job.as_mut().map(Running::new),
+                jobs_done: 0,
                 pending_release: Vec::new(),
                 leaving: None,
             },
@@ -645,7 +678,7 @@ fn spawn_worker(shared: &Arc<Shared>) -> Result<(), PoolError> {
     let reader_shared = Arc::clone(shared);
     let handle = std::thread::Builder::new()
         .name(format!("ferrojob-worker-{}", pid.as_raw()))
-        .spawn(move || read_replies(&reader_shared, id, &conn, pid))
+        .spawn(move || read_replies(&reader_shared, id, &conn, pid, tail.as_deref()))
         .map_err(PoolError::Setup)?;
     shared.threads().push(handle);
     Ok(())
@@ -664,7 +697,13 @@ fn dup_above(fd: RawFd, min: RawFd) -> io::Result<OwnedFd> {
 }
 
 /// A worker's reader thread: relay replies, keep the worker fed, and report its death.
-fn read_replies(shared: &Arc<Shared>, id: u64, conn: &Connection, pid: Pid) {
+fn read_replies(
+    shared: &Arc<Shared>,
+    id: u64,
+    conn: &Connection,
+    pid: Pid,
+    tail: Option<&StderrTail>,
+) {
     let violation = loop {
         match conn.recv() {
             Ok(Some(frame)) if matches!(frame.kind, Kind::Done | Kind::Failed) => {
@@ -688,7 +727,17 @@ fn read_replies(shared: &Arc<Shared>, id: u64, conn: &Connection, pid: Pid) {
         let _ = kill(pid, Signal::SIGKILL);
     }
     conn.shutdown();
-    let exit = reap(pid);
+    let (exit, peak_rss) = reap(pid);
+    let lost_a_job = shared
+        .state()
+        .workers
+        .get(&id)
+        .is_some_and(|worker| worker.running.is_some());
+    // The report wants the worker's last words: wait (briefly, unlocked) for its stderr to end.
+    let stderr_tail = match tail {
+        Some(tail) if lost_a_job => tail.snapshot(TAIL_PATIENCE),
+        _ => Vec::new(),
+    };
     let mut state = shared.state();
     if let Some(worker) = state.workers.remove(&id) {
         if let Some(running) = worker.running {
@@ -713,6 +762,9 @@ fn read_replies(shared: &Arc<Shared>, id: u64, conn: &Connection, pid: Pid) {
                     pid: pid.as_raw(),
                     cause,
                     tasks_started,
+                    jobs_done: worker.jobs_done,
+                    peak_rss,
+                    stderr_tail,
                 }),
             });
         }
@@ -773,6 +825,7 @@ fn on_reply(shared: &Arc<Shared>, id: u64, frame: crate::protocol::Frame) -> Res
         return Err("it is no longer part of the pool".into());
     };
     let finished = worker.running.take();
+    worker.jobs_done += 1;
     let live = worker.is_live();
     let releases = std::mem::take(&mut worker.pending_release);
     let mut next = if live { state.queue.pop_front() } else { None };
@@ -815,26 +868,41 @@ fn open_reply(
     Ok((envelope.released, body_start, buffers))
 }
 
-/// Wait for a child that closed its socket. A child that lingers is killed after a grace period.
-fn reap(pid: Pid) -> LossCause {
+/// Wait for a child that closed its socket: how it ended and its peak resident memory (bytes).
+/// A child that lingers is killed after a grace period.
+fn reap(pid: Pid) -> (LossCause, Option<u64>) {
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut pause = Duration::from_micros(200);
     loop {
-        let flags = if Instant::now() < deadline {
-            Some(WaitPidFlag::WNOHANG)
-        } else {
+        let blocking = Instant::now() >= deadline;
+        if blocking {
             let _ = kill(pid, Signal::SIGKILL);
-            None
-        };
-        match waitpid(pid, flags) {
-            Ok(WaitStatus::Exited(_, code)) => return LossCause::Exited(code),
-            Ok(WaitStatus::Signaled(_, signal, _)) => return LossCause::Signaled(signal as i32),
-            Ok(_) => {
+        }
+        let mut status: libc::c_int = 0;
+        // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let flags = if blocking { 0 } else { libc::WNOHANG };
+        // SAFETY: wait4 writes only into the two locals passed by pointer, which outlive the call.
+        let reaped = unsafe { libc::wait4(pid.as_raw(), &mut status, flags, &mut usage) };
+        // ru_maxrss is in KiB on Linux.
+        let peak_rss = u64::try_from(usage.ru_maxrss)
+            .ok()
+            .map(|kib| kib.saturating_mul(1024));
+        match reaped {
+            0 => {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(20));
             }
-            Err(Errno::EINTR) => {}
-            Err(_) => return LossCause::Vanished,
+            n if n == pid.as_raw() => {
+                if libc::WIFEXITED(status) {
+                    return (LossCause::Exited(libc::WEXITSTATUS(status)), peak_rss);
+                }
+                if libc::WIFSIGNALED(status) {
+                    return (LossCause::Signaled(libc::WTERMSIG(status)), peak_rss);
+                }
+            }
+            _ if Errno::last() == Errno::EINTR => {}
+            _ => return (LossCause::Vanished, None),
         }
     }
 }
@@ -871,11 +939,12 @@ fn idle_reaper(shared: &Shared) {
 mod spawner {
     use super::*;
 
-    type Request = (Command, Sender<io::Result<Pid>>);
+    type Spawned = (Pid, Option<std::process::ChildStderr>);
+    type Request = (Command, Sender<io::Result<Spawned>>);
 
     static SPAWNER: OnceLock<Mutex<(u32, Sender<Request>)>> = OnceLock::new();
 
-    pub(super) fn spawn(command: Command) -> io::Result<Pid> {
+    pub(super) fn spawn(command: Command) -> io::Result<Spawned> {
         let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
         let cell = SPAWNER.get_or_init(|| Mutex::new(start()));
         {
@@ -902,7 +971,7 @@ mod spawner {
                 for (mut command, reply) in rx {
                     let result = command
                         .spawn()
-                        .map(|child| Pid::from_raw(child.id() as i32));
+                        .map(|mut child| (Pid::from_raw(child.id() as i32), child.stderr.take()));
                     let _ = reply.send(result);
                 }
             })

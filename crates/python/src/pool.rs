@@ -58,6 +58,12 @@ pub struct Completion {
     tasks_started: u64,
     /// For "protocol": what the worker did wrong.
     reason: Option<String>,
+    /// For a lost job: jobs the worker had completed before (0: it never finished one).
+    jobs_done: u64,
+    /// For a lost job: the worker's peak resident memory in bytes.
+    peak_rss: Option<u64>,
+    /// For a lost job: the last bytes the worker wrote to stderr.
+    stderr_tail: Option<Py<PyBytes>>,
 }
 
 #[pymethods]
@@ -199,6 +205,7 @@ fn to_python(
 ) -> PyResult<Completion> {
     let mut buffers = Vec::new();
     let mut reason = None;
+    let (mut jobs_done, mut peak_rss, mut stderr_tail) = (0, None, None);
     let (kind, payload, code, tasks_started) = match completion.outcome {
         Outcome::Done {
             payload,
@@ -232,6 +239,9 @@ fn to_python(
                     (CompletionKind::Protocol, None)
                 }
             };
+            jobs_done = loss.jobs_done;
+            peak_rss = loss.peak_rss;
+            stderr_tail = Some(PyBytes::new(py, &loss.stderr_tail).unbind());
             (kind, None, code, loss.tasks_started)
         }
     };
@@ -245,5 +255,8 @@ fn to_python(
         code,
         tasks_started,
         reason,
+        jobs_done,
+        peak_rss,
+        stderr_tail,
     })
 }

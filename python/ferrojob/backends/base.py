@@ -33,6 +33,9 @@ class CallOptions(NamedTuple):
     #: How workers map shared arguments: "r", "r+", "w+" or "c".
     mmap_mode: str = "r"
     backend_params: Mapping[str, Any] = MappingProxyType({})
+    #: A task that raises (or times out, or whose worker dies) puts its exception in its result
+    #: slot instead of failing the call.
+    return_exceptions: bool = False
 
 
 class Session(ABC):

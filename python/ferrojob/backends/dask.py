@@ -72,8 +72,8 @@ class DaskSession(ClusterSession):
         self._client, self._cluster = _client(options)
         super().__init__(options, sum(self._client.nthreads().values()) or 1)
 
-    def launch(self, columns: Columns) -> Any:
-        return self._client.submit(run_columns, columns, pure=False)
+    def launch(self, columns: Columns, collect: bool) -> Any:
+        return self._client.submit(run_columns, columns, collect, pure=False)
 
     def first_done(self, futures: list[Any], timeout: float) -> Any | None:
         from distributed import wait

@@ -11,24 +11,20 @@ import atexit
 import itertools
 import os
 import pickle
-import signal
 import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from .. import _failures, _pickling
+from .. import _failures, _pickling, _reports
 from .._core import Completion as EngineCompletion
 from .._core import CompletionKind, ProcessPool
 from .._sharedmem import ArgumentStore
 from .._tasks import Batch
-from .._worker import CHANNEL_LOST_EXIT
 from ..cpus import cpu_count
 from ..errors import (
     RemoteTraceback,
-    TaskTimeoutError,
     UnpicklableError,
-    WorkerCrashedError,
     compose_message,
 )
 from .base import Backend, CallOptions, Completion, Session
@@ -145,26 +141,32 @@ class ProcessSession(Session):
         self._timeout = options.timeout
         self._max_nbytes = options.max_nbytes
         self._mmap_mode = options.mmap_mode
+        self._collect = options.return_exceptions
         env = {**worker_environment(n_workers, options.inner_max_num_threads), **(extra_env or {})}
         self._pool, self._release = _SHARED.acquire(n_workers, env)
         self._arguments = ArgumentStore()
-        # job -> (batch id, batch)
-        self._jobs: dict[int, tuple[int, Batch]] = {}
+        self._jobs: dict[int, _Piece] = {}
+        # batch id -> results being put back together from pieces run again (return_exceptions)
+        self._assemblies: dict[int, _Assembly] = {}
+        self._start_failures = 0
 
     def begin(self) -> None:
         if self._pool.n_workers != self.n_workers:
             self._pool.ensure_workers(self.n_workers)
 
     def submit(self, batch_id: int, batch: Batch) -> None:
+        self._submit(_Piece(batch_id, batch, 0, retried=False))
+
+    def _submit(self, piece: _Piece) -> None:
         try:
             body, buffers = _pickling.dumps_with_buffers(
-                (self._max_nbytes, batch.columns()), self._max_nbytes
+                (self._max_nbytes, piece.batch.columns(), self._collect), self._max_nbytes
             )
         except Exception as error:
-            raise _explain_unpicklable_batch(batch, error) from error
+            raise _explain_unpicklable_batch(piece.batch, error) from error
         placements = [self._arguments.place(buffer) for buffer in buffers]
         job = next(_JOB_IDS)
-        self._jobs[job] = (batch_id, batch)
+        self._jobs[job] = piece
         try:
             self._pool.submit(job, body, self._arguments.arena, placements, self._mmap_mode)
         except BaseException:
@@ -187,19 +189,70 @@ class ProcessSession(Session):
 
     def resolve(self, completion: EngineCompletion | None) -> tuple[int, Any, float, BaseException | None] | None:
         """``(batch id, results, elapsed, error)`` for a completion of this session's jobs; None
-        for nothing, or a job of an aborted call."""
+        for nothing, a job of an aborted call, or a batch still being put back together."""
         if completion is None:
             return None
-        entry = self._jobs.pop(completion.job, None)
-        if entry is None:
+        piece = self._jobs.pop(completion.job, None)
+        if piece is None:
             return None
-        batch_id, batch = entry
-        if completion.kind != CompletionKind.Done:
-            return batch_id, None, completion.elapsed, _job_error(completion, batch, self._timeout)
-        try:
-            return batch_id, _load_results(completion, batch), completion.elapsed, None
-        except Exception as error:
-            return batch_id, None, completion.elapsed, error
+        if completion.kind == CompletionKind.Done:
+            self._start_failures = 0
+            try:
+                results = _load_results(completion, piece.batch)
+            except Exception as error:
+                return piece.batch_id, None, completion.elapsed, error
+            if self._collect:
+                results = _failures.settle(results, piece.batch.describe)
+            return self._fill(piece, results, completion.elapsed)
+        if completion.kind == CompletionKind.Failed:
+            return piece.batch_id, None, completion.elapsed, _task_failure(completion.payload, piece.batch)
+        if _died_starting(completion):
+            # A worker that cannot start (sys.path, sitecustomize, initializer) is replaced, and
+            # its batch given to the next one; three in a row end the call, never a respawn loop.
+            self._start_failures += 1
+            if self._start_failures >= MAX_START_FAILURES:
+                return piece.batch_id, None, 0.0, _reports.start_error(completion, self._start_failures)
+            self._pool.ensure_workers(self.n_workers)
+            self._submit(piece)
+            return None
+        if not self._collect:
+            then = "the pool replaced the worker and cancelled the other tasks of this call"
+            return piece.batch_id, None, 0.0, _lost_error(completion, piece.batch, self._timeout, then)
+        return self._salvage(piece, completion)
+
+    def _salvage(self, piece: _Piece, completion: EngineCompletion) -> tuple[int, Any, float, None] | None:
+        """``return_exceptions``: the task the dead (or stopped) worker was running gets its error
+        in its slot — a crash only on its second crash, alone on a fresh worker — and the other
+        tasks of its batch run again."""
+        batch = piece.batch
+        culprit = min(max(completion.tasks_started - 1, 0), len(batch) - 1)
+        self._pool.ensure_workers(self.n_workers)
+        for start, end in ((0, culprit), (culprit + 1, len(batch))):
+            if start < end:
+                self._submit(piece.part(start, end, retried=False))
+        alone = piece.part(culprit, culprit + 1, retried=True)
+        then = "the other tasks of its batch were run again"
+        if completion.kind == CompletionKind.Timeout:
+            error: BaseException = _reports.timeout_error(completion, alone.batch, self._timeout, then)
+        elif piece.retried:
+            error = _reports.crash_error(completion, alone.batch, "it had crashed a worker before too")
+        else:
+            self._submit(alone)
+            return self._fill(piece.part(0, 0, retried=False), [], 0.0)
+        return self._fill(alone, [error], 0.0)
+
+    def _fill(self, piece: _Piece, results: list[Any], elapsed: float) -> tuple[int, Any, float, None] | None:
+        """Put a piece's results in place; the batch's results once every slot is filled."""
+        assembly = self._assemblies.get(piece.batch_id)
+        if assembly is None:
+            if piece.is_whole:
+                return piece.batch_id, results, elapsed, None
+            assembly = self._assemblies[piece.batch_id] = _Assembly(piece.whole_size)
+        assembly.put(piece.offset, results, elapsed)
+        if not assembly.complete:
+            return None
+        del self._assemblies[piece.batch_id]
+        return piece.batch_id, assembly.slots, assembly.elapsed, None
 
     def abort(self, everything: bool = False) -> None:
         if everything:
@@ -207,11 +260,71 @@ class ProcessSession(Session):
         elif self._jobs:
             self._pool.cancel()
         self._jobs.clear()
+        self._assemblies.clear()
 
     def close(self) -> None:
         self.abort()
         self._arguments = ArgumentStore()  # closes this session's shared memory now
         self._release()
+
+
+#: Workers that die before running anything, in a row, before the call fails (WorkerStartError).
+MAX_START_FAILURES = 3
+
+
+class _Piece:
+    """Consecutive tasks of a scheduled batch, sent as one job: the whole batch, or a part of it
+    run again after its worker died (``offset``: where the part starts in the batch)."""
+
+    __slots__ = ("batch", "batch_id", "offset", "retried", "whole_size")
+
+    def __init__(self, batch_id: int, batch: Batch, offset: int, retried: bool, whole_size: int | None = None) -> None:
+        self.batch_id = batch_id
+        self.batch = batch
+        self.offset = offset
+        self.retried = retried
+        self.whole_size = len(batch) if whole_size is None else whole_size
+
+    @property
+    def is_whole(self) -> bool:
+        return self.offset == 0 and len(self.batch) == self.whole_size
+
+    def part(self, start: int, end: int, retried: bool) -> _Piece:
+        batch = Batch(self.batch.start + start, self.batch.calls[start:end])
+        return _Piece(self.batch_id, batch, self.offset + start, retried, self.whole_size)
+
+
+class _Assembly:
+    """A batch's results put back together from pieces."""
+
+    def __init__(self, size: int) -> None:
+        self.slots: list[Any] = [None] * size
+        self.missing = size
+        self.elapsed = 0.0
+
+    def put(self, offset: int, results: list[Any], elapsed: float) -> None:
+        self.slots[offset : offset + len(results)] = results
+        self.missing -= len(results)
+        self.elapsed += elapsed
+
+    @property
+    def complete(self) -> bool:
+        return self.missing == 0
+
+
+def _died_starting(completion: EngineCompletion) -> bool:
+    """Whether the worker died before running anything: at start-up, not in a task."""
+    return (
+        completion.kind in (CompletionKind.Exited, CompletionKind.Signaled)
+        and completion.tasks_started == 0
+        and completion.jobs_done == 0
+    )
+
+
+def _lost_error(completion: EngineCompletion, batch: Batch, timeout: float | None, then: str) -> BaseException:
+    if completion.kind == CompletionKind.Timeout:
+        return _reports.timeout_error(completion, batch, timeout, then)
+    return _reports.crash_error(completion, batch, then)
 
 
 def _explain_unpicklable_batch(batch: Batch, error: Exception) -> Exception:
@@ -238,68 +351,11 @@ def _load_results(completion: EngineCompletion, batch: Batch) -> list[Any]:
         ) from error
 
 
-def _job_error(completion: EngineCompletion, batch: Batch, timeout: float | None) -> BaseException:
-    kind = completion.kind
-    if kind == CompletionKind.Failed:
-        return _task_failure(completion.payload, batch)
-    running = completion.tasks_started - 1
-    if kind == CompletionKind.Timeout:
-        return TaskTimeoutError(
-            compose_message(
-                f"{batch.describe(running)} ran longer than timeout={timeout:g} s; "
-                f"its worker (pid {completion.pid}) was stopped.",
-                "the other tasks of this call were cancelled; raise Parallel(timeout=...)",
-                "or split the work into shorter tasks",
-            ),
-            code="FJ302",
-        )
-    if kind == CompletionKind.Exited and completion.code == CHANNEL_LOST_EXIT:
-        how = "lost its connection to the parent"
-        hint = (
-            "a task closed or replaced file descriptor 3, the worker's socket "
-            "(os.closerange, os.dup2 onto it)"
-        )
-    elif kind == CompletionKind.Exited:
-        how = f"exited with code {completion.code}"
-        hint = "os._exit() inside a task ends its worker process"
-    elif kind == CompletionKind.Protocol:
-        how = f"broke ferrojob's worker protocol ({completion.reason}) and was killed"
-        hint = "a task wrote to file descriptor 3, the worker's socket, or a forked child did"
-    elif kind == CompletionKind.Signaled:
-        how = f"was killed by signal {_signal_name(completion.code)}"
-        hint = (
-            "SIGSEGV/SIGBUS usually come from a C extension, SIGKILL from the out-of-memory killer"
-        )
-    else:
-        how = "disappeared"
-        hint = "another part of the program may have reaped it (os.wait)"
-    where = (
-        batch.describe(running)
-        if completion.tasks_started > 0
-        else f"tasks {batch.start}..{batch.start + len(batch) - 1} (before the first one started)"
-    )
-    return WorkerCrashedError(
-        compose_message(
-            f"worker process {completion.pid} {how} while running {where}.",
-            hint + ";",
-            "the pool replaced the worker and cancelled the other tasks of this call",
-        ),
-        code="FJ301",
-    )
-
-
 def _tasks_of(batch: Batch) -> str:
     """``task 3: f(3)`` for a batch of one, else ``tasks 3..9``."""
     if len(batch) == 1:
         return batch.describe(0)
     return f"tasks {batch.start}..{batch.start + len(batch) - 1}"
-
-
-def _signal_name(number: int | None) -> str:
-    try:
-        return f"{signal.Signals(number).name} ({number})"  # type: ignore[arg-type]
-    except (ValueError, TypeError):
-        return str(number)
 
 
 def _task_failure(payload: bytes | None, batch: Batch) -> BaseException:
@@ -322,26 +378,4 @@ def _task_failure(payload: bytes | None, batch: Batch) -> BaseException:
         )
         error.__cause__ = RemoteTraceback(report.traceback)
         return error
-    exception = _rebuild_exception(report.rebuild, report.data)
-    if exception is None:
-        exception = RuntimeError(f"{report.type_name}: {report.message}")
-    header = f"Traceback of {batch.describe(report.offset)} in its worker process:\n"
-    exception.__cause__ = RemoteTraceback(header + report.traceback)
-    return exception
-
-
-def _rebuild_exception(how: str | None, data: bytes | None) -> BaseException | None:
-    """The worker's exception object (see ``ferrojob._worker._exception_payload``), if possible."""
-    try:
-        if how == "pickle":
-            exception = pickle.loads(data)  # type: ignore[arg-type]
-        elif how == "parts":
-            cls, args, state = pickle.loads(data)  # type: ignore[arg-type]
-            exception = cls.__new__(cls, *args)
-            exception.args = args
-            exception.__dict__.update(state)
-        else:
-            return None
-    except Exception:
-        return None
-    return exception if isinstance(exception, BaseException) else None
+    return _failures.to_exception(report, batch.describe(report.offset))

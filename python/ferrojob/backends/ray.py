@@ -52,13 +52,13 @@ def _ray(options: CallOptions) -> Any:
     return ray
 
 
-def _run_on_ray(columns: Columns) -> tuple[list[Any], float]:
+def _run_on_ray(columns: Columns, collect: bool) -> tuple[list[Any], float]:
     import ray
 
     def resolve(value: Any) -> Any:
         return ray.get(value) if isinstance(value, ray.ObjectRef) else value
 
-    return run_columns(columns, resolve)
+    return run_columns(columns, collect, resolve)
 
 
 class RaySession(ClusterSession):
@@ -69,8 +69,8 @@ class RaySession(ClusterSession):
         self._remote = self._ray.remote(_run_on_ray)
         super().__init__(options, max(int(self._ray.cluster_resources().get("CPU", 1)), 1))
 
-    def launch(self, columns: Columns) -> Any:
-        return self._remote.remote(columns)
+    def launch(self, columns: Columns, collect: bool) -> Any:
+        return self._remote.remote(columns, collect)
 
     def first_done(self, futures: list[Any], timeout: float) -> Any | None:
         ready, _ = self._ray.wait(futures, num_returns=1, timeout=timeout)

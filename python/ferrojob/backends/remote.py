@@ -9,6 +9,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .. import _failures
 from .._tasks import Batch
 from ..errors import TaskTimeoutError, compose_message
 from .base import CallOptions, Completion, Session
@@ -79,9 +80,14 @@ class SharedArguments:
         self._sent.clear()
 
 
-def run_columns(columns: Columns, resolve: Callable[[Any], Any] | None = None) -> tuple[list[Any], float]:
-    """Run a batch on a cluster worker: ``(results, seconds it took)``. ``resolve`` turns a
-    handle left in the arguments into its value (ray passes nested references unresolved)."""
+def run_columns(
+    columns: Columns, collect: bool = False, resolve: Callable[[Any], Any] | None = None
+) -> tuple[list[Any], float]:
+    """Run a batch on a cluster worker: ``(results, seconds it took)``. ``collect``
+    (``return_exceptions``): a task that raises leaves its report as its result. ``resolve`` turns
+    a handle left in the arguments into its value (ray passes nested references unresolved)."""
+    from .. import _failures
+
     start = time.perf_counter()
     results = []
     for function, args_list, kwargs_list in columns:
@@ -91,7 +97,13 @@ def run_columns(columns: Columns, resolve: Callable[[Any], Any] | None = None) -
             if resolve is not None:
                 args = tuple(resolve(arg) for arg in args)
                 kwargs = {key: resolve(value) for key, value in kwargs.items()}
-            results.append(function(*args, **kwargs))
+            if not collect:
+                results.append(function(*args, **kwargs))
+                continue
+            try:
+                results.append(function(*args, **kwargs))
+            except Exception as error:  # return_exceptions: the report is the result
+                results.append(_failures.raised(error, len(results)))
     return results, time.perf_counter() - start
 
 
@@ -124,12 +136,13 @@ class ClusterSession(Session):
     def __init__(self, options: CallOptions, n_workers: int) -> None:
         self.n_workers = n_workers
         self._timeout = options.timeout
+        self._collect = options.return_exceptions
         self._arguments = SharedArguments(self.put, options.max_nbytes)
         self._pending: dict[Any, tuple[int, Batch, float]] = {}
 
     @abstractmethod
-    def launch(self, columns: Columns) -> Any:
-        """Start a cluster task running ``run_columns(columns)``; returns its future."""
+    def launch(self, columns: Columns, collect: bool) -> Any:
+        """Start a cluster task running ``run_columns(columns, collect)``; returns its future."""
 
     @abstractmethod
     def first_done(self, futures: list[Any], timeout: float) -> Any | None:
@@ -154,15 +167,17 @@ class ClusterSession(Session):
         """Stop what this session started (a local cluster)."""
 
     def submit(self, batch_id: int, batch: Batch) -> None:
-        future = self.launch(self._arguments.replace(batch.columns()))
+        future = self.launch(self._arguments.replace(batch.columns()), self._collect)
         self._pending[future] = (batch_id, batch, time.monotonic())
 
     def wait(self) -> Completion:
         while True:
             future = self.first_done(list(self._pending), TICK)
             if future is not None:
-                batch_id, _, _ = self._pending.pop(future)
+                batch_id, batch, _ = self._pending.pop(future)
                 results, elapsed = self.result(future)
+                if self._collect:
+                    results = _failures.settle(results, batch.describe)
                 return Completion(batch_id, results, elapsed)
             check_deadlines(self._pending.values(), self._timeout, self.where)
 

@@ -24,13 +24,14 @@ class ThreadingBackend(Backend):
     supports_sharedmem = True
 
     def open(self, n_jobs: int, options: CallOptions) -> Session:
-        return ThreadSession(n_jobs, options.timeout)
+        return ThreadSession(n_jobs, options.timeout, options.return_exceptions)
 
 
 class ThreadSession(Session):
-    def __init__(self, n_workers: int, timeout: float | None) -> None:
+    def __init__(self, n_workers: int, timeout: float | None, collect: bool = False) -> None:
         self.n_workers = n_workers
         self._timeout = timeout
+        self._collect = collect
         # (generation, (batch id, batch)); None stops a thread.
         self._todo: queue.SimpleQueue[tuple[int, tuple[int, Batch]] | None] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[tuple[int, bool, Any, float]] = queue.SimpleQueue()
@@ -59,7 +60,13 @@ class ThreadSession(Session):
                     if generation != self._generation:
                         break
                     self._running[me] = (batch, offset, time.monotonic())
-                    results.append(function(*args, **kwargs))
+                    if not self._collect:
+                        results.append(function(*args, **kwargs))
+                        continue
+                    try:
+                        results.append(function(*args, **kwargs))
+                    except Exception as error:  # return_exceptions: the error is the result
+                        results.append(error)
             except BaseException as error:
                 self._done.put((batch_id, False, error, 0.0))
             else:
