@@ -140,3 +140,10 @@ def test_no_cluster_gives_a_clear_error(script, backend, message):
     )
     assert done.returncode == 0, done.stderr
     assert message in done.stdout
+
+
+def test_return_exceptions_on_the_cluster(cluster):
+    with parallel_config(backend=cluster.backend, return_exceptions=True):
+        results = Parallel()(delayed(fail_on)(i, 3) for i in range(6))
+    assert results[:3] == [0, 1, 2] and results[4:] == [4, 5]
+    assert isinstance(results[3], KeyError) and "fail_on" in str(results[3].__cause__)

@@ -1,0 +1,209 @@
+"""When tasks fail: return_exceptions on every backend, and crash, timeout and start-up reports
+that say why."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import textwrap
+
+import pytest
+
+from ferrojob import (
+    Parallel,
+    TaskTimeoutError,
+    WorkerCrashedError,
+    WorkerStartError,
+    delayed,
+    parallel_config,
+)
+from ferrojob.errors import RemoteTraceback
+
+BACKENDS = ["loky", "threading", "sequential"]
+RETURN_AS = ["list", "generator", "generator_unordered"]
+
+
+def fails_on_odd(x):
+    if x % 2:
+        raise ValueError(f"odd {x}")
+    return x
+
+
+def collected(results, return_as):
+    results = list(results)
+    if return_as == "generator_unordered":
+        key = lambda r: r.args[0] if isinstance(r, BaseException) else str(r)  # noqa: E731
+        return sorted(results, key=key)
+    return results
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("return_as", RETURN_AS)
+def test_return_exceptions_puts_each_error_in_its_slot(backend, return_as):
+    n_jobs = 1 if backend == "sequential" else 2
+    results = Parallel(n_jobs=n_jobs, backend=backend, return_as=return_as, return_exceptions=True)(
+        delayed(fails_on_odd)(i) for i in range(8)
+    )
+    results = list(results)
+    assert len(results) == 8
+    errors = [r for r in results if isinstance(r, ValueError)]
+    assert sorted(str(e) for e in errors) == [f"odd {i}" for i in (1, 3, 5, 7)]
+    assert sorted(r for r in results if not isinstance(r, BaseException)) == [0, 2, 4, 6]
+    if return_as != "generator_unordered":
+        assert [str(r) if isinstance(r, BaseException) else r for r in results] == [
+            f"odd {i}" if i % 2 else i for i in range(8)
+        ]
+    if backend == "loky":
+        assert isinstance(errors[0].__cause__, RemoteTraceback)
+        assert "fails_on_odd" in str(errors[0].__cause__)
+
+
+def test_return_exceptions_through_parallel_config_and_default_is_fail_fast():
+    with parallel_config(return_exceptions=True):
+        results = Parallel(n_jobs=2)(delayed(fails_on_odd)(i) for i in range(4))
+    assert isinstance(results[1], ValueError) and results[2] == 2
+    with pytest.raises(ValueError, match="odd 1"):
+        Parallel(n_jobs=2)(delayed(fails_on_odd)(i) for i in range(4))
+
+
+def crash_on(x, bad, how="exit"):
+    if x == bad:
+        if how == "exit":
+            os._exit(3)
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return x
+
+
+def test_a_crashed_workers_other_tasks_run_again_and_the_culprit_is_reported():
+    results = Parallel(n_jobs=2, batch_size=4, return_exceptions=True)(delayed(crash_on)(i, 5) for i in range(12))
+    assert [r for r in results if not isinstance(r, BaseException)] == [i for i in range(12) if i != 5]
+    error = results[5]
+    assert isinstance(error, WorkerCrashedError)
+    assert error.task_index == 5 and error.exitcode == 3 and error.function == "crash_on"
+    assert "it had crashed a worker before too" in str(error)
+
+
+def sleepy(x):
+    import time
+
+    if x == 2:
+        time.sleep(60)
+    return x
+
+
+def test_a_timed_out_task_gets_its_error_and_the_others_complete():
+    results = Parallel(n_jobs=2, batch_size=2, timeout=1, return_exceptions=True)(delayed(sleepy)(i) for i in range(6))
+    assert [r for r in results if not isinstance(r, BaseException)] == [0, 1, 3, 4, 5]
+    assert isinstance(results[2], TaskTimeoutError) and results[2].task_index == 2
+
+
+CRASHES = textwrap.dedent(
+    '''
+    import ctypes, os, resource, sys, time
+
+
+    def segfault_after_printing(x):
+        sys.stderr.write("about to crash in native code\\n")
+        sys.stderr.flush()
+        ctypes.string_at(0)
+
+
+    def exhaust_memory(x):
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+        hoard = []
+        try:
+            while True:
+                hoard.append(bytearray(32 << 20))
+        except MemoryError:
+            sys.stderr.write("fatal: out of memory\\n")
+            sys.stderr.flush()
+            os.abort()
+
+
+    def exit_three(x):
+        os._exit(3)
+
+
+    def my_task(x):
+        time.sleep(60)  # the line the timeout report must show
+
+
+    def deaf_to_signals(x):
+        import signal
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        time.sleep(60)
+    '''
+)
+
+
+@pytest.fixture()
+def crashes(tmp_path, monkeypatch):
+    (tmp_path / "crashes.py").write_text(CRASHES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import crashes
+
+    yield crashes
+    sys.modules.pop("crashes", None)
+
+
+def test_a_segfault_report_names_the_task_signal_and_native_cause(crashes, capfd):
+    with pytest.raises(WorkerCrashedError) as raised:
+        Parallel(n_jobs=2)(delayed(crashes.segfault_after_printing)(x) for x in ["an argument"] * 2)
+    error = raised.value
+    assert error.signal == signal.SIGSEGV and error.signal_name == "SIGSEGV"
+    assert error.function == "segfault_after_printing" and error.args_repr == "'an argument'"
+    assert error.task_index in (0, 1)
+    assert "about to crash in native code" in error.stderr_tail
+    assert "native code" in error.likely_cause
+    assert error.peak_rss and error.peak_rss > 1 << 20
+    assert "likely cause: a crash in native code" in str(error)
+    # The worker's stderr still reached ours, as it was written.
+    assert "about to crash in native code" in capfd.readouterr().err
+
+
+def test_an_out_of_memory_death_says_so_with_its_peak_memory(crashes):
+    with pytest.raises(WorkerCrashedError) as raised:
+        Parallel(n_jobs=2, batch_size=1)(delayed(crashes.exhaust_memory)(x) for x in range(2))
+    error = raised.value
+    assert error.signal == signal.SIGABRT
+    assert "out of memory" in error.likely_cause
+    assert error.peak_rss > 500 << 20
+
+
+def test_os_exit_is_reported_with_its_code(crashes):
+    with pytest.raises(WorkerCrashedError) as raised:
+        Parallel(n_jobs=2)(delayed(crashes.exit_three)(x) for x in range(2))
+    assert raised.value.exitcode == 3 and raised.value.signal is None
+    assert "os._exit(3)" in raised.value.likely_cause
+
+
+def test_a_timeout_report_shows_where_the_task_was_stuck(crashes):
+    with pytest.raises(TaskTimeoutError) as raised:
+        Parallel(n_jobs=2, timeout=1)(delayed(crashes.my_task)(x) for x in range(2))
+    error = raised.value
+    assert error.function == "my_task" and error.timeout == 1
+    assert "crashes.py" in error.stack and "my_task" in error.stack
+    sleep_line = 1 + CRASHES.splitlines().index("    time.sleep(60)  # the line the timeout report must show")
+    assert f"line {sleep_line} in my_task" in error.stack
+    assert "where it was stuck:" in str(error) and "my_task" in str(error)
+
+
+def test_workers_that_cannot_start_fail_the_call_clearly(tmp_path, monkeypatch):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    # Shadows the standard library's numbers module in fresh interpreters only (this one has it).
+    (broken / "numbers.py").write_text('raise ImportError("numbers is broken on purpose")\n')
+    monkeypatch.setenv("PYTHONPATH", str(broken))
+    with pytest.raises(WorkerStartError) as raised:
+        Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(4))
+    error = raised.value
+    assert error.attempts == 3
+    assert "numbers is broken on purpose" in error.stderr_tail
+    assert "the worker could not start: ImportError: numbers is broken on purpose" in str(error)
+
+
+def test_a_task_deaf_to_signals_is_still_stopped_on_time(crashes):
+    with pytest.raises(TaskTimeoutError) as raised:
+        Parallel(n_jobs=2, timeout=1)(delayed(crashes.deaf_to_signals)(x) for x in range(2))
+    assert raised.value.stack.startswith("unavailable")
