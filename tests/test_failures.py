@@ -9,7 +9,6 @@ import sys
 import textwrap
 
 import pytest
-
 from ferrojob import (
     Parallel,
     TaskTimeoutError,
@@ -28,14 +27,6 @@ def fails_on_odd(x):
     if x % 2:
         raise ValueError(f"odd {x}")
     return x
-
-
-def collected(results, return_as):
-    results = list(results)
-    if return_as == "generator_unordered":
-        key = lambda r: r.args[0] if isinstance(r, BaseException) else str(r)  # noqa: E731
-        return sorted(results, key=key)
-    return results
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
