@@ -299,3 +299,12 @@ def test_results_kept_by_the_caller_are_never_overwritten():
     for r, results in enumerate(kept):
         for i, result in enumerate(results):
             assert result.min() == result.max() == float(10 * r + i)
+
+
+def test_many_distinct_arguments_while_replies_release_chunks():
+    # Replies release argument chunks from the pool's reader threads while the caller places
+    # the next batches' buffers: a chunk must never retire between placing and holding.
+    arrays = [np.full(25_000, float(i)) for i in range(2000)]
+    for _ in range(3):
+        sums = Parallel(n_jobs=2)(delayed(np.sum)(a) for a in arrays)
+        assert sums == [25_000.0 * i for i in range(2000)]

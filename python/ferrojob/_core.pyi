@@ -134,7 +134,8 @@ class ProcessPool:
         job: int,
         payload: bytes,
         arena: Arena,
-        placements: list[_Placement] = ...,
+        buffers: list[Any] = ...,
+        identities: list[_Identity | None] = ...,
         mmap_mode: str = "r",
     ) -> None: ...
     def wait(

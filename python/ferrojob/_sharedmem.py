@@ -95,8 +95,10 @@ class ArgumentStore:
         self.arena = Arena()
         self._guards: dict[tuple[int, int, int], weakref.ref] = {}
 
-    def place(self, buffer: pickle.PickleBuffer) -> tuple[int, int, int, int]:
-        """Where ``buffer`` lies in the arena (an opaque placement); copied on first sight."""
+    def identity(self, buffer: pickle.PickleBuffer) -> tuple[int, int, int] | None:
+        """How the arena recognises ``buffer`` when it is passed again (its owner's ``id()``,
+        address and length), guarded so that it is forgotten when the owner dies; None for
+        memory whose owner cannot be watched (bytes): placed afresh each time."""
         view = memoryview(buffer)
         owner = _owner(view.obj)
         identity = (id(owner), buffer_address(buffer), view.nbytes)
@@ -105,9 +107,13 @@ class ArgumentStore:
                 self._guards[identity] = weakref.ref(
                     owner, functools.partial(_forget, weakref.ref(self), identity)
                 )
-            except TypeError:  # bytes and the like: no weak references, so no reuse
-                return self.arena.place(buffer, None)
-        return self.arena.place(buffer, identity)
+            except TypeError:
+                return None
+        return identity
+
+    def place(self, buffer: pickle.PickleBuffer) -> tuple[int, int, int, int]:
+        """Where ``buffer`` lies in the arena (an opaque placement); copied on first sight."""
+        return self.arena.place(buffer, self.identity(buffer))
 
     def forget(self, identity: tuple[int, int, int]) -> None:
         if self._guards.pop(identity, None) is not None:

@@ -376,7 +376,35 @@ impl Arguments {
         placements: &[Placement],
         access: Access,
     ) -> io::Result<Job> {
+        self.job_locked(self.arena(), id, body, placements, access)
+    }
+
+    /// Place `buffers` (each once per identity, see [`Arena::place_once`]) and make the job
+    /// that holds them, under one lock: replies release chunks from the pool's reader threads,
+    /// and no chunk may retire between a buffer being placed in it and its job holding it.
+    pub fn job_with_buffers(
+        &self,
+        id: JobId,
+        body: &[u8],
+        buffers: &[(Option<Identity>, &[u8])],
+        access: Access,
+    ) -> io::Result<Job> {
         let mut arena = self.arena();
+        let placements = buffers
+            .iter()
+            .map(|&(identity, bytes)| arena.place_once(identity, bytes))
+            .collect::<io::Result<Vec<_>>>()?;
+        self.job_locked(arena, id, body, &placements, access)
+    }
+
+    fn job_locked(
+        &self,
+        mut arena: MutexGuard<'_, Arena>,
+        id: JobId,
+        body: &[u8],
+        placements: &[Placement],
+        access: Access,
+    ) -> io::Result<Job> {
         let mut chunks: Vec<usize> = Vec::new();
         let mut refs = Vec::with_capacity(placements.len());
         for placement in placements {

@@ -4,7 +4,7 @@
 use std::ffi::c_int;
 use std::sync::Arc;
 
-use ferrojob_engine::arena::{self, Arguments, Identity, Placement};
+use ferrojob_engine::arena::{self, Arguments, Identity};
 use ferrojob_engine::shm::{span_inside, Access, Mapping, SharedBuffer};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
@@ -268,15 +268,6 @@ impl Arena {
     #[getter]
     fn n_open_chunks(&self) -> usize {
         self.inner.n_open_chunks()
-    }
-}
-
-pub fn placement((chunk, offset, len, token): (usize, usize, usize, u64)) -> Placement {
-    Placement {
-        chunk,
-        offset,
-        len,
-        token,
     }
 }
 

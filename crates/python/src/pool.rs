@@ -3,11 +3,12 @@
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
+use ferrojob_engine::arena::Identity;
 use ferrojob_engine::pool::{LossCause, Outcome, Pool, WorkerSpec};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::buffers::{self, access_from_mode, placement, Arena, Buffer};
+use crate::buffers::{self, access_from_mode, Arena, Buffer};
 use crate::durations;
 use crate::errors::EngineError;
 
@@ -120,24 +121,40 @@ impl ProcessPool {
 
     /// Queue a job; it starts as soon as a worker is free.
     ///
-    /// `placements`: the out-of-band buffers of `payload`, as placed in `arena` (see
-    /// `Arena.place`); the worker maps them with `mmap_mode` ("r", "r+", "w+" or "c"). The job
-    /// holds their chunks until it completes, is cancelled or its worker dies.
-    #[pyo3(signature = (job, payload, arena, placements=Vec::new(), mmap_mode="r"))]
+    /// `buffers`: the out-of-band buffers of `payload`, placed in `arena` (each once per
+    /// identity: its owner's `id()`, address and length, or None) together with the job, which
+    /// holds their chunks until it completes, is cancelled or its worker dies; the worker maps
+    /// them with `mmap_mode` ("r", "r+", "w+" or "c").
+    #[pyo3(signature = (job, payload, arena, buffers=Vec::new(), identities=Vec::new(), mmap_mode="r"))]
+    #[allow(clippy::too_many_arguments)]
     fn submit(
         &self,
         py: Python<'_>,
         job: u64,
         payload: &[u8],
         arena: PyRef<'_, Arena>,
-        placements: Vec<(usize, usize, usize, u64)>,
+        buffers: Vec<Bound<'_, PyAny>>,
+        identities: Vec<Option<Identity>>,
         mmap_mode: &str,
     ) -> PyResult<()> {
         let access = access_from_mode(mmap_mode)?;
-        let placements: Vec<_> = placements.into_iter().map(placement).collect();
+        let held = buffers
+            .iter()
+            .map(buffers::contiguous)
+            .collect::<PyResult<Vec<_>>>()?;
+        // SAFETY: `held` keeps every buffer exported until the job is made (copied).
+        let slices: Vec<&[u8]> = held
+            .iter()
+            .map(|b| unsafe { buffers::bytes_of(b) })
+            .collect();
+        let placed: Vec<(Option<Identity>, &[u8])> = slices
+            .iter()
+            .enumerate()
+            .map(|(index, bytes)| (identities.get(index).copied().flatten(), *bytes))
+            .collect();
         let arguments = &arena.inner;
         let job = py
-            .detach(|| arguments.job(job, payload, &placements, access))
+            .detach(|| arguments.job_with_buffers(job, payload, &placed, access))
             .map_err(EngineError::Arena)?;
         py.detach(|| self.pool.submit(job))
             .map_err(EngineError::from)?;

@@ -164,11 +164,11 @@ class ProcessSession(Session):
             )
         except Exception as error:
             raise _explain_unpicklable_batch(piece.batch, error) from error
-        placements = [self._arguments.place(buffer) for buffer in buffers]
+        identities = [self._arguments.identity(buffer) for buffer in buffers]
         job = next(_JOB_IDS)
         self._jobs[job] = piece
         try:
-            self._pool.submit(job, body, self._arguments.arena, placements, self._mmap_mode)
+            self._pool.submit(job, body, self._arguments.arena, buffers, identities, self._mmap_mode)
         except BaseException:
             self._jobs.pop(job)
             raise
