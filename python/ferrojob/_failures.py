@@ -9,15 +9,13 @@ from __future__ import annotations
 import pickle
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._pickling import dumps_result, type_name
 from .errors import RemoteTraceback
 
 
-@dataclass(frozen=True)
-class TaskRaised:
+class TaskRaised(NamedTuple):
     """The task at ``offset`` of the batch raised. ``rebuild`` says how to recreate the exception
     (see ``_worker._exception_payload``): ``"pickle"`` or ``"parts"`` with ``data``, or None."""
 
@@ -29,8 +27,7 @@ class TaskRaised:
     traceback: str
 
 
-@dataclass(frozen=True)
-class ResultUnpicklable:
+class ResultUnpicklable(NamedTuple):
     """The result of the task at ``offset`` cannot be pickled back."""
 
     offset: int
@@ -38,8 +35,7 @@ class ResultUnpicklable:
     reason: str
 
 
-@dataclass(frozen=True)
-class ArgumentsUnloadable:
+class ArgumentsUnloadable(NamedTuple):
     """The batch's arguments could not be unpickled in the worker."""
 
     type_name: str
@@ -48,6 +44,9 @@ class ArgumentsUnloadable:
 
 
 FailureReport = TaskRaised | ResultUnpicklable | ArgumentsUnloadable
+
+#: Exit code of a worker whose socket to the parent broke under it (a task closed fd 3).
+CHANNEL_LOST_EXIT = 121
 
 
 def dumps(report: FailureReport) -> bytes:

@@ -21,11 +21,10 @@ import signal
 from typing import Any
 
 from ._core import Completion, CompletionKind
+from ._failures import CHANNEL_LOST_EXIT
 from ._tasks import Batch, function_name, safe_repr
 from .errors import TaskTimeoutError, WorkerCrashedError, WorkerStartError, compose_message
 
-#: Exit code of a worker whose socket to the parent broke under it (see ``_worker``).
-CHANNEL_LOST_EXIT = 121
 #: Lines of the stderr tail shown in a message (all of it is in ``stderr_tail``).
 _TAIL_LINES = 12
 _NATIVE_CRASHES = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT}

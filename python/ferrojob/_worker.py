@@ -14,7 +14,6 @@ from typing import Any
 
 from . import _failures
 from ._pickling import dumps_result, type_name
-from ._reports import CHANNEL_LOST_EXIT
 
 _status: Any = None  # memoryview of the status words in shared memory
 _NO_KWARGS: dict = {}
@@ -32,7 +31,7 @@ def main() -> None:
     except OSError as error:
         sys.stderr.write(f"ferrojob worker {os.getpid()}: its socket to the parent broke: {error}\n")
         _flush_output()
-        os._exit(CHANNEL_LOST_EXIT)
+        os._exit(_failures.CHANNEL_LOST_EXIT)
 
 
 def _on_init(payload: bytes, status: Any) -> None:

@@ -124,7 +124,9 @@ impl Arena {
 
     /// The owner of `identity` is gone: its memory may be reused for something else.
     pub fn forget(&mut self, identity: Identity) {
-        self.identities.remove(&identity);
+        if let Some(placement) = self.identities.remove(&identity) {
+            self.retire_if_unused(placement.chunk);
+        }
     }
 
     /// A chunk of the standard size: a recycled one, or the one prepared ahead, or a new one.
@@ -260,17 +262,27 @@ impl Arena {
     }
 
     fn retire_if_unused(&mut self, chunk: usize) -> bool {
+        let identities = &self.identities;
         let slot = match self.chunks.get_mut(chunk) {
             Some(slot) => slot,
             None => return false,
         };
-        if !slot
-            .as_ref()
-            .is_some_and(|c| c.full && c.holds == 0 && c.mapped == 0)
-        {
+        // A large buffer (a chunk of its own) placed by identity stays while its owner lives:
+        // the caller may pass the same object again in this session, and copying it again would
+        // cost what placing it once saved. Chunks of smaller buffers are recycled as usual (their
+        // pages reused: cheaper than fresh ones), and forget what they held.
+        let chunk_size = self.chunk_size;
+        let unused = slot.as_ref().is_some_and(|c| {
+            let kept_for_its_owner = c.file.len() > chunk_size
+                && c.identities.iter().any(|key| identities.contains_key(key));
+            c.full && c.holds == 0 && c.mapped == 0 && !kept_for_its_owner
+        });
+        if !unused {
             return false;
         }
-        let entry = slot.take().expect("checked");
+        let Some(entry) = slot.take() else {
+            return false;
+        };
         for key in &entry.identities {
             self.identities.remove(key);
         }
@@ -638,6 +650,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(read(&mapping, next.offset, 100), vec![2u8; 100]);
+    }
+
+    #[test]
+    fn a_large_buffer_placed_by_identity_stays_while_its_owner_lives() {
+        let mut arena = Arena::new(128);
+        let key = (1, 2, 1000);
+        let kept = arena.place_once(Some(key), &[1u8; 1000]).unwrap(); // a chunk of its own
+        assert!(arena.sweep().is_empty());
+        assert_eq!(arena.place_once(Some(key), &[1u8; 1000]).unwrap(), kept);
+        arena.forget(key); // the owner died: the chunk goes
+        assert!(arena.duplicate_fd(kept.chunk).is_err());
+        // A small one is recycled with its chunk, and placed again when passed again.
+        let small = arena.place_once(Some((3, 4, 100)), &[5u8; 100]).unwrap();
+        arena.place(&[6u8; 100]).unwrap(); // fills its chunk
+        assert_eq!(arena.sweep(), vec![small.chunk]);
+        assert_ne!(
+            arena.place_once(Some((3, 4, 100)), &[5u8; 100]).unwrap(),
+            small
+        );
     }
 
     #[test]

@@ -247,8 +247,8 @@ struct Running {
     task_since: Instant,
     /// The argument chunks the job holds (released when this is dropped).
     holds: Option<Holds>,
-    /// When the worker was asked to dump its stack (its task ran past the limit).
-    stack_requested: Option<Instant>,
+    /// When the worker was asked to dump its stack (its task ran past `limit`).
+    stack_requested: Option<(Instant, Duration)>,
 }
 
 impl Running {
@@ -429,9 +429,9 @@ impl Pool {
             match running.stack_requested {
                 None => {
                     let _ = kill(worker.pid, Signal::SIGUSR1);
-                    running.stack_requested = Some(now);
+                    running.stack_requested = Some((now, limit));
                 }
-                Some(asked) if now.duration_since(asked) >= STACK_GRACE => {
+                Some((asked, _)) if now.duration_since(asked) >= STACK_GRACE => {
                     worker.kill(KillReason::TimedOut(limit));
                 }
                 Some(_) => {}
@@ -745,6 +745,12 @@ fn read_replies(
                 (_, Some(Leaving::Killed(KillReason::TimedOut(limit)))) => {
                     LossCause::TimedOut(limit)
                 }
+                // Asked for its stack (SIGUSR1) and died of it: a worker without the handler.
+                (_, _) if running.stack_requested.is_some() => LossCause::TimedOut(
+                    running
+                        .stack_requested
+                        .map_or(Duration::ZERO, |(_, limit)| limit),
+                ),
                 (_, Some(Leaving::Killed(KillReason::Cancelled))) => LossCause::Cancelled,
                 (Some(reason), _) => LossCause::Protocol(reason),
                 (None, Some(Leaving::Retired) | None) => exit,
