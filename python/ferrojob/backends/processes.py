@@ -28,6 +28,7 @@ from ..errors import (
     compose_message,
 )
 from .base import Backend, CallOptions, Completion, Session
+from .pieces import Assemblies, Piece
 
 #: Seconds without work after which warm workers exit.
 IDLE_TIMEOUT = 300.0
@@ -145,9 +146,9 @@ class ProcessSession(Session):
         env = {**worker_environment(n_workers, options.inner_max_num_threads), **(extra_env or {})}
         self._pool, self._release = _SHARED.acquire(n_workers, env)
         self._arguments = ArgumentStore()
-        self._jobs: dict[int, _Piece] = {}
-        # batch id -> results being put back together from pieces run again (return_exceptions)
-        self._assemblies: dict[int, _Assembly] = {}
+        self._jobs: dict[int, Piece] = {}
+        # batches being put back together from pieces run again (return_exceptions)
+        self._assemblies = Assemblies()
         self._start_failures = 0
 
     def begin(self) -> None:
@@ -155,9 +156,9 @@ class ProcessSession(Session):
             self._pool.ensure_workers(self.n_workers)
 
     def submit(self, batch_id: int, batch: Batch) -> None:
-        self._submit(_Piece(batch_id, batch, 0, retried=False))
+        self._submit(Piece(batch_id, batch))
 
-    def _submit(self, piece: _Piece) -> None:
+    def _submit(self, piece: Piece) -> None:
         try:
             body, buffers = _pickling.dumps_with_buffers(
                 (self._max_nbytes, piece.batch.columns(), self._collect), self._max_nbytes
@@ -220,17 +221,16 @@ class ProcessSession(Session):
             return piece.batch_id, None, 0.0, _lost_error(completion, piece.batch, self._timeout, then)
         return self._salvage(piece, completion)
 
-    def _salvage(self, piece: _Piece, completion: EngineCompletion) -> tuple[int, Any, float, None] | None:
+    def _salvage(self, piece: Piece, completion: EngineCompletion) -> tuple[int, Any, float, None] | None:
         """``return_exceptions``: the task the dead (or stopped) worker was running gets its error
         in its slot — a crash only on its second crash, alone on a fresh worker — and the other
         tasks of its batch run again."""
-        batch = piece.batch
-        culprit = min(max(completion.tasks_started - 1, 0), len(batch) - 1)
+        culprit = min(max(completion.tasks_started - 1, 0), len(piece.batch) - 1)
         self._pool.ensure_workers(self.n_workers)
-        for start, end in ((0, culprit), (culprit + 1, len(batch))):
-            if start < end:
-                self._submit(piece.part(start, end, retried=False))
-        alone = piece.part(culprit, culprit + 1, retried=True)
+        self._assemblies.expect(piece)
+        others, alone = piece.around(culprit)
+        for part in others:
+            self._submit(part)
         then = "the other tasks of its batch were run again"
         if completion.kind == CompletionKind.Timeout:
             error: BaseException = _reports.timeout_error(completion, alone.batch, self._timeout, then)
@@ -238,21 +238,14 @@ class ProcessSession(Session):
             error = _reports.crash_error(completion, alone.batch, "it had crashed a worker before too")
         else:
             self._submit(alone)
-            return self._fill(piece.part(0, 0, retried=False), [], 0.0)
+            return None
         return self._fill(alone, [error], 0.0)
 
-    def _fill(self, piece: _Piece, results: list[Any], elapsed: float) -> tuple[int, Any, float, None] | None:
-        """Put a piece's results in place; the batch's results once every slot is filled."""
-        assembly = self._assemblies.get(piece.batch_id)
-        if assembly is None:
-            if piece.is_whole:
-                return piece.batch_id, results, elapsed, None
-            assembly = self._assemblies[piece.batch_id] = _Assembly(piece.whole_size)
-        assembly.put(piece.offset, results, elapsed)
-        if not assembly.complete:
+    def _fill(self, piece: Piece, results: list[Any], elapsed: float) -> tuple[int, Any, float, None] | None:
+        completion = self._assemblies.fill(piece, results, elapsed)
+        if completion is None:
             return None
-        del self._assemblies[piece.batch_id]
-        return piece.batch_id, assembly.slots, assembly.elapsed, None
+        return completion.batch_id, completion.results, completion.elapsed, None
 
     def abort(self, everything: bool = False) -> None:
         if everything:
@@ -270,46 +263,6 @@ class ProcessSession(Session):
 
 #: Workers that die before running anything, in a row, before the call fails (WorkerStartError).
 MAX_START_FAILURES = 3
-
-
-class _Piece:
-    """Consecutive tasks of a scheduled batch, sent as one job: the whole batch, or a part of it
-    run again after its worker died (``offset``: where the part starts in the batch)."""
-
-    __slots__ = ("batch", "batch_id", "offset", "retried", "whole_size")
-
-    def __init__(self, batch_id: int, batch: Batch, offset: int, retried: bool, whole_size: int | None = None) -> None:
-        self.batch_id = batch_id
-        self.batch = batch
-        self.offset = offset
-        self.retried = retried
-        self.whole_size = len(batch) if whole_size is None else whole_size
-
-    @property
-    def is_whole(self) -> bool:
-        return self.offset == 0 and len(self.batch) == self.whole_size
-
-    def part(self, start: int, end: int, retried: bool) -> _Piece:
-        batch = Batch(self.batch.start + start, self.batch.calls[start:end])
-        return _Piece(self.batch_id, batch, self.offset + start, retried, self.whole_size)
-
-
-class _Assembly:
-    """A batch's results put back together from pieces."""
-
-    def __init__(self, size: int) -> None:
-        self.slots: list[Any] = [None] * size
-        self.missing = size
-        self.elapsed = 0.0
-
-    def put(self, offset: int, results: list[Any], elapsed: float) -> None:
-        self.slots[offset : offset + len(results)] = results
-        self.missing -= len(results)
-        self.elapsed += elapsed
-
-    @property
-    def complete(self) -> bool:
-        return self.missing == 0
 
 
 def _died_starting(completion: EngineCompletion) -> bool:

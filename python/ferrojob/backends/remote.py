@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from .. import _failures
 from .._tasks import Batch
 from ..errors import TaskTimeoutError, compose_message
 from .base import CallOptions, Completion, Session
+from .pieces import Assemblies, Piece
 
 #: How often a wait wakes up (for Ctrl-C and deadlines).
 TICK = 0.2
@@ -107,22 +108,12 @@ def run_columns(
     return results, time.perf_counter() - start
 
 
-def check_deadlines(pending: Iterable[tuple[int, Batch, float]], timeout: float | None, where: str) -> None:
-    """Raise ``TaskTimeoutError`` if a batch submitted at ``started`` has run longer than
-    ``timeout`` seconds per task (the caller then cancels the call's tasks)."""
-    if timeout is None:
-        return
-    now = time.monotonic()
-    for _, batch, started in pending:
-        if now - started > timeout * len(batch):
-            raise TaskTimeoutError(
-                compose_message(
-                    f"tasks {batch.start}..{batch.start + len(batch) - 1} ran longer than "
-                    f"timeout={timeout:g} s per task {where}.",
-                    "the call's remaining tasks were cancelled; raise Parallel(timeout=...)",
-                ),
-                code="FJ302",
-            )
+def _timeout_error(batch: Batch, timeout: float, where: str, then: str) -> TaskTimeoutError:
+    what = batch.describe(0) if len(batch) == 1 else f"tasks {batch.start}..{batch.start + len(batch) - 1}"
+    return TaskTimeoutError(
+        compose_message(f"{what} ran longer than timeout={timeout:g} s per task {where}.", then),
+        code="FJ302",
+    )
 
 
 class ClusterSession(Session):
@@ -138,7 +129,9 @@ class ClusterSession(Session):
         self._timeout = options.timeout
         self._collect = options.return_exceptions
         self._arguments = SharedArguments(self.put, options.max_nbytes)
-        self._pending: dict[Any, tuple[int, Batch, float]] = {}
+        # future -> (the piece of a batch it runs, when it was submitted)
+        self._pending: dict[Any, tuple[Piece, float]] = {}
+        self._assemblies = Assemblies()
 
     @abstractmethod
     def launch(self, columns: Columns, collect: bool) -> Any:
@@ -167,24 +160,61 @@ class ClusterSession(Session):
         """Stop what this session started (a local cluster)."""
 
     def submit(self, batch_id: int, batch: Batch) -> None:
-        future = self.launch(self._arguments.replace(batch.columns()), self._collect)
-        self._pending[future] = (batch_id, batch, time.monotonic())
+        self._launch(Piece(batch_id, batch))
+
+    def _launch(self, piece: Piece) -> None:
+        future = self.launch(self._arguments.replace(piece.batch.columns()), self._collect)
+        self._pending[future] = (piece, time.monotonic())
 
     def wait(self) -> Completion:
         while True:
             future = self.first_done(list(self._pending), TICK)
             if future is not None:
-                batch_id, batch, _ = self._pending.pop(future)
+                piece, _ = self._pending.pop(future)
                 results, elapsed = self.result(future)
                 if self._collect:
-                    results = _failures.settle(results, batch.describe)
-                return Completion(batch_id, results, elapsed)
-            check_deadlines(self._pending.values(), self._timeout, self.where)
+                    results = _failures.settle(results, piece.batch.describe)
+                completion = self._assemblies.fill(piece, results, elapsed)
+                if completion is not None:
+                    return completion
+                continue
+            completion = self._enforce_timeout()
+            if completion is not None:
+                return completion
+
+    def _enforce_timeout(self) -> Completion | None:
+        """A batch past ``timeout`` seconds per task fails the call; with ``return_exceptions``
+        it is cancelled and its tasks run again one by one, so that the stuck one (alone past
+        its time) gets a ``TaskTimeoutError`` in its slot and the others their results."""
+        if self._timeout is None:
+            return None
+        now = time.monotonic()
+        for future, (piece, started) in list(self._pending.items()):
+            if now - started <= self._timeout * len(piece.batch):
+                continue
+            if not self._collect:
+                raise _timeout_error(
+                    piece.batch, self._timeout, self.where,
+                    "the call's remaining tasks were cancelled; raise Parallel(timeout=...)",
+                )
+            self.cancel([future])
+            del self._pending[future]
+            self._assemblies.expect(piece)
+            if len(piece.batch) > 1:
+                for offset in range(len(piece.batch)):
+                    self._launch(piece.part(offset, offset + 1))
+                continue
+            error = _timeout_error(piece.batch, self._timeout, self.where, "the other tasks of the call went on")
+            completion = self._assemblies.fill(piece, [error], 0.0)
+            if completion is not None:
+                return completion
+        return None
 
     def abort(self, everything: bool = False) -> None:
         if self._pending:
             self.cancel(list(self._pending))
             self._pending.clear()
+        self._assemblies.clear()
 
     def close(self) -> None:
         self.abort()

@@ -13,6 +13,7 @@ from typing import Any
 from .._tasks import Batch
 from ..errors import TaskTimeoutError, compose_message
 from .base import Backend, CallOptions, Completion, Session
+from .pieces import Assemblies, Piece
 
 _POLL = 0.05
 
@@ -32,18 +33,23 @@ class ThreadSession(Session):
         self.n_workers = n_workers
         self._timeout = timeout
         self._collect = collect
-        # (generation, (batch id, batch)); None stops a thread.
-        self._todo: queue.SimpleQueue[tuple[int, tuple[int, Batch]] | None] = queue.SimpleQueue()
-        self._done: queue.SimpleQueue[tuple[int, bool, Any, float]] = queue.SimpleQueue()
-        # thread id -> (batch, offset of the running task, when it started)
-        self._running: dict[int, tuple[Batch, int, float]] = {}
+        # (generation, piece); None stops a thread.
+        self._todo: queue.SimpleQueue[tuple[int, Piece] | None] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[tuple[Piece, bool, Any, float]] = queue.SimpleQueue()
+        # thread id -> (piece, offset of the running task, when it started, results so far)
+        self._running: dict[int, tuple[Piece, int, float, list[Any]]] = {}
+        # Threads left with a stuck task (return_exceptions): they stop after it, unheard.
+        self._abandoned: set[int] = set()
+        self._assemblies = Assemblies()
         self._generation = 0  # bumped by abort(): batches of older generations are skipped
-        self._threads = [
-            threading.Thread(target=self._work, name=f"ferrojob-thread-{i}", daemon=True)
-            for i in range(n_workers)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._threads: list[threading.Thread] = []
+        for _ in range(n_workers):
+            self._start_thread()
+
+    def _start_thread(self) -> None:
+        thread = threading.Thread(target=self._work, name=f"ferrojob-thread-{len(self._threads)}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
 
     def _work(self) -> None:
         me = threading.get_ident()
@@ -51,15 +57,15 @@ class ThreadSession(Session):
             item = self._todo.get()
             if item is None:
                 return
-            generation, (batch_id, batch) = item
+            generation, piece = item
             results: list[Any] = []
             started = time.perf_counter()
             offset = 0
             try:
-                for offset, (function, args, kwargs) in enumerate(batch.calls):
+                for offset, (function, args, kwargs) in enumerate(piece.batch.calls):
                     if generation != self._generation:
                         break
-                    self._running[me] = (batch, offset, time.monotonic())
+                    self._running[me] = (piece, offset, time.monotonic(), results)
                     if not self._collect:
                         results.append(function(*args, **kwargs))
                         continue
@@ -67,47 +73,80 @@ class ThreadSession(Session):
                         results.append(function(*args, **kwargs))
                     except Exception as error:  # return_exceptions: the error is the result
                         results.append(error)
+                    if me in self._abandoned:
+                        self._abandoned.discard(me)  # thread ids are reused once a thread ends
+                        return
             except BaseException as error:
-                self._done.put((batch_id, False, error, 0.0))
+                self._done.put((piece, False, error, 0.0))
             else:
-                self._done.put((batch_id, True, results, time.perf_counter() - started))
+                self._done.put((piece, True, results, time.perf_counter() - started))
             finally:
                 self._running.pop(me, None)
 
     def submit(self, batch_id: int, batch: Batch) -> None:
-        self._todo.put((self._generation, (batch_id, batch)))
+        self._todo.put((self._generation, Piece(batch_id, batch)))
 
     def wait(self) -> Completion:
         while True:
             try:
-                batch_id, ok, value, elapsed = self._done.get(
+                piece, ok, value, elapsed = self._done.get(
                     timeout=None if self._timeout is None else _POLL
                 )
             except queue.Empty:
-                self._check_timeouts()
+                completion = self._check_timeouts()
+                if completion is not None:
+                    return completion
                 continue
-            if ok:
-                return Completion(batch_id, value, elapsed)
-            raise value
+            if not ok:
+                raise value
+            completion = self._assemblies.fill(piece, value, elapsed)
+            if completion is not None:
+                return completion
 
-    def _check_timeouts(self) -> None:
+    def _check_timeouts(self) -> Completion | None:
         now = time.monotonic()
         assert self._timeout is not None
-        for batch, offset, started in list(self._running.values()):
-            if now - started > self._timeout:
+        for thread, (piece, offset, started, results) in list(self._running.items()):
+            if now - started <= self._timeout:
+                continue
+            if not self._collect:
                 raise TaskTimeoutError(
                     compose_message(
-                        f"{batch.describe(offset)} ran longer than timeout={self._timeout:g} s.",
+                        f"{piece.batch.describe(offset)} ran longer than timeout={self._timeout:g} s.",
                         "a thread cannot be stopped: it finishes the task in the background;",
                         "the other tasks of this call were cancelled. Raise the timeout, or use",
                         'backend="loky" so that a stuck task can be killed.',
                     ),
                     code="FJ302",
                 )
+            return self._give_up_on(thread, piece, offset, results)
+        return None
+
+    def _give_up_on(self, thread: int, piece: Piece, offset: int, results: list[Any]) -> Completion | None:
+        """``return_exceptions``: the stuck task gets a ``TaskTimeoutError`` in its slot, its
+        thread is left to finish it unheard (a thread cannot be stopped) and replaced, and the
+        rest of its batch runs on the other threads."""
+        self._abandoned.add(thread)
+        self._running.pop(thread, None)
+        self._start_thread()
+        self._assemblies.expect(piece)
+        error = TaskTimeoutError(
+            compose_message(
+                f"{piece.batch.describe(offset)} ran longer than timeout={self._timeout:g} s.",
+                "a thread cannot be stopped: it finishes the task in the background, unheard;",
+                "the other tasks of the call went on",
+            ),
+            code="FJ302",
+        )
+        if offset + 1 < len(piece.batch):
+            self._todo.put((self._generation, piece.part(offset + 1, len(piece.batch))))
+        done = self._assemblies.fill(piece.part(0, offset), list(results[:offset]), 0.0)
+        return self._assemblies.fill(piece.part(offset, offset + 1), [error], 0.0) or done
 
     def abort(self, everything: bool = False) -> None:
         # Threads cannot be killed: running tasks finish, their results are dropped.
         self._generation += 1
+        self._assemblies.clear()
         while True:
             try:
                 self._todo.get_nowait()
