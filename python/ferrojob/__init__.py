@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _core, _misuse, _tasks
 from ._pickling import wrap_non_picklable_objects
+from ._progress import ProgressUpdate
 from .backends import register_parallel_backend
 from .config import parallel_backend, parallel_config
 from .cpus import cpu_count
@@ -81,6 +82,7 @@ __all__ = [
     "NotADumpFileError",
     "Parallel",
     "ParallelUsageError",
+    "ProgressUpdate",
     "RefusedContentError",
     "TaskTimeoutError",
     "UnknownBackendError",

@@ -47,6 +47,8 @@ FailureReport = TaskRaised | ResultUnpicklable | ArgumentsUnloadable
 
 #: Exit code of a worker whose socket to the parent broke under it (a task closed fd 3).
 CHANNEL_LOST_EXIT = 121
+#: Exit code of a worker whose initializer raised.
+INITIALIZER_FAILED_EXIT = 122
 
 
 def dumps(report: FailureReport) -> bytes:

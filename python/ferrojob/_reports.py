@@ -70,9 +70,11 @@ def likely_cause(completion: Completion, started: bool) -> str:
     """One line saying what most probably ended the worker."""
     tail = _tail_text(completion)
     kind, code = completion.kind, completion.code
+    if "ferrojob: the initializer" in tail:
+        failed = tail[tail.rfind("ferrojob: the initializer") :].splitlines()[0]
+        return f"{failed[len('ferrojob: '):].rstrip(':')}: {_last_line(tail)}"
     if not started and completion.jobs_done == 0 and "Traceback" in tail:
-        last = [line for line in tail.splitlines() if line.strip()][-1:]
-        return "the worker could not start: " + (last[0].strip() if last else "see the stderr tail")
+        return "the worker could not start: " + _last_line(tail)
     if "MemoryError" in tail or "Cannot allocate memory" in tail or "out of memory" in tail.lower():
         return "probably out of memory: the stderr tail mentions it"
     if kind == CompletionKind.Signaled and code == signal.SIGKILL:
@@ -94,6 +96,11 @@ def likely_cause(completion: Completion, started: bool) -> str:
     if kind == CompletionKind.Protocol:
         return "a task (or a process it forked) wrote to file descriptor 3, the worker's socket"
     return "another part of the program reaped the worker (os.wait)"
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "see the stderr tail"
 
 
 def _how(completion: Completion) -> str:

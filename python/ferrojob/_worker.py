@@ -46,6 +46,23 @@ def _on_init(payload: bytes, status: Any) -> None:
         os.chdir(settings["cwd"])
     except OSError:
         pass
+    if settings.get("initializer"):
+        _initialize(settings["initializer"])
+
+
+def _initialize(pickled: bytes) -> None:
+    """Run the call's ``initializer(*initargs)`` once, before the worker's first task. If it
+    fails, the worker says so on stderr (its tail reaches the parent's report) and exits: the
+    parent's start-up checks turn that into one clear error, never a respawn loop."""
+    name = "the initializer"
+    try:
+        initializer, initargs = pickle.loads(pickled)
+        name = f"the initializer {getattr(initializer, '__qualname__', repr(initializer))}"
+        initializer(*initargs)
+    except BaseException as error:
+        sys.stderr.write(f"ferrojob: {name} failed:\n{_failures.traceback_text(error)}")
+        _flush_output()
+        os._exit(_failures.INITIALIZER_FAILED_EXIT)
 
 
 def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]]:

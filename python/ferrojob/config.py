@@ -57,6 +57,8 @@ class Config(NamedTuple):
     require: Any = DEFAULT
     inner_max_num_threads: Any = DEFAULT
     return_exceptions: Any = DEFAULT
+    initializer: Any = DEFAULT
+    initargs: Any = DEFAULT
     backend_params: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -84,6 +86,8 @@ class Settings(NamedTuple):
     require: Any
     inner_max_num_threads: Any
     return_exceptions: bool
+    initializer: Any
+    initargs: tuple
     backend_params: Mapping[str, Any]
 
 
@@ -110,6 +114,9 @@ def effective_settings(**explicit: Any) -> Settings:
         require=pick("require"),
         inner_max_num_threads=config.inner_max_num_threads,
         return_exceptions=bool(pick("return_exceptions")) if not is_default(pick("return_exceptions")) else False,
+        # joblib >= 1.5 spells these as backend keywords: parallel_config(backend=..., initializer=f)
+        initializer=_given(pick("initializer"), config.backend_params.get("initializer")),
+        initargs=tuple(_given(pick("initargs"), config.backend_params.get("initargs")) or ()),
         backend_params=dict(config.backend_params),
     )
 
@@ -124,6 +131,23 @@ def check_prefer_require(prefer: Any, require: Any) -> None:
         raise _invalid_setting(
             f"require={require!r} is not a valid requirement.",
             'use require="sharedmem" (tasks must share memory: threads) or require=None',
+        )
+
+
+def _given(value: Any, fallback: Any) -> Any:
+    return fallback if is_default(value) else value
+
+
+def check_initializer(initializer: Any, initargs: Any) -> None:
+    if not (is_default(initializer) or initializer is None or callable(initializer)):
+        raise _invalid_setting(
+            f"initializer={initializer!r} is not callable.",
+            "pass a function, run once in each worker before its first task: initializer=setup",
+        )
+    if not (is_default(initargs) or isinstance(initargs, (tuple, list))):
+        raise _invalid_setting(
+            f"initargs={initargs!r} is not a tuple of arguments.",
+            "pass the initializer's arguments as a tuple: initargs=(path,)",
         )
 
 
@@ -174,6 +198,8 @@ class parallel_config(contextlib.ContextDecorator):
         require: Any = DEFAULT,
         inner_max_num_threads: Any = DEFAULT,
         return_exceptions: Any = DEFAULT,
+        initializer: Any = DEFAULT,
+        initargs: Any = DEFAULT,
         **backend_params: Any,
     ) -> None:
         from .backends import check_backend_name
@@ -185,6 +211,7 @@ class parallel_config(contextlib.ContextDecorator):
             check_n_jobs(n_jobs)
         check_prefer_require(prefer, require)
         check_return_exceptions(return_exceptions)
+        check_initializer(initializer, initargs)
         self._changes = {
             key: value
             for key, value in dict(
@@ -198,6 +225,8 @@ class parallel_config(contextlib.ContextDecorator):
                 require=require,
                 inner_max_num_threads=inner_max_num_threads,
                 return_exceptions=return_exceptions,
+                initializer=initializer,
+                initargs=initargs,
             ).items()
             if not is_default(value)
         }

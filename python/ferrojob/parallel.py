@@ -24,6 +24,7 @@ from .backends import DEFAULT_BACKEND, Backend, CallOptions, Session, check_back
 from .config import (
     DEFAULT,
     Settings,
+    check_initializer,
     check_prefer_require,
     check_return_exceptions,
     current_config,
@@ -109,6 +110,11 @@ class Parallel:
         pre_dispatch: batches dispatched ahead of results: an int, "all" or an expression of
             n_jobs (default "2 * n_jobs").
         batch_size: tasks per batch, or "auto" to size batches from measured task durations.
+        max_batch_size: the most tasks an automatic batch may hold (progress and memory checks
+            happen between batches).
+        initializer, initargs: ``initializer(*initargs)`` runs once in each worker process
+            before its first task (replacement workers too); one that raises fails the call
+            with ``WorkerStartError`` naming it, with its traceback.
         max_nbytes: arguments and results holding buffers (numpy arrays, bytearrays...) of at
             least this size travel through shared memory, without copies: an int, a string
             such as "1M", or None (never). Default 64 KiB.
@@ -117,7 +123,9 @@ class Parallel:
             shared by the call's tasks; the caller's own array is not modified), "c" or None
             (writable copy-on-write, private to each task).
         temp_folder: accepted for compatibility with joblib; nothing is written to disk.
-        progress: show a tqdm progress bar (when tqdm is installed).
+        progress: True shows a tqdm progress bar (when tqdm is installed); a callable is called in
+            the calling thread after each completed batch with a ``ProgressUpdate``
+            (``n_completed``, ``n_total``, ``elapsed``, ``n_failed``).
         return_exceptions: every task runs; one that raises puts its exception (with its remote
             traceback as ``__cause__``) in its result slot instead of failing the call, and a task
             stopped by ``timeout`` or whose worker died puts a ``TaskTimeoutError`` or
@@ -153,8 +161,11 @@ class Parallel:
         mmap_mode: Any = DEFAULT,
         prefer: Any = DEFAULT,
         require: Any = DEFAULT,
-        progress: bool = False,
+        progress: Any = False,
         return_exceptions: Any = DEFAULT,
+        max_batch_size: int | None = None,
+        initializer: Any = DEFAULT,
+        initargs: Any = DEFAULT,
     ) -> None:
         if not is_default(n_jobs):
             check_n_jobs(n_jobs)
@@ -167,6 +178,14 @@ class Parallel:
             )
         check_prefer_require(prefer, require)
         check_return_exceptions(return_exceptions)
+        check_initializer(initializer, initargs)
+        if max_batch_size is not None and not (
+            isinstance(max_batch_size, numbers.Integral) and not isinstance(max_batch_size, bool) and max_batch_size >= 1
+        ):
+            raise _invalid(
+                f"max_batch_size={max_batch_size!r} is not a number of tasks.",
+                'use a positive integer: batch_size="auto" then never puts more tasks in a batch',
+            )
         if timeout is not None and not (isinstance(timeout, numbers.Real) and timeout > 0):
             raise _invalid(
                 f"timeout={timeout!r} is not a positive number of seconds.",
@@ -204,6 +223,9 @@ class Parallel:
         self.require = require
         self.progress = progress
         self.return_exceptions = return_exceptions
+        self.max_batch_size = max_batch_size
+        self.initializer = initializer
+        self.initargs = initargs
         self._session: Session | None = None
         self._session_backend: Backend | None = None
         self._session_n_jobs = 0
@@ -228,6 +250,8 @@ class Parallel:
             prefer=self.prefer,
             require=self.require,
             return_exceptions=self.return_exceptions,
+            initializer=self.initializer,
+            initargs=self.initargs,
         )
 
     def _choose(self) -> tuple[Backend, int, CallOptions]:
@@ -265,6 +289,8 @@ class Parallel:
             mmap_mode="r" if is_default(settings.mmap_mode) else check_mmap_mode(settings.mmap_mode),
             backend_params=dict(settings.backend_params),
             return_exceptions=settings.return_exceptions,
+            initializer=settings.initializer,
+            initargs=settings.initargs,
         )
         return backend, n_workers, options
 
@@ -339,15 +365,21 @@ class Parallel:
             collect = self._settings().return_exceptions
             try:
                 for function, args, kwargs in source:
+                    result = None
                     if not collect:
                         yield [function(*args, **kwargs)]
                     else:
                         try:
-                            yield [function(*args, **kwargs)]
+                            result = function(*args, **kwargs)
                         except Exception as error:  # return_exceptions: the error is the result
-                            yield [error]
+                            result = error
+                        yield [result]
                     if progress.active:
-                        progress.advance(1)
+                        if progress.counts_failures and total is None:
+                            source.fill(1)  # look one call ahead: is this the last one?
+                            if source.exhausted:
+                                progress.set_total(source.n_read)
+                        progress.advance(1, int(collect and isinstance(result, BaseException)))
                 progress.finished()
             finally:
                 progress.close()
@@ -360,6 +392,7 @@ class Parallel:
                 self._max_in_flight(session.n_workers),
                 None if self.batch_size == "auto" else int(self.batch_size),
                 self.return_as != "generator_unordered",
+                max_batch_size=self.max_batch_size,
             )
             session.begin()
             progress.started(type(backend).__name__, session.n_workers)
@@ -369,7 +402,8 @@ class Parallel:
                 results = scheduler.pop_ready()
                 while results is not None:
                     if progress.active:
-                        progress.advance(len(results))
+                        failed = sum(isinstance(r, BaseException) for r in results) if progress.counts_failures else 0
+                        progress.advance(len(results), failed)
                     yield results
                     results = scheduler.pop_ready()
                 if source.exhausted and scheduler.is_drained():

@@ -33,6 +33,8 @@ pub struct Scheduler<T> {
     max_in_flight: usize,
     sizing: BatchSizing,
     ordered: bool,
+    /// Largest automatic batch (`max_batch_size`).
+    max_auto: usize,
     /// Smoothed worker seconds per task, once a batch has been measured.
     seconds_per_task: Option<f64>,
     next_id: u64,
@@ -52,6 +54,7 @@ impl<T> Scheduler<T> {
             max_in_flight: max_in_flight.max(n_workers),
             sizing,
             ordered,
+            max_auto: MAX_AUTO_BATCH_SIZE,
             seconds_per_task: None,
             next_id: 0,
             next_out: 0,
@@ -59,6 +62,12 @@ impl<T> Scheduler<T> {
             in_flight: HashMap::new(),
             ready: BTreeMap::new(),
         }
+    }
+
+    /// Automatic batches never exceed `max` tasks (at least 1; at most [`MAX_AUTO_BATCH_SIZE`]).
+    pub fn with_max_batch_size(mut self, max: usize) -> Self {
+        self.max_auto = max.clamp(1, MAX_AUTO_BATCH_SIZE);
+        self
     }
 
     /// Whether another batch may be submitted now.
@@ -100,10 +109,10 @@ impl<T> Scheduler<T> {
     fn tasks_lasting(&self, duration: Duration) -> usize {
         match self.seconds_per_task {
             None => 1,
-            Some(seconds) if seconds <= 0.0 => MAX_AUTO_BATCH_SIZE,
+            Some(seconds) if seconds <= 0.0 => self.max_auto,
             Some(seconds) => {
                 let ideal = duration.as_secs_f64() / seconds;
-                (ideal as usize).clamp(1, MAX_AUTO_BATCH_SIZE)
+                (ideal as usize).clamp(1, self.max_auto)
             }
         }
     }
@@ -165,6 +174,14 @@ mod tests {
         BatchSizing::Auto {
             target: Duration::from_millis(20),
         }
+    }
+
+    #[test]
+    fn automatic_batches_respect_their_cap() {
+        let mut s = Scheduler::new(2, 4, auto(), true).with_max_batch_size(8);
+        let id = s.register(1);
+        s.complete(id, Duration::from_micros(1), ()); // tiny tasks: thousands would fit
+        assert_eq!(s.next_batch_size(None), 8);
     }
 
     #[test]

@@ -16,13 +16,14 @@ pub struct Scheduler {
 #[pymethods]
 impl Scheduler {
     #[new]
-    #[pyo3(signature = (n_workers, max_in_flight, batch_size=None, ordered=true, target_batch_duration=None))]
+    #[pyo3(signature = (n_workers, max_in_flight, batch_size=None, ordered=true, target_batch_duration=None, max_batch_size=None))]
     fn new(
         n_workers: usize,
         max_in_flight: usize,
         batch_size: Option<usize>,
         ordered: bool,
         target_batch_duration: Option<f64>,
+        max_batch_size: Option<usize>,
     ) -> PyResult<Self> {
         let sizing = match (batch_size, target_batch_duration) {
             (Some(0), _) => return Err(invalid_parameter("batch_size must be at least 1".into())),
@@ -35,9 +36,11 @@ impl Scheduler {
                     .map_err(|e| invalid_parameter(format!("target_batch_duration: {e}")))?,
             },
         };
-        Ok(Self {
-            inner: scheduler::Scheduler::new(n_workers, max_in_flight, sizing, ordered),
-        })
+        let mut inner = scheduler::Scheduler::new(n_workers, max_in_flight, sizing, ordered);
+        if let Some(max) = max_batch_size {
+            inner = inner.with_max_batch_size(max);
+        }
+        Ok(Self { inner })
     }
 
     fn can_submit(&self) -> bool {

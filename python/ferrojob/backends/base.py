@@ -8,7 +8,7 @@ lives in the Rust ``Scheduler``) — so a backend only has to run batches.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -36,6 +36,9 @@ class CallOptions(NamedTuple):
     #: A task that raises (or times out, or whose worker dies) puts its exception in its result
     #: slot instead of failing the call.
     return_exceptions: bool = False
+    #: Called as ``initializer(*initargs)`` once in each worker process before its first task.
+    initializer: Callable[..., Any] | None = None
+    initargs: tuple = ()
 
 
 class Session(ABC):

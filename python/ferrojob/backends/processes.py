@@ -84,8 +84,13 @@ def _worker_command() -> tuple[str, list[str]]:
     return sys.executable, ["-c", bootstrap]
 
 
-def _init_payload() -> bytes:
-    return pickle.dumps({"sys_path": list(sys.path), "cwd": os.getcwd()})
+def _init_payload(initializer: Callable[..., Any] | None, initargs: tuple) -> bytes:
+    """What every worker of a pool is set up with: the parent's sys.path and directory, and the
+    call's initializer (pickled with cloudpickle: lambdas and closures work)."""
+    settings: dict[str, Any] = {"sys_path": list(sys.path), "cwd": os.getcwd(), "initializer": None}
+    if initializer is not None:
+        settings["initializer"] = _pickling.dumps((initializer, tuple(initargs)))
+    return pickle.dumps(settings)
 
 
 class _SharedPool:
@@ -96,17 +101,17 @@ class _SharedPool:
         self.pool: ProcessPool | None = None
         self.key: tuple | None = None
 
-    def acquire(self, n_workers: int, env: dict[str, str]) -> tuple[ProcessPool, Callable[[], None]]:
+    def acquire(self, n_workers: int, env: dict[str, str], init: bytes) -> tuple[ProcessPool, Callable[[], None]]:
         program, args = _worker_command()
         if not self.lock.acquire(blocking=False):
-            pool = ProcessPool(program, args, list(env.items()), _init_payload(), n_workers)
+            pool = ProcessPool(program, args, list(env.items()), init, n_workers)
             return pool, pool.shutdown
         try:
-            key = (program, tuple(sorted(env.items())))
+            key = (program, tuple(sorted(env.items())), init)
             if self.pool is None or self.key != key:
                 self.shutdown()
                 self.pool = ProcessPool(
-                    program, args, list(env.items()), _init_payload(), n_workers, IDLE_TIMEOUT
+                    program, args, list(env.items()), init, n_workers, IDLE_TIMEOUT
                 )
                 self.key = key
             else:
@@ -144,7 +149,8 @@ class ProcessSession(Session):
         self._mmap_mode = options.mmap_mode
         self._collect = options.return_exceptions
         env = {**worker_environment(n_workers, options.inner_max_num_threads), **(extra_env or {})}
-        self._pool, self._release = _SHARED.acquire(n_workers, env)
+        init = _init_payload(options.initializer, options.initargs)
+        self._pool, self._release = _SHARED.acquire(n_workers, env, init)
         self._arguments = ArgumentStore()
         self._jobs: dict[int, Piece] = {}
         # batches being put back together from pieces run again (return_exceptions)

@@ -1,0 +1,113 @@
+"""Workers you can shape: initializer, batch caps and progress callbacks."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from ferrojob import (
+    InvalidParameterError,
+    Parallel,
+    ProgressUpdate,
+    WorkerCrashedError,
+    WorkerStartError,
+    delayed,
+    parallel_config,
+)
+
+_STATE: dict = {}
+
+
+def remember(value):
+    _STATE["value"] = value
+    _STATE["initialized_in"] = os.getpid()
+
+
+def recall(_):
+    return _STATE.get("value"), _STATE.get("initialized_in"), os.getpid()
+
+
+def test_the_initializer_runs_once_in_each_worker_before_its_tasks():
+    results = Parallel(n_jobs=2, initializer=remember, initargs=("model",))(delayed(recall)(i) for i in range(20))
+    assert all(value == "model" and where == pid for value, where, pid in results)
+    assert os.getpid() not in {pid for _, _, pid in results}
+
+
+def crash_once(marker):
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return recall(None)
+
+
+def test_replacement_workers_run_the_initializer_too(tmp_path):
+    marker = str(tmp_path / "crashed")
+    with pytest.raises(WorkerCrashedError):
+        Parallel(n_jobs=2, initializer=remember, initargs=(7,))(delayed(crash_once)(marker) for _ in range(2))
+    value, where, pid = Parallel(n_jobs=2, initializer=remember, initargs=(7,))(delayed(crash_once)(marker) for _ in range(2))[0]
+    assert value == 7 and where == pid
+
+
+def test_the_initializer_through_parallel_config_in_both_spellings():
+    with parallel_config(initializer=remember, initargs=("a",)):
+        assert Parallel(n_jobs=2)(delayed(recall)(0) for _ in range(2))[0][0] == "a"
+    with parallel_config(backend="loky", initializer=remember, initargs=("b",)):  # joblib 1.5's
+        assert Parallel(n_jobs=2)(delayed(recall)(0) for _ in range(2))[0][0] == "b"
+
+
+def broken_setup():
+    raise ValueError("no config file here")
+
+
+def test_a_failing_initializer_fails_the_call_naming_it():
+    with pytest.raises(WorkerStartError) as raised:
+        Parallel(n_jobs=2, initializer=broken_setup)(delayed(abs)(-i) for i in range(4))
+    message = str(raised.value)
+    assert "the initializer broken_setup failed: ValueError: no config file here" in message
+    assert "Traceback" in raised.value.stderr_tail
+
+
+def test_invalid_initializers_are_refused():
+    with pytest.raises(InvalidParameterError, match="is not callable"):
+        Parallel(initializer=3)
+    with pytest.raises(InvalidParameterError, match="tuple of arguments"):
+        Parallel(initializer=remember, initargs=5)
+
+
+@pytest.mark.parametrize("backend", ["loky", "threading"])
+def test_max_batch_size_caps_automatic_batches(backend):
+    sizes = []
+    Parallel(n_jobs=2, backend=backend, max_batch_size=3, progress=lambda u: sizes.append(u.n_completed))(
+        delayed(abs)(-i) for i in range(300)
+    )
+    steps = [b - a for a, b in zip([0, *sizes], sizes, strict=False)]
+    assert max(steps) <= 3 and sizes[-1] == 300
+    with pytest.raises(InvalidParameterError, match="max_batch_size"):
+        Parallel(max_batch_size=0)
+
+
+def odd_fails(x):
+    if x % 2:
+        raise ValueError(x)
+    return x
+
+
+@pytest.mark.parametrize("backend", ["loky", "threading", "sequential"])
+def test_progress_callbacks_see_every_batch_and_end_complete(backend):
+    updates: list[ProgressUpdate] = []
+    n_jobs = 1 if backend == "sequential" else 2
+    Parallel(n_jobs=n_jobs, backend=backend, progress=updates.append, return_exceptions=True)(
+        delayed(odd_fails)(i) for i in range(40)
+    )
+    completed = [u.n_completed for u in updates]
+    assert completed == sorted(completed) and completed[-1] == 40
+    assert updates[-1].n_total == 40 and updates[-1].n_failed == 20
+    assert all(u.elapsed >= 0 for u in updates)
+    if backend == "sequential":
+        assert completed == list(range(1, 41))  # one call per task
+
+
+def test_progress_total_is_unknown_until_a_generator_ends():
+    updates: list[ProgressUpdate] = []
+    Parallel(n_jobs=2, progress=updates.append)(delayed(abs)(i) for i in (x for x in range(50)))
+    assert updates[-1].n_completed == updates[-1].n_total == 50
