@@ -111,3 +111,33 @@ def test_progress_total_is_unknown_until_a_generator_ends():
     updates: list[ProgressUpdate] = []
     Parallel(n_jobs=2, progress=updates.append)(delayed(abs)(i) for i in (x for x in range(50)))
     assert updates[-1].n_completed == updates[-1].n_total == 50
+
+
+def worker_pid(_):
+    return os.getpid()
+
+
+def test_workers_are_replaced_after_exactly_max_tasks_per_worker():
+    pids = Parallel(n_jobs=2, max_tasks_per_worker=5)(delayed(worker_pid)(i) for i in range(40))
+    counts = {pid: pids.count(pid) for pid in set(pids)}
+    assert set(counts.values()) == {5}  # 8 workers, 5 tasks each
+    assert len(counts) == 8
+
+
+def leak(size):
+    _STATE.setdefault("hoard", []).append(bytearray(size))
+    return os.getpid()
+
+
+def test_a_worker_past_its_memory_cap_is_replaced_before_its_next_batch():
+    pids = Parallel(n_jobs=2, max_worker_memory="60MB", max_batch_size=1)(delayed(leak)(20 << 20) for _ in range(12))
+    counts = {pid: pids.count(pid) for pid in set(pids)}
+    # A worker starts near 20-40 MB: it exceeds 60 MB after a few 20 MB leaks, then is replaced.
+    assert len(counts) >= 4 and max(counts.values()) <= 3
+
+
+def test_worker_limits_are_checked():
+    with pytest.raises(InvalidParameterError, match="max_tasks_per_worker"):
+        Parallel(max_tasks_per_worker=0)
+    with pytest.raises(InvalidParameterError, match="max_worker_memory"):
+        Parallel(max_worker_memory="lots")

@@ -137,7 +137,9 @@ class ProcessPool:
         buffers: list[Any] = ...,
         identities: list[_Identity | None] = ...,
         mmap_mode: str = "r",
+        n_tasks: int = 1,
     ) -> None: ...
+    def set_worker_limits(self, max_tasks: int | None = None, max_rss: int | None = None) -> None: ...
     def wait(
         self, timeout: float | None = None, task_timeout: float | None = None
     ) -> Completion | None: ...

@@ -24,29 +24,30 @@ MMAP_MODES = ("r", "r+", "w+", "c")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
-def parse_max_nbytes(value: Any) -> int | None:
-    """joblib's ``max_nbytes``: bytes as an int, or a string such as "1M" or "100K"; None: never."""
+def parse_max_nbytes(value: Any, name: str = "max_nbytes") -> int | None:
+    """A size as joblib spells ``max_nbytes``: bytes as an int, or a string such as "1M", "100K"
+    or "2GB"; None: no size (never / no limit). ``name`` is the parameter, for the error."""
     if value is None:
         return None
     if isinstance(value, bool):
-        raise _bad_max_nbytes(value)
+        raise _bad_max_nbytes(value, name)
     if isinstance(value, int):
         if value < 0:
-            raise _bad_max_nbytes(value)
+            raise _bad_max_nbytes(value, name)
         return value
     if isinstance(value, str):
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?)B?\s*", value.upper())
         if match:
             return int(float(match.group(1)) * _UNITS[match.group(2)])
-    raise _bad_max_nbytes(value)
+    raise _bad_max_nbytes(value, name)
 
 
-def _bad_max_nbytes(value: Any) -> InvalidParameterError:
+def _bad_max_nbytes(value: Any, name: str) -> InvalidParameterError:
     return InvalidParameterError(
         compose_message(
-            f"max_nbytes={value!r} is not a size.",
-            'use a number of bytes, a string such as "1M" or "100K", or None to send every',
-            "argument inside the message (no shared memory)",
+            f"{name}={value!r} is not a size.",
+            'use a number of bytes, a string such as "1M", "100K" or "2GB", or None'
+            + (" to send every argument inside the message (no shared memory)" if name == "max_nbytes" else " (no limit)"),
         ),
         code="FJ201",
     )

@@ -112,6 +112,10 @@ class Parallel:
         batch_size: tasks per batch, or "auto" to size batches from measured task durations.
         max_batch_size: the most tasks an automatic batch may hold (progress and memory checks
             happen between batches).
+        max_tasks_per_worker: each worker process is replaced after exactly this many tasks
+            (batches are cut to a size that divides it).
+        max_worker_memory: a worker whose resident memory exceeds this (bytes, or "2GB") after
+            a batch is replaced before its next one; set ``max_batch_size`` to check more often.
         initializer, initargs: ``initializer(*initargs)`` runs once in each worker process
             before its first task (replacement workers too); one that raises fails the call
             with ``WorkerStartError`` naming it, with its traceback.
@@ -166,6 +170,8 @@ class Parallel:
         max_batch_size: int | None = None,
         initializer: Any = DEFAULT,
         initargs: Any = DEFAULT,
+        max_tasks_per_worker: int | None = None,
+        max_worker_memory: int | str | None = None,
     ) -> None:
         if not is_default(n_jobs):
             check_n_jobs(n_jobs)
@@ -179,6 +185,16 @@ class Parallel:
         check_prefer_require(prefer, require)
         check_return_exceptions(return_exceptions)
         check_initializer(initializer, initargs)
+        if max_tasks_per_worker is not None and not (
+            isinstance(max_tasks_per_worker, numbers.Integral)
+            and not isinstance(max_tasks_per_worker, bool)
+            and max_tasks_per_worker >= 1
+        ):
+            raise _invalid(
+                f"max_tasks_per_worker={max_tasks_per_worker!r} is not a number of tasks.",
+                "use a positive integer: each worker is replaced after that many tasks",
+            )
+        memory_cap = parse_max_nbytes(max_worker_memory, "max_worker_memory")
         if max_batch_size is not None and not (
             isinstance(max_batch_size, numbers.Integral) and not isinstance(max_batch_size, bool) and max_batch_size >= 1
         ):
@@ -226,6 +242,8 @@ class Parallel:
         self.max_batch_size = max_batch_size
         self.initializer = initializer
         self.initargs = initargs
+        self.max_tasks_per_worker = max_tasks_per_worker
+        self.max_worker_memory = memory_cap
         self._session: Session | None = None
         self._session_backend: Backend | None = None
         self._session_n_jobs = 0
@@ -291,8 +309,24 @@ class Parallel:
             return_exceptions=settings.return_exceptions,
             initializer=settings.initializer,
             initargs=settings.initargs,
+            max_tasks_per_worker=self.max_tasks_per_worker,
+            max_worker_memory=self.max_worker_memory,
         )
         return backend, n_workers, options
+
+    def _fixed_batch_size(self) -> int | None:
+        """``batch_size``, or None for automatic sizing. With ``max_tasks_per_worker=N``, batches
+        have a fixed size that divides N, so that each worker is replaced after exactly N tasks."""
+        if self.batch_size != "auto":
+            size = int(self.batch_size)
+        elif self.max_tasks_per_worker is None:
+            return None
+        else:
+            size = self.max_batch_size or 2048
+        limit = self.max_tasks_per_worker
+        if limit is None:
+            return size
+        return max(d for d in range(1, min(size, limit) + 1) if limit % d == 0)
 
     def _verbosity(self) -> int:
         return self._settings().verbose
@@ -390,7 +424,7 @@ class Parallel:
             scheduler = Scheduler(
                 session.n_workers,
                 self._max_in_flight(session.n_workers),
-                None if self.batch_size == "auto" else int(self.batch_size),
+                self._fixed_batch_size(),
                 self.return_as != "generator_unordered",
                 max_batch_size=self.max_batch_size,
             )

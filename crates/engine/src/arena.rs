@@ -464,6 +464,7 @@ impl Arguments {
             id,
             payload: envelope::encode(access, &refs, &tokens, &[], body),
             fds,
+            n_tasks: 1,
             holds: Some(Holds {
                 arguments: self.clone(),
                 chunks,

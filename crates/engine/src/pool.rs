@@ -70,6 +70,17 @@ pub struct Job {
     pub payload: Vec<u8>,
     pub fds: Vec<OwnedFd>,
     pub holds: Option<Holds>,
+    /// Tasks in the job (counted against [`WorkerLimits::max_tasks`]).
+    pub n_tasks: u64,
+}
+
+/// When a worker is replaced by a fresh one, checked after each of its jobs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerLimits {
+    /// After this many tasks.
+    pub max_tasks: Option<u64>,
+    /// Once its resident memory exceeds this many bytes.
+    pub max_rss: Option<u64>,
 }
 
 impl Job {
@@ -80,6 +91,7 @@ impl Job {
             payload: crate::envelope::encode(crate::shm::Access::ReadOnly, &[], &[], &[], body),
             fds: Vec::new(),
             holds: None,
+            n_tasks: 1,
         }
     }
 }
@@ -213,6 +225,7 @@ struct State {
     next_worker: u64,
     last_activity: Instant,
     closed: bool,
+    limits: WorkerLimits,
 }
 
 struct Worker {
@@ -223,6 +236,8 @@ struct Worker {
     leaving: Option<Leaving>,
     /// Jobs completed so far.
     jobs_done: u64,
+    /// Tasks of those jobs.
+    tasks_done: u64,
     /// Result segments released while the worker was busy: sent before its next frame, so that
     /// a busy worker's socket never fills up with them.
     pending_release: Vec<u64>,
@@ -249,11 +264,13 @@ struct Running {
     holds: Option<Holds>,
     /// When the worker was asked to dump its stack (its task ran past `limit`).
     stack_requested: Option<(Instant, Duration)>,
+    n_tasks: u64,
 }
 
 impl Running {
     fn new(job: &mut Job) -> Self {
         Self {
+            n_tasks: job.n_tasks,
             job: job.id,
             tasks_seen: 0,
             task_since: Instant::now(),
@@ -303,6 +320,7 @@ impl Pool {
                 next_worker: 0,
                 last_activity: Instant::now(),
                 closed: false,
+                limits: WorkerLimits::default(),
             }),
             changed: Condvar::new(),
             tx,
@@ -347,6 +365,11 @@ impl Pool {
             spawn_worker(&self.shared)?;
         }
         Ok(())
+    }
+
+    /// Replace workers after `limits` (this pool's calls from now on).
+    pub fn set_worker_limits(&self, limits: WorkerLimits) {
+        self.shared.state().limits = limits;
     }
 
     /// Number of live workers (started, not dying).
@@ -665,6 +688,7 @@ fn spawn_worker(shared: &Arc<Shared>) -> Result<(), PoolError> {
                 status: Arc::clone(&status),
                 running: first_job.as_mut().map(Running::new),
                 jobs_done: 0,
+                tasks_done: 0,
                 pending_release: Vec::new(),
                 leaving: None,
             },
@@ -832,6 +856,19 @@ fn on_reply(shared: &Arc<Shared>, id: u64, frame: crate::protocol::Frame) -> Res
     };
     let finished = worker.running.take();
     worker.jobs_done += 1;
+    worker.tasks_done += finished.as_ref().map_or(0, |running| running.n_tasks);
+    let limits = state.limits;
+    let Some(worker) = state.workers.get_mut(&id) else {
+        return Err("it is no longer part of the pool".into());
+    };
+    let spent = limits.max_tasks.is_some_and(|max| worker.tasks_done >= max)
+        || limits
+            .max_rss
+            .is_some_and(|max| resident_bytes(worker.pid).is_some_and(|rss| rss > max));
+    if spent && worker.is_live() {
+        // Replaced before its next task: a fresh worker takes the queue from here.
+        worker.retire();
+    }
     let live = worker.is_live();
     let releases = std::mem::take(&mut worker.pending_release);
     let mut next = if live { state.queue.pop_front() } else { None };
@@ -846,6 +883,11 @@ fn on_reply(shared: &Arc<Shared>, id: u64, frame: crate::protocol::Frame) -> Res
     send_releases(&conn, &releases);
     if let Some(job) = next {
         send_job(&conn, &job);
+    }
+    if spent {
+        // The replacement boots while the result goes back; a failure to start shows as a
+        // smaller pool, which the next call's `ensure_workers` makes whole.
+        let _ = spawn_worker(shared);
     }
     let _ = shared.tx.send(Completion {
         job: frame.id,
@@ -872,6 +914,15 @@ fn open_reply(
         Box::new(move || releaser.release(pid, &[token]))
     })?;
     Ok((envelope.released, body_start, buffers))
+}
+
+/// A process's resident memory in bytes (`/proc/<pid>/statm`), or None if it cannot be read.
+fn resident_bytes(pid: Pid) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{}/statm", pid.as_raw())).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    pages.checked_mul(page_size)
 }
 
 /// Wait for a child that closed its socket: how it ended and its peak resident memory (bytes).

@@ -321,9 +321,15 @@ fn listed(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<String>> {
 fn in_function_dir<T>(dir: &Path, mut create: impl FnMut() -> Result<T>) -> Result<T> {
     let mut attempts = 0;
     loop {
-        fs::create_dir_all(dir).map_err(with_path(dir))?;
+        attempts += 1;
+        let retry = attempts < 10;
+        match fs::create_dir_all(dir) {
+            // create_dir_all saw the folder exist, then not (renamed away by a `clear`): again.
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists && retry => continue,
+            made => made.map_err(with_path(dir))?,
+        }
         match create() {
-            Err(error) if error.kind() == io::ErrorKind::NotFound && attempts < 10 => attempts += 1,
+            Err(error) if error.kind() == io::ErrorKind::NotFound && retry => {}
             other => return other,
         }
     }

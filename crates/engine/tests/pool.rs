@@ -333,3 +333,33 @@ fn a_job_releases_its_chunks_when_its_worker_dies_or_it_is_cancelled() {
     // remain, and the arena closes those chunks with itself.
     drop(arguments);
 }
+
+#[test]
+fn workers_are_replaced_after_their_task_budget_or_past_their_memory_cap() {
+    use ferrojob_engine::pool::WorkerLimits;
+
+    let pool = Pool::new(spec(), 1, None).unwrap();
+    pool.set_worker_limits(WorkerLimits {
+        max_tasks: Some(2),
+        max_rss: None,
+    });
+    let mut pids = Vec::new();
+    for id in 0..6 {
+        pool.submit(job(id, "echo:x")).unwrap();
+        pids.push(next(&pool).pid);
+    }
+    assert_eq!(pids[0], pids[1]);
+    assert_ne!(pids[1], pids[2]);
+    assert_eq!(pids.iter().collect::<HashSet<_>>().len(), 3);
+    pool.set_worker_limits(WorkerLimits {
+        max_tasks: None,
+        max_rss: Some(1), // every worker is over it: replaced after each job
+    });
+    let again: HashSet<i32> = (10..13)
+        .map(|id| {
+            pool.submit(job(id, "echo:y")).unwrap();
+            next(&pool).pid
+        })
+        .collect();
+    assert_eq!(again.len(), 3);
+}

@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use ferrojob_engine::arena::Identity;
-use ferrojob_engine::pool::{LossCause, Outcome, Pool, WorkerSpec};
+use ferrojob_engine::pool::{LossCause, Outcome, Pool, WorkerLimits, WorkerSpec};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -103,6 +103,14 @@ impl ProcessPool {
         Ok(Self { pool })
     }
 
+    /// Replace a worker after `max_tasks` tasks, or once its resident memory exceeds `max_rss`
+    /// bytes (checked after each job); None: no limit.
+    #[pyo3(signature = (max_tasks=None, max_rss=None))]
+    fn set_worker_limits(&self, max_tasks: Option<u64>, max_rss: Option<u64>) {
+        self.pool
+            .set_worker_limits(WorkerLimits { max_tasks, max_rss });
+    }
+
     /// Start or retire workers so that exactly `n` are live.
     fn ensure_workers(&self, py: Python<'_>, n: usize) -> PyResult<()> {
         py.detach(|| self.pool.ensure_workers(n))
@@ -125,7 +133,7 @@ impl ProcessPool {
     /// identity: its owner's `id()`, address and length, or None) together with the job, which
     /// holds their chunks until it completes, is cancelled or its worker dies; the worker maps
     /// them with `mmap_mode` ("r", "r+", "w+" or "c").
-    #[pyo3(signature = (job, payload, arena, buffers=Vec::new(), identities=Vec::new(), mmap_mode="r"))]
+    #[pyo3(signature = (job, payload, arena, buffers=Vec::new(), identities=Vec::new(), mmap_mode="r", n_tasks=1))]
     #[allow(clippy::too_many_arguments)]
     fn submit(
         &self,
@@ -136,6 +144,7 @@ impl ProcessPool {
         buffers: Vec<Bound<'_, PyAny>>,
         identities: Vec<Option<Identity>>,
         mmap_mode: &str,
+        n_tasks: u64,
     ) -> PyResult<()> {
         let access = access_from_mode(mmap_mode)?;
         let held = buffers
@@ -153,9 +162,10 @@ impl ProcessPool {
             .map(|(index, bytes)| (identities.get(index).copied().flatten(), *bytes))
             .collect();
         let arguments = &arena.inner;
-        let job = py
+        let mut job = py
             .detach(|| arguments.job_with_buffers(job, payload, &placed, access))
             .map_err(EngineError::Arena)?;
+        job.n_tasks = n_tasks.max(1);
         py.detach(|| self.pool.submit(job))
             .map_err(EngineError::from)?;
         Ok(())

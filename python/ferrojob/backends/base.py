@@ -39,6 +39,10 @@ class CallOptions(NamedTuple):
     #: Called as ``initializer(*initargs)`` once in each worker process before its first task.
     initializer: Callable[..., Any] | None = None
     initargs: tuple = ()
+    #: A worker is replaced after this many tasks (process pool).
+    max_tasks_per_worker: int | None = None
+    #: A worker whose resident memory exceeds this many bytes after a batch is replaced.
+    max_worker_memory: int | None = None
 
 
 class Session(ABC):

@@ -148,6 +148,7 @@ class ProcessSession(Session):
         self._max_nbytes = options.max_nbytes
         self._mmap_mode = options.mmap_mode
         self._collect = options.return_exceptions
+        self._limits = (options.max_tasks_per_worker, options.max_worker_memory)
         env = {**worker_environment(n_workers, options.inner_max_num_threads), **(extra_env or {})}
         init = _init_payload(options.initializer, options.initargs)
         self._pool, self._release = _SHARED.acquire(n_workers, env, init)
@@ -158,6 +159,7 @@ class ProcessSession(Session):
         self._start_failures = 0
 
     def begin(self) -> None:
+        self._pool.set_worker_limits(*self._limits)
         if self._pool.n_workers != self.n_workers:
             self._pool.ensure_workers(self.n_workers)
 
@@ -175,7 +177,9 @@ class ProcessSession(Session):
         job = next(_JOB_IDS)
         self._jobs[job] = piece
         try:
-            self._pool.submit(job, body, self._arguments.arena, buffers, identities, self._mmap_mode)
+            self._pool.submit(
+                job, body, self._arguments.arena, buffers, identities, self._mmap_mode, len(piece.batch)
+            )
         except BaseException:
             self._jobs.pop(job)
             raise
@@ -263,6 +267,7 @@ class ProcessSession(Session):
 
     def close(self) -> None:
         self.abort()
+        self._pool.set_worker_limits()  # the warm pool outlives this call's limits
         self._arguments = ArgumentStore()  # closes this session's shared memory now
         self._release()
 
