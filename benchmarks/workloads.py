@@ -29,3 +29,12 @@ def array_sum(a):
 def slice_sum(a, i, n_slices):
     step = len(a) // n_slices
     return float(a[i * step : (i + 1) * step].sum())
+
+
+_LEAKED = []
+
+
+def leak(megabytes):
+    """Keep ``megabytes`` of fresh memory for the life of the process: a task that leaks."""
+    _LEAKED.append(bytearray(megabytes << 20))
+    return len(_LEAKED)

@@ -76,7 +76,7 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
     results: list[Any] = []
     append = results.append
     try:
-        threshold, groups, collect = pickle.loads(payload, buffers=buffers)
+        threshold, groups, collect, memory_cap = pickle.loads(payload, buffers=buffers)
     except BaseException as error:  # whatever unpickling raised, the parent hears it
         return False, _unloadable_arguments(error), []
     try:
@@ -86,6 +86,10 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
             if kwargs_list is None:
                 kwargs_list = [_NO_KWARGS] * len(args_list)
             for args, kwargs in zip(args_list, kwargs_list, strict=True):
+                if memory_cap is not None and started and _resident_bytes() > memory_cap:
+                    # Past max_worker_memory: stop here; the parent runs the rest of the batch
+                    # on a fresh worker (this one is replaced).
+                    raise _MemoryCapReached
                 started += 1
                 status[slot] = started
                 if not collect:
@@ -95,6 +99,8 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
                     append(function(*args, **kwargs))
                 except BaseException as error:  # return_exceptions: the error is the result
                     append(_failures.raised(error, started - 1))
+    except _MemoryCapReached:
+        pass
     except BaseException as error:
         # KeyboardInterrupt and SystemExit included: raised by the task, they are its result,
         # re-raised in the parent with the task named.
@@ -134,6 +140,19 @@ def _share_numpy_arrays() -> None:
         from . import _core
 
         _core.install_numpy_allocator()
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+class _MemoryCapReached(Exception):
+    """Ends a batch early: the worker is over max_worker_memory."""
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory (one small read of /proc, a few microseconds)."""
+    with open("/proc/self/statm", "rb") as statm:
+        return int(statm.read().split()[1]) * _PAGE_SIZE
 
 
 def _unloadable_arguments(error: BaseException) -> bytes:

@@ -169,7 +169,7 @@ class ProcessSession(Session):
     def _submit(self, piece: Piece) -> None:
         try:
             body, buffers = _pickling.dumps_with_buffers(
-                (self._max_nbytes, piece.batch.columns(), self._collect), self._max_nbytes
+                (self._max_nbytes, piece.batch.columns(), self._collect, self._limits[1]), self._max_nbytes
             )
         except Exception as error:
             raise _explain_unpicklable_batch(piece.batch, error) from error
@@ -214,6 +214,13 @@ class ProcessSession(Session):
                 return piece.batch_id, None, completion.elapsed, error
             if self._collect:
                 results = _failures.settle(results, piece.batch.describe)
+            if len(results) < len(piece.batch):
+                # The worker stopped early, over max_worker_memory (it is being replaced): the
+                # rest of the batch runs on a fresh one.
+                self._assemblies.expect(piece)
+                self._pool.ensure_workers(self.n_workers)
+                self._submit(piece.part(len(results), len(piece.batch)))
+                return self._fill(piece.part(0, len(results)), results, completion.elapsed)
             return self._fill(piece, results, completion.elapsed)
         if completion.kind == CompletionKind.Failed:
             return piece.batch_id, None, completion.elapsed, _task_failure(completion.payload, piece.batch)
