@@ -38,3 +38,8 @@ def leak(megabytes):
     """Keep ``megabytes`` of fresh memory for the life of the process: a task that leaks."""
     _LEAKED.append(bytearray(megabytes << 20))
     return len(_LEAKED)
+
+
+def first_key_length(table, i):
+    """A tiny task on a large object: what it costs to ship the object is all there is."""
+    return len(table[i % len(table)])

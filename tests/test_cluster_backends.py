@@ -150,12 +150,12 @@ def test_return_exceptions_on_the_cluster(cluster):
 
 
 def nap_on(x, slow):
-    time.sleep(8 if x == slow else 0)
+    time.sleep(30 if x == slow else 0)
     return x
 
 
 def test_return_exceptions_with_a_timeout_on_the_cluster(cluster):
     with parallel_config(backend=cluster.backend, return_exceptions=True):
-        results = Parallel(timeout=1, batch_size=3)(delayed(nap_on)(i, 4) for i in range(6))
+        results = Parallel(timeout=3, batch_size=3)(delayed(nap_on)(i, 4) for i in range(6))
     assert [r for r in results if not isinstance(r, BaseException)] == [0, 1, 2, 3, 5]
     assert isinstance(results[4], TaskTimeoutError)

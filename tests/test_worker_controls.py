@@ -142,3 +142,45 @@ def test_worker_limits_are_checked():
         Parallel(max_tasks_per_worker=0)
     with pytest.raises(InvalidParameterError, match="max_worker_memory"):
         Parallel(max_worker_memory="lots")
+
+
+class Counted:
+    """A large object that counts how often it is pickled."""
+
+    pickled = 0
+
+    def __init__(self):
+        self.rows = [[i, str(i)] for i in range(20_000)]  # ~300 KB pickled
+
+    def __reduce__(self):
+        Counted.pickled += 1
+        return (_rebuild, (self.rows,))
+
+
+def _rebuild(rows):
+    counted = Counted.__new__(Counted)
+    counted.rows = rows
+    return counted
+
+
+def size_and_identity(counted, _):
+    return len(counted.rows), id(counted), os.getpid()
+
+
+def test_a_large_object_passed_to_many_tasks_is_pickled_once_per_call_and_loaded_once_per_worker():
+    big = Counted()
+    Counted.pickled = 0
+    results = Parallel(n_jobs=2, batch_size=1)(delayed(size_and_identity)(big, i) for i in range(60))
+    assert all(size == 20_000 for size, _, _ in results)
+    assert Counted.pickled <= 2  # in the first batch, then once to share it; never per batch
+    per_worker = {}
+    for _, identity, pid in results:
+        per_worker.setdefault(pid, set()).add(identity)
+    # Each worker unpickled it once, for all its later tasks (the first batch had its own copy).
+    assert all(len(identities) <= 2 for identities in per_worker.values())
+
+
+def test_a_large_container_is_pickled_once_per_call():
+    table = {i: [i] * 3 for i in range(50_000)}
+    calls = Parallel(n_jobs=2, batch_size=1)(delayed(len)(table) for _ in range(30))
+    assert calls == [50_000] * 30

@@ -6,6 +6,7 @@ Started by the pool as ``python -c "...; from ferrojob._worker import main; main
 from __future__ import annotations
 
 import faulthandler
+import io
 import os
 import pickle
 import signal
@@ -14,6 +15,7 @@ from typing import Any
 
 from . import _failures
 from ._pickling import dumps_result, type_name
+from ._shared_objects import Unpickler
 
 _status: Any = None  # memoryview of the status words in shared memory
 _NO_KWARGS: dict = {}
@@ -76,7 +78,8 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
     results: list[Any] = []
     append = results.append
     try:
-        threshold, groups, collect, memory_cap = pickle.loads(payload, buffers=buffers)
+        # Large objects shared by the call's tasks arrive as persistent ids.
+        threshold, groups, collect, memory_cap = Unpickler(io.BytesIO(payload), buffers=buffers).load()
     except BaseException as error:  # whatever unpickling raised, the parent hears it
         return False, _unloadable_arguments(error), []
     try:

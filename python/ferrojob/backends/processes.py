@@ -153,6 +153,9 @@ class ProcessSession(Session):
         init = _init_payload(options.initializer, options.initargs)
         self._pool, self._release = _SHARED.acquire(n_workers, env, init)
         self._arguments = ArgumentStore()
+        from .._shared_objects import SharedObjects
+
+        self._shared = SharedObjects(options.max_nbytes)
         self._jobs: dict[int, Piece] = {}
         # batches being put back together from pieces run again (return_exceptions)
         self._assemblies = Assemblies()
@@ -167,10 +170,10 @@ class ProcessSession(Session):
         self._submit(Piece(batch_id, batch))
 
     def _submit(self, piece: Piece) -> None:
+        columns = piece.batch.columns()
+        self._shared.note(columns)
         try:
-            body, buffers = _pickling.dumps_with_buffers(
-                (self._max_nbytes, piece.batch.columns(), self._collect, self._limits[1]), self._max_nbytes
-            )
+            body, buffers = self._shared.dumps((self._max_nbytes, columns, self._collect, self._limits[1]))
         except Exception as error:
             raise _explain_unpicklable_batch(piece.batch, error) from error
         identities = [self._arguments.identity(buffer) for buffer in buffers]
