@@ -308,3 +308,20 @@ def test_many_distinct_arguments_while_replies_release_chunks():
     for _ in range(3):
         sums = Parallel(n_jobs=2)(delayed(np.sum)(a) for a in arrays)
         assert sums == [25_000.0 * i for i in range(2000)]
+
+
+def slice_total(a, i, n):
+    step = len(a) // n
+    return float(a[i * step : (i + 1) * step].sum())
+
+
+@pytest.mark.parametrize("size", [4_000_000, 100_000])  # 32 MB (kept across calls), 800 KB
+def test_arrays_reused_across_calls_of_a_block_are_never_stale(size):
+    data = np.ones(size)
+    with Parallel(n_jobs=2) as parallel:
+        first = sum(parallel(delayed(slice_total)(data, i, 8) for i in range(8)))
+        again = sum(parallel(delayed(slice_total)(data, i, 8) for i in range(8)))
+        data += 1  # modified in place between two calls of the block
+        after = sum(parallel(delayed(slice_total)(data, i, 8) for i in range(8)))
+    assert first == again == float(size)
+    assert after == 2.0 * size

@@ -48,7 +48,7 @@ class SharedObjects:
             if kwargs_list is not None:
                 values += [value for kwargs in kwargs_list for value in kwargs.values()]
             for value in values:
-                if type(value) in _PLAIN or id(value) in self._known:
+                if type(value) in _PLAIN or id(value) in self._known or _has_buffers(value):
                     continue
                 seen = self._seen.get(id(value), 0) + 1
                 self._seen[id(value)] = seen
@@ -76,6 +76,12 @@ class SharedObjects:
         pickler.session = self._session
         pickler.dump(obj)
         return out.getvalue(), buffers
+
+
+def _has_buffers(value: Any) -> bool:
+    """Arrays and other buffer objects travel out of band already (placed once per identity,
+    checked unchanged across calls): not shared objects."""
+    return isinstance(value, (bytearray, memoryview)) or hasattr(type(value), "__array_interface__")
 
 
 def _looks_large(value: Any) -> bool:

@@ -72,7 +72,19 @@ pub struct Arena {
     /// writes would land in memory the parent's jobs use.
     owner: u32,
     /// Buffers placed by identity, while their chunk is open.
-    identities: HashMap<Identity, Placement>,
+    identities: HashMap<Identity, Placed>,
+    /// The current call of the session (see [`Arena::new_call`]).
+    call: u64,
+}
+
+/// A buffer placed by identity.
+#[derive(Debug, Clone, Copy)]
+struct Placed {
+    placement: Placement,
+    /// For a large buffer (kept across calls): the fingerprint of what was copied.
+    fingerprint: Option<u128>,
+    /// The call in which the caller's bytes were last known to equal the copy.
+    verified_in: u64,
 }
 
 #[derive(Debug)]
@@ -97,7 +109,15 @@ impl Arena {
             recycled: Vec::new(),
             owner: std::process::id(),
             identities: HashMap::new(),
+            call: 0,
         }
+    }
+
+    /// A new call of the session begins: a buffer placed by identity in an earlier call is
+    /// reused only once its contents are proven unchanged (the caller may have modified the
+    /// array in place between calls); small ones are simply placed again.
+    pub fn new_call(&mut self) {
+        self.call += 1;
     }
 
     /// Where the buffer of `identity` lies, copying `bytes` in on first sight (while its chunk
@@ -107,14 +127,30 @@ impl Arena {
         identity: Option<Identity>,
         bytes: &[u8],
     ) -> io::Result<Placement> {
-        if let Some(found) = identity.and_then(|key| self.identities.get(&key)) {
-            if found.len == bytes.len() {
-                return Ok(*found);
+        if let Some(key) = identity {
+            if let Some(placed) = self.identities.get(&key).copied() {
+                if placed.placement.len == bytes.len() && self.still_valid(placed, bytes) {
+                    if let Some(entry) = self.identities.get_mut(&key) {
+                        entry.verified_in = self.call;
+                    }
+                    return Ok(placed.placement);
+                }
+                // Changed since (or too small to keep across calls): placed afresh below; the
+                // old copy stays for the jobs that hold it.
+                self.identities.remove(&key);
             }
         }
         let placement = self.place(bytes)?;
         if let Some(key) = identity {
-            self.identities.insert(key, placement);
+            let large = bytes.len() > self.chunk_size;
+            self.identities.insert(
+                key,
+                Placed {
+                    placement,
+                    fingerprint: large.then(|| crate::hash::fingerprint(bytes)),
+                    verified_in: self.call,
+                },
+            );
             if let Some(Some(chunk)) = self.chunks.get_mut(placement.chunk) {
                 chunk.identities.push(key);
             }
@@ -122,10 +158,21 @@ impl Arena {
         Ok(placement)
     }
 
+    /// Whether a buffer placed earlier still holds `bytes`: yes within the call that checked
+    /// it; in a later call, only for a large one whose fingerprint still matches.
+    fn still_valid(&self, placed: Placed, bytes: &[u8]) -> bool {
+        if placed.verified_in == self.call {
+            return true;
+        }
+        placed
+            .fingerprint
+            .is_some_and(|fingerprint| crate::hash::fingerprint(bytes) == fingerprint)
+    }
+
     /// The owner of `identity` is gone: its memory may be reused for something else.
     pub fn forget(&mut self, identity: Identity) {
-        if let Some(placement) = self.identities.remove(&identity) {
-            self.retire_if_unused(placement.chunk);
+        if let Some(placed) = self.identities.remove(&identity) {
+            self.retire_if_unused(placed.placement.chunk);
         }
     }
 
@@ -371,6 +418,11 @@ impl Arguments {
     /// See [`Arena::forget`].
     pub fn forget(&self, identity: Identity) {
         self.arena().forget(identity)
+    }
+
+    /// See [`Arena::new_call`].
+    pub fn new_call(&self) {
+        self.arena().new_call()
     }
 
     /// Chunks open (for tests and leak checks).
@@ -668,6 +720,37 @@ mod tests {
         assert_eq!(arena.sweep(), vec![small.chunk]);
         assert_ne!(
             arena.place_once(Some((3, 4, 100)), &[5u8; 100]).unwrap(),
+            small
+        );
+    }
+
+    #[test]
+    fn across_calls_a_large_buffer_is_reused_only_while_unchanged() {
+        let mut arena = Arena::new(128);
+        let key = (1, 2, 1000);
+        let mut data = vec![1u8; 1000];
+        let first = arena.place_once(Some(key), &data).unwrap();
+        arena.new_call();
+        assert_eq!(arena.place_once(Some(key), &data).unwrap(), first); // verified, reused
+        arena.new_call();
+        data[500] = 9; // modified in place between calls
+        let second = arena.place_once(Some(key), &data).unwrap();
+        assert_ne!(second, first);
+        let mapping = Mapping::map(
+            arena.duplicate_fd(second.chunk).unwrap().0,
+            Access::ReadOnly,
+        )
+        .unwrap();
+        assert_eq!(read(&mapping, 500, 1), vec![9]);
+        // A small buffer is placed again in a new call (cheaper than proving it unchanged).
+        let small = arena.place_once(Some((5, 6, 10)), &[3u8; 10]).unwrap();
+        assert_eq!(
+            arena.place_once(Some((5, 6, 10)), &[3u8; 10]).unwrap(),
+            small
+        ); // same call
+        arena.new_call();
+        assert_ne!(
+            arena.place_once(Some((5, 6, 10)), &[3u8; 10]).unwrap(),
             small
         );
     }

@@ -87,6 +87,17 @@ impl Hasher {
     }
 }
 
+/// A 128-bit fingerprint of `buffer`'s contents at memory speed (xxh3 of its blocks, on every
+/// core): to tell whether a buffer changed since it was last seen.
+pub fn fingerprint(buffer: &[u8]) -> u128 {
+    let mut hasher = Hasher::new(Algorithm::Xxh3);
+    hasher.update_buffer(buffer);
+    match &hasher.state {
+        State::Xxh3(state) => state.digest128(),
+        State::Blake3(_) => 0, // not built above
+    }
+}
+
 /// The digest of every `BLOCK` of `buffer`, in order, computed on all available cores.
 fn block_digests(algorithm: Algorithm, buffer: &[u8]) -> Vec<[u8; 32]> {
     let blocks: Vec<&[u8]> = buffer.chunks(BLOCK).collect();

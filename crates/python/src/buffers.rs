@@ -265,6 +265,11 @@ impl Arena {
         self.inner.forget(identity)
     }
 
+    /// A new call of the session begins (see `ferrojob_engine::arena::Arena::new_call`).
+    fn new_call(&self) {
+        self.inner.new_call()
+    }
+
     #[getter]
     fn n_open_chunks(&self) -> usize {
         self.inner.n_open_chunks()

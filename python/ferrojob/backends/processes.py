@@ -19,6 +19,7 @@ from typing import Any
 from .. import _failures, _pickling, _reports
 from .._core import Completion as EngineCompletion
 from .._core import CompletionKind, ProcessPool
+from .._shared_objects import SharedObjects
 from .._sharedmem import ArgumentStore
 from .._tasks import Batch
 from ..cpus import cpu_count
@@ -153,8 +154,6 @@ class ProcessSession(Session):
         init = _init_payload(options.initializer, options.initargs)
         self._pool, self._release = _SHARED.acquire(n_workers, env, init)
         self._arguments = ArgumentStore()
-        from .._shared_objects import SharedObjects
-
         self._shared = SharedObjects(options.max_nbytes)
         self._jobs: dict[int, Piece] = {}
         # batches being put back together from pieces run again (return_exceptions)
@@ -162,6 +161,10 @@ class ProcessSession(Session):
         self._start_failures = 0
 
     def begin(self) -> None:
+        # Arrays placed by earlier calls of a `with Parallel()` block are reused only once
+        # proven unchanged (a fingerprint at memory speed), never stale.
+        self._arguments.arena.new_call()
+        self._shared = SharedObjects(self._max_nbytes)  # shared objects live for one call
         self._pool.set_worker_limits(*self._limits)
         if self._pool.n_workers != self.n_workers:
             self._pool.ensure_workers(self.n_workers)
