@@ -325,3 +325,23 @@ def test_arrays_reused_across_calls_of_a_block_are_never_stale(size):
         after = sum(parallel(delayed(slice_total)(data, i, 8) for i in range(8)))
     assert first == again == float(size)
     assert after == 2.0 * size
+
+
+def large_argument_maps(_=None):
+    """How many large argument chunks this worker maps (kept across jobs or in use)."""
+    count = 0
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            if "memfd:ferrojob-arguments" in line:
+                start, end = (int(x, 16) for x in line.split()[0].split("-"))
+                count += end - start > 16 << 20
+    return count
+
+
+def test_workers_let_go_of_kept_arguments_when_the_call_ends():
+    data = np.ones(4_000_000)  # 32 MB: a chunk of its own, kept mapped across jobs
+    with Parallel(n_jobs=2) as parallel:
+        parallel(delayed(slice_total)(data, i, 8) for i in range(8))
+        assert max(parallel(delayed(large_argument_maps)() for _ in range(4))) >= 1
+    # The block is over: its arena is gone, and the workers were told to drop what they kept.
+    assert Parallel(n_jobs=2)(delayed(large_argument_maps)() for _ in range(4)) == [0, 0, 0, 0]

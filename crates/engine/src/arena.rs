@@ -75,6 +75,21 @@ pub struct Arena {
     identities: HashMap<Identity, Placed>,
     /// The current call of the session (see [`Arena::new_call`]).
     call: u64,
+    /// Tells the workers that the arena gives up large chunks they may keep mapped (see
+    /// `worker::Endpoint`): they drop them, and report them unmapped once nothing uses them.
+    forgetter: Option<Forget>,
+}
+
+/// Tells every worker to stop keeping the mappings of these chunk tokens.
+pub type Forgetter = Arc<dyn Fn(&[u64]) + Send + Sync>;
+
+/// A [`Forgetter`], held by the arena.
+struct Forget(Forgetter);
+
+impl std::fmt::Debug for Forget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Forget")
+    }
 }
 
 /// A buffer placed by identity.
@@ -110,6 +125,24 @@ impl Arena {
             owner: std::process::id(),
             identities: HashMap::new(),
             call: 0,
+            forgetter: None,
+        }
+    }
+
+    /// Tell `forgetter` when large chunks are given up.
+    pub fn set_forgetter(&mut self, forgetter: Forgetter) {
+        self.forgetter.get_or_insert(Forget(forgetter));
+    }
+
+    /// Large chunks are kept mapped by workers: tell them when one is given up.
+    fn give_up(&self, chunk: usize) {
+        let large = self
+            .chunks
+            .get(chunk)
+            .and_then(Option::as_ref)
+            .filter(|c| c.file.len() > self.chunk_size);
+        if let (Some(entry), Some(Forget(forgetter))) = (large, &self.forgetter) {
+            forgetter(&[entry.token]);
         }
     }
 
@@ -138,6 +171,7 @@ impl Arena {
                 // Changed since (or too small to keep across calls): placed afresh below; the
                 // old copy stays for the jobs that hold it.
                 self.identities.remove(&key);
+                self.give_up(placed.placement.chunk);
             }
         }
         let placement = self.place(bytes)?;
@@ -172,6 +206,7 @@ impl Arena {
     /// The owner of `identity` is gone: its memory may be reused for something else.
     pub fn forget(&mut self, identity: Identity) {
         if let Some(placed) = self.identities.remove(&identity) {
+            self.give_up(placed.placement.chunk);
             self.retire_if_unused(placed.placement.chunk);
         }
     }
@@ -371,6 +406,18 @@ fn closed_chunk(chunk: usize) -> io::Error {
 
 impl Drop for Arena {
     fn drop(&mut self) {
+        if let Some(Forget(forgetter)) = &self.forgetter {
+            let large: Vec<u64> = self
+                .chunks
+                .iter()
+                .flatten()
+                .filter(|c| c.file.len() > self.chunk_size)
+                .map(|c| c.token)
+                .collect();
+            if !large.is_empty() {
+                forgetter(&large);
+            }
+        }
         for chunk in self.chunks.drain(..).flatten() {
             shm::free_later(chunk.file);
         }
@@ -423,6 +470,11 @@ impl Arguments {
     /// See [`Arena::new_call`].
     pub fn new_call(&self) {
         self.arena().new_call()
+    }
+
+    /// See [`Arena::set_forgetter`].
+    pub fn set_forgetter(&self, forgetter: Forgetter) {
+        self.arena().set_forgetter(forgetter)
     }
 
     /// Chunks open (for tests and leak checks).

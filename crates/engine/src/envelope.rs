@@ -163,17 +163,31 @@ pub fn map_buffers(
     fds: Vec<OwnedFd>,
     on_unmap: impl Fn(u64) -> UnmapHook,
 ) -> Result<Vec<SharedBuffer>, EnvelopeError> {
+    map_buffers_with(envelope, fds, |fd, token, access| {
+        let mapping = Mapping::map_segment(fd, access)?;
+        Ok(Arc::new(match token {
+            0 => mapping,
+            token => mapping.on_drop(on_unmap(token)),
+        }))
+    })
+}
+
+/// [`map_buffers`], with `segment(fd, token, access)` giving each segment's mapping (a worker
+/// may reuse one it kept from an earlier job).
+pub fn map_buffers_with(
+    envelope: &Envelope<'_>,
+    fds: Vec<OwnedFd>,
+    mut segment: impl FnMut(OwnedFd, u64, Access) -> std::io::Result<Arc<Mapping>>,
+) -> Result<Vec<SharedBuffer>, EnvelopeError> {
     if envelope.buffers.is_empty() {
         return Ok(Vec::new());
     }
     let mut mappings = Vec::with_capacity(fds.len());
-    for (segment, fd) in fds.into_iter().enumerate() {
-        let mapping = Mapping::map_segment(fd, envelope.access)
+    for (index, fd) in fds.into_iter().enumerate() {
+        let token = envelope.tokens.get(index).copied().unwrap_or(0);
+        let mapping = segment(fd, token, envelope.access)
             .map_err(|error| EnvelopeError::Map(error.to_string()))?;
-        mappings.push(Arc::new(match envelope.tokens.get(segment) {
-            Some(&token) if token != 0 => mapping.on_drop(on_unmap(token)),
-            _ => mapping,
-        }));
+        mappings.push(mapping);
     }
     let lens: Vec<usize> = mappings.iter().map(|m| m.len()).collect();
     check_bounds(&envelope.buffers, &lens)?;

@@ -181,6 +181,27 @@ pub struct Releaser {
 }
 
 impl Releaser {
+    /// Send `tokens` to every live worker (argument chunks the parent gives up; see
+    /// [`crate::arena::Forgetter`]).
+    pub fn broadcast(&self, tokens: &[u64]) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        if !shared.owned_here() {
+            return;
+        }
+        let pids: Vec<i32> = shared
+            .state()
+            .workers
+            .values()
+            .filter(|worker| worker.is_live())
+            .map(|worker| worker.pid.as_raw())
+            .collect();
+        for pid in pids {
+            self.release(pid, tokens);
+        }
+    }
+
     pub fn release(&self, pid: i32, tokens: &[u64]) {
         let Some(shared) = self.shared.upgrade() else {
             return;

@@ -8,6 +8,7 @@
 //! chunks that nothing here maps any more (reported in the next reply, so the parent may write
 //! them again).
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +21,7 @@ use crate::envelope::{self, BufferRef};
 use crate::pool::{WORKER_SOCKET_FD, WORKER_STATUS_FD};
 use crate::protocol::{Connection, Kind, ProtocolError};
 use crate::shared_alloc;
-use crate::shm::{Access, SharedBuffer, StatusPage, STATUS_JOB, STATUS_TASKS_STARTED};
+use crate::shm::{Access, Mapping, SharedBuffer, StatusPage, STATUS_JOB, STATUS_TASKS_STARTED};
 
 /// What the parent asked for.
 pub enum Request<'a> {
@@ -86,7 +87,16 @@ pub struct Endpoint {
     results: Mutex<ResultSegments>,
     /// Tokens of argument chunks whose mappings were dropped since the last reply.
     unmapped: Arc<Mutex<Vec<u64>>>,
+    /// Mappings of large argument chunks kept across jobs (a big array passed to call after
+    /// call: its pages stay faulted in), until the parent says it retires them or others push
+    /// them out.
+    kept: Mutex<VecDeque<(u64, Access, Arc<Mapping>)>>,
 }
+
+/// Argument chunks larger than this are kept mapped across jobs.
+const KEEP_ABOVE: usize = crate::arena::DEFAULT_CHUNK_SIZE;
+/// At most this many kept mappings per worker.
+const MAX_KEPT: usize = 2;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
@@ -121,6 +131,7 @@ impl Endpoint {
             owner: std::process::id(),
             results: Mutex::new(ResultSegments::new()),
             unmapped: Arc::new(Mutex::new(Vec::new())),
+            kept: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -196,13 +207,42 @@ impl Endpoint {
     ) -> Result<(Vec<SharedBuffer>, usize), String> {
         let envelope = envelope::decode(payload).map_err(|e| e.to_string())?;
         let body_start = payload.len() - envelope.body.len();
-        let unmapped = &self.unmapped;
-        let buffers = envelope::map_buffers(&envelope, fds, |token| {
-            let unmapped = Arc::clone(unmapped);
-            Box::new(move || lock(&unmapped).push(token))
+        let buffers = envelope::map_buffers_with(&envelope, fds, |fd, token, access| {
+            self.segment(fd, token, access)
         })
         .map_err(|e| e.to_string())?;
         Ok((buffers, body_start))
+    }
+
+    /// The mapping of an argument chunk: a kept one, or a fresh one whose token is reported
+    /// unmapped when its last user goes (large ones are kept for later jobs).
+    fn segment(&self, fd: OwnedFd, token: u64, access: Access) -> io::Result<Arc<Mapping>> {
+        let mut kept = lock(&self.kept);
+        if token != 0 {
+            let found = kept.iter().find(|(t, a, _)| *t == token && *a == access);
+            if let Some((_, _, mapping)) = found {
+                return Ok(Arc::clone(mapping)); // `fd` is closed here: the mapping suffices
+            }
+        }
+        let mapping = Mapping::map_segment(fd, access)?;
+        if token == 0 {
+            return Ok(Arc::new(mapping));
+        }
+        let unmapped = Arc::clone(&self.unmapped);
+        let large = mapping.len() > KEEP_ABOVE;
+        let mapping = Arc::new(mapping.on_drop(move || lock(&unmapped).push(token)));
+        if large {
+            kept.push_back((token, access, Arc::clone(&mapping)));
+            if kept.len() > MAX_KEPT {
+                kept.pop_front(); // reported unmapped once no task uses it either
+            }
+        }
+        Ok(mapping)
+    }
+
+    /// The parent retires these argument chunks: stop keeping their mappings.
+    fn forget_kept(&self, tokens: &[u64]) {
+        lock(&self.kept).retain(|(token, _, _)| !tokens.contains(token));
     }
 
     /// Serve requests until the parent says `Shutdown` or closes the socket.
@@ -250,11 +290,16 @@ impl Endpoint {
                     }
                 }
                 Kind::Release => {
+                    // Tokens of result segments the parent unmapped, or of kept argument chunks
+                    // it retires (tokens are unique across both).
                     let mut cursor = Cursor::new(&frame.payload);
+                    let tokens: Vec<u64> = std::iter::from_fn(|| cursor.u64()).collect();
                     let mut results = lock(&self.results);
-                    while let Some(token) = cursor.u64() {
+                    for &token in &tokens {
                         results.release(token);
                     }
+                    drop(results);
+                    self.forget_kept(&tokens);
                 }
                 Kind::Shutdown => return Ok(()),
                 Kind::Done | Kind::Failed => {

@@ -162,6 +162,10 @@ impl ProcessPool {
             .map(|(index, bytes)| (identities.get(index).copied().flatten(), *bytes))
             .collect();
         let arguments = &arena.inner;
+        let releaser = self.pool.releaser();
+        arguments.set_forgetter(std::sync::Arc::new(move |tokens: &[u64]| {
+            releaser.broadcast(tokens)
+        }));
         let mut job = py
             .detach(|| arguments.job_with_buffers(job, payload, &placed, access))
             .map_err(EngineError::Arena)?;
