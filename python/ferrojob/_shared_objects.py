@@ -18,7 +18,7 @@ import itertools
 import pickle
 from typing import Any
 
-from ._pickling import PROTOCOL, _collector
+from ._pickling import PROTOCOL, _collector, dumps_with_buffers
 
 #: The persistent-id tag of a shared object.
 TAG = "ferrojob-shared"
@@ -38,15 +38,19 @@ class SharedObjects:
     # (None, -1, None) for an object measured small
         self._known: dict[int, tuple[Any, int, pickle.PickleBuffer | None]] = {}
         self._tokens = itertools.count()
+        self._sharing = False
 
     def note(self, columns: list) -> None:
         """Count the argument objects of a batch; measure those seen in a second task."""
         if self._threshold is None:
             return
         for _, args_list, kwargs_list in columns:
-            values: list[Any] = [arg for args in args_list for arg in args]
+            plain = _PLAIN.issuperset(map(type, itertools.chain.from_iterable(args_list)))
+            if plain and kwargs_list is None:
+                continue  # the common case of small tasks: numbers and strings only, at C speed
+            values: list[Any] = list(itertools.chain.from_iterable(args_list))
             if kwargs_list is not None:
-                values += [value for kwargs in kwargs_list for value in kwargs.values()]
+                values += itertools.chain.from_iterable(kwargs.values() for kwargs in kwargs_list)
             for value in values:
                 if type(value) in _PLAIN or id(value) in self._known or _has_buffers(value):
                     continue
@@ -62,6 +66,7 @@ class SharedObjects:
             data = b""
         if self._threshold is not None and len(data) > self._threshold:
             self._known[id(value)] = (value, next(self._tokens), pickle.PickleBuffer(data))
+            self._sharing = True
         else:
             # Small: not kept alive (an id reused by another object then only misses a share).
             self._known[id(value)] = (None, -1, None)
@@ -69,6 +74,10 @@ class SharedObjects:
     def dumps(self, obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
         """``obj`` pickled (cloudpickle, protocol 5, large buffers out of band), each large
         shared object in it replaced by its persistent id."""
+        if not self._sharing:
+            # No shared object yet: the plain pickler (a persistent_id hook costs a Python call
+            # per pickled object).
+            return dumps_with_buffers(obj, self._threshold)
         buffers, callback = _collector(self._threshold)
         out = io.BytesIO()
         pickler = _pickler_class()(out, protocol=PROTOCOL, buffer_callback=callback)
