@@ -338,10 +338,20 @@ def large_argument_maps(_=None):
     return count
 
 
+def large_argument_maps_after_unmapping(_=None):
+    import time
+
+    deadline = time.monotonic() + 10
+    while large_argument_maps() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return large_argument_maps()
+
+
 def test_workers_let_go_of_kept_arguments_when_the_call_ends():
     data = np.ones(4_000_000)  # 32 MB: a chunk of its own, kept mapped across jobs
     with Parallel(n_jobs=2) as parallel:
         parallel(delayed(slice_total)(data, i, 8) for i in range(8))
         assert max(parallel(delayed(large_argument_maps)() for _ in range(4))) >= 1
-    # The block is over: its arena is gone, and the workers were told to drop what they kept.
-    assert Parallel(n_jobs=2)(delayed(large_argument_maps)() for _ in range(4)) == [0, 0, 0, 0]
+    # The block is over: its arena is gone, and the workers were told to drop what they kept
+    # (their helper thread unmaps asynchronously: each worker waits for it, boundedly).
+    assert Parallel(n_jobs=2)(delayed(large_argument_maps_after_unmapping)() for _ in range(4)) == [0, 0, 0, 0]
