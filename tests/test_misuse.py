@@ -144,10 +144,17 @@ def test_n_jobs_zero():
     )
 
 
-@pytest.mark.parametrize("n_jobs", [1.5, "2", True])
+@pytest.mark.parametrize("n_jobs", [1.5, "two", True, [2]])
 def test_n_jobs_of_the_wrong_type(n_jobs):
     with pytest.raises(ValueError, match=r"n_jobs must be an integer or None"):
         Parallel(n_jobs=n_jobs)
+
+
+@pytest.mark.parametrize("n_jobs", [2.0, "2", " 2 "])
+def test_n_jobs_is_converted_like_joblib_converts_it(n_jobs):
+    parallel = Parallel(n_jobs=n_jobs)
+    assert parallel.n_jobs == 2
+    assert parallel(delayed(abs)(-i) for i in range(3)) == [0, 1, 2]
 
 
 def test_unknown_backend_lists_the_valid_names():

@@ -166,3 +166,17 @@ def test_tasks_cannot_shrink_shared_memory_under_the_parent():
     results += Parallel(n_jobs=2)(delayed(tries_to_shrink_shared_memory)(argument) for _ in range(4))
     assert all(refused >= 1 for refused, _ in results)  # the status page at least
     assert all(int(array.sum()) == 7 * BIG for _, array in results)  # no SIGBUS reading them
+
+
+def append_through_proxy(shared, x):
+    shared.append(x)
+    return len(shared) > 0
+
+
+def test_multiprocessing_manager_proxies_work_in_tasks():
+    import multiprocessing
+
+    with multiprocessing.Manager() as manager:
+        shared = manager.list()
+        assert all(Parallel(n_jobs=2)(delayed(append_through_proxy)(shared, i) for i in range(6)))
+        assert sorted(shared) == list(range(6))

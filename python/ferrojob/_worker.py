@@ -48,6 +48,10 @@ def _on_init(payload: bytes, status: Any) -> None:
         os.chdir(settings["cwd"])
     except OSError:
         pass
+    if settings.get("authkey"):
+        import multiprocessing
+
+        multiprocessing.current_process().authkey = settings["authkey"]  # wrapped by the setter
     if settings.get("initializer"):
         _initialize(settings["initializer"])
 

@@ -203,12 +203,12 @@ class parallel_config(contextlib.ContextDecorator):
         **backend_params: Any,
     ) -> None:
         from .backends import check_backend_name
-        from .cpus import check_n_jobs
+        from .cpus import normalize_n_jobs
 
         if not is_default(backend):
             check_backend_name(backend)
         if not is_default(n_jobs):
-            check_n_jobs(n_jobs)
+            n_jobs = normalize_n_jobs(n_jobs)
         check_prefer_require(prefer, require)
         check_return_exceptions(return_exceptions)
         check_initializer(initializer, initargs)

@@ -31,7 +31,7 @@ from .config import (
     effective_settings,
     is_default,
 )
-from .cpus import check_n_jobs, resolve_n_jobs
+from .cpus import normalize_n_jobs, resolve_n_jobs
 from .errors import InvalidParameterError, ParallelUsageError, compose_message
 
 __all__ = ["Parallel", "delayed", "effective_n_jobs"]
@@ -174,7 +174,7 @@ class Parallel:
         max_worker_memory: int | str | None = None,
     ) -> None:
         if not is_default(n_jobs):
-            check_n_jobs(n_jobs)
+            n_jobs = normalize_n_jobs(n_jobs)
         if not is_default(backend) and backend is not None:
             check_backend_name(backend)
         if return_as not in RETURN_AS:

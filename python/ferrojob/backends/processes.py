@@ -89,6 +89,10 @@ def _init_payload(initializer: Callable[..., Any] | None, initargs: tuple) -> by
     """What every worker of a pool is set up with: the parent's sys.path and directory, and the
     call's initializer (pickled with cloudpickle: lambdas and closures work)."""
     settings: dict[str, Any] = {"sys_path": list(sys.path), "cwd": os.getcwd(), "initializer": None}
+    multiprocessing = sys.modules.get("multiprocessing")
+    if multiprocessing is not None:
+        # Manager() proxies passed to tasks authenticate with the parent's key, as under loky.
+        settings["authkey"] = bytes(multiprocessing.current_process().authkey)
     if initializer is not None:
         settings["initializer"] = _pickling.dumps((initializer, tuple(initargs)))
     return pickle.dumps(settings)
