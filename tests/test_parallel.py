@@ -325,3 +325,12 @@ def test_calls_from_several_threads_at_once():
     for thread in threads:
         thread.join()
     assert outcomes == {n: [2 * x for x in range(n, n + 200)] for n in (0, 1000, 2000)}
+
+
+def test_a_managed_parallel_runs_one_call_at_a_time():
+    with Parallel(n_jobs=2, return_as="generator") as parallel:
+        first = parallel(delayed(abs)(-i) for i in range(10))
+        with pytest.raises(RuntimeError, match="already running a call"):
+            parallel(delayed(abs)(-i) for i in range(10))
+        assert list(first) == list(range(10))
+        assert list(parallel(delayed(abs)(-i) for i in range(3))) == [0, 1, 2]  # free again

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import numbers
 import operator
+import threading
 from collections.abc import Generator, Iterable
 from typing import Any
 
@@ -245,6 +246,9 @@ class Parallel:
         self.max_tasks_per_worker = max_tasks_per_worker
         self.max_worker_memory = memory_cap
         self._session: Session | None = None
+        # A session runs one call at a time: a second call while the first's generator is
+        # unconsumed (or from another thread) would mix their results.
+        self._call_lock = threading.Lock()
         self._session_backend: Backend | None = None
         self._session_n_jobs = 0
 
@@ -380,7 +384,26 @@ class Parallel:
         return _flatten(chunks)
 
     def _run(self, iterable: Iterable[Any], label: str) -> Generator[Any, None, None]:
-        """Yield ``_STARTED`` once dispatch has begun, then lists of results as they are ready."""
+        """Yield ``_STARTED`` once dispatch has begun, then lists of results as they are ready.
+        A ``with Parallel()`` block's session runs one call at a time (see ``_one_call``)."""
+        if self._session is None:
+            yield from self._run_call(iterable, label)
+            return
+        if not self._call_lock.acquire(blocking=False):
+            raise RuntimeError(
+                compose_message(
+                    f"{label} is already running a call: its results have not all been read yet "
+                    "(a generator not consumed), or another thread is using it.",
+                    "consume or close the first call's generator before calling again, and give",
+                    "each thread a Parallel of its own",
+                )
+            )
+        try:
+            yield from self._run_call(iterable, label)
+        finally:
+            self._call_lock.release()
+
+    def _run_call(self, iterable: Iterable[Any], label: str) -> Generator[Any, None, None]:
         def reject(item: Any, index: int) -> tuple:
             return _misuse.coerce_call(label, iterable, item, index)
 
