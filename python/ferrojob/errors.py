@@ -94,7 +94,20 @@ class UnknownBackendError(InvalidParameterError):
     code = "FJ202"
 
 
-class WorkerCrashedError(FerrojobError, RuntimeError):
+class _TaskReport:
+    """What a report on a stopped or lost task carries (set by the process pool; None elsewhere):
+    the task's position in the iterable, its function, its arguments' repr, the worker's peak
+    memory in bytes, its last ~4 KiB of stderr and its pid."""
+
+    task_index: int | None = None
+    function: str | None = None
+    args_repr: str | None = None
+    peak_rss: int | None = None
+    stderr_tail: str = ""
+    pid: int | None = None
+
+
+class WorkerCrashedError(_TaskReport, FerrojobError, RuntimeError):
     """A worker process died while running a task (FJ301): a segfault, ``os._exit``, an OOM kill.
 
     Attributes (when raised by the process pool): ``task_index``, ``function``, ``args_repr``,
@@ -102,16 +115,10 @@ class WorkerCrashedError(FerrojobError, RuntimeError):
     worker's last ~4 KiB of stderr), ``likely_cause``, ``pid``."""
 
     code = "FJ301"
-    task_index: int | None = None
-    function: str | None = None
-    args_repr: str | None = None
     exitcode: int | None = None
     signal: int | None = None
     signal_name: str | None = None
-    peak_rss: int | None = None
-    stderr_tail: str = ""
     likely_cause: str | None = None
-    pid: int | None = None
 
 
 class WorkerStartError(FerrojobError, RuntimeError):
@@ -123,21 +130,15 @@ class WorkerStartError(FerrojobError, RuntimeError):
     attempts: int = 0
 
 
-class TaskTimeoutError(FerrojobError, TimeoutError):
+class TaskTimeoutError(_TaskReport, FerrojobError, TimeoutError):
     """A task ran longer than ``Parallel(timeout=...)`` seconds; its worker was stopped (FJ302).
 
     Attributes (process pool): ``task_index``, ``function``, ``args_repr``, ``timeout``, and
     ``stack``: the Python stack of the worker's main thread when it was stopped."""
 
     code = "FJ302"
-    task_index: int | None = None
-    function: str | None = None
-    args_repr: str | None = None
     timeout: float | None = None
     stack: str | None = None
-    peak_rss: int | None = None
-    stderr_tail: str = ""
-    pid: int | None = None
 
 
 class RemoteTraceback(Exception):
