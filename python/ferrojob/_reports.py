@@ -22,7 +22,7 @@ from typing import Any
 
 from ._core import Completion, CompletionKind
 from ._failures import CHANNEL_LOST_EXIT
-from ._tasks import Batch, function_name, safe_repr
+from ._tasks import Batch, describe_arguments, function_name
 from .errors import TaskTimeoutError, WorkerCrashedError, WorkerStartError, compose_message
 
 #: Lines of the stderr tail shown in a message (all of it is in ``stderr_tail``).
@@ -139,8 +139,7 @@ class _Culprit:
         self.index = batch.start + offset
         function, args, kwargs = batch.calls[offset]
         self.function = function_name(function)
-        parts = [safe_repr(arg) for arg in args] + [f"{k}={safe_repr(v)}" for k, v in kwargs.items()]
-        self.args_repr = _cut(", ".join(parts), 200)
+        self.args_repr = _cut(describe_arguments(args, kwargs), 200)
         self.where = (
             f"task {self.index}: {self.function}({self.args_repr})"
             if self.started

@@ -37,12 +37,17 @@ def safe_repr(value: Any) -> str:
         return f"<{type(value).__name__} object (its repr failed)>"
 
 
+def describe_arguments(args: tuple, kwargs: dict) -> str:
+    """``3, key='a'`` — a call's arguments, short, for messages."""
+    parts = [safe_repr(arg) for arg in args]
+    parts += [f"{key}={safe_repr(value)}" for key, value in kwargs.items()]
+    return ", ".join(parts)
+
+
 def describe_call(call: Call) -> str:
     """``my_function(3, key='a')`` — a short rendering of one call for error messages."""
     function, args, kwargs = call
-    parts = [safe_repr(arg) for arg in args]
-    parts += [f"{key}={safe_repr(value)}" for key, value in kwargs.items()]
-    return f"{function_name(function)}({', '.join(parts)})"
+    return f"{function_name(function)}({describe_arguments(args, kwargs)})"
 
 
 class Batch:
@@ -61,6 +66,12 @@ class Batch:
         """``task 7: my_function(7)`` for the task at ``offset`` in this batch."""
         offset = min(max(offset, 0), len(self.calls) - 1)
         return f"task {self.start + offset}: {describe_call(self.calls[offset])}"
+
+    def describe_all(self) -> str:
+        """``task 3: f(3)`` for a batch of one, else ``tasks 3..9``."""
+        if len(self.calls) == 1:
+            return self.describe(0)
+        return f"tasks {self.start}..{self.start + len(self.calls) - 1}"
 
     def columns(self) -> list[tuple[Callable[..., Any], list[tuple], list[dict] | None]]:
         """Group consecutive calls of the same function (see the module docstring)."""

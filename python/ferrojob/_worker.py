@@ -22,8 +22,6 @@ _NO_KWARGS: dict = {}
 _TASKS_STARTED = 1  # index of the tasks-started word (the engine's STATUS_TASKS_STARTED)
 
 
-
-
 def main() -> None:
     from . import _core
 

@@ -786,19 +786,14 @@ fn read_replies(
     let mut state = shared.state();
     if let Some(worker) = state.workers.remove(&id) {
         if let Some(running) = worker.running {
-            let cause = match (violation, worker.leaving) {
-                (_, Some(Leaving::Killed(KillReason::TimedOut(limit)))) => {
-                    LossCause::TimedOut(limit)
-                }
-                // Asked for its stack (SIGUSR1) and died of it: a worker without the handler.
-                (_, _) if running.stack_requested.is_some() => LossCause::TimedOut(
-                    running
-                        .stack_requested
-                        .map_or(Duration::ZERO, |(_, limit)| limit),
-                ),
-                (_, Some(Leaving::Killed(KillReason::Cancelled))) => LossCause::Cancelled,
-                (Some(reason), _) => LossCause::Protocol(reason),
-                (None, Some(Leaving::Retired) | None) => exit,
+            // A worker asked for its stack (SIGUSR1) that died of it had no handler: a timeout.
+            let asked_for_stack = running.stack_requested.map(|(_, limit)| limit);
+            let cause = match (violation, worker.leaving, asked_for_stack) {
+                (_, Some(Leaving::Killed(KillReason::TimedOut(limit))), _)
+                | (_, _, Some(limit)) => LossCause::TimedOut(limit),
+                (_, Some(Leaving::Killed(KillReason::Cancelled)), None) => LossCause::Cancelled,
+                (Some(reason), _, None) => LossCause::Protocol(reason),
+                (None, Some(Leaving::Retired) | None, None) => exit,
             };
             let tasks_started = if worker.status.load(STATUS_JOB) == running.job {
                 worker.status.load(STATUS_TASKS_STARTED)
@@ -834,7 +829,8 @@ fn on_reply(shared: &Arc<Shared>, id: u64, frame: crate::protocol::Frame) -> Res
     let Some(worker) = state.workers.get_mut(&id) else {
         return Err("it is no longer part of the pool".into());
     };
-    let (conn, pid) = (Arc::clone(&worker.conn), worker.pid.as_raw());
+    let (conn, worker_pid) = (Arc::clone(&worker.conn), worker.pid);
+    let pid = worker_pid.as_raw();
     match &worker.running {
         Some(running) if running.job == frame.id => {}
         Some(running) => {
@@ -845,32 +841,34 @@ fn on_reply(shared: &Arc<Shared>, id: u64, frame: crate::protocol::Frame) -> Res
         }
         None => return Err(format!("it replied for job {} while idle", frame.id)),
     }
+    let limits = state.limits;
     drop(state);
-    let outcome = match frame.kind {
+    let (released, outcome) = match frame.kind {
         Kind::Done => {
             let releaser = Releaser {
                 shared: Arc::downgrade(shared),
             };
-            let (envelope_released, body_start, buffers) =
+            let (released, body_start, buffers) =
                 open_reply(&frame.payload, frame.fds, pid, &releaser)
                     .map_err(|error| format!("its reply is damaged: {error}"))?;
-            (
-                Some(envelope_released),
-                Outcome::Done {
-                    payload: frame.payload,
-                    body_start,
-                    buffers,
-                },
-            )
+            let outcome = Outcome::Done {
+                payload: frame.payload,
+                body_start,
+                buffers,
+            };
+            (released, outcome)
         }
         _ => (
-            None,
+            Vec::new(),
             Outcome::Failed {
                 payload: frame.payload,
             },
         ),
     };
-    let (released, outcome) = outcome;
+    // Past its memory cap? (Read from /proc outside the pool's lock.)
+    let over_memory = limits
+        .max_rss
+        .is_some_and(|max| resident_bytes(worker_pid).is_some_and(|rss| rss > max));
     let mut state = shared.state();
     let Some(worker) = state.workers.get_mut(&id) else {
         return Err("it is no longer part of the pool".into());
@@ -878,14 +876,7 @@ fn on_reply(shared: &Arc<Shared>, id: u64, frame: crate::protocol::Frame) -> Res
     let finished = worker.running.take();
     worker.jobs_done += 1;
     worker.tasks_done += finished.as_ref().map_or(0, |running| running.n_tasks);
-    let limits = state.limits;
-    let Some(worker) = state.workers.get_mut(&id) else {
-        return Err("it is no longer part of the pool".into());
-    };
-    let spent = limits.max_tasks.is_some_and(|max| worker.tasks_done >= max)
-        || limits
-            .max_rss
-            .is_some_and(|max| resident_bytes(worker.pid).is_some_and(|rss| rss > max));
+    let spent = over_memory || limits.max_tasks.is_some_and(|max| worker.tasks_done >= max);
     if spent && worker.is_live() {
         // Replaced before its next task: a fresh worker takes the queue from here.
         worker.retire();
@@ -899,7 +890,7 @@ fn on_reply(shared: &Arc<Shared>, id: u64, frame: crate::protocol::Frame) -> Res
     drop(state);
     // The job's argument chunks: those the worker no longer maps, then the job's holds.
     if let Some(holds) = finished.and_then(|running| running.holds) {
-        holds.unmapped(released.as_deref().unwrap_or_default());
+        holds.unmapped(&released);
     }
     send_releases(&conn, &releases);
     if let Some(job) = next {

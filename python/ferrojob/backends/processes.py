@@ -332,13 +332,6 @@ def _load_results(completion: EngineCompletion, batch: Batch) -> list[Any]:
         ) from error
 
 
-def _tasks_of(batch: Batch) -> str:
-    """``task 3: f(3)`` for a batch of one, else ``tasks 3..9``."""
-    if len(batch) == 1:
-        return batch.describe(0)
-    return f"tasks {batch.start}..{batch.start + len(batch) - 1}"
-
-
 def _task_failure(payload: bytes | None, batch: Batch) -> BaseException:
     """Rebuild the error a worker reported (see ``ferrojob._failures``)."""
     if not payload:
@@ -349,7 +342,7 @@ def _task_failure(payload: bytes | None, batch: Batch) -> BaseException:
     if isinstance(report, _failures.ArgumentsUnloadable):
         error = UnpicklableError(
             compose_message(
-                f"the arguments of {_tasks_of(batch)} could not be loaded in the worker process: "
+                f"the arguments of {batch.describe_all()} could not be loaded in the worker process: "
                 f"{report.type_name}: {report.message}",
                 "an argument unpickles differently in a fresh process (its module cannot be",
                 "imported there, or its __reduce__/__setstate__ failed); make its module",

@@ -109,9 +109,8 @@ def run_columns(
 
 
 def _timeout_error(batch: Batch, timeout: float, where: str, then: str) -> TaskTimeoutError:
-    what = batch.describe(0) if len(batch) == 1 else f"tasks {batch.start}..{batch.start + len(batch) - 1}"
     return TaskTimeoutError(
-        compose_message(f"{what} ran longer than timeout={timeout:g} s per task {where}.", then),
+        compose_message(f"{batch.describe_all()} ran longer than timeout={timeout:g} s per task {where}.", then),
         code="FJ302",
     )
 
