@@ -24,6 +24,7 @@ from .errors import (
     NotADumpFileError,
     ParallelUsageError,
     RefusedContentError,
+    TaskCancelledError,
     TaskTimeoutError,
     UnknownBackendError,
     UnpicklableError,
@@ -42,12 +43,14 @@ _core.install(
 )
 
 if TYPE_CHECKING:
+    from .executor import Executor
     from .hashing import hash
     from .memory import MemorizedResult, Memory, expires_after
     from .persistence import dump, load
 
 # Persistence is imported on first use, so that `import ferrojob` stays light for Parallel users.
 _LAZY = {
+    "Executor": "executor",
     "hash": "hashing",
     "Memory": "memory",
     "MemorizedResult": "memory",
@@ -74,6 +77,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DamagedFileError",
+    "Executor",
     "FerrojobError",
     "InvalidParameterError",
     "MemorizedResult",
@@ -84,6 +88,7 @@ __all__ = [
     "ParallelUsageError",
     "ProgressUpdate",
     "RefusedContentError",
+    "TaskCancelledError",
     "TaskTimeoutError",
     "UnknownBackendError",
     "UnpicklableError",

@@ -1,7 +1,7 @@
 """Stubs of ``ferrojob._core``, the Rust engine's bindings (checked by mypy's stubtest)."""
 
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar, final
+from typing import Any, ClassVar, Literal, final
 
 __all__ = [
     "STATUS_TASKS_STARTED",
@@ -144,6 +144,7 @@ class ProcessPool:
         self, timeout: float | None = None, task_timeout: float | None = None
     ) -> Completion | None: ...
     def cancel(self) -> list[int]: ...
+    def cancel_job(self, job: int, kill_running: bool = True) -> Literal["queued", "running", "unknown"]: ...
     def terminate(self) -> None: ...
     def shutdown(self, grace: float = 1.0) -> None: ...
 

@@ -117,10 +117,18 @@ def _rebuild(how: str | None, data: bytes | None) -> BaseException | None:
     return exception if isinstance(exception, BaseException) else None
 
 
-def settle(results: list[Any], describe: Callable[[int], str]) -> list[Any]:
+def settle(
+    results: list[Any], describe: Callable[[int], str], in_slot: Callable[[BaseException], Any] | None = None
+) -> list[Any]:
     """Results collected with ``return_exceptions``: each ``TaskRaised`` report in place of a
-    result becomes the exception it describes (``describe(offset)`` names the task)."""
+    result becomes the exception it describes (``describe(offset)`` names the task), or
+    ``in_slot(exception)`` to tell it apart from a task that returned an exception."""
+    wrap = in_slot or _bare
     return [
-        to_exception(value, describe(offset)) if type(value) is TaskRaised else value
+        wrap(to_exception(value, describe(offset))) if type(value) is TaskRaised else value
         for offset, value in enumerate(results)
     ]
+
+
+def _bare(error: BaseException) -> BaseException:
+    return error

@@ -177,3 +177,28 @@ def not_callable(value: Any) -> ParallelUsageError:
         ),
         code="FJ005",
     )
+
+
+def not_callable_task(value: Any, method: str) -> ParallelUsageError:
+    """``executor.submit(f(x))``: the task's result was passed instead of the function."""
+    return ParallelUsageError(
+        compose_message(
+            f"{method} expects a function, but got {_describe_value(value)}, which is not callable.",
+            "pass the function and its arguments separately, without calling it:",
+            f"{method.replace('Executor', 'executor')}(my_function, x)",
+        ),
+        code="FJ005",
+    )
+
+
+def not_iterable_argument(value: Any, position: int, method: str) -> ParallelUsageError:
+    """``executor.map(f, 5)``: an argument after the function is not iterable."""
+    return ParallelUsageError(
+        compose_message(
+            f"{method} expects iterables after the function, but argument {position} is "
+            f"{_describe_value(value)}, which is not iterable.",
+            "pass one iterable per parameter of the function:",
+            f"{method.replace('Executor', 'executor')}(my_function, xs, ys)",
+        ),
+        code="FJ005",
+    )

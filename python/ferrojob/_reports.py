@@ -23,7 +23,7 @@ from typing import Any
 from ._core import Completion, CompletionKind
 from ._failures import CHANNEL_LOST_EXIT
 from ._tasks import Batch, describe_arguments, function_name
-from .errors import TaskTimeoutError, WorkerCrashedError, WorkerStartError, compose_message
+from .errors import TaskCancelledError, TaskTimeoutError, WorkerCrashedError, WorkerStartError, compose_message
 
 #: Lines of the stderr tail shown in a message (all of it is in ``stderr_tail``).
 _TAIL_LINES = 12
@@ -183,15 +183,18 @@ def crash_error(completion: Completion, batch: Batch, then: str) -> WorkerCrashe
     return error
 
 
-def timeout_error(completion: Completion, batch: Batch, timeout: float | None, then: str) -> TaskTimeoutError:
-    """``TaskTimeoutError`` (FJ302) for a task stopped by ``timeout=``, with where it was stuck."""
+def timeout_error(
+    completion: Completion, batch: Batch, timeout: float | None, then: str, setting: str
+) -> TaskTimeoutError:
+    """``TaskTimeoutError`` (FJ302) for a task stopped by ``timeout=``, with where it was stuck;
+    ``setting`` is where the limit is raised (``Parallel(timeout=...)``)."""
     culprit = _Culprit(batch, completion)
     stack = stuck_stack(_tail_text(completion))
     error = TaskTimeoutError(
         compose_message(
             f"task {culprit.index}: {culprit.function}({culprit.args_repr}) ran longer than "
             f"timeout={timeout:g} s; its worker (pid {completion.pid}) was stopped.",
-            f"{then}; raise Parallel(timeout=...) or split the work into shorter tasks",
+            f"{then}; raise {setting} or split the work into shorter tasks",
             "where it was stuck:",
             *("  " + line for line in stack.splitlines()),
         ),
@@ -200,6 +203,26 @@ def timeout_error(completion: Completion, batch: Batch, timeout: float | None, t
     _attach(error, culprit, completion)
     error.timeout = timeout
     error.stack = stack
+    return error
+
+
+def cancelled_error(completion: Completion, batch: Batch) -> TaskCancelledError:
+    """``TaskCancelledError`` (FJ304) for a task withdrawn on request (``Executor.kill``): its
+    worker was killed if it had started, else it never ran."""
+    culprit = _Culprit(batch, completion)
+    if completion.pid:
+        how = f"its worker (pid {completion.pid}) was killed while running it"
+    else:
+        how = "it was withdrawn before it started"
+    error = TaskCancelledError(
+        compose_message(
+            f"task {culprit.index}: {culprit.function}({culprit.args_repr}) was cancelled: {how}.",
+            "it was killed on request (Executor.kill); its result will never exist",
+        ),
+        code="FJ304",
+    )
+    _attach(error, culprit, completion)
+    error.pid = completion.pid or None
     return error
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import numbers
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -148,6 +149,23 @@ def check_initializer(initializer: Any, initargs: Any) -> None:
         raise _invalid_setting(
             f"initargs={initargs!r} is not a tuple of arguments.",
             "pass the initializer's arguments as a tuple: initargs=(path,)",
+        )
+
+
+def check_max_tasks_per_worker(value: Any) -> None:
+    if value is not None and not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1):
+        raise _invalid_setting(
+            f"max_tasks_per_worker={value!r} is not a number of tasks.",
+            "use a positive integer: each worker is replaced after that many tasks",
+        )
+
+
+def check_timeout(value: Any) -> None:
+    """A per-task time limit: None or a positive number of seconds."""
+    if value is not None and not (isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) > 0):
+        raise _invalid_setting(
+            f"timeout={value!r} is not a positive number of seconds.",
+            "use timeout=None (no limit) or a number of seconds such as timeout=10",
         )
 
 

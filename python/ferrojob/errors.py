@@ -141,6 +141,14 @@ class TaskTimeoutError(_TaskReport, FerrojobError, TimeoutError):
     stack: str | None = None
 
 
+class TaskCancelledError(_TaskReport, FerrojobError, RuntimeError):
+    """A task was killed on request — ``Executor.kill(future)`` — while it ran (its worker was
+    killed and replaced) or before it started (FJ304). Attributes as ``WorkerCrashedError``'s
+    ``task_index``, ``function``, ``args_repr`` and ``pid`` (None if it never started)."""
+
+    code = "FJ304"
+
+
 class RemoteTraceback(Exception):
     """The traceback of an exception raised in a worker, attached as ``__cause__``.
 

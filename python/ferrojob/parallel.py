@@ -26,8 +26,10 @@ from .config import (
     DEFAULT,
     Settings,
     check_initializer,
+    check_max_tasks_per_worker,
     check_prefer_require,
     check_return_exceptions,
+    check_timeout,
     current_config,
     effective_settings,
     is_default,
@@ -186,15 +188,7 @@ class Parallel:
         check_prefer_require(prefer, require)
         check_return_exceptions(return_exceptions)
         check_initializer(initializer, initargs)
-        if max_tasks_per_worker is not None and not (
-            isinstance(max_tasks_per_worker, numbers.Integral)
-            and not isinstance(max_tasks_per_worker, bool)
-            and max_tasks_per_worker >= 1
-        ):
-            raise _invalid(
-                f"max_tasks_per_worker={max_tasks_per_worker!r} is not a number of tasks.",
-                "use a positive integer: each worker is replaced after that many tasks",
-            )
+        check_max_tasks_per_worker(max_tasks_per_worker)
         memory_cap = parse_max_nbytes(max_worker_memory, "max_worker_memory")
         if max_batch_size is not None and not (
             isinstance(max_batch_size, numbers.Integral) and not isinstance(max_batch_size, bool) and max_batch_size >= 1
@@ -203,11 +197,7 @@ class Parallel:
                 f"max_batch_size={max_batch_size!r} is not a number of tasks.",
                 'use a positive integer: batch_size="auto" then never puts more tasks in a batch',
             )
-        if timeout is not None and not (isinstance(timeout, numbers.Real) and timeout > 0):
-            raise _invalid(
-                f"timeout={timeout!r} is not a positive number of seconds.",
-                "use timeout=None (no limit) or a number of seconds such as timeout=10",
-            )
+        check_timeout(timeout)
         if batch_size != "auto" and not (
             isinstance(batch_size, numbers.Integral) and not isinstance(batch_size, bool) and batch_size >= 1
         ):
@@ -453,31 +443,42 @@ class Parallel:
             )
             session.begin()
             progress.started(type(backend).__name__, session.n_workers)
-            _dispatch(source, scheduler, session)
-            yield _STARTED
-            while True:
-                results = scheduler.pop_ready()
-                while results is not None:
-                    if progress.active:
-                        failed = sum(isinstance(r, BaseException) for r in results) if progress.counts_failures else 0
-                        progress.advance(len(results), failed)
-                    yield results
-                    results = scheduler.pop_ready()
-                if source.exhausted and scheduler.is_drained():
-                    break
-                completion = session.wait()
-                scheduler.complete(completion.batch_id, completion.elapsed, completion.results)
-                _dispatch(source, scheduler, session)
-                if source.exhausted and total is None and progress.active:
-                    progress.set_total(source.n_read)
-            progress.finished()
-        except BaseException as error:
-            session.abort(everything=isinstance(error, KeyboardInterrupt))
-            raise
+            yield from run_batches(source, scheduler, session, progress)
         finally:
             progress.close()
             if owned:
                 session.close()
+
+
+def run_batches(
+    source: TaskSource, scheduler: Scheduler, session: Session, progress: Progress | None = None
+) -> Generator[Any, None, None]:
+    """The driver of a call: batches of ``source`` run on ``session`` as ``scheduler`` sizes and
+    orders them. Yields ``_STARTED`` once the first batches are dispatched, then lists of results;
+    an error (or closing the generator early) aborts the session's batches."""
+    try:
+        _dispatch(source, scheduler, session)
+        yield _STARTED
+        while True:
+            results = scheduler.pop_ready()
+            while results is not None:
+                if progress is not None and progress.active:
+                    failed = sum(isinstance(r, BaseException) for r in results) if progress.counts_failures else 0
+                    progress.advance(len(results), failed)
+                yield results
+                results = scheduler.pop_ready()
+            if source.exhausted and scheduler.is_drained():
+                break
+            completion = session.wait()
+            scheduler.complete(completion.batch_id, completion.elapsed, completion.results)
+            _dispatch(source, scheduler, session)
+            if progress is not None and source.exhausted and progress.active:
+                progress.set_total(source.n_read)
+        if progress is not None:
+            progress.finished()
+    except BaseException as error:
+        session.abort(everything=isinstance(error, KeyboardInterrupt))
+        raise
 
 
 def _flatten(chunks: Generator[list[Any], None, None]) -> Generator[Any, None, None]:

@@ -145,6 +145,17 @@ pub enum LossCause {
     Protocol(String),
 }
 
+/// Where a job was when [`Pool::cancel_job`] looked for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    /// Waiting for a worker: it was dropped.
+    Queued,
+    /// On a worker (killed if asked).
+    Running,
+    /// Done, already withdrawn, or never submitted.
+    Unknown,
+}
+
 /// A job's end, as delivered by [`Pool::recv`].
 #[derive(Debug)]
 pub struct Completion {
@@ -487,6 +498,46 @@ impl Pool {
     pub fn releaser(&self) -> Releaser {
         Releaser {
             shared: Arc::downgrade(&self.shared),
+        }
+    }
+
+    /// Withdraw one job: dropped if it is still queued, its worker killed if it is running and
+    /// `kill_running`. A withdrawn job completes as [`LossCause::Cancelled`] (on the channel, like
+    /// every completion; a queued one with pid 0 and no task started).
+    pub fn cancel_job(&self, id: JobId, kill_running: bool) -> JobState {
+        if !self.shared.owned_here() {
+            return JobState::Unknown;
+        }
+        let mut state = self.shared.state();
+        if let Some(position) = state.queue.iter().position(|job| job.id == id) {
+            let job = state.queue.remove(position);
+            drop(state);
+            drop(job); // its argument holds go now
+            let _ = self.shared.tx.send(Completion {
+                job: id,
+                pid: 0,
+                elapsed: Duration::ZERO,
+                outcome: Outcome::Lost(Loss {
+                    pid: 0,
+                    cause: LossCause::Cancelled,
+                    tasks_started: 0,
+                    jobs_done: 0,
+                    peak_rss: None,
+                    stderr_tail: Vec::new(),
+                }),
+            });
+            return JobState::Queued;
+        }
+        let running = state.workers.values_mut().find(|worker| {
+            worker.is_live() && worker.running.as_ref().is_some_and(|r| r.job == id)
+        });
+        match running {
+            Some(worker) if kill_running => {
+                worker.kill(KillReason::Cancelled);
+                JobState::Running
+            }
+            Some(_) => JobState::Running,
+            None => JobState::Unknown,
         }
     }
 

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use ferrojob_engine::pool::{Completion, Job, LossCause, Outcome, Pool, WorkerSpec};
+use ferrojob_engine::pool::{Completion, Job, JobState, LossCause, Outcome, Pool, WorkerSpec};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -128,6 +128,35 @@ fn cancel_drops_the_queue_and_kills_busy_workers() {
     let lost = next(&pool);
     assert_eq!(lost.job, 1);
     assert!(matches!(&lost.outcome, Outcome::Lost(loss) if loss.cause == LossCause::Cancelled));
+}
+
+#[test]
+fn cancel_job_withdraws_one_job_and_leaves_the_others_alone() {
+    let pool = Pool::new(spec(), 1, None).unwrap();
+    pool.submit(job(1, "sleep:60000")).unwrap();
+    pool.submit(job(2, "echo:queued")).unwrap();
+    pool.submit(job(3, "echo:kept")).unwrap();
+    // Queued: dropped, and completes as cancelled without touching a worker.
+    assert_eq!(pool.cancel_job(2, true), JobState::Queued);
+    let dropped = next(&pool);
+    assert_eq!(dropped.job, 2);
+    assert!(
+        matches!(&dropped.outcome, Outcome::Lost(loss) if loss.cause == LossCause::Cancelled && loss.pid == 0)
+    );
+    // Running, not to be killed: left alone.
+    assert_eq!(pool.cancel_job(1, false), JobState::Running);
+    assert_eq!(pool.n_workers(), 1);
+    // Running, killed: only its job is lost; the queue waits for the next worker.
+    assert_eq!(pool.cancel_job(1, true), JobState::Running);
+    let killed = next(&pool);
+    assert_eq!(killed.job, 1);
+    assert!(
+        matches!(&killed.outcome, Outcome::Lost(loss) if loss.cause == LossCause::Cancelled && loss.pid > 0)
+    );
+    assert_eq!(pool.cancel_job(1, true), JobState::Unknown);
+    pool.ensure_workers(1).unwrap();
+    assert_eq!(payload(&next(&pool)), "kept");
+    assert_eq!(pool.cancel_job(3, true), JobState::Unknown);
 }
 
 #[test]

@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use ferrojob_engine::arena::Identity;
-use ferrojob_engine::pool::{LossCause, Outcome, Pool, WorkerLimits, WorkerSpec};
+use ferrojob_engine::pool::{JobState, LossCause, Outcome, Pool, WorkerLimits, WorkerSpec};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -214,6 +214,17 @@ impl ProcessPool {
     /// Drop queued jobs and kill the workers running one; returns the dropped jobs' ids.
     fn cancel(&self, py: Python<'_>) -> Vec<u64> {
         py.detach(|| self.pool.cancel())
+    }
+
+    /// Withdraw one job: "queued" (dropped), "running" (its worker killed if `kill_running`) or
+    /// "unknown" (done, or never submitted). A withdrawn job completes as "cancelled".
+    #[pyo3(signature = (job, kill_running=true))]
+    fn cancel_job(&self, job: u64, kill_running: bool) -> &'static str {
+        match self.pool.cancel_job(job, kill_running) {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Unknown => "unknown",
+        }
     }
 
     /// Kill every worker now, and reap them.

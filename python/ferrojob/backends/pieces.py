@@ -13,13 +13,23 @@ from .base import Completion
 class Piece:
     """Consecutive tasks of a scheduled batch, sent as one unit of work: the whole batch, or a
     part of it run again (``offset``: where the part starts in the batch; ``retried``: a single
-    task run again because its worker died while running it)."""
+    task run again because its worker died while running it). ``collect``: every task runs, and
+    one that fails leaves its error in its slot (``return_exceptions``)."""
 
-    __slots__ = ("batch", "batch_id", "offset", "retried", "whole_size")
+    __slots__ = ("batch", "batch_id", "collect", "offset", "retried", "whole_size")
 
-    def __init__(self, batch_id: int, batch: Batch, offset: int = 0, retried: bool = False, whole_size: int | None = None) -> None:
+    def __init__(
+        self,
+        batch_id: int,
+        batch: Batch,
+        collect: bool,
+        offset: int = 0,
+        retried: bool = False,
+        whole_size: int | None = None,
+    ) -> None:
         self.batch_id = batch_id
         self.batch = batch
+        self.collect = collect
         self.offset = offset
         self.retried = retried
         self.whole_size = len(batch) if whole_size is None else whole_size
@@ -30,7 +40,7 @@ class Piece:
 
     def part(self, start: int, end: int, retried: bool = False) -> Piece:
         batch = Batch(self.batch.start + start, self.batch.calls[start:end])
-        return Piece(self.batch_id, batch, self.offset + start, retried, self.whole_size)
+        return Piece(self.batch_id, batch, self.collect, self.offset + start, retried, self.whole_size)
 
     def around(self, offset: int) -> tuple[list[Piece], Piece]:
         """The parts before and after the task at ``offset`` (those that exist), and that task."""

@@ -98,6 +98,12 @@ def _init_payload(initializer: Callable[..., Any] | None, initargs: tuple) -> by
     return pickle.dumps(settings)
 
 
+def private_pool(n_workers: int, env: dict[str, str], init: bytes) -> ProcessPool:
+    """A pool of one owner's own, whose workers live until it is shut down."""
+    program, args = _worker_command()
+    return ProcessPool(program, args, list(env.items()), init, n_workers)
+
+
 class _SharedPool:
     """The interpreter's warm pool, lent to one call (or ``with Parallel``) at a time."""
 
@@ -109,7 +115,7 @@ class _SharedPool:
     def acquire(self, n_workers: int, env: dict[str, str], init: bytes) -> tuple[ProcessPool, Callable[[], None]]:
         program, args = _worker_command()
         if not self.lock.acquire(blocking=False):
-            pool = ProcessPool(program, args, list(env.items()), init, n_workers)
+            pool = private_pool(n_workers, env, init)
             return pool, pool.shutdown
         try:
             key = (program, tuple(sorted(env.items())), init)
@@ -145,7 +151,12 @@ os.register_at_fork(after_in_child=_SHARED.forget_after_fork)
 
 class ProcessSession(Session):
     """A call (or a ``with Parallel`` block) on the warm pool. ``extra_env``: variables set in the
-    workers on top of ``worker_environment`` (the joblib backend passes joblib's)."""
+    workers on top of ``worker_environment`` (the joblib backend passes joblib's).
+
+    Not thread-safe: one thread drives it (``ferrojob.Executor`` serialises its threads)."""
+
+    #: What a user raises to give tasks more time (named in TaskTimeoutError).
+    timeout_setting = "Parallel(timeout=...)"
 
     def __init__(self, n_workers: int, options: CallOptions, extra_env: dict[str, str] | None = None) -> None:
         self.n_workers = n_workers
@@ -156,13 +167,17 @@ class ProcessSession(Session):
         self._limits = (options.max_tasks_per_worker, options.max_worker_memory)
         env = {**worker_environment(n_workers, options.inner_max_num_threads), **(extra_env or {})}
         init = _init_payload(options.initializer, options.initargs)
-        self._pool, self._release = _SHARED.acquire(n_workers, env, init)
+        self._pool, self._release = self._acquire_pool(n_workers, env, init)
         self._arguments = ArgumentStore()
         self._shared = SharedObjects(options.max_nbytes)
         self._jobs: dict[int, Piece] = {}
         # batches being put back together from pieces run again (return_exceptions)
         self._assemblies = Assemblies()
         self._start_failures = 0
+
+    def _acquire_pool(self, n_workers: int, env: dict[str, str], init: bytes) -> tuple[ProcessPool, Callable[[], None]]:
+        """The pool this session runs on, and how to give it back."""
+        return _SHARED.acquire(n_workers, env, init)
 
     def begin(self) -> None:
         # Arrays placed by earlier calls of a `with Parallel()` block are reused only once
@@ -173,14 +188,16 @@ class ProcessSession(Session):
         if self._pool.n_workers != self.n_workers:
             self._pool.ensure_workers(self.n_workers)
 
-    def submit(self, batch_id: int, batch: Batch) -> None:
-        self._submit(Piece(batch_id, batch))
+    def submit(self, batch_id: int, batch: Batch, collect: bool | None = None) -> None:
+        """Run ``batch``; ``collect`` (default: the call's ``return_exceptions``) leaves each
+        failed task's error in its slot (see ``in_slot``) instead of failing the batch."""
+        self._submit(Piece(batch_id, batch, self._collect if collect is None else collect))
 
     def _submit(self, piece: Piece) -> None:
         columns = piece.batch.columns()
         self._shared.note(columns)
         try:
-            body, buffers = self._shared.dumps((self._max_nbytes, columns, self._collect, self._limits[1]))
+            body, buffers = self._shared.dumps((self._max_nbytes, columns, piece.collect, self._limits[1]))
         except Exception as error:
             raise _explain_unpicklable_batch(piece.batch, error) from error
         identities = [self._arguments.identity(buffer) for buffer in buffers]
@@ -222,13 +239,13 @@ class ProcessSession(Session):
                 results = _load_results(completion, piece.batch)
             except Exception as error:
                 return piece.batch_id, None, completion.elapsed, error
-            if self._collect:
-                results = _failures.settle(results, piece.batch.describe)
+            if piece.collect:
+                results = _failures.settle(results, piece.batch.describe, self.in_slot)
             if len(results) < len(piece.batch):
                 # The worker stopped early, over max_worker_memory (it is being replaced): the
                 # rest of the batch runs on a fresh one.
                 self._assemblies.expect(piece)
-                self._pool.ensure_workers(self.n_workers)
+                self.replace_workers()
                 self._submit(piece.part(len(results), len(piece.batch)))
                 return self._fill(piece.part(0, len(results)), results, completion.elapsed)
             return self._fill(piece, results, completion.elapsed)
@@ -240,33 +257,61 @@ class ProcessSession(Session):
             self._start_failures += 1
             if self._start_failures >= MAX_START_FAILURES:
                 return piece.batch_id, None, 0.0, _reports.start_error(completion, self._start_failures)
-            self._pool.ensure_workers(self.n_workers)
+            self.replace_workers()
             self._submit(piece)
             return None
-        if not self._collect:
-            then = "the pool replaced the worker and cancelled the other tasks of this call"
-            return piece.batch_id, None, 0.0, _lost_error(completion, piece.batch, self._timeout, then)
-        return self._salvage(piece, completion)
+        if completion.kind == CompletionKind.Cancelled:  # withdrawn by `cancel`
+            return piece.batch_id, None, 0.0, _reports.cancelled_error(completion, piece.batch)
+        if piece.collect:
+            return self._salvage(piece, completion)
+        return piece.batch_id, None, 0.0, self._lost(piece, completion)
+
+    def _lost(self, piece: Piece, completion: EngineCompletion) -> BaseException:
+        """The error of a batch whose worker died or was stopped: it ends the call."""
+        then = "the pool replaced the worker and cancelled the other tasks of this call"
+        return self._lost_error(completion, piece.batch, then)
+
+    def _lost_error(self, completion: EngineCompletion, batch: Batch, then: str) -> BaseException:
+        if completion.kind == CompletionKind.Timeout:
+            return _reports.timeout_error(completion, batch, self._timeout, then, self.timeout_setting)
+        return _reports.crash_error(completion, batch, then)
+
+    @staticmethod
+    def in_slot(error: BaseException) -> Any:
+        """What a failed task leaves in its result slot when its batch collects errors: the
+        exception itself (``return_exceptions``)."""
+        return error
+
+    def replace_workers(self) -> None:
+        """Start workers for those that died, were stopped or retired."""
+        self._pool.ensure_workers(self.n_workers)
+
+    def cancel(self, batch_id: int, kill_running: bool) -> bool:
+        """Withdraw the jobs of one batch: queued ones are dropped, running ones killed if
+        ``kill_running`` (each then completes as cancelled). Whether any was found."""
+        jobs = [job for job, piece in self._jobs.items() if piece.batch_id == batch_id]
+        states = [self._pool.cancel_job(job, kill_running) for job in jobs]
+        return any(state != "unknown" for state in states)
 
     def _salvage(self, piece: Piece, completion: EngineCompletion) -> tuple[int, Any, float, None] | None:
         """``return_exceptions``: the task the dead (or stopped) worker was running gets its error
         in its slot — a crash only on its second crash, alone on a fresh worker — and the other
         tasks of its batch run again."""
         culprit = min(max(completion.tasks_started - 1, 0), len(piece.batch) - 1)
-        self._pool.ensure_workers(self.n_workers)
+        self.replace_workers()
         self._assemblies.expect(piece)
         others, alone = piece.around(culprit)
         for part in others:
             self._submit(part)
         then = "the other tasks of its batch were run again"
         if completion.kind == CompletionKind.Timeout:
-            error: BaseException = _reports.timeout_error(completion, alone.batch, self._timeout, then)
+            error: BaseException = self._lost_error(completion, alone.batch, then)
         elif piece.retried:
             error = _reports.crash_error(completion, alone.batch, "it had crashed a worker before too")
         else:
             self._submit(alone)
             return None
-        return self._fill(alone, [error], 0.0)
+        return self._fill(alone, [self.in_slot(error)], 0.0)
 
     def _fill(self, piece: Piece, results: list[Any], elapsed: float) -> tuple[int, Any, float, None] | None:
         completion = self._assemblies.fill(piece, results, elapsed)
@@ -300,12 +345,6 @@ def _died_starting(completion: EngineCompletion) -> bool:
         and completion.tasks_started == 0
         and completion.jobs_done == 0
     )
-
-
-def _lost_error(completion: EngineCompletion, batch: Batch, timeout: float | None, then: str) -> BaseException:
-    if completion.kind == CompletionKind.Timeout:
-        return _reports.timeout_error(completion, batch, timeout, then)
-    return _reports.crash_error(completion, batch, then)
 
 
 def _explain_unpicklable_batch(batch: Batch, error: Exception) -> Exception:

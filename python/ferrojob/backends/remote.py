@@ -159,7 +159,7 @@ class ClusterSession(Session):
         """Stop what this session started (a local cluster)."""
 
     def submit(self, batch_id: int, batch: Batch) -> None:
-        self._launch(Piece(batch_id, batch))
+        self._launch(Piece(batch_id, batch, self._collect))
 
     def _launch(self, piece: Piece) -> None:
         future = self.launch(self._arguments.replace(piece.batch.columns()), self._collect)

@@ -84,7 +84,7 @@ class ThreadSession(Session):
                 self._running.pop(me, None)
 
     def submit(self, batch_id: int, batch: Batch) -> None:
-        self._todo.put((self._generation, Piece(batch_id, batch)))
+        self._todo.put((self._generation, Piece(batch_id, batch, self._collect)))
 
     def wait(self) -> Completion:
         while True:
