@@ -23,6 +23,7 @@ __all__ = [
     "looks_like_joblib",
     "read_calls",
     "read_dump",
+    "run_items",
     "serve_worker",
     "write_dump",
 ]
@@ -173,6 +174,13 @@ def serve_worker(
     on_init: Callable[[bytes, memoryview], None],
     on_task: Callable[[bytes, list[Buffer]], tuple[bool, bytes, list[Any]]],
 ) -> None: ...
+
+def run_items(
+    function: Callable[..., Any], items: list[Any], star: bool, start: int, results: list[Any], started: int
+) -> tuple[int, BaseException] | None:
+    """Append ``function(item)`` (``function(*item)`` when ``star``) for ``items[start:]`` to
+    ``results``, counting started tasks in the worker's status page from ``started``; stops at the
+    first exception: ``(its index, the exception)``."""
 
 @final
 class Buffer:

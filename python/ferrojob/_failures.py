@@ -118,16 +118,23 @@ def _rebuild(how: str | None, data: bytes | None) -> BaseException | None:
 
 
 def settle(
-    results: list[Any], describe: Callable[[int], str], in_slot: Callable[[BaseException], Any] | None = None
+    results: list[Any],
+    describe: Callable[[int], str],
+    in_slot: Callable[[BaseException], Any] | None = None,
+    failed: list[int] | None = None,
 ) -> list[Any]:
     """Results collected with ``return_exceptions``: each ``TaskRaised`` report in place of a
     result becomes the exception it describes (``describe(offset)`` names the task), or
-    ``in_slot(exception)`` to tell it apart from a task that returned an exception."""
+    ``in_slot(exception)`` to tell it apart from a task that returned an exception. ``failed``:
+    the offsets of the reports, when the worker listed them (else every slot is looked at)."""
     wrap = in_slot or _bare
-    return [
-        wrap(to_exception(value, describe(offset))) if type(value) is TaskRaised else value
-        for offset, value in enumerate(results)
-    ]
+    if failed is None:
+        failed = [offset for offset, value in enumerate(results) if type(value) is TaskRaised]
+    for offset in failed:
+        report = results[offset]
+        if type(report) is TaskRaised:
+            results[offset] = wrap(to_exception(report, describe(offset)))
+    return results
 
 
 def _bare(error: BaseException) -> BaseException:

@@ -19,6 +19,7 @@ import pickle
 from typing import Any
 
 from ._pickling import PROTOCOL, _collector, dumps_with_buffers
+from ._tasks import ItemsGroup
 
 #: The persistent-id tag of a shared object.
 TAG = "ferrojob-shared"
@@ -44,7 +45,10 @@ class SharedObjects:
         """Count the argument objects of a batch; measure those seen in a second task."""
         if self._threshold is None:
             return
-        for _, args_list, kwargs_list in columns:
+        for column in columns:
+            if type(column) is ItemsGroup:
+                continue  # a map chunk: each item is one task's own, never shared
+            _, args_list, kwargs_list = column
             plain = _PLAIN.issuperset(map(type, itertools.chain.from_iterable(args_list)))
             if plain and kwargs_list is None:
                 continue  # the common case of small tasks: numbers and strings only, at C speed

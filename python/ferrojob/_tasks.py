@@ -7,6 +7,7 @@ before anything runs on it. Batches are columnar: consecutive calls of one funct
 
 from __future__ import annotations
 
+import itertools
 import reprlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -73,9 +74,58 @@ class Batch:
             return self.describe(0)
         return f"tasks {self.start}..{self.start + len(self.calls) - 1}"
 
-    def columns(self) -> list[tuple[Callable[..., Any], list[tuple], list[dict] | None]]:
+    def columns(self) -> list[Any]:
         """Group consecutive calls of the same function (see the module docstring)."""
         return call_columns(self.calls)
+
+    def part(self, start: int, end: int) -> Batch:
+        """The tasks ``start..end`` of this batch, as a batch of their own."""
+        return Batch(self.start + start, self.calls[start:end])
+
+
+class ItemsGroup:
+    """What a worker receives for an ``Executor.map`` chunk: ``function`` applied to each of
+    ``items`` (unpacked when ``star``), run at C speed (``_core.run_items``)."""
+
+    __slots__ = ("function", "items", "star")
+
+    def __init__(self, function: Callable[..., Any], items: list[Any], star: bool) -> None:
+        self.function = function
+        self.items = items
+        self.star = star
+
+    def __reduce__(self) -> tuple:
+        return ItemsGroup, (self.function, self.items, self.star)
+
+    def calls(self) -> list[Call]:
+        """The chunk as call triples (for the slow paths: errors, memory caps)."""
+        if self.star:
+            return [(self.function, item, {}) for item in self.items]
+        return [(self.function, (item,), {}) for item in self.items]
+
+
+class ItemsBatch(Batch):
+    """Consecutive items of a map call, kept as the bare items (no call triple per item)."""
+
+    __slots__ = ("group",)
+
+    def __init__(self, start: int, group: ItemsGroup) -> None:
+        self.start = start
+        self.group = group
+
+    @property
+    def calls(self) -> list[Call]:  # type: ignore[override]
+        return self.group.calls()
+
+    def __len__(self) -> int:
+        return len(self.group.items)
+
+    def columns(self) -> list[Any]:
+        return [self.group]
+
+    def part(self, start: int, end: int) -> Batch:
+        group = self.group
+        return ItemsBatch(self.start + start, ItemsGroup(group.function, group.items[start:end], group.star))
 
 
 class TaskSource:
@@ -135,3 +185,46 @@ class TaskSource:
             if batch is None:
                 return
             yield batch.calls[0]
+
+
+class ItemsSource:
+    """The input of ``Executor.map(function, *iterables)``, read in slices at C speed: the same
+    interface as ``TaskSource``, handing out ``ItemsBatch`` es."""
+
+    def __init__(self, function: Callable[..., Any], iterables: tuple[Iterable[Any], ...]) -> None:
+        self._function = function
+        self._star = len(iterables) != 1
+        self._iterator: Iterator[Any] = zip(*iterables, strict=False) if self._star else iter(iterables[0])
+        self._buffer: list[Any] = []
+        self._read = 0
+        self._handed_out = 0
+        self._iterator_done = False
+
+    @property
+    def exhausted(self) -> bool:
+        return self._iterator_done and not self._buffer
+
+    @property
+    def n_read(self) -> int:
+        return self._read
+
+    def fill(self, wanted: int) -> None:
+        need = wanted - len(self._buffer)
+        if need <= 0 or self._iterator_done:
+            return
+        more = list(itertools.islice(self._iterator, need))
+        self._read += len(more)
+        self._buffer += more
+        self._iterator_done = len(more) < need
+
+    def remaining_if_known(self) -> int | None:
+        return len(self._buffer) if self._iterator_done else None
+
+    def take(self, n: int) -> ItemsBatch | None:
+        if not self._buffer:
+            return None
+        items = self._buffer[:n]
+        del self._buffer[:n]
+        batch = ItemsBatch(self._handed_out, ItemsGroup(self._function, items, self._star))
+        self._handed_out += len(items)
+        return batch

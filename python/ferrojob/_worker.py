@@ -14,8 +14,10 @@ import sys
 from typing import Any
 
 from . import _failures
+from ._core import run_items
 from ._pickling import dumps_result, type_name
 from ._shared_objects import Unpickler
+from ._tasks import ItemsGroup
 
 _status: Any = None  # memoryview of the status words in shared memory
 _NO_KWARGS: dict = {}
@@ -78,6 +80,7 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
     status, slot = _status, _TASKS_STARTED
     started = 0
     results: list[Any] = []
+    failed: list[int] = []  # offsets of the failure reports among the results (collect)
     append = results.append
     try:
         # Large objects shared by the call's tasks arrive as persistent ids.
@@ -87,7 +90,15 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
     try:
         if not _numpy_allocator_checked:
             _share_numpy_arrays()
-        for function, args_list, kwargs_list in groups:
+        for group in groups:
+            if type(group) is ItemsGroup:
+                if memory_cap is None:
+                    started, failure = _run_items(group, collect, results, failed, started)
+                    if failure is not None:
+                        return False, _raised(failure, started - 1), []
+                    continue
+                group = (group.function, [args for _, args, _ in group.calls()], None)
+            function, args_list, kwargs_list = group
             if kwargs_list is None:
                 kwargs_list = [_NO_KWARGS] * len(args_list)
             for args, kwargs in zip(args_list, kwargs_list, strict=True):
@@ -103,6 +114,7 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
                 try:
                     append(function(*args, **kwargs))
                 except BaseException as error:  # return_exceptions: the error is the result
+                    failed.append(started - 1)
                     append(_failures.raised(error, started - 1))
     except _MemoryCapReached:
         pass
@@ -113,10 +125,28 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
     finally:
         _flush_output()
     try:
-        body, out_of_band = dumps_result(results, threshold)
+        body, out_of_band = dumps_result((results, failed), threshold)
     except Exception:
         return False, _unpicklable_result(results), []
     return True, body, out_of_band
+
+
+def _run_items(
+    group: ItemsGroup, collect: bool, results: list[Any], failed: list[int], started: int
+) -> tuple[int, BaseException | None]:
+    """Run a map chunk at C speed (``_core.run_items``); returns the job's tasks started so far
+    and, without ``collect``, the error that stopped it."""
+    items, index = group.items, 0
+    while True:
+        stopped = run_items(group.function, items, group.star, index, results, started + index)
+        if stopped is None:
+            return started + len(items), None
+        at, error = stopped
+        if not collect:
+            return started + at + 1, error
+        failed.append(len(results))
+        results.append(_failures.raised(error, started + at))
+        index = at + 1
 
 
 _numpy_allocator_checked = False

@@ -20,7 +20,7 @@ from . import _misuse
 from ._core import Scheduler, delayed
 from ._progress import Progress
 from ._sharedmem import DEFAULT_MAX_NBYTES, check_mmap_mode, parse_max_nbytes
-from ._tasks import TaskSource
+from ._tasks import ItemsSource, TaskSource
 from .backends import DEFAULT_BACKEND, Backend, CallOptions, Session, check_backend_name, get_backend
 from .config import (
     DEFAULT,
@@ -451,7 +451,7 @@ class Parallel:
 
 
 def run_batches(
-    source: TaskSource, scheduler: Scheduler, session: Session, progress: Progress | None = None
+    source: TaskSource | ItemsSource, scheduler: Scheduler, session: Session, progress: Progress | None = None
 ) -> Generator[Any, None, None]:
     """The driver of a call: batches of ``source`` run on ``session`` as ``scheduler`` sizes and
     orders them. Yields ``_STARTED`` once the first batches are dispatched, then lists of results;
@@ -490,7 +490,7 @@ def _flatten(chunks: Generator[list[Any], None, None]) -> Generator[Any, None, N
         chunks.close()
 
 
-def _dispatch(source: TaskSource, scheduler: Scheduler, session: Session) -> None:
+def _dispatch(source: TaskSource | ItemsSource, scheduler: Scheduler, session: Session) -> None:
     """Submit batches while the pre-dispatch window has room and calls are left."""
     while scheduler.can_submit():
         source.fill(scheduler.lookahead())

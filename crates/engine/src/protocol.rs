@@ -14,6 +14,7 @@
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use nix::cmsg_space;
 
@@ -181,6 +182,29 @@ impl Connection {
     }
 
     /// Receive one frame; `Ok(None)` when the peer closed the socket between frames.
+    /// Busy-wait up to `spin` for a frame to arrive (checking without sleeping), so that a
+    /// frame sent right after a reply is read without the cost of waking a sleeping thread.
+    /// Returns whether one is ready; [`Connection::recv`] then blocks as usual.
+    pub fn spin_until_readable(&self, spin: Duration) -> bool {
+        let start = Instant::now();
+        let mut poll = libc::pollfd {
+            fd: self.stream.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        loop {
+            // SAFETY: `poll` points to one valid pollfd for the duration of the call.
+            let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+            if ready != 0 {
+                return true; // readable, closed, or an error recv will report
+            }
+            if start.elapsed() >= spin {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
     pub fn recv(&self) -> Result<Option<Frame>, ProtocolError> {
         let mut header = [0u8; HEADER_LEN];
         let mut fds = Vec::new();

@@ -19,9 +19,10 @@ pub enum BatchSizing {
 /// Batch duration the automatic sizing aims for: long enough that the per-message cost
 /// (tens of microseconds) vanishes, short enough that the last batches balance across workers.
 pub const DEFAULT_TARGET_BATCH_DURATION: Duration = Duration::from_millis(20);
-/// Upper bound on an automatic batch, so the parent keeps pickling while workers compute. It
-/// also bounds the calls the parent holds read ahead (`lookahead`): live call tuples make the
-/// garbage collector work, and 8192 here made 100,000 tiny tasks take 85 ms instead of 55 ms.
+/// Default upper bound on an automatic batch, so the parent keeps pickling while workers
+/// compute. It also bounds the calls the parent holds read ahead (`lookahead`): live call tuples
+/// make the garbage collector work, and 8192 here made 100,000 tiny tasks take 85 ms instead of
+/// 55 ms. Callers whose tasks are bare items (no call tuples) raise it.
 pub const MAX_AUTO_BATCH_SIZE: usize = 2048;
 /// Tail batches are never split below `target / TAIL_SPLIT_LIMIT` of work (2 ms by default).
 const TAIL_SPLIT_LIMIT: u32 = 10;
@@ -37,6 +38,8 @@ pub struct Scheduler<T> {
     max_auto: usize,
     /// Smoothed worker seconds per task, once a batch has been measured.
     seconds_per_task: Option<f64>,
+    /// (worker seconds, tasks) of the batches measured, both decaying by half per batch.
+    measured: (f64, f64),
     next_id: u64,
     next_out: u64,
     arrivals: u64,
@@ -56,6 +59,7 @@ impl<T> Scheduler<T> {
             ordered,
             max_auto: MAX_AUTO_BATCH_SIZE,
             seconds_per_task: None,
+            measured: (0.0, 0.0),
             next_id: 0,
             next_out: 0,
             arrivals: 0,
@@ -64,9 +68,10 @@ impl<T> Scheduler<T> {
         }
     }
 
-    /// Automatic batches never exceed `max` tasks (at least 1; at most [`MAX_AUTO_BATCH_SIZE`]).
+    /// Automatic batches never exceed `max` tasks (at least 1) instead of
+    /// [`MAX_AUTO_BATCH_SIZE`].
     pub fn with_max_batch_size(mut self, max: usize) -> Self {
-        self.max_auto = max.clamp(1, MAX_AUTO_BATCH_SIZE);
+        self.max_auto = max.max(1);
         self
     }
 
@@ -138,11 +143,15 @@ impl<T> Scheduler<T> {
             return false;
         };
         if elapsed > Duration::ZERO {
-            let sample = elapsed.as_secs_f64() / n_tasks as f64;
-            self.seconds_per_task = Some(match self.seconds_per_task {
-                None => sample,
-                Some(previous) => 0.5 * previous + 0.5 * sample,
-            });
+            // A decaying sum of worker time over a decaying count of tasks: each batch weighs
+            // by its size, so one big batch outweighs the one-task probes that began the call
+            // (whose time is mostly the fixed cost of a job), and the sizing settles at once.
+            let (seconds, tasks) = self.measured;
+            self.measured = (
+                0.5 * seconds + elapsed.as_secs_f64(),
+                0.5 * tasks + n_tasks as f64,
+            );
+            self.seconds_per_task = Some(self.measured.0 / self.measured.1);
         }
         let key = if self.ordered {
             id
@@ -247,6 +256,23 @@ mod tests {
         let id = s.register(1000);
         s.complete(id, Duration::from_nanos(1000), ());
         assert_eq!(s.next_batch_size(None), MAX_AUTO_BATCH_SIZE);
+    }
+
+    #[test]
+    fn a_big_batch_outweighs_the_one_task_probes_at_once() {
+        let mut s = Scheduler::new(2, 4, auto(), true).with_max_batch_size(1 << 20);
+        // Four probes whose time is mostly the fixed cost of a job: 40 µs for one task.
+        for _ in 0..4 {
+            let id = s.register(1);
+            s.complete(id, Duration::from_micros(40), ());
+        }
+        assert!((499..=500).contains(&s.next_batch_size(None)));
+        // Then 500 tasks take 50 µs (100 ns each): the next batch is about 20 ms of them (an
+        // average of rates would have said 1,000, and taken eight batches to get there).
+        let id = s.register(500);
+        s.complete(id, Duration::from_micros(50), ());
+        let next = s.next_batch_size(None);
+        assert!((100_000..=200_000).contains(&next), "{next}");
     }
 
     #[test]

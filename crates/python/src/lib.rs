@@ -42,6 +42,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pool::CompletionKind>()?;
     m.add_class::<scheduler::Scheduler>()?;
     m.add_function(wrap_pyfunction!(worker::serve_worker, m)?)?;
+    m.add_function(wrap_pyfunction!(worker::run_items, m)?)?;
     m.add(
         "STATUS_TASKS_STARTED",
         ferrojob_engine::shm::STATUS_TASKS_STARTED,

@@ -14,6 +14,8 @@ use crate::errors::EngineError;
 
 /// How often a blocked `wait` wakes to look for Ctrl-C and overdue tasks.
 const POLL: Duration = Duration::from_millis(50);
+/// Jobs of at least this many bytes (payload and buffers) are made and sent without the GIL.
+const DETACH_ABOVE: usize = 1 << 20;
 
 /// Warm worker processes that run jobs (opaque payloads) and return their results.
 #[pyclass(module = "ferrojob._core")]
@@ -166,12 +168,23 @@ impl ProcessPool {
         arguments.set_forgetter(std::sync::Arc::new(move |tokens: &[u64]| {
             releaser.broadcast(tokens)
         }));
-        let mut job = py
-            .detach(|| arguments.job_with_buffers(job, payload, &placed, access))
-            .map_err(EngineError::Arena)?;
-        job.n_tasks = n_tasks.max(1);
-        py.detach(|| self.pool.submit(job))
-            .map_err(EngineError::from)?;
+        let size = slices.iter().fold(payload.len(), |total, bytes| {
+            total.saturating_add(bytes.len())
+        });
+        let make_and_submit = || {
+            let mut job = arguments
+                .job_with_buffers(job, payload, &placed, access)
+                .map_err(EngineError::Arena)?;
+            job.n_tasks = n_tasks.max(1);
+            self.pool.submit(job).map_err(EngineError::from)
+        };
+        // Copying a small job takes microseconds: releasing the GIL for it would hand the GIL
+        // to a waiting thread (the executor's collector) and cost a whole switch to get it back.
+        if size < DETACH_ABOVE {
+            make_and_submit()?;
+        } else {
+            py.detach(make_and_submit)?;
+        }
         Ok(())
     }
 

@@ -113,3 +113,45 @@ fn timeouts_from_python_become_limits() {
         assert!(nan.to_string().contains("timeout=NaN"));
     });
 }
+
+#[test]
+fn run_items_stops_at_the_first_exception_and_resumes_after_it() {
+    use pyo3::types::{PyDict, PyList};
+
+    with_python(|py| {
+        let globals = PyDict::new(py);
+        py.run(
+            c"def f(x):\n    if x == 2:\n        raise ValueError(x)\n    return x * 10\n",
+            Some(&globals),
+            None,
+        )
+        .unwrap();
+        let function = globals.get_item("f").unwrap().unwrap();
+        let items = PyList::new(py, [0, 1, 2, 3]).unwrap();
+        let results = PyList::empty(py);
+        let (index, error) = crate::worker::run_items(py, &function, &items, false, 0, &results, 0)
+            .unwrap()
+            .expect("item 2 raises");
+        assert_eq!(index, 2);
+        assert!(error.is_instance_of::<PyValueError>());
+        // The traceback of the raising frame travels with the exception.
+        assert!(!error.getattr("__traceback__").unwrap().is_none());
+        assert!(
+            crate::worker::run_items(py, &function, &items, false, 3, &results, 3)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(results.extract::<Vec<i64>>().unwrap(), vec![0, 10, 30]);
+        // With `star`, each item is a tuple of arguments; anything else is refused.
+        let pairs = py.eval(c"[(1, 2), (3, 4)]", None, None).unwrap();
+        let pairs = pairs.cast::<PyList>().unwrap();
+        let add = py.eval(c"lambda a, b: a + b", None, None).unwrap();
+        let sums = PyList::empty(py);
+        assert!(crate::worker::run_items(py, &add, pairs, true, 0, &sums, 0)
+            .unwrap()
+            .is_none());
+        assert_eq!(sums.extract::<Vec<i64>>().unwrap(), vec![3, 7]);
+        let error = crate::worker::run_items(py, &add, &items, true, 0, &sums, 0).unwrap_err();
+        assert!(error.is_instance_of::<pyo3::exceptions::PyTypeError>(py));
+    });
+}

@@ -1,11 +1,13 @@
 //! The worker process's main loop: the engine serves the socket, Python runs the tasks.
 
 use std::os::raw::c_char;
+use std::sync::OnceLock;
 
-use ferrojob_engine::shm::{SharedBuffer, StatusPage};
+use ferrojob_engine::shm::{SharedBuffer, StatusPage, STATUS_TASKS_STARTED};
 use ferrojob_engine::worker::{Endpoint, Request, Responder};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use crate::buffers::{bytes_of, contiguous};
 use crate::errors::EngineError;
@@ -34,6 +36,7 @@ pub fn serve_worker(py: Python<'_>, on_init: Py<PyAny>, on_task: Py<PyAny>) -> P
     let words = endpoint.status_mut().words_ptr();
     let status_view = status_memoryview(py, words)?;
     let endpoint: &'static Endpoint = endpoint;
+    let _ = STATUS.set(endpoint.status());
     let mut status_view = Some(status_view.unbind());
 
     let served = py.detach(|| {
@@ -88,6 +91,53 @@ fn run_task(
     let slices: Vec<&[u8]> = held.iter().map(|b| unsafe { bytes_of(b) }).collect();
     py.detach(|| reply.done(&body, &slices))
         .map_err(|e| EngineError::from(e).into())
+}
+
+/// This worker's status page, once `serve_worker` runs (never in the parent).
+static STATUS: OnceLock<&'static StatusPage> = OnceLock::new();
+
+/// Run a map chunk at C speed: append `function(item)` (or `function(*item)` when `star`) for
+/// each of `items[start:]` to `results`, counting every task started in the status page (the
+/// job's count goes on from `started`, the tasks of the job begun before these). Stops at the
+/// first exception (any `BaseException`): `(its index in items, the exception)`; None when
+/// all ran.
+#[pyfunction]
+pub fn run_items<'py>(
+    py: Python<'py>,
+    function: &Bound<'py, PyAny>,
+    items: &Bound<'py, PyList>,
+    star: bool,
+    start: usize,
+    results: &Bound<'py, PyList>,
+    started: u64,
+) -> PyResult<Option<(usize, Bound<'py, PyAny>)>> {
+    let status = STATUS.get();
+    let mut count = started;
+    for index in start..items.len() {
+        let item = items.get_item(index)?;
+        count = count.saturating_add(1);
+        if let Some(status) = status {
+            status.store(STATUS_TASKS_STARTED, count);
+        }
+        let outcome = if star {
+            let arguments = item.cast::<PyTuple>().map_err(|_| {
+                PyTypeError::new_err("a map chunk's item is not a tuple of arguments")
+            })?;
+            function.call(arguments, None)
+        } else {
+            function.call1((item,))
+        };
+        match outcome {
+            Ok(value) => results.append(value)?,
+            Err(error) => {
+                return Ok(Some((
+                    index,
+                    error.into_value(py).into_any().into_bound(py),
+                )))
+            }
+        }
+    }
+    Ok(None)
 }
 
 fn status_memoryview(py: Python<'_>, words: *mut u64) -> PyResult<Bound<'_, PyAny>> {

@@ -39,7 +39,7 @@ class Piece:
         return self.offset == 0 and len(self.batch) == self.whole_size
 
     def part(self, start: int, end: int, retried: bool = False) -> Piece:
-        batch = Batch(self.batch.start + start, self.batch.calls[start:end])
+        batch = self.batch.part(start, end)
         return Piece(self.batch_id, batch, self.collect, self.offset + start, retried, self.whole_size)
 
     def around(self, offset: int) -> tuple[list[Piece], Piece]:

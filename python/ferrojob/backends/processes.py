@@ -236,11 +236,11 @@ class ProcessSession(Session):
         if completion.kind == CompletionKind.Done:
             self._start_failures = 0
             try:
-                results = _load_results(completion, piece.batch)
+                results, failed = _load_results(completion, piece.batch)
             except Exception as error:
                 return piece.batch_id, None, completion.elapsed, error
-            if piece.collect:
-                results = _failures.settle(results, piece.batch.describe, self.in_slot)
+            if failed:
+                results = _failures.settle(results, piece.batch.describe, self.in_slot, failed)
             if len(results) < len(piece.batch):
                 # The worker stopped early, over max_worker_memory (it is being replaced): the
                 # rest of the batch runs on a fresh one.
@@ -276,8 +276,7 @@ class ProcessSession(Session):
             return _reports.timeout_error(completion, batch, self._timeout, then, self.timeout_setting)
         return _reports.crash_error(completion, batch, then)
 
-    @staticmethod
-    def in_slot(error: BaseException) -> Any:
+    def in_slot(self, error: BaseException) -> Any:
         """What a failed task leaves in its result slot when its batch collects errors: the
         exception itself (``return_exceptions``)."""
         return error
@@ -355,10 +354,13 @@ def _explain_unpicklable_batch(batch: Batch, error: Exception) -> Exception:
     return error
 
 
-def _load_results(completion: EngineCompletion, batch: Batch) -> list[Any]:
+def _load_results(completion: EngineCompletion, batch: Batch) -> tuple[list[Any], list[int]]:
+    """A done job's results, and the offsets of those that are failure reports (tasks that
+    raised in a batch collecting errors)."""
     assert completion.payload is not None, "a done job always has a payload"
     try:
-        return pickle.loads(completion.payload, buffers=completion.buffers)
+        results, failed = pickle.loads(completion.payload, buffers=completion.buffers)
+        return results, failed
     except Exception as error:
         raise UnpicklableError(
             compose_message(
