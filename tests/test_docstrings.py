@@ -10,6 +10,7 @@ import pytest
 MODULES = [
     "ferrojob",
     "ferrojob.parallel",
+    "ferrojob.executor",
     "ferrojob.config",
     "ferrojob.errors",
     "ferrojob.backends",

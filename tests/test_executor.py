@@ -213,6 +213,14 @@ def test_a_done_callback_may_submit_again(executor):
     assert finished.wait(60) and results == [5]
 
 
+def test_a_done_callback_may_shut_down_or_kill_without_deadlock():
+    executor = Executor(max_workers=1)
+    other = executor.submit(time.sleep, 0.2)
+    executor.submit(abs, -1).add_done_callback(lambda _: (executor.kill(other), executor.shutdown(wait=True)))
+    assert executor._runner.closed.wait(60)
+    assert other.done()
+
+
 def test_dropping_an_executor_without_shutdown_stops_its_workers():
     executor = Executor(max_workers=2)
     assert executor.submit(abs, -1).result() == 1

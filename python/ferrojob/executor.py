@@ -453,9 +453,14 @@ class _Runner:
                         return future.cancel()
                 return False
             found = self.session.cancel(batch_id, kill_running=True)
-        if found:
+        if found and not self._on_collector_thread():
             concurrent.futures.wait([future], timeout=_KILL_PATIENCE)
         return found
+
+    def _on_collector_thread(self) -> bool:
+        """Whether the caller is a done-callback run by the collector, which must not wait for
+        what only the collector can finish."""
+        return threading.current_thread() is self.collector
 
     def shutdown(self, wait: bool, cancel_futures: bool) -> None:
         with self.lock:
@@ -465,7 +470,7 @@ class _Runner:
                     self.pending.popleft()[0].cancel()
             if not self.owners and not self.pending:
                 self._close()
-        if wait:
+        if wait and not self._on_collector_thread():
             self.closed.wait()
 
     def _close(self) -> None:
