@@ -209,3 +209,26 @@ def test_a_task_deaf_to_signals_is_still_stopped_on_time(crashes):
     with pytest.raises(TaskTimeoutError) as raised:
         Parallel(n_jobs=2, timeout=1)(delayed(crashes.deaf_to_signals)(x) for x in range(2))
     assert raised.value.stack.startswith("unavailable")
+
+
+def test_task_timeout_error_is_also_multiprocessing_timeout_error_without_import_cost(script):
+    done = script(
+        """
+        import sys
+        import ferrojob
+        assert "multiprocessing" not in sys.modules, "import ferrojob must stay light"
+        import multiprocessing, pickle
+        from ferrojob import TaskTimeoutError
+        assert issubclass(TaskTimeoutError, multiprocessing.TimeoutError)
+        assert issubclass(TaskTimeoutError, TimeoutError) and issubclass(TaskTimeoutError, ferrojob.FerrojobError)
+        assert ferrojob.errors.TaskTimeoutError is TaskTimeoutError
+        copy = pickle.loads(pickle.dumps(TaskTimeoutError("late", code="FJ302")))
+        assert type(copy) is TaskTimeoutError and copy.code == "FJ302"
+        try:
+            ferrojob.Parallel(n_jobs=2, timeout=0.5)(ferrojob.delayed(__import__("time").sleep)(30) for _ in range(2))
+        except multiprocessing.TimeoutError as error:
+            print("caught", type(error).__name__)
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert "caught TaskTimeoutError" in done.stdout

@@ -25,7 +25,6 @@ from .errors import (
     ParallelUsageError,
     RefusedContentError,
     TaskCancelledError,
-    TaskTimeoutError,
     UnknownBackendError,
     UnpicklableError,
     WorkerCrashedError,
@@ -43,6 +42,7 @@ _core.install(
 )
 
 if TYPE_CHECKING:
+    from .errors import TaskTimeoutError
     from .executor import Executor
     from .hashing import hash
     from .memory import MemorizedResult, Memory, expires_after
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 # Persistence is imported on first use, so that `import ferrojob` stays light for Parallel users.
 _LAZY = {
+    "TaskTimeoutError": "errors",
     "Executor": "executor",
     "hash": "hashing",
     "Memory": "memory",

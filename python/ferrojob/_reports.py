@@ -20,10 +20,11 @@ import resource
 import signal
 from typing import Any
 
+from . import errors
 from ._core import Completion, CompletionKind
 from ._failures import CHANNEL_LOST_EXIT
 from ._tasks import Batch, describe_arguments, function_name
-from .errors import TaskCancelledError, TaskTimeoutError, WorkerCrashedError, WorkerStartError, compose_message
+from .errors import TaskCancelledError, WorkerCrashedError, WorkerStartError, compose_message
 
 #: Lines of the stderr tail shown in a message (all of it is in ``stderr_tail``).
 _TAIL_LINES = 12
@@ -185,12 +186,12 @@ def crash_error(completion: Completion, batch: Batch, then: str) -> WorkerCrashe
 
 def timeout_error(
     completion: Completion, batch: Batch, timeout: float | None, then: str, setting: str
-) -> TaskTimeoutError:
+) -> errors.TaskTimeoutError:
     """``TaskTimeoutError`` (FJ302) for a task stopped by ``timeout=``, with where it was stuck;
     ``setting`` is where the limit is raised (``Parallel(timeout=...)``)."""
     culprit = _Culprit(batch, completion)
     stack = stuck_stack(_tail_text(completion))
-    error = TaskTimeoutError(
+    error = errors.TaskTimeoutError(
         compose_message(
             f"task {culprit.index}: {culprit.function}({culprit.args_repr}) ran longer than "
             f"timeout={timeout:g} s; its worker (pid {completion.pid}) was stopped.",

@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import pickle
+from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "DamagedFileError",
@@ -130,15 +131,41 @@ class WorkerStartError(FerrojobError, RuntimeError):
     attempts: int = 0
 
 
-class TaskTimeoutError(_TaskReport, FerrojobError, TimeoutError):
-    """A task ran longer than ``Parallel(timeout=...)`` seconds; its worker was stopped (FJ302).
+def _task_timeout_error() -> type:
+    # Also a multiprocessing.TimeoutError (what joblib raises), so that ported `except` clauses
+    # still catch it. Built on first use: importing multiprocessing costs ~10 ms, which neither
+    # `import ferrojob` nor a worker's start-up should pay.
+    import multiprocessing
 
-    Attributes (process pool): ``task_index``, ``function``, ``args_repr``, ``timeout``, and
-    ``stack``: the Python stack of the worker's main thread when it was stopped."""
+    class TaskTimeoutError(_TaskReport, FerrojobError, multiprocessing.TimeoutError, TimeoutError):
+        """A task ran longer than ``Parallel(timeout=...)`` seconds; its worker was stopped
+        (FJ302). A ``TimeoutError`` and a ``multiprocessing.TimeoutError``.
 
-    code = "FJ302"
-    timeout: float | None = None
-    stack: str | None = None
+        Attributes (process pool): ``task_index``, ``function``, ``args_repr``, ``timeout``,
+        and ``stack``: the Python stack of the worker's main thread when it was stopped."""
+
+        code = "FJ302"
+        timeout: float | None = None
+        stack: str | None = None
+
+    TaskTimeoutError.__module__ = __name__
+    TaskTimeoutError.__qualname__ = "TaskTimeoutError"
+    return TaskTimeoutError
+
+
+if TYPE_CHECKING:
+
+    class TaskTimeoutError(_TaskReport, FerrojobError, TimeoutError):
+        code = "FJ302"
+        timeout: float | None
+        stack: str | None
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TaskTimeoutError":
+        cls = globals()["TaskTimeoutError"] = _task_timeout_error()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class TaskCancelledError(_TaskReport, FerrojobError, RuntimeError):

@@ -9,9 +9,9 @@ from abc import abstractmethod
 from collections.abc import Callable
 from typing import Any
 
-from .. import _failures
+from .. import _failures, errors
 from .._tasks import Batch
-from ..errors import TaskTimeoutError, compose_message
+from ..errors import compose_message
 from .base import CallOptions, Completion, Session
 from .pieces import Assemblies, Piece
 
@@ -108,8 +108,8 @@ def run_columns(
     return results, time.perf_counter() - start
 
 
-def _timeout_error(batch: Batch, timeout: float, where: str, then: str) -> TaskTimeoutError:
-    return TaskTimeoutError(
+def _timeout_error(batch: Batch, timeout: float, where: str, then: str) -> errors.TaskTimeoutError:
+    return errors.TaskTimeoutError(
         compose_message(f"{batch.describe_all()} ran longer than timeout={timeout:g} s per task {where}.", then),
         code="FJ302",
     )

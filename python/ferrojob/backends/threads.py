@@ -10,8 +10,9 @@ import threading
 import time
 from typing import Any
 
+from .. import errors
 from .._tasks import Batch
-from ..errors import TaskTimeoutError, compose_message
+from ..errors import compose_message
 from .base import Backend, CallOptions, Completion, Session
 from .pieces import Assemblies, Piece
 
@@ -110,7 +111,7 @@ class ThreadSession(Session):
             if now - started <= self._timeout:
                 continue
             if not self._collect:
-                raise TaskTimeoutError(
+                raise errors.TaskTimeoutError(
                     compose_message(
                         f"{piece.batch.describe(offset)} ran longer than timeout={self._timeout:g} s.",
                         "a thread cannot be stopped: it finishes the task in the background;",
@@ -130,7 +131,7 @@ class ThreadSession(Session):
         self._running.pop(thread, None)
         self._start_thread()
         self._assemblies.expect(piece)
-        error = TaskTimeoutError(
+        error = errors.TaskTimeoutError(
             compose_message(
                 f"{piece.batch.describe(offset)} ran longer than timeout={self._timeout:g} s.",
                 "a thread cannot be stopped: it finishes the task in the background, unheard;",
