@@ -87,3 +87,18 @@ def test_stable_across_processes():
 def test_unknown_hash_name():
     with pytest.raises(InvalidParameterError, match="is not a hash ferrojob computes"):
         hash(1, hash_name="crc")
+
+
+def test_equal_values_hash_equal_whatever_their_identity():
+    import pickle
+    from decimal import Decimal
+
+    import numpy as np
+
+    text = "foo"
+    a, b = {text: "bar"}, {text: "bar"}
+    c = pickle.loads(pickle.dumps(b))  # equal, with distinct string objects
+    assert hash([a, b]) == hash([a, c])
+    dt1, dt2 = np.dtype("f8"), pickle.loads(pickle.dumps(np.dtype("f8")))
+    assert hash([dt1, dt1]) == hash([dt1, dt2])
+    assert hash({Decimal("NaN"), Decimal(1), 2}) == hash({2, Decimal(1), Decimal("NaN")})

@@ -81,10 +81,23 @@ class _HashPickler(_PurePickler):
         self._ndarray = numpy.ndarray if numpy is not None else None
 
     def save(self, obj: Any, save_persistent_id: bool = True) -> None:
-        if self._ndarray is not None and isinstance(obj, self._ndarray) and not obj.dtype.hasobject:
-            self._save_array(obj)
-            return
+        if self._ndarray is not None:
+            if isinstance(obj, self._ndarray) and not obj.dtype.hasobject:
+                self._save_array(obj)
+                return
+            if isinstance(obj, sys.modules["numpy"].dtype):
+                # Equal dtypes are often distinct objects: hash the value, never a memo reference.
+                self.hasher.update(b"numpy.dtype")
+                self.hasher.update_buffer(pickle.dumps(obj, protocol=4))
+                return
         super().save(obj, save_persistent_id)
+
+    def memoize(self, obj: Any) -> None:
+        # Strings and bytes are values: the same text hashes the same whether it is one object
+        # seen twice (a memo reference) or two equal objects (joblib's rule).
+        if type(obj) in (str, bytes):
+            return
+        super().memoize(obj)
 
     def _save_array(self, array: Any) -> None:
         import numpy as np
@@ -111,7 +124,7 @@ class _HashPickler(_PurePickler):
     def _sorted_by_hash(self, items: list[Any], key: Any) -> list[Any]:
         try:
             return sorted(items, key=key)
-        except TypeError:
+        except Exception:  # incomparable items (TypeError), or Decimal("NaN") (InvalidOperation)
             return sorted(items, key=lambda item: hash(key(item), self.hash_name))
 
     def save_dict(self, obj: dict) -> None:
