@@ -145,3 +145,29 @@ def test_an_error_inside_sklearn_keeps_its_type():
     with joblib.parallel_config(backend="ferrojob"):
         with pytest.raises(ArithmeticError, match="fails on purpose"):
             cross_val_score(RecordingClassifier(fail=True), X, y, cv=3, n_jobs=2, error_score="raise")
+
+
+def test_nested_joblib_in_a_ferrojob_worker_runs_in_threads_and_starts_no_process(script):
+    done = script(
+        """
+        import os
+        from ferrojob import Parallel, delayed
+
+        def nested(i):
+            import joblib
+            pids = joblib.Parallel(n_jobs=2)(joblib.delayed(os.getpid)() for _ in range(4))
+            explicit = joblib.Parallel(n_jobs=2, backend="loky")(joblib.delayed(os.getpid)() for _ in range(4))
+            children = []
+            for task in os.listdir(f"/proc/{os.getpid()}/task"):
+                with open(f"/proc/{os.getpid()}/task/{task}/children") as listing:
+                    children += listing.read().split()
+            return os.getpid(), set(pids) | set(explicit), children
+
+        for worker, pids, children in Parallel(n_jobs=2)(delayed(nested)(i) for i in range(2)):
+            assert pids == {worker}, (worker, pids)
+            assert children == [], children
+        print("threads only")
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert "threads only" in done.stdout

@@ -141,8 +141,20 @@ class FerrojobBackend(AutoBatchingMixin, ParallelBackendBase):
 
 
 def register() -> None:
-    """Register ``FerrojobBackend`` with joblib under the name "ferrojob"."""
+    """Register ``FerrojobBackend`` with joblib under the name "ferrojob". Inside a ferrojob
+    worker, also make joblib's process backends threads: a nested ``joblib.Parallel`` (a
+    scikit-learn estimator with ``n_jobs=-1`` in a task) then runs in threads, as it does
+    inside a loky worker, and never starts a pool whose processes would outlive the worker."""
     import joblib
 
     joblib.register_parallel_backend("ferrojob", FerrojobBackend)
+    from .backends.processes import in_worker
+
+    if in_worker():
+        from joblib import parallel
+
+        threads = parallel.BACKENDS["threading"]
+        for name in ("loky", "multiprocessing"):
+            parallel.BACKENDS[name] = threads
+        joblib.register_parallel_backend("threading", threads, make_default=True)
 
