@@ -172,7 +172,7 @@ class Scheduler:
 
 def serve_worker(
     on_init: Callable[[bytes, memoryview], None],
-    on_task: Callable[[bytes, list[Buffer]], tuple[bool, bytes, list[Any]]],
+    on_task: Callable[[bytes, list[Buffer]], tuple[bool, bytes, list[Any], float]],
 ) -> None: ...
 
 def run_items(

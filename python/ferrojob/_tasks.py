@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import reprlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Any
 
 from ._core import call_columns, read_calls
@@ -199,6 +199,10 @@ class ItemsSource:
         self._read = 0
         self._handed_out = 0
         self._iterator_done = False
+        # Sized inputs (a range, a list) say how many items are left without being read ahead:
+        # reading 100,000 items to find the tail would keep the workers waiting.
+        lengths = [len(iterable) if isinstance(iterable, Sized) else None for iterable in iterables]
+        self._length = None if None in lengths else min(lengths, default=0)  # type: ignore[type-var]
 
     @property
     def exhausted(self) -> bool:
@@ -209,6 +213,11 @@ class ItemsSource:
         return self._read
 
     def fill(self, wanted: int) -> None:
+        if self._length is not None:
+            wanted = min(wanted, 1)  # the tail is known from the length: read when taken
+        self._read_up_to(wanted)
+
+    def _read_up_to(self, wanted: int) -> None:
         need = wanted - len(self._buffer)
         if need <= 0 or self._iterator_done:
             return
@@ -218,9 +227,14 @@ class ItemsSource:
         self._iterator_done = len(more) < need
 
     def remaining_if_known(self) -> int | None:
-        return len(self._buffer) if self._iterator_done else None
+        if self._iterator_done:
+            return len(self._buffer)
+        if self._length is not None:
+            return max(self._length - self._read, 0) + len(self._buffer)
+        return None
 
     def take(self, n: int) -> ItemsBatch | None:
+        self._read_up_to(n)
         if not self._buffer:
             return None
         items = self._buffer[:n]

@@ -11,6 +11,7 @@ import os
 import pickle
 import signal
 import sys
+from time import perf_counter
 from typing import Any
 
 from . import _failures
@@ -20,6 +21,7 @@ from ._shared_objects import Unpickler
 from ._tasks import ItemsGroup
 
 _status: Any = None  # memoryview of the status words in shared memory
+_UNMEASURED = -1.0  # a failed job's time: the engine's own clock
 _NO_KWARGS: dict = {}
 _TASKS_STARTED = 1  # index of the tasks-started word (the engine's STATUS_TASKS_STARTED)
 
@@ -71,11 +73,12 @@ def _initialize(pickled: bytes) -> None:
         os._exit(_failures.INITIALIZER_FAILED_EXIT)
 
 
-def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]]:
+def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any], float]:
     """Run one batch.
 
-    ``(True, pickled results, their out-of-band buffers)`` or ``(False, failure report, [])``.
-    With ``return_exceptions`` (``collect``), a task that raises leaves its report as its result.
+    ``(True, pickled (results, failed offsets), their out-of-band buffers, seconds the tasks
+    took)`` or ``(False, failure report, [], -1)``. With ``return_exceptions`` (``collect``), a
+    task that raises leaves its report as its result.
     """
     status, slot = _status, _TASKS_STARTED
     started = 0
@@ -86,7 +89,8 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
         # Large objects shared by the call's tasks arrive as persistent ids.
         threshold, groups, collect, memory_cap = Unpickler(io.BytesIO(payload), buffers=buffers).load()
     except BaseException as error:  # whatever unpickling raised, the parent hears it
-        return False, _unloadable_arguments(error), []
+        return False, _unloadable_arguments(error), [], _UNMEASURED
+    began = perf_counter()
     try:
         if not _numpy_allocator_checked:
             _share_numpy_arrays()
@@ -95,7 +99,7 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
                 if memory_cap is None:
                     started, failure = _run_items(group, collect, results, failed, started)
                     if failure is not None:
-                        return False, _raised(failure, started - 1), []
+                        return False, _raised(failure, started - 1), [], _UNMEASURED
                     continue
                 group = (group.function, [args for _, args, _ in group.calls()], None)
             function, args_list, kwargs_list = group
@@ -121,14 +125,16 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
     except BaseException as error:
         # KeyboardInterrupt and SystemExit included: raised by the task, they are its result,
         # re-raised in the parent with the task named.
-        return False, _raised(error, started - 1), []
+        return False, _raised(error, started - 1), [], _UNMEASURED
     finally:
         _flush_output()
     try:
         body, out_of_band = dumps_result((results, failed), threshold)
     except Exception:
-        return False, _unpicklable_result(results), []
-    return True, body, out_of_band
+        return False, _unpicklable_result(results), [], _UNMEASURED
+    # The reported time is the tasks' and their results' pickling: the fixed cost of a job
+    # (receiving, decoding) would make one-task probes look slow and batches grow slowly.
+    return True, body, out_of_band, perf_counter() - began
 
 
 def _run_items(

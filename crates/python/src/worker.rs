@@ -20,7 +20,8 @@ const PYBUF_WRITE: std::os::raw::c_int = 0x200;
 /// `on_init(payload, status)` runs once with the parent's set-up payload and a writable
 /// memoryview of the status words (word `STATUS_TASKS_STARTED` counts started tasks);
 /// `on_task(payload, buffers)` runs each job (`buffers`: its out-of-band buffers, mapped) and
-/// returns `(ok, reply_bytes, result_buffers)`; the result buffers travel in shared memory.
+/// returns `(ok, reply_bytes, result_buffers, busy_seconds)`; the result buffers travel in
+/// shared memory, and `busy_seconds` (the time its tasks took) is the job's reported time.
 ///
 /// Must only be called in a process started by a `ProcessPool`, once.
 #[pyfunction]
@@ -69,8 +70,8 @@ pub fn serve_worker(py: Python<'_>, on_init: Py<PyAny>, on_task: Py<PyAny>) -> P
     served.map_err(|e| EngineError::from(e).into())
 }
 
-/// Run one job with `on_task(body, buffers)`, which returns `(ok, reply_bytes, result_buffers)`,
-/// and send its answer.
+/// Run one job with `on_task(body, buffers)`, which returns
+/// `(ok, reply_bytes, result_buffers, busy_seconds)`, and send its answer.
 fn run_task(
     py: Python<'_>,
     on_task: &Py<PyAny>,
@@ -80,7 +81,12 @@ fn run_task(
 ) -> PyResult<()> {
     let buffers = crate::buffers::to_python(py, buffers)?;
     let answer = on_task.call1(py, (PyBytes::new(py, body), buffers))?;
-    let (ok, body, out): (bool, Vec<u8>, Vec<Bound<'_, PyAny>>) = answer.extract(py)?;
+    let (ok, body, out, busy): (bool, Vec<u8>, Vec<Bound<'_, PyAny>>, f64) = answer.extract(py)?;
+    // What the tasks took (the handler measured it); a nonsense value falls back to the clock.
+    let reply = match std::time::Duration::try_from_secs_f64(busy) {
+        Ok(busy) => reply.busy_for(busy),
+        Err(_) => reply,
+    };
     if !ok {
         return py
             .detach(|| reply.failed(&body))
