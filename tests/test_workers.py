@@ -252,3 +252,26 @@ def test_ctrl_c_stops_every_worker(script, tmp_path):
     lines = done.stdout.splitlines()
     assert lines[0] == "interrupted"
     assert lines[1] == "alive [] children []"
+
+
+def _warm_pool():
+    from ferrojob.backends import processes
+
+    Parallel(n_jobs=2)(delayed(os.getpid)() for _ in range(4))
+    return processes._SHARED.pool
+
+
+def test_the_warm_pool_survives_environment_changes_that_do_not_shape_workers(monkeypatch):
+    pool = _warm_pool()
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "another test")  # pytest does this before every test
+    assert _warm_pool() is pool
+    # A variable ferrojob reads in its workers does restart them.
+    monkeypatch.setenv("FERROJOB_NUMPY_ALLOCATOR", "0")
+    assert _warm_pool() is not pool
+
+
+def test_tasks_run_in_the_directory_of_each_call_without_a_new_pool(monkeypatch, tmp_path):
+    pool = _warm_pool()
+    monkeypatch.chdir(tmp_path)
+    assert set(Parallel(n_jobs=2)(delayed(os.getcwd)() for _ in range(10))) == {str(tmp_path)}
+    assert _warm_pool() is pool

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -18,6 +19,30 @@ def _register() -> None:
     from .joblib_backend import register
 
     register()
+    if os.environ.get(SWAP_VARIABLE) == "1":
+        swap_public_names()
+
+
+#: Set to "1", joblib's public names resolve to ferrojob's in this process and its workers (the
+#: harness that runs joblib's own test suite against ferrojob; see tests/joblib_suite).
+SWAP_VARIABLE = "FERROJOB_AS_JOBLIB"
+
+
+def swap_public_names() -> None:
+    """Make ``joblib.<name>`` ferrojob's ``<name>`` for every public name ferrojob has (the
+    others, such as ``Logger`` or ``register_store_backend``, stay joblib's)."""
+    import joblib
+
+    import ferrojob
+
+    originals = {name: getattr(joblib, name) for name in joblib.__all__ if name in ferrojob.__all__}
+    # Wherever joblib's modules hold the original (``from joblib.parallel import Parallel``).
+    modules = [module for name, module in list(sys.modules.items()) if name == "joblib" or name.startswith("joblib.")]
+    for name, original in originals.items():
+        replacement = getattr(ferrojob, name)
+        for module in modules:
+            if getattr(module, name, None) is original:
+                setattr(module, name, replacement)
 
 
 class _RegisterAfterExec(importlib.abc.Loader):

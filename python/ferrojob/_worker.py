@@ -22,6 +22,7 @@ from ._tasks import ItemsGroup
 
 _status: Any = None  # memoryview of the status words in shared memory
 _UNMEASURED = -1.0  # a failed job's time: the engine's own clock
+_where = [""]  # the working directory of the last job's call
 _NO_KWARGS: dict = {}
 _TASKS_STARTED = 1  # index of the tasks-started word (the engine's STATUS_TASKS_STARTED)
 
@@ -46,10 +47,6 @@ def _on_init(payload: bytes, status: Any) -> None:
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=False)
     settings = pickle.loads(payload)
     sys.path[:] = settings["sys_path"]
-    try:
-        os.chdir(settings["cwd"])
-    except OSError:
-        pass
     if settings.get("authkey"):
         import multiprocessing
 
@@ -87,9 +84,15 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
     append = results.append
     try:
         # Large objects shared by the call's tasks arrive as persistent ids.
-        threshold, groups, collect, memory_cap = Unpickler(io.BytesIO(payload), buffers=buffers).load()
+        threshold, groups, collect, memory_cap, cwd = Unpickler(io.BytesIO(payload), buffers=buffers).load()
     except BaseException as error:  # whatever unpickling raised, the parent hears it
         return False, _unloadable_arguments(error), [], _UNMEASURED
+    if cwd != _where[0]:
+        _where[0] = cwd
+        try:
+            os.chdir(cwd)
+        except OSError:
+            pass  # gone, or not ours: tasks run where the worker is
     began = perf_counter()
     try:
         if not _numpy_allocator_checked:

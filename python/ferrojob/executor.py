@@ -294,7 +294,7 @@ class _ExecutorSession(ProcessSession):
         self.with_failures.add(self._resolving)
         return _Raised(error)
 
-    def _acquire_pool(self, n_workers, env, init):  # type: ignore[no-untyped-def]
+    def _acquire_pool(self, n_workers, env, init, key_env):  # type: ignore[no-untyped-def]
         pool = private_pool(n_workers, env, init)
         return pool, pool.shutdown
 

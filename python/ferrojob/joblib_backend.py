@@ -34,8 +34,8 @@ from .cpus import resolve_n_jobs
 
 __all__ = ["FerrojobBackend", "register"]
 
-#: How often the collector thread wakes up to notice that the call ended.
-_POLL = 0.1
+#: How long the collector waits for a completion at a time (``terminate`` wakes it at once).
+_POLL = 1.0
 
 
 class FerrojobBackend(AutoBatchingMixin, ParallelBackendBase):
@@ -115,6 +115,8 @@ class FerrojobBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def _stop_collector(self) -> None:
         self._stop.set()
+        if self._session is not None:
+            self._session.wake()
         if self._collector is not None and self._collector is not threading.current_thread():
             self._collector.join()
         self._collector = None

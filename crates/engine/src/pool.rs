@@ -145,6 +145,16 @@ pub enum LossCause {
     Protocol(String),
 }
 
+/// What [`Pool::next_event`] saw.
+#[derive(Debug)]
+pub enum Event {
+    Completion(Completion),
+    /// [`Pool::wake`] was called.
+    Woken,
+    /// Nothing within the timeout.
+    Nothing,
+}
+
 /// Where a job was when [`Pool::cancel_job`] looked for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobState {
@@ -248,6 +258,9 @@ struct Shared {
     changed: Condvar,
     tx: Sender<Completion>,
     rx: Receiver<Completion>,
+    /// [`Pool::wake`]'s signal to a thread blocked in [`Pool::recv`].
+    wake_tx: Sender<()>,
+    wake_rx: Receiver<()>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -342,6 +355,7 @@ impl Pool {
         idle_timeout: Option<Duration>,
     ) -> Result<Self, PoolError> {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
         let shared = Arc::new(Shared {
             spec,
             owner: std::process::id(),
@@ -357,6 +371,8 @@ impl Pool {
             changed: Condvar::new(),
             tx,
             rx,
+            wake_tx,
+            wake_rx,
             threads: Mutex::new(Vec::new()),
         });
         if idle_timeout.is_some() {
@@ -447,14 +463,34 @@ impl Pool {
         Ok(())
     }
 
-    /// The next completion, waiting at most `timeout`.
+    /// The next completion, waiting at most `timeout` (None also when woken, see
+    /// [`Pool::wake`]).
     pub fn recv(&self, timeout: Duration) -> Option<Completion> {
+        match self.next_event(timeout) {
+            Event::Completion(completion) => Some(completion),
+            Event::Woken | Event::Nothing => None,
+        }
+    }
+
+    /// The next completion or wake-up, waiting at most `timeout`.
+    pub fn next_event(&self, timeout: Duration) -> Event {
         if !self.shared.owned_here() {
             // No reader thread survives a fork: nothing will ever arrive here.
-            return None;
+            return Event::Nothing;
         }
-        // A timeout, or a disconnected channel (impossible while the pool holds a sender).
-        self.shared.rx.recv_timeout(timeout).ok()
+        crossbeam_channel::select! {
+            // Disconnected is impossible while the pool holds a sender.
+            recv(self.shared.rx) -> completion => completion.map_or(Event::Nothing, Event::Completion),
+            recv(self.shared.wake_rx) -> _ => Event::Woken,
+            default(timeout) => Event::Nothing,
+        }
+    }
+
+    /// Make a thread blocked in [`Pool::recv`] (now or next) return None at once: a collector
+    /// that should stop does not wait out its timeout.
+    pub fn wake(&self) {
+        // Full: a wake is already pending, which is as good.
+        let _ = self.shared.wake_tx.try_send(());
     }
 
     /// Kill every worker whose current task has run longer than `limit`; their jobs complete as

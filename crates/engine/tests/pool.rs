@@ -160,6 +160,24 @@ fn cancel_job_withdraws_one_job_and_leaves_the_others_alone() {
 }
 
 #[test]
+fn wake_makes_a_blocked_recv_return_at_once() {
+    let pool = std::sync::Arc::new(Pool::new(spec(), 1, None).unwrap());
+    let waiter = {
+        let pool = std::sync::Arc::clone(&pool);
+        std::thread::spawn(move || pool.recv(Duration::from_secs(3600)).is_none())
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    pool.wake();
+    assert!(
+        waiter.join().unwrap(),
+        "recv returned a completion instead of waking"
+    );
+    // Completions still arrive after a wake.
+    pool.submit(job(1, "echo:after")).unwrap();
+    assert_eq!(payload(&next(&pool)), "after");
+}
+
+#[test]
 fn ensure_workers_shrinks_and_grows_the_pool() {
     let pool = Pool::new(spec(), 3, None).unwrap();
     pool.ensure_workers(1).unwrap();

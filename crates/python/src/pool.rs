@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use ferrojob_engine::arena::Identity;
-use ferrojob_engine::pool::{JobState, LossCause, Outcome, Pool, WorkerLimits, WorkerSpec};
+use ferrojob_engine::pool::{Event, JobState, LossCause, Outcome, Pool, WorkerLimits, WorkerSpec};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -188,7 +188,8 @@ impl ProcessPool {
         Ok(())
     }
 
-    /// The next completion, or None after `timeout` seconds (None: wait as long as it takes).
+    /// The next completion, or None after `timeout` seconds (None: wait as long as it takes) or
+    /// once `wake` is called.
     /// Tasks running longer than `task_timeout` seconds are killed and complete as "timeout".
     /// Ctrl-C kills every worker and raises KeyboardInterrupt.
     #[pyo3(signature = (timeout=None, task_timeout=None))]
@@ -209,10 +210,12 @@ impl ProcessPool {
                 if let Some(limit) = task_timeout {
                     self.pool.enforce_task_timeout(limit);
                 }
-                self.pool.recv(slice)
+                self.pool.next_event(slice)
             });
-            if let Some(completion) = received {
-                return to_python(py, completion).map(Some);
+            match received {
+                Event::Completion(completion) => return to_python(py, completion).map(Some),
+                Event::Woken => return Ok(None),
+                Event::Nothing => {}
             }
             if let Err(interrupt) = py.check_signals() {
                 py.detach(|| self.pool.terminate());
@@ -238,6 +241,11 @@ impl ProcessPool {
             JobState::Running => "running",
             JobState::Unknown => "unknown",
         }
+    }
+
+    /// Make a thread blocked in `wait` (now or next) return None at once.
+    fn wake(&self) {
+        self.pool.wake()
     }
 
     /// Kill every worker now, and reap them.

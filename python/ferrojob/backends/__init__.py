@@ -66,6 +66,7 @@ _FACTORIES: dict[str, Callable[[], Backend]] = {
     "dask": _dask,
     "ray": _ray,
     "loky": _processes,
+    "ferrojob": _processes,  # joblib code that selected ferrojob's joblib backend by name
     "processes": _processes,
     "multiprocessing": _processes,
     "threading": _threading,

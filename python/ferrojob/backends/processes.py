@@ -76,6 +76,17 @@ def worker_environment(n_workers: int, inner_max_num_threads: int | None) -> dic
     return env
 
 
+def _pool_key_environment(env: dict[str, str], extra_env: dict[str, str]) -> tuple:
+    """The part of a pool's environment that makes its workers different: the variables set for
+    the workers (thread caps, ``extra_env``) and ferrojob's own ``FERROJOB_*``. Like loky, a warm
+    pool is not restarted for any other change of ``os.environ`` (pytest sets
+    ``PYTEST_CURRENT_TEST`` before every test): workers keep the environment they started with."""
+    ours = {*_THREAD_LIMIT_VARS, WORKER_MARK, *extra_env}
+    return tuple(
+        sorted((name, value) for name, value in env.items() if name in ours or name.startswith("FERROJOB_"))
+    )
+
+
 def _worker_command() -> tuple[str, list[str]]:
     package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     bootstrap = (
@@ -86,9 +97,10 @@ def _worker_command() -> tuple[str, list[str]]:
 
 
 def _init_payload(initializer: Callable[..., Any] | None, initargs: tuple) -> bytes:
-    """What every worker of a pool is set up with: the parent's sys.path and directory, and the
-    call's initializer (pickled with cloudpickle: lambdas and closures work)."""
-    settings: dict[str, Any] = {"sys_path": list(sys.path), "cwd": os.getcwd(), "initializer": None}
+    """What every worker of a pool is set up with: the parent's sys.path and the call's
+    initializer (pickled with cloudpickle: lambdas and closures work). The working directory
+    travels with each job instead, so that a ``chdir`` does not cost a new pool."""
+    settings: dict[str, Any] = {"sys_path": list(sys.path), "initializer": None}
     multiprocessing = sys.modules.get("multiprocessing")
     if multiprocessing is not None:
         # Manager() proxies passed to tasks authenticate with the parent's key, as under loky.
@@ -112,13 +124,17 @@ class _SharedPool:
         self.pool: ProcessPool | None = None
         self.key: tuple | None = None
 
-    def acquire(self, n_workers: int, env: dict[str, str], init: bytes) -> tuple[ProcessPool, Callable[[], None]]:
+    def acquire(
+        self, n_workers: int, env: dict[str, str], init: bytes, key_env: tuple
+    ) -> tuple[ProcessPool, Callable[[], None]]:
+        """The warm pool if it is free (restarted when ``key_env`` or ``init`` changed), else a
+        private one for this call."""
         program, args = _worker_command()
         if not self.lock.acquire(blocking=False):
             pool = private_pool(n_workers, env, init)
             return pool, pool.shutdown
         try:
-            key = (program, tuple(sorted(env.items())), init)
+            key = (program, key_env, init)
             if self.pool is None or self.key != key:
                 self.shutdown()
                 self.pool = ProcessPool(
@@ -167,19 +183,23 @@ class ProcessSession(Session):
         self._limits = (options.max_tasks_per_worker, options.max_worker_memory)
         env = {**worker_environment(n_workers, options.inner_max_num_threads), **(extra_env or {})}
         init = _init_payload(options.initializer, options.initargs)
-        self._pool, self._release = self._acquire_pool(n_workers, env, init)
+        self._pool, self._release = self._acquire_pool(n_workers, env, init, _pool_key_environment(env, extra_env or {}))
         self._arguments = ArgumentStore()
         self._shared = SharedObjects(options.max_nbytes)
         self._jobs: dict[int, Piece] = {}
+        self._cwd = os.getcwd()
         # batches being put back together from pieces run again (return_exceptions)
         self._assemblies = Assemblies()
         self._start_failures = 0
 
-    def _acquire_pool(self, n_workers: int, env: dict[str, str], init: bytes) -> tuple[ProcessPool, Callable[[], None]]:
+    def _acquire_pool(
+        self, n_workers: int, env: dict[str, str], init: bytes, key_env: tuple
+    ) -> tuple[ProcessPool, Callable[[], None]]:
         """The pool this session runs on, and how to give it back."""
-        return _SHARED.acquire(n_workers, env, init)
+        return _SHARED.acquire(n_workers, env, init, key_env)
 
     def begin(self) -> None:
+        self._cwd = os.getcwd()  # tasks run where the call was made
         # Arrays placed by earlier calls of a `with Parallel()` block are reused only once
         # proven unchanged (a fingerprint at memory speed), never stale.
         self._arguments.arena.new_call()
@@ -197,7 +217,7 @@ class ProcessSession(Session):
         columns = piece.batch.columns()
         self._shared.note(columns)
         try:
-            body, buffers = self._shared.dumps((self._max_nbytes, columns, piece.collect, self._limits[1]))
+            body, buffers = self._shared.dumps((self._max_nbytes, columns, piece.collect, self._limits[1], self._cwd))
         except Exception as error:
             raise _explain_unpicklable_batch(piece.batch, error) from error
         identities = [self._arguments.identity(buffer) for buffer in buffers]
@@ -222,8 +242,13 @@ class ProcessSession(Session):
             return Completion(batch_id, results, elapsed)
 
     def poll(self, timeout: float | None) -> EngineCompletion | None:
-        """The next engine completion, or None after ``timeout`` seconds (thread-safe)."""
+        """The next engine completion, or None after ``timeout`` seconds or once ``wake`` is
+        called (thread-safe)."""
         return self._pool.wait(timeout, self._timeout)
+
+    def wake(self) -> None:
+        """Make a thread blocked in ``poll`` return None now."""
+        self._pool.wake()
 
     def resolve(self, completion: EngineCompletion | None) -> tuple[int, Any, float, BaseException | None] | None:
         """``(batch id, results, elapsed, error)`` for a completion of this session's jobs; None
