@@ -334,3 +334,48 @@ def test_a_managed_parallel_runs_one_call_at_a_time():
             parallel(delayed(abs)(-i) for i in range(10))
         assert list(first) == list(range(10))
         assert list(parallel(delayed(abs)(-i) for i in range(3))) == [0, 1, 2]  # free again
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_any_parallel_runs_one_call_at_a_time_like_joblib(n_jobs):
+    parallel = Parallel(n_jobs=n_jobs, return_as="generator")
+    first = parallel(delayed(abs)(-i) for i in range(10))
+    with pytest.raises(RuntimeError, match="This Parallel instance is already running"):
+        parallel(delayed(abs)(-i) for i in range(10))
+    assert list(first) == list(range(10))
+    assert parallel(delayed(abs)(-i) for i in range(3)) is not None  # free again once consumed
+
+
+def test_backend_objects_joblib_accepts_are_accepted():
+    import multiprocessing
+
+    joblib_backends = pytest.importorskip("joblib._parallel_backends")
+    for backend in (
+        joblib_backends.LokyBackend(),
+        joblib_backends.ThreadingBackend(),
+        joblib_backends.SequentialBackend(),
+        multiprocessing.get_context("spawn"),
+    ):
+        assert Parallel(n_jobs=2, backend=backend)(delayed(abs)(-i) for i in range(4)) == [0, 1, 2, 3]
+
+    class Custom(joblib_backends.ThreadingBackend):
+        pass
+
+    with pytest.raises(ValueError, match="custom joblib backend"):
+        Parallel(n_jobs=2, backend=Custom())
+
+
+def test_make_default_is_honoured():
+    from ferrojob import backends
+    from ferrojob.backends.threads import ThreadingBackend
+
+    class Marked(ThreadingBackend):
+        name = "marked"
+
+    backends.register_parallel_backend("marked", Marked, make_default=True)
+    try:
+        seen = Parallel(n_jobs=2)(delayed(lambda: threading.current_thread().name)() for _ in range(2))
+        assert all(name != "MainThread" for name in seen)  # threads, not processes
+        assert backends.default_backend() == "marked"
+    finally:
+        backends.register_parallel_backend("loky", backends._processes, make_default=True)

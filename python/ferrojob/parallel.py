@@ -21,7 +21,7 @@ from ._core import Scheduler, delayed
 from ._progress import Progress
 from ._sharedmem import DEFAULT_MAX_NBYTES, check_mmap_mode, parse_max_nbytes
 from ._tasks import ItemsSource, TaskSource
-from .backends import DEFAULT_BACKEND, Backend, CallOptions, Session, check_backend_name, get_backend
+from .backends import Backend, CallOptions, Session, check_backend_name, default_backend, get_backend
 from .config import (
     DEFAULT,
     Settings,
@@ -59,7 +59,7 @@ def effective_n_jobs(n_jobs: int | None = -1) -> int:
     config = current_config()
     if n_jobs is None and not is_default(config.n_jobs):
         n_jobs = config.n_jobs
-    backend = get_backend(DEFAULT_BACKEND if is_default(config.backend) else config.backend)
+    backend = get_backend(default_backend() if is_default(config.backend) else config.backend)
     return backend.effective_n_jobs(resolve_n_jobs(n_jobs))
 
 
@@ -284,7 +284,7 @@ class Parallel:
         elif shared or settings.prefer == "threads":
             backend = get_backend("threading")
         else:
-            backend = get_backend(DEFAULT_BACKEND)
+            backend = get_backend(default_backend())
         n_jobs = settings.n_jobs
         if is_default(n_jobs) or n_jobs is None:
             n_jobs = backend.default_n_jobs
@@ -375,15 +375,15 @@ class Parallel:
 
     def _run(self, iterable: Iterable[Any], label: str) -> Generator[Any, None, None]:
         """Yield ``_STARTED`` once dispatch has begun, then lists of results as they are ready.
-        A ``with Parallel()`` block's session runs one call at a time (see ``_one_call``)."""
-        if self._session is None:
-            yield from self._run_call(iterable, label)
-            return
+        A Parallel runs one call at a time, as joblib's does: a second call while the first's
+        generator is unconsumed, or from another thread, would mix their results in a
+        ``with Parallel()`` block's session."""
         if not self._call_lock.acquire(blocking=False):
             raise RuntimeError(
                 compose_message(
-                    f"{label} is already running a call: its results have not all been read yet "
-                    "(a generator not consumed), or another thread is using it.",
+                    f"This Parallel instance is already running a call ({label}): its results "
+                    "have not all been read yet (a generator not consumed), or another thread "
+                    "is using it.",
                     "consume or close the first call's generator before calling again, and give",
                     "each thread a Parallel of its own",
                 )

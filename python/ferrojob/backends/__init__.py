@@ -25,6 +25,7 @@ __all__ = [
     "Completion",
     "Session",
     "check_backend_name",
+    "default_backend",
     "get_backend",
     "register_parallel_backend",
 ]
@@ -102,12 +103,52 @@ def register_parallel_backend(
         DEFAULT_BACKEND = name
 
 
+def default_backend() -> str:
+    """The backend ``Parallel`` uses when none is chosen (see ``make_default``)."""
+    return DEFAULT_BACKEND
+
+
+#: joblib's own backend classes, as objects passed to ``backend=``, and what runs them here.
+_JOBLIB_BACKEND_CLASSES = {
+    ("joblib._parallel_backends", "LokyBackend"): "loky",
+    ("joblib._parallel_backends", "MultiprocessingBackend"): "multiprocessing",
+    ("joblib._parallel_backends", "ThreadingBackend"): "threading",
+    ("joblib._parallel_backends", "SequentialBackend"): "sequential",
+    ("ferrojob.joblib_backend", "FerrojobBackend"): "loky",
+}
+
+
+def _as_name(backend: Any) -> Any:
+    """``backend`` as a registered name when it is an object joblib accepts in its place: an
+    instance of one of joblib's backend classes, or a ``multiprocessing`` context (ferrojob's
+    workers are always fresh interpreters, whatever its start method)."""
+    if isinstance(backend, (str, Backend)):
+        return backend
+    cls = type(backend)
+    name = _JOBLIB_BACKEND_CLASSES.get((cls.__module__, cls.__qualname__))
+    if name is not None:
+        return name
+    if cls.__module__ == "multiprocessing.context" and hasattr(backend, "get_start_method"):
+        return "loky"
+    return backend
+
+
 def check_backend_name(name: Any) -> None:
     """Raise ``UnknownBackendError`` (a ``ValueError``) listing the valid names."""
+    name = _as_name(name)
     if isinstance(name, Backend):
         return
     if isinstance(name, str) and name in _FACTORIES:
         return
+    if any(klass.__name__ == "ParallelBackendBase" for klass in type(name).__mro__):
+        raise UnknownBackendError(
+            compose_message(
+                f"backend={name!r} is a custom joblib backend, which ferrojob.Parallel cannot drive.",
+                "run it with joblib.Parallel, or pass a ferrojob backend (a name, or a",
+                "ferrojob.backends.Backend)",
+            ),
+            code="FJ202",
+        )
     valid = sorted(_FACTORIES)
     listing = ", ".join(repr(n) for n in valid)
     from difflib import get_close_matches
@@ -124,8 +165,10 @@ def check_backend_name(name: Any) -> None:
     )
 
 
-def get_backend(name: str | Backend) -> Backend:
-    """The backend registered as ``name`` (created once, then reused)."""
+def get_backend(name: Any) -> Backend:
+    """The backend registered as ``name`` (created once, then reused), or the backend object
+    itself (see ``_as_name``)."""
+    name = _as_name(name)
     if isinstance(name, Backend):
         return name
     check_backend_name(name)
