@@ -97,6 +97,8 @@ def test_arrays_cached_with_mmap_mode_and_compression(tmp_path):
     again = cached(1000)
     np.testing.assert_array_equal(first, again)
     assert not again.flags.writeable  # memory-mapped read-only
+    # As joblib: the first call already returns what later calls return.
+    assert type(first) is type(again) is np.memmap and not first.flags.writeable
     compressed = Memory(tmp_path / "z", compress=3).cache(make_array)
     compressed(1_000_000)
     np.testing.assert_array_equal(compressed(1_000_000), np.arange(1_000_000.0))

@@ -61,15 +61,40 @@ def test_file_suffix_picks_the_codec(tmp_path):
     assert os.path.getsize(tmp_path / "a.lz4") < 100_000
 
 
+@pytest.mark.parametrize("suffix", [".z", ".gz", ".bz2", ".xz", ".lzma", ".lz4", ".zst"])
+def test_joblib_suffixes_compress_with_their_codec(tmp_path, suffix):
+    data = {"zeros": np.zeros(2_000_000), "text": "x" * 10_000}
+    path = tmp_path / f"data.pkl{suffix}"
+    dump(data, path)
+    assert os.path.getsize(path) < 200_000  # compressed, not 16 MB written as is
+    loaded = load(path)
+    assert loaded["text"] == data["text"] and not loaded["zeros"].any()
+
+
+@pytest.mark.parametrize("codec", ["zlib", "gzip", "bz2", "lzma", "xz"])
+def test_joblib_codecs_round_trip_every_block(tmp_path, codec):
+    rng = np.random.default_rng(0)
+    walk = np.round(np.cumsum(rng.standard_normal(1_500_000)), 2)  # more than one 4 MiB block
+    path = tmp_path / "walk.fj"
+    dump(walk, path, compress=(codec, 3))
+    assert os.path.getsize(path) < walk.nbytes
+    np.testing.assert_array_equal(load(path), walk)
+
+
 def test_parse_compress():
     assert parse_compress(0) == ("raw", 0)
     assert parse_compress(3) == ("zstd", 1)
     assert parse_compress(9) == ("zstd", 7)
     assert parse_compress(("zstd", 19)) == ("zstd", 19)
     assert parse_compress(("lz4", 1)) == ("lz4", 1)
-    with pytest.raises(InvalidParameterError, match="joblib's"):
-        parse_compress(("zlib", 3))
-    for bad in (10, -1, ("zstd", "high"), ("brotli", 1), 2.5):
+    assert parse_compress(("zlib", 3)) == ("zlib", 3)
+    assert parse_compress("gzip") == ("gzip", 3)
+    # As in joblib: the suffix picks the codec, compress its level (0: the codec's default).
+    assert parse_compress(0, "x.gz") == ("gzip", 3)
+    assert parse_compress(6, "x.bz2") == ("bz2", 6)
+    assert parse_compress(True, "x.xz") == ("xz", 1)
+    assert parse_compress(("zstd", 5), "x.gz") == ("zstd", 5)  # an explicit codec wins
+    for bad in (10, -1, ("zstd", "high"), ("brotli", 1), 2.5, ("gzip", 10)):
         with pytest.raises(InvalidParameterError, match="is not a compression setting"):
             parse_compress(bad)
 
@@ -179,8 +204,8 @@ def test_allow_pickle_false_accepts_arrays_and_containers_only(tmp_path):
 
 
 def test_invalid_arguments(tmp_path):
-    with open(os.devnull, "wb") as handle, pytest.raises(TypeError, match="expects a file name"):
-        dump(1, handle)
+    with pytest.raises(TypeError, match="expects a file name"):
+        dump(1, 42)
     with pytest.raises(InvalidParameterError, match="is not a mapping mode"):
         load(tmp_path / "x.fj", mmap_mode="rw")
 
@@ -195,3 +220,32 @@ def test_nothing_is_left_open(tmp_path):
             warnings.simplefilter("ignore")
             load(path, mmap_mode="r")
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.parametrize("mode", ["r", "r+", "c", "w+"])
+def test_mapped_arrays_are_numpy_memmaps_that_say_where_they_lie(tmp_path, mode):
+    path = tmp_path / "data.pkl"
+    dump({"big": np.arange(100_000.0), "small": [1, 2]}, path)
+    big = load(path, mmap_mode=mode)["big"]
+    assert isinstance(big, np.memmap)
+    assert big.filename == str(path) and big.mode == ("r+" if mode == "w+" else mode)
+    with open(path, "rb") as raw:
+        raw.seek(big.offset)
+        assert np.frombuffer(raw.read(80), dtype=np.float64).tolist() == list(range(10))
+    assert float(big.sum()) == float(np.arange(100_000.0).sum())  # "w+" never truncates
+
+
+def test_dump_and_load_with_file_objects_and_bytes_io(tmp_path):
+    import io
+
+    value = {"array": np.arange(1000), "text": "hello"}
+    memory = io.BytesIO()
+    assert dump(value, memory) is None  # as joblib: nothing returned for a file object
+    memory.seek(0)
+    loaded = load(memory)
+    assert loaded["text"] == "hello" and loaded["array"].tolist() == list(range(1000))
+    with open(tmp_path / "data.pkl.gz", "wb") as handle:  # the name's suffix picks gzip
+        dump(value, handle)
+    with open(tmp_path / "data.pkl.gz", "rb") as handle:
+        assert load(handle)["text"] == "hello"
+    assert load(tmp_path / "data.pkl.gz")["array"].sum() == value["array"].sum()

@@ -221,8 +221,8 @@ class Hasher:
 def write_dump(path: str, pickle: bytes, buffers: list[Any], codec: str = "raw", level: int = 3) -> int:
     """Write a dump atomically; returns its size."""
 
-def read_dump(path: str, mmap_mode: str | None = None) -> tuple[bytes, list[Buffer], bool]:
-    """Read a dump: (pickle, buffers, whether the buffers are mapped)."""
+def read_dump(path: str, mmap_mode: str | None = None) -> tuple[bytes, list[Buffer], bool, list[int]]:
+    """Read a dump: (pickle, buffers, whether the buffers are mapped, their offsets in the file)."""
 
 def looks_like_joblib(start: bytes) -> bool:
     """Whether the first bytes of a file look like a joblib dump."""

@@ -422,12 +422,12 @@ class MemorizedFunc:
             _warn_read_only(self._store_location, error)
         return True, value
 
-    def _save(self, key: str, value: Any, duration: float) -> None:
-        """Store a result. A cache is an optimisation: a folder removed meanwhile by another
-        process's ``clear`` or a read-only location means the result is not stored, never that
-        the call fails."""
+    def _save(self, key: str, value: Any, duration: float) -> bool:
+        """Store a result; whether it was stored. A cache is an optimisation: a folder removed
+        meanwhile by another process's ``clear`` or a read-only location means the result is
+        not stored, never that the call fails."""
         if self._read_only or self._stale:
-            return
+            return False
         store = self._store
         try:
             temporary = store.begin(self.func_id, key)
@@ -435,30 +435,36 @@ class MemorizedFunc:
             if not _is_read_only(error):
                 raise
             _warn_read_only(self._store_location, error)
-            return
+            return False
         try:
             dump(value, os.path.join(temporary, _OUTPUT), compress=self.memory.compress)
             with open(os.path.join(temporary, _METADATA), "w", encoding="utf-8") as handle:
                 json.dump({"duration": duration, "time": time.time()}, handle)
         except FileNotFoundError:  # the temporary folder went with a concurrent clear()
-            return
+            return False
         except Exception as error:
             store.abandon(temporary)
             warnings.warn(
                 f"the result of {self.func_id} was not cached: {type(error).__name__}: {error}",
                 stacklevel=3,
             )
-            return
-        store.commit(self.func_id, key, temporary)
+            return False
+        committed = store.commit(self.func_id, key, temporary)
         if self.memory.bytes_limit is not None:
             store.reduce_size(self.memory.bytes_limit, None, None)
+        return committed
 
     def _call(self, key: str, args: tuple, kwargs: dict) -> Any:
         if self.verbose:
             print(f"[Memory] calling {self.func_id}")
         start = time.perf_counter()
         value = self.func(*args, **kwargs)
-        self._save(key, value, time.perf_counter() - start)
+        if self._save(key, value, time.perf_counter() - start) and self.mmap_mode is not None:
+            # As joblib: with mmap_mode, the first call returns what later calls will (arrays
+            # mapped from the cache, read-only under "r"), not the function's own objects.
+            found, stored = self._load(key)
+            if found:
+                return stored
         return value
 
     def _compute_or_load(self, args: tuple, kwargs: dict) -> tuple[str, Any]:

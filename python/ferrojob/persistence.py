@@ -21,9 +21,15 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import os
 import pickle
+import shutil
+import tempfile
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from . import _core, _safe_pickle
@@ -32,19 +38,31 @@ from .errors import DamagedFileError, InvalidParameterError, NotADumpFileError, 
 
 __all__ = ["dump", "load"]
 
-CODECS = ("zstd", "lz4")
+#: ferrojob's codecs, then joblib's (written block by block on every core too).
+CODECS = ("zstd", "lz4", "zlib", "gzip", "bz2", "lzma", "xz")
 #: Levels used when a codec is named without one (zstd 1: measured on the benchmark's floats, the
-#: ratio of zlib-3 at ten times its speed).
-DEFAULT_LEVEL = {"zstd": 1, "lz4": 1}
-_JOBLIB_CODECS = ("zlib", "gzip", "bz2", "lzma", "xz")
-_SUFFIX_CODECS = {".zst": "zstd", ".zstd": "zstd", ".lz4": "lz4"}
+#: ratio of zlib-3 at ten times its speed; joblib's codecs: joblib's default, 3).
+DEFAULT_LEVEL = {"zstd": 1, "lz4": 1, "zlib": 3, "gzip": 3, "bz2": 3, "lzma": 3, "xz": 3}
+#: The most a codec's level may be (joblib's codecs use their libraries' scales).
+_MAX_LEVEL = {"zstd": 22, "lz4": 1, "zlib": 9, "gzip": 9, "bz2": 9, "lzma": 9, "xz": 9}
+#: A file name ending in one of these picks the codec, as in joblib.
+_SUFFIX_CODECS = {
+    ".zst": "zstd",
+    ".zstd": "zstd",
+    ".lz4": "lz4",
+    ".z": "zlib",
+    ".gz": "gzip",
+    ".bz2": "bz2",
+    ".lzma": "lzma",
+    ".xz": "xz",
+}
 
 
 def _bad_compress(compress: Any, *help_lines: str) -> InvalidParameterError:
     return InvalidParameterError(
         compose_message(
             f"compress={compress!r} is not a compression setting.",
-            *(help_lines or ("use 0 (none), a level 1-9 (zstd), True, or ('zstd', 3) / ('lz4', 1)",)),
+            *(help_lines or ("use 0 (none), a level 1-9 (zstd), True, or a (codec, level) pair: ('zstd', 3), ('gzip', 3)",)),
         ),
         code="FJ201",
     )
@@ -57,38 +75,36 @@ def zstd_level(compress: int) -> int:
 
 
 def parse_compress(compress: Any, filename: str = "") -> tuple[str, int]:
-    """joblib's ``compress`` argument as ``(codec, level)``; codec "raw" for no compression."""
-    if isinstance(compress, bool):
-        if compress:
-            return "zstd", zstd_level(3)
-        return _codec_from_suffix(filename)
-    if isinstance(compress, int):
-        if not 0 <= compress <= 9:
+    """joblib's ``compress`` argument as ``(codec, level)``; codec "raw" for no compression.
+
+    As in joblib, a file name ending in ".gz", ".z", ".bz2", ".xz", ".lzma", ".lz4" (or ".zst")
+    picks the codec unless ``compress`` names one, and ``compress`` then gives the level (0 or
+    False: that codec's default level). Without such a suffix, ``compress=3`` and ``True`` mean
+    zstd (see ``zstd_level``), where joblib uses zlib: the same ratio, several times faster."""
+    suffix_codec = _SUFFIX_CODECS.get(os.path.splitext(filename)[1].lower())
+    if isinstance(compress, bool) or isinstance(compress, int):
+        level = int(compress)
+        if not 0 <= level <= 9:
             raise _bad_compress(compress, "levels go from 0 (none) to 9")
-        return ("zstd", zstd_level(compress)) if compress else _codec_from_suffix(filename)
+        if suffix_codec is not None:
+            if suffix_codec == "zstd":
+                return "zstd", zstd_level(level) if level else DEFAULT_LEVEL["zstd"]
+            return suffix_codec, level or DEFAULT_LEVEL[suffix_codec]
+        if compress is True:
+            level = 3
+        return ("zstd", zstd_level(level)) if level else ("raw", 0)
     if isinstance(compress, str):
         compress = (compress, None)
     if isinstance(compress, tuple) and len(compress) == 2 and isinstance(compress[0], str):
         name, level = compress
-        if name in _JOBLIB_CODECS:
-            raise _bad_compress(
-                compress,
-                f"ferrojob compresses with zstd or lz4 ({name} is joblib's); "
-                "use ('zstd', 3): faster and smaller",
-            )
         if name not in CODECS:
-            raise _bad_compress(compress, "codecs: 'zstd' (default) or 'lz4'")
+            raise _bad_compress(compress, f"codecs: {', '.join(repr(codec) for codec in CODECS)}")
         if level is None:
             level = DEFAULT_LEVEL[name]
-        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 22:
-            raise _bad_compress(compress, "the level is an integer (zstd: 1-22)")
-        return (name, level) if level else ("raw", 0)
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= _MAX_LEVEL[name]:
+            raise _bad_compress(compress, f"the level of {name} is an integer from 0 to {_MAX_LEVEL[name]}")
+        return (name, level) if level or name in ("lzma", "xz") else ("raw", 0)
     raise _bad_compress(compress)
-
-
-def _codec_from_suffix(filename: str) -> tuple[str, int]:
-    codec = _SUFFIX_CODECS.get(os.path.splitext(filename)[1])
-    return (codec, DEFAULT_LEVEL[codec]) if codec else ("raw", 0)
 
 
 def _path(filename: Any, action: str) -> str:
@@ -96,20 +112,37 @@ def _path(filename: Any, action: str) -> str:
         return os.fspath(filename)
     raise TypeError(
         compose_message(
-            f"{action} expects a file name (str or os.PathLike), got {type(filename).__name__}.",
-            "pass the path; ferrojob writes atomically, which needs to own the file",
+            f"{action} expects a file name (str or os.PathLike) or an open binary file, got "
+            f"{type(filename).__name__}.",
+            "pass the path, or a file object opened in binary mode",
         )
     )
 
 
-def dump(value: Any, filename: Any, compress: Any = 0, protocol: int | None = None) -> list[str]:
+def _is_file_object(target: Any, method: str) -> bool:
+    return not isinstance(target, (str, bytes, os.PathLike)) and callable(getattr(target, method, None))
+
+
+@contextlib.contextmanager
+def _scratch_file() -> Iterator[str]:
+    """A path in a private temporary folder (in memory where /dev/shm is writable), removed
+    after use: where a dump for or from a file object is written, since the container is read
+    and written by offset."""
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    with tempfile.TemporaryDirectory(prefix="ferrojob-", dir=base) as folder:
+        yield os.path.join(folder, "dump")
+
+
+def dump(value: Any, filename: Any, compress: Any = 0, protocol: int | None = None) -> list[str] | None:
     """Persist ``value`` into ``filename`` (atomically); returns ``[filename]`` like joblib.
 
     ``compress``: 0/False (none, the default); a level 1-9 on joblib's scale, or True (3),
     mapped to zstd levels that give at least zlib's ratio at that level (see ``zstd_level``);
-    or an exact ``(codec, level)`` pair, codec "zstd" (levels 1-22) or "lz4". A file name
-    ending in ".zst" or ".lz4" picks that codec. ``protocol`` is accepted for joblib compatibility; dumps always use pickle
-    protocol 5 (which keeps array data out of the pickle).
+    or an exact ``(codec, level)`` pair: "zstd" (levels 1-22), "lz4", or joblib's "zlib",
+    "gzip", "bz2", "lzma"/"xz" (1-9). A file name ending in ".gz", ".z", ".bz2", ".xz",
+    ".lzma", ".lz4" or ".zst" picks that codec, as in joblib. Every codec compresses block by
+    block on every core. ``protocol`` is accepted for joblib compatibility; dumps always use
+    pickle protocol 5 (which keeps array data out of the pickle).
 
     Example::
 
@@ -118,12 +151,24 @@ def dump(value: Any, filename: Any, compress: Any = 0, protocol: int | None = No
         >>> dump(np.zeros(3), os.path.join(tempfile.mkdtemp(), "z.fj"), compress=("lz4", 1))
         [...]
     """
+    buffers: list[pickle.PickleBuffer] = []
+    if _is_file_object(filename, "write"):
+        name = getattr(filename, "name", "")
+        codec, level = parse_compress(compress, name if isinstance(name, str) else "")
+        data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        with _scratch_file() as path:
+            _core.write_dump(path, data, buffers, codec, level)
+            with open(path, "rb") as written:
+                shutil.copyfileobj(written, filename, _COPY_CHUNK)
+        return None  # as joblib: nothing is returned for a file object
     path = _path(filename, "dump")
     codec, level = parse_compress(compress, path)
-    buffers: list[pickle.PickleBuffer] = []
     data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
     _core.write_dump(path, data, buffers, codec, level)
     return [path]
+
+
+_COPY_CHUNK = 1 << 20
 
 
 def _load_joblib_file(path: str, mmap_mode: str | None, allow_pickle: bool) -> Any:
@@ -144,7 +189,9 @@ def _load_joblib_file(path: str, mmap_mode: str | None, allow_pickle: bool) -> A
     return joblib.load(path, mmap_mode=mmap_mode)
 
 
-def load(filename: Any, mmap_mode: str | None = None, allow_pickle: bool = True) -> Any:
+def load(
+    filename: Any, mmap_mode: str | None = None, allow_pickle: bool = True, ensure_native_byte_order: Any = "auto"
+) -> Any:
     """Read back an object written by ``dump``.
 
     ``mmap_mode`` ("r", "r+", "w+" or "c", as numpy.memmap): arrays of an uncompressed dump are
@@ -153,13 +200,30 @@ def load(filename: Any, mmap_mode: str | None = None, allow_pickle: bool = True)
     is read with joblib when it is installed. ``load`` unpickles, which can run code: only load
     trusted files, or use ``allow_pickle=False`` (numpy arrays and plain containers only).
 
+    Memory-mapped arrays are ``numpy.memmap`` instances, as joblib's are, with ``filename``,
+    ``offset`` and ``mode``. ``filename`` may also be an open binary file object (or
+    ``io.BytesIO``), read from its current position; its arrays are then read into memory.
+    ``ensure_native_byte_order`` is accepted for joblib compatibility: ferrojob's dumps always
+    hold arrays in the byte order they were written in, and numpy reads them in it.
+
     Raises ``DamagedFileError`` (a ``ValueError``) for a truncated or corrupted dump, naming the
     file and the damaged section; ``NotADumpFileError`` for a file that is no dump.
     """
-    path = _path(filename, "load")
     validate_mmap_mode(mmap_mode, "read into memory")
+    if _is_file_object(filename, "read"):
+        if mmap_mode is not None:
+            warnings.warn(
+                f"mmap_mode={mmap_mode!r} is ignored for a file object: its arrays are read into "
+                "memory (pass a file name to map them).",
+                stacklevel=2,
+            )
+        with _scratch_file() as path:
+            with open(path, "wb") as copy:
+                shutil.copyfileobj(filename, copy, _COPY_CHUNK)
+            return load(path, None, allow_pickle)
+    path = _path(filename, "load")
     try:
-        data, buffers, mapped = _core.read_dump(path, mmap_mode)
+        data, buffers, mapped, offsets = _core.read_dump(path, mmap_mode)
     except NotADumpFileError:
         with open(path, "rb") as handle:
             start = handle.read(8)
@@ -172,9 +236,42 @@ def load(filename: Any, mmap_mode: str | None = None, allow_pickle: bool = True)
             "into memory.",
             stacklevel=2,
         )
+    if allow_pickle and mapped and mmap_mode is not None:
+        return _MemmapUnpickler(data, buffers, offsets, path, mmap_mode).load()
     if allow_pickle:
         return pickle.loads(data, buffers=buffers)
     try:
         return _safe_pickle.loads(data, buffers)
     except DamagedFileError as error:
         raise DamagedFileError(f"{path}: {error}", code="FJ401") from error.__cause__
+
+
+class _MemmapUnpickler(pickle.Unpickler):
+    """Unpickles a mapped dump so that each array over the file is a ``numpy.memmap`` that says
+    where it lies (``filename``, ``offset``, ``mode``), as joblib's ``load(mmap_mode=...)``."""
+
+    _NUMPY_FROMBUFFER = frozenset({("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")})
+
+    def __init__(self, data: bytes, buffers: list[Any], offsets: list[int], path: str, mode: str) -> None:
+        super().__init__(io.BytesIO(data), buffers=buffers)
+        self._offsets = {id(buffer): offset for buffer, offset in zip(buffers, offsets, strict=True)}
+        self._buffers = buffers  # their ids stay theirs while this lives
+        self._path = os.path.abspath(path)
+        self._mode = "r+" if mode == "w+" else mode  # as joblib: loading never truncates
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = super().find_class(module, name)
+        if (module, name) in self._NUMPY_FROMBUFFER:
+            return functools.partial(self._from_buffer, found)
+        return found
+
+    def _from_buffer(self, original: Any, buffer: Any, *args: Any) -> Any:
+        array = original(buffer, *args)
+        offset = self._offsets.get(id(buffer))
+        if offset is None:
+            return array
+        import numpy as np
+
+        mapped = array.view(np.memmap)
+        mapped.filename, mapped.offset, mapped.mode = self._path, offset, self._mode
+        return mapped

@@ -74,16 +74,13 @@ impl Hasher {
 }
 
 fn parse_codec(name: &str, level: i32) -> PyResult<Codec> {
-    match name {
-        "raw" => Ok(Codec::Raw),
-        "zstd" => Ok(Codec::Zstd(level)),
-        "lz4" => Ok(Codec::Lz4),
-        other => Err(invalid_parameter(format!("unknown codec {other:?}"))),
-    }
+    Codec::from_name(name, level)
+        .ok_or_else(|| invalid_parameter(format!("unknown codec {name:?} or level {level}")))
 }
 
-/// Write a dump: the pickle and its out-of-band buffers, compressed with `codec` ("raw", "zstd"
-/// or "lz4") at `level`. Atomic: the file appears complete or not at all. Returns its size.
+/// Write a dump: the pickle and its out-of-band buffers, compressed with `codec` ("raw", "zstd",
+/// "lz4", "zlib", "gzip", "bz2", "lzma" or "xz") at `level`. Atomic: the file appears complete
+/// or not at all. Returns its size.
 #[pyfunction]
 #[pyo3(signature = (path, pickle, buffers, codec="raw", level=3))]
 pub fn write_dump(
@@ -107,16 +104,21 @@ pub fn write_dump(
     Ok(size)
 }
 
-/// Read a dump: `(pickle bytes, buffers)`. With `mmap_mode` ("r", "r+", "w+" or "c") and raw
-/// buffer sections, the buffers map the file in place (nothing is read); otherwise every section
-/// is read, checked and decompressed.
+/// What `read_dump` returns: the pickle, its buffers, whether they map the file, and each
+/// buffer's offset in the file.
+type ReadDump<'py> = (Bound<'py, PyBytes>, Vec<Py<Buffer>>, bool, Vec<u64>);
+
+/// Read a dump: `(pickle bytes, buffers, whether they map the file, each buffer's offset in the
+/// file)`. With `mmap_mode` ("r", "r+", "w+" or "c") and raw buffer sections, the buffers map
+/// the file in place (nothing is read); otherwise every section is read, checked and
+/// decompressed.
 #[pyfunction]
 #[pyo3(signature = (path, mmap_mode=None))]
 pub fn read_dump<'py>(
     py: Python<'py>,
     path: PathBuf,
     mmap_mode: Option<&str>,
-) -> PyResult<(Bound<'py, PyBytes>, Vec<Py<Buffer>>, bool)> {
+) -> PyResult<ReadDump<'py>> {
     let access = mmap_mode.map(access_from_mode).transpose()?;
     let mut container = py
         .detach(|| Container::open(&path))
@@ -161,7 +163,12 @@ pub fn read_dump<'py>(
         buffers.push(Py::new(py, buffer)?);
     }
     let pickle = PyBytes::new(py, &pickle);
-    Ok((pickle, buffers, mapped))
+    let offsets = sections
+        .iter()
+        .skip(1)
+        .map(|section| section.offset)
+        .collect();
+    Ok((pickle, buffers, mapped, offsets))
 }
 
 fn read_section(py: Python<'_>, container: &Container, index: usize) -> PyResult<Vec<u8>> {
