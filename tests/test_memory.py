@@ -222,3 +222,8 @@ def test_verbose_reports_computations(tmp_path, capsys):
     cached(1)
     cached(1)
     assert capsys.readouterr().out.count("[Memory] calling") == 1
+
+
+def test_a_cache_validation_callback_must_be_callable(tmp_path):
+    with pytest.raises(ValueError, match="not callable"):
+        Memory(tmp_path).cache(abs, cache_validation_callback=True)

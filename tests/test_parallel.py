@@ -379,3 +379,18 @@ def test_make_default_is_honoured():
         assert backends.default_backend() == "marked"
     finally:
         backends.register_parallel_backend("loky", backends._processes, make_default=True)
+
+
+def test_parallel_shows_the_effective_configuration_and_inconsistent_settings_are_refused():
+    from ferrojob import parallel_config
+
+    assert Parallel().n_jobs is None and Parallel().verbose == 0
+    with parallel_config(n_jobs=3, verbose=5):
+        assert Parallel().n_jobs == 3 and Parallel().verbose == 5
+        assert Parallel(n_jobs=2).n_jobs == 2
+    with pytest.raises(ValueError, match="inconsistent"):
+        Parallel(prefer="processes", require="sharedmem")
+    with pytest.raises(ValueError, match="inconsistent"):
+        parallel_config(prefer="processes", require="sharedmem")
+    with pytest.raises(ValueError, match="inner_max_num_threads"):
+        parallel_config(inner_max_num_threads=2)

@@ -133,6 +133,12 @@ def check_prefer_require(prefer: Any, require: Any) -> None:
             f"require={require!r} is not a valid requirement.",
             'use require="sharedmem" (tasks must share memory: threads) or require=None',
         )
+    if prefer == "processes" and require == "sharedmem":
+        raise _invalid_setting(
+            "prefer='processes' and require='sharedmem' are inconsistent settings: processes "
+            "share no memory.",
+            'drop prefer="processes" (require="sharedmem" runs tasks in threads)',
+        )
 
 
 def _given(value: Any, fallback: Any) -> Any:
@@ -230,6 +236,12 @@ class parallel_config(contextlib.ContextDecorator):
         check_prefer_require(prefer, require)
         check_return_exceptions(return_exceptions)
         check_initializer(initializer, initargs)
+        if is_default(backend) and (not is_default(inner_max_num_threads) or backend_params):
+            raise _invalid_setting(
+                "inner_max_num_threads and backend parameters only apply to a backend named "
+                "in the same parallel_config.",
+                'name it: parallel_config(backend="loky", inner_max_num_threads=2)',
+            )
         self._changes = {
             key: value
             for key, value in dict(

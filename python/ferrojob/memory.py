@@ -206,6 +206,11 @@ class Memory:
         (``@memory.cache(ignore=["verbose"])``). ``ignore``: argument names left out of the key;
         ``mmap_mode``: overrides the Memory's; ``cache_validation_callback(metadata)``: return
         False to recompute a cached entry (metadata has "duration" and "time")."""
+        if cache_validation_callback is not None and not callable(cache_validation_callback):
+            raise InvalidParameterError(
+                f"cache_validation_callback={cache_validation_callback!r} is not callable.",
+                code="FJ201",
+            )
         if func is None:
             return functools.partial(
                 self.cache,

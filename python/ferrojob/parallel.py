@@ -216,10 +216,10 @@ class Parallel:
             parse_max_nbytes(max_nbytes)
         if not is_default(mmap_mode):
             check_mmap_mode(mmap_mode)
-        self.n_jobs = n_jobs
+        self._n_jobs = n_jobs
         self.backend = backend
         self.return_as = return_as
-        self.verbose = verbose
+        self._verbose = verbose
         self.timeout = timeout
         self.pre_dispatch = pre_dispatch
         self.batch_size = batch_size
@@ -244,19 +244,44 @@ class Parallel:
 
     def __repr__(self) -> str:
         shown = []
-        if not is_default(self.n_jobs):
-            shown.append(f"n_jobs={self.n_jobs!r}")
+        if not is_default(self._n_jobs):
+            shown.append(f"n_jobs={self._n_jobs!r}")
         if not is_default(self.backend) and self.backend is not None:
             shown.append(f"backend={self.backend!r}")
         return f"Parallel({', '.join(shown)})"
+
+    @property
+    def n_jobs(self) -> Any:
+        """The ``n_jobs`` this Parallel runs with: its own, else the enclosing
+        ``parallel_config``'s (None when neither sets it), as joblib shows it."""
+        if not is_default(self._n_jobs):
+            return self._n_jobs
+        configured = current_config().n_jobs
+        return None if is_default(configured) else configured
+
+    @n_jobs.setter
+    def n_jobs(self, value: Any) -> None:
+        self._n_jobs = normalize_n_jobs(value)
+
+    @property
+    def verbose(self) -> Any:
+        """The verbosity this Parallel runs with (its own, else ``parallel_config``'s, else 0)."""
+        if not is_default(self._verbose):
+            return self._verbose
+        configured = current_config().verbose
+        return 0 if is_default(configured) else configured
+
+    @verbose.setter
+    def verbose(self, value: Any) -> None:
+        self._verbose = value
 
     # -- choosing the backend -------------------------------------------------------------
 
     def _settings(self) -> Settings:
         return effective_settings(
             backend=self.backend,
-            n_jobs=self.n_jobs,
-            verbose=self.verbose,
+            n_jobs=self._n_jobs,
+            verbose=self._verbose,
             max_nbytes=self.max_nbytes,
             mmap_mode=self.mmap_mode,
             prefer=self.prefer,
