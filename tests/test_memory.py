@@ -227,3 +227,43 @@ def test_verbose_reports_computations(tmp_path, capsys):
 def test_a_cache_validation_callback_must_be_callable(tmp_path):
     with pytest.raises(ValueError, match="not callable"):
         Memory(tmp_path).cache(abs, cache_validation_callback=True)
+
+
+def _keyword_only(a, b, *, kw1, kw2="kw2"):
+    return a, b, kw1, kw2
+
+
+def test_memory_details_joblib_users_rely_on(tmp_path):
+    from ferrojob.memory import NotMemorizedResult
+
+    memory = Memory(tmp_path)
+    cached = memory.cache(_keyword_only)
+    assert cached(1, 2, kw1=3) == (1, 2, 3, "kw2")
+    with pytest.raises(ValueError, match="Keyword-only parameter 'kw1' was passed as positional"):
+        cached(1, 2, 3, kw2=4)
+    # call() runs even when cached, stores, and returns the metadata too.
+    value, metadata = cached.call(1, 2, kw1=3)
+    assert value == (1, 2, 3, "kw2") and set(metadata) >= {"duration", "time"}
+    # check_call_in_cache honours cache_validation_callback.
+    never = memory.cache(_keyword_only, cache_validation_callback=lambda metadata: False)
+    assert cached.check_call_in_cache(1, 2, kw1=3) and not never.check_call_in_cache(1, 2, kw1=3)
+    assert (tmp_path / ".gitignore").read_text().strip().endswith("*")
+    shelved = Memory(None).cache(_keyword_only).call_and_shelve(1, 2, kw1=3)
+    assert isinstance(shelved, NotMemorizedResult) and shelved.get() == (1, 2, 3, "kw2")
+    shelved.clear()
+    with pytest.raises(KeyError):
+        shelved.get()
+
+
+def test_a_memorized_result_of_a_local_function_pickles(tmp_path):
+    import pickle
+
+    def local(x):
+        return x * 3
+
+    shelved = Memory(tmp_path).cache(local).call_and_shelve(14)
+    again = pickle.loads(pickle.dumps(shelved))
+    assert again.get() == 42
+    again.clear()
+    with pytest.raises(KeyError):
+        shelved.get()

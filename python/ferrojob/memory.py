@@ -54,6 +54,20 @@ _READABLE_LEN = 80
 _READ_ONLY_WARNED: set[str] = set()
 
 
+def _write_gitignore(location: str) -> None:
+    """A ``.gitignore`` of "*" in the cache folder, as joblib writes one: a cache inside a
+    repository is never committed. Best effort (a read-only location keeps working)."""
+    path = os.path.join(location, ".gitignore")
+    if os.path.exists(path):
+        return
+    try:
+        os.makedirs(location, exist_ok=True)
+        with open(path, "x", encoding="utf-8") as handle:
+            handle.write("# Created by ferrojob automatically.\n*\n")
+    except OSError:
+        pass
+
+
 def _warn_read_only(location: str, error: OSError) -> None:
     if location not in _READ_ONLY_WARNED:
         _READ_ONLY_WARNED.add(location)
@@ -183,6 +197,7 @@ class Memory:
             return None
         if self._store is None:
             self._store = _core.Store(os.path.join(self.location, "ferrojob"))
+            _write_gitignore(self.location)
         return self._store
 
     def __repr__(self) -> str:
@@ -261,37 +276,87 @@ class Memory:
         self.store.reduce_size(limit, items_limit, _age_in_seconds(age_limit))
 
 
+def _read_entry(store: _core.Store, func_id: str, key: str, mmap_mode: str | None) -> tuple[bool, Any]:
+    """``(True, value)`` of a cache entry, or ``(False, None)`` when it is gone (or damaged: it
+    is then dropped, with a warning); a read marks it as recently used."""
+    entry = store.entry_dir(func_id, key)
+    try:
+        value = load(os.path.join(entry, _OUTPUT), mmap_mode=mmap_mode)
+    except FileNotFoundError:  # evicted meanwhile
+        return False, None
+    except (DamagedFileError, NotADumpFileError) as error:
+        warnings.warn(f"dropping a damaged cache entry of {func_id}: {error}", stacklevel=4)
+        try:
+            store.remove(func_id, key)
+        except OSError as removal:
+            if not _is_read_only(removal):
+                raise
+        return False, None
+    try:
+        store.touch(func_id, key)
+    except OSError as error:
+        if not _is_read_only(error):
+            raise
+        _warn_read_only(os.path.dirname(store.function_dir(func_id)), error)
+    return True, value
+
+
 class MemorizedResult:
-    """A result in the cache, not loaded yet (from ``call_and_shelve``)."""
+    """A result in the cache, not loaded yet (from ``call_and_shelve``). It refers to the cache
+    entry, not to the function: it pickles (to another process) even for a local function."""
 
     def __init__(self, func: MemorizedFunc, key: str) -> None:
-        self.func = func
+        self.memory = func.memory
+        self.func_id = func.func_id
         self.key = key
+        self.mmap_mode = func.mmap_mode
+
+    def __reduce__(self) -> tuple:
+        return _memorized_result, (self.memory, self.func_id, self.key, self.mmap_mode)
+
+    @property
+    def _store(self) -> _core.Store:
+        store = self.memory.store
+        assert store is not None
+        return store
 
     def get(self) -> Any:
-        found, value = self.func._load(self.key)
+        found, value = (False, None)
+        if self._store.contains(self.func_id, self.key):
+            found, value = _read_entry(self._store, self.func_id, self.key, self.mmap_mode)
         if not found:
-            raise KeyError(f"the result of {self.func.func_id} (entry {self.key}) is no longer cached")
+            raise KeyError(f"the result of {self.func_id} (entry {self.key}) is no longer cached")
         return value
 
     def clear(self) -> None:
-        self.func._store.remove(self.func.func_id, self.key)
+        self._store.remove(self.func_id, self.key)
 
     def __repr__(self) -> str:
-        return f"MemorizedResult({self.func.func_id}, {self.key})"
+        return f"MemorizedResult({self.func_id}, {self.key})"
+
+
+def _memorized_result(memory: Memory, func_id: str, key: str, mmap_mode: str | None) -> MemorizedResult:
+    result = MemorizedResult.__new__(MemorizedResult)
+    result.memory, result.func_id, result.key, result.mmap_mode = memory, func_id, key, mmap_mode
+    return result
 
 
 class NotMemorizedResult:
-    """``call_and_shelve`` of a Memory without location: the value, held in memory."""
+    """``call_and_shelve`` of a Memory without location: the value, held in memory (after
+    ``clear``, ``get`` raises ``KeyError``, as for a cleared cache entry)."""
 
     def __init__(self, value: Any) -> None:
         self.value = value
+        self.valid = True
 
     def get(self) -> Any:
+        if not self.valid:
+            raise KeyError("no value stored: this result was cleared")
         return self.value
 
     def clear(self) -> None:
         self.value = None
+        self.valid = False
 
 
 class NotMemorizedFunc:
@@ -306,6 +371,10 @@ class NotMemorizedFunc:
 
     def call_and_shelve(self, *args: Any, **kwargs: Any) -> NotMemorizedResult:
         return NotMemorizedResult(self.func(*args, **kwargs))
+
+    def call(self, *args: Any, **kwargs: Any) -> tuple[Any, dict]:
+        """``func(*args, **kwargs)`` and (no) metadata, as ``MemorizedFunc.call``."""
+        return self.func(*args, **kwargs), {}
 
     def check_call_in_cache(self, *args: Any, **kwargs: Any) -> bool:
         return False
@@ -363,10 +432,32 @@ class MemorizedFunc:
         return store
 
     def _key(self, args: tuple, kwargs: dict) -> str:
-        bound = self._signature.bind(*args, **kwargs)
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError:
+            self._explain_keyword_only(args)
+            raise
         bound.apply_defaults()
         arguments = {name: value for name, value in bound.arguments.items() if name not in self.ignore}
         return content_hash(arguments)
+
+    def _explain_keyword_only(self, args: tuple) -> None:
+        """A keyword-only parameter passed by position: ``ValueError`` naming it, as joblib."""
+        parameters = list(self._signature.parameters.values())
+        if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
+            return
+        positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        keyword_only = [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        if keyword_only and len(args) > len(positional):
+            name = keyword_only[min(len(args) - len(positional), len(keyword_only)) - 1]
+            raise InvalidParameterError(
+                compose_message(
+                    f"Keyword-only parameter {name!r} was passed as positional parameter to "
+                    f"{self.func_id}.",
+                    f"pass it by name: {name}=...",
+                ),
+                code="FJ201",
+            )
 
     def _check_code(self) -> None:
         """Drop this function's cache if its code changed since the entries were made."""
@@ -390,42 +481,30 @@ class MemorizedFunc:
                 self._stale = stored is not None
         self._code_checked = True
 
+    def _metadata(self, key: str) -> dict:
+        """What is recorded with an entry ("duration", "time"); {} when unreadable."""
+        entry = self._store.entry_dir(self.func_id, key)
+        try:
+            with open(os.path.join(entry, _METADATA), encoding="utf-8") as handle:
+                metadata = json.load(handle)
+        except (OSError, ValueError):
+            return {}
+        return metadata if isinstance(metadata, dict) else {}
+
+    def _valid(self, key: str) -> bool:
+        """Whether ``cache_validation_callback`` accepts the cached entry ``key``."""
+        if self.cache_validation_callback is None:
+            return True
+        return bool(self.cache_validation_callback(self._metadata(key)))
+
     @property
     def _store_location(self) -> str:
         return os.path.dirname(self._store.function_dir(self.func_id))
 
     def _load(self, key: str) -> tuple[bool, Any]:
-        store = self._store
-        if self._stale or not store.contains(self.func_id, key):
+        if self._stale or not self._store.contains(self.func_id, key) or not self._valid(key):
             return False, None
-        entry = store.entry_dir(self.func_id, key)
-        if self.cache_validation_callback is not None:
-            try:
-                with open(os.path.join(entry, _METADATA), encoding="utf-8") as handle:
-                    metadata = json.load(handle)
-            except (OSError, ValueError):
-                metadata = {}
-            if not self.cache_validation_callback(metadata):
-                return False, None
-        try:
-            value = load(os.path.join(entry, _OUTPUT), mmap_mode=self.mmap_mode)
-        except FileNotFoundError:  # evicted meanwhile
-            return False, None
-        except (DamagedFileError, NotADumpFileError) as error:
-            warnings.warn(f"dropping a damaged cache entry of {self.func_id}: {error}", stacklevel=3)
-            try:
-                store.remove(self.func_id, key)
-            except OSError as removal:
-                if not _is_read_only(removal):
-                    raise
-            return False, None
-        try:
-            store.touch(self.func_id, key)
-        except OSError as error:
-            if not _is_read_only(error):
-                raise
-            _warn_read_only(self._store_location, error)
-        return True, value
+        return _read_entry(self._store, self.func_id, key, self.mmap_mode)
 
     def _save(self, key: str, value: Any, duration: float) -> bool:
         """Store a result; whether it was stored. A cache is an optimisation: a folder removed
@@ -511,9 +590,21 @@ class MemorizedFunc:
         return MemorizedResult(self, key)
 
     def check_call_in_cache(self, *args: Any, **kwargs: Any) -> bool:
-        """Whether the result of this call is cached (without computing it)."""
+        """Whether the result of this call is cached and valid (``cache_validation_callback``
+        says yes), without computing or loading it."""
         self._check_code()
-        return self._store.contains(self.func_id, self._key(args, kwargs))
+        key = self._key(args, kwargs)
+        if self._stale or not self._store.contains(self.func_id, key):
+            return False
+        return self._valid(key)
+
+    def call(self, *args: Any, **kwargs: Any) -> tuple[Any, dict]:
+        """Run the function even if its result is cached, store the result, and return it with
+        its metadata (``duration``, ``time``), as joblib's ``MemorizedFunc.call``."""
+        self._check_code()
+        key = self._key(args, kwargs)
+        value = self._call(key, args, kwargs)
+        return value, self._metadata(key)
 
     def clear(self, warn: bool = True) -> None:
         """Remove this function's cached results."""
