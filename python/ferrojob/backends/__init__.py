@@ -74,6 +74,8 @@ _FACTORIES: dict[str, Callable[[], Backend]] = {
     "sequential": _sequential,
 }
 _INSTANCES: dict[str, Backend] = {}
+#: ferrojob's own backends, whatever is registered under their names later.
+_BUILT_IN = dict(_FACTORIES)
 
 
 def register_parallel_backend(
@@ -174,10 +176,16 @@ def get_backend(name: Any) -> Backend:
     check_backend_name(name)
     backend = _INSTANCES.get(name)
     if backend is None:
-        backend = _INSTANCES[name] = _FACTORIES[name]()
-        if not isinstance(backend, Backend):
+        made = _FACTORIES[name]()
+        # A factory of one of joblib's own backends (joblib code registering joblib's classes)
+        # stands for ferrojob's equivalent.
+        equivalent = _as_name(made)
+        if isinstance(equivalent, str):
+            made = _BUILT_IN[equivalent]()
+        if not isinstance(made, Backend):
             raise InvalidParameterError(
-                f"the factory registered for backend {name!r} returned {backend!r}, "
+                f"the factory registered for backend {name!r} returned {made!r}, "
                 "not a ferrojob.backends.Backend"
             )
+        backend = _INSTANCES[name] = made
     return backend
