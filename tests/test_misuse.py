@@ -138,7 +138,7 @@ def test_n_jobs_zero():
         Parallel(n_jobs=0)
     assert isinstance(info.value, InvalidParameterError)
     assert str(info.value) == (
-        "n_jobs=0 is not a number of workers.\n"
+        "n_jobs == 0 in Parallel has no meaning: it is not a number of workers.\n"
         "  help: use n_jobs=1 to run in this process, n_jobs=2 (or more) for that many workers,\n"
         "        n_jobs=-1 for all CPUs, or n_jobs=None for the default (1, or parallel_config's)"
     )

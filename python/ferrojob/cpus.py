@@ -70,7 +70,7 @@ def normalize_n_jobs(n_jobs: Any) -> int | None:
         )
     if value == 0:
         raise _invalid(
-            "n_jobs=0 is not a number of workers.",
+            "n_jobs == 0 in Parallel has no meaning: it is not a number of workers.",
             "use n_jobs=1 to run in this process, n_jobs=2 (or more) for that many workers,",
             "n_jobs=-1 for all CPUs, or n_jobs=None for the default (1, or parallel_config's)",
         )

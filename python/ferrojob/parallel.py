@@ -176,6 +176,8 @@ class Parallel:
         max_tasks_per_worker: int | None = None,
         max_worker_memory: int | str | None = None,
     ) -> None:
+        if n_jobs is None:
+            n_jobs = DEFAULT  # as joblib: None in Parallel means "not set" (parallel_config's applies)
         if not is_default(n_jobs):
             n_jobs = normalize_n_jobs(n_jobs)
         if not is_default(backend) and backend is not None:
@@ -256,12 +258,17 @@ class Parallel:
         ``parallel_config``'s (None when neither sets it), as joblib shows it."""
         if not is_default(self._n_jobs):
             return self._n_jobs
-        configured = current_config().n_jobs
-        return None if is_default(configured) else configured
+        config = current_config()
+        if is_default(config.n_jobs):
+            return None
+        if config.n_jobs is None:  # parallel_config(n_jobs=None): the backend's default
+            backend = default_backend() if is_default(config.backend) else config.backend
+            return get_backend(backend).default_n_jobs
+        return config.n_jobs
 
     @n_jobs.setter
     def n_jobs(self, value: Any) -> None:
-        self._n_jobs = normalize_n_jobs(value)
+        self._n_jobs = DEFAULT if value is None else normalize_n_jobs(value)
 
     @property
     def verbose(self) -> Any:
