@@ -128,16 +128,13 @@ class ItemsBatch(Batch):
         return ItemsBatch(self.start + start, ItemsGroup(group.function, group.items[start:end], group.star))
 
 
-class TaskSource:
-    """The user's iterable of delayed calls, read ahead just enough to size the next batch.
+class _Source:
+    """What the driver (``parallel.run_batches``) reads batches from: an iterator, read ahead
+    into a buffer as ``fill`` asks."""
 
-    ``reject(item, index)`` is called for an item that is not a delayed call; it raises.
-    """
-
-    def __init__(self, iterable: Iterable[Any], reject: Callable[[Any, int], Call]) -> None:
-        self._iterator: Iterator[Any] = iter(iterable)
-        self._reject = reject
-        self._buffer: list[Call] = []
+    def __init__(self, iterator: Iterator[Any]) -> None:
+        self._iterator = iterator
+        self._buffer: list[Any] = []
         self._read = 0  # items read from the iterator so far
         self._handed_out = 0
         self._iterator_done = False
@@ -149,6 +146,17 @@ class TaskSource:
     @property
     def n_read(self) -> int:
         return self._read
+
+
+class TaskSource(_Source):
+    """The user's iterable of delayed calls, read ahead just enough to size the next batch.
+
+    ``reject(item, index)`` is called for an item that is not a delayed call; it raises.
+    """
+
+    def __init__(self, iterable: Iterable[Any], reject: Callable[[Any, int], Call]) -> None:
+        super().__init__(iter(iterable))
+        self._reject = reject
 
     def fill(self, wanted: int) -> None:
         """Read until ``wanted`` calls are buffered or the iterable ends."""
@@ -187,30 +195,19 @@ class TaskSource:
             yield batch.calls[0]
 
 
-class ItemsSource:
+class ItemsSource(_Source):
     """The input of ``Executor.map(function, *iterables)``, read in slices at C speed: the same
     interface as ``TaskSource``, handing out ``ItemsBatch`` es."""
 
     def __init__(self, function: Callable[..., Any], iterables: tuple[Iterable[Any], ...]) -> None:
+        star = len(iterables) != 1
+        super().__init__(zip(*iterables, strict=False) if star else iter(iterables[0]))
         self._function = function
-        self._star = len(iterables) != 1
-        self._iterator: Iterator[Any] = zip(*iterables, strict=False) if self._star else iter(iterables[0])
-        self._buffer: list[Any] = []
-        self._read = 0
-        self._handed_out = 0
-        self._iterator_done = False
+        self._star = star
         # Sized inputs (a range, a list) say how many items are left without being read ahead:
         # reading 100,000 items to find the tail would keep the workers waiting.
         lengths = [len(iterable) if isinstance(iterable, Sized) else None for iterable in iterables]
         self._length = None if None in lengths else min(lengths, default=0)  # type: ignore[type-var]
-
-    @property
-    def exhausted(self) -> bool:
-        return self._iterator_done and not self._buffer
-
-    @property
-    def n_read(self) -> int:
-        return self._read
 
     def fill(self, wanted: int) -> None:
         if self._length is not None:
