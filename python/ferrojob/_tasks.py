@@ -185,14 +185,15 @@ class TaskSource(_Source):
         self._handed_out += len(calls)
         return batch
 
-    def __iter__(self) -> Iterator[Call]:
-        """Every remaining call, one at a time, validated (for in-process execution)."""
+    def calls(self, batch_size: int = 1) -> Iterator[Call]:
+        """Every remaining call, validated, read ``batch_size`` at a time (for in-process
+        execution: as joblib, a batch is read from the iterable before its calls run)."""
         while True:
-            self.fill(1)
-            batch = self.take(1)
+            self.fill(batch_size)
+            batch = self.take(batch_size)
             if batch is None:
                 return
-            yield batch.calls[0]
+            yield from batch.calls
 
 
 class ItemsSource(_Source):

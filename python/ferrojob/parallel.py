@@ -443,7 +443,7 @@ class Parallel:
             progress.started("SequentialBackend", 1)
             collect = self._settings().return_exceptions
             try:
-                for function, args, kwargs in source:
+                for function, args, kwargs in source.calls(self._fixed_batch_size() or 1):
                     result = None
                     if not collect:
                         yield [function(*args, **kwargs)]

@@ -125,7 +125,12 @@ impl<T> Scheduler<T> {
     /// How many tasks the caller should have read ahead before asking for a batch size, so that
     /// it knows when the tail begins.
     pub fn lookahead(&self) -> usize {
-        self.next_batch_size(None) * self.n_workers * 2
+        match self.sizing {
+            // Fixed batches are never cut at the tail: read no further than the next batch, so
+            // that pre_dispatch bounds what is read, as in joblib.
+            BatchSizing::Fixed(size) => size.max(1),
+            BatchSizing::Auto { .. } => self.next_batch_size(None) * self.n_workers * 2,
+        }
     }
 
     /// Record a batch of `n_tasks` about to be submitted; returns its id.
@@ -293,6 +298,14 @@ mod tests {
         assert_eq!(s.next_batch_size(Some(100_000)), MAX_AUTO_BATCH_SIZE);
         assert_eq!(s.next_batch_size(Some(5000)), 2000);
         assert_eq!(s.next_batch_size(Some(300)), 300);
+    }
+
+    #[test]
+    fn fixed_batches_read_no_further_than_the_next_batch() {
+        let s = Scheduler::<()>::new(2, 3, BatchSizing::Fixed(1), true);
+        assert_eq!(s.lookahead(), 1);
+        let s = Scheduler::<()>::new(2, 3, BatchSizing::Fixed(4), true);
+        assert_eq!(s.lookahead(), 4);
     }
 
     #[test]
