@@ -9,7 +9,6 @@ from __future__ import annotations
 
 def pytest_configure(config: object) -> None:
     import joblib
-
     from ferrojob.joblib_backend import FerrojobBackend
 
     joblib.register_parallel_backend("ferrojob", FerrojobBackend, make_default=True)
