@@ -249,3 +249,47 @@ def test_dump_and_load_with_file_objects_and_bytes_io(tmp_path):
     with open(tmp_path / "data.pkl.gz", "rb") as handle:
         assert load(handle)["text"] == "hello"
     assert load(tmp_path / "data.pkl.gz")["array"].sum() == value["array"].sum()
+
+
+JOBLIB_FILES = [
+    ("plain.pkl", 0),
+    ("zlib.pkl", 3),
+    ("gzip.pkl.gz", 0),
+    ("bz2.pkl.bz2", 0),
+    ("xz.pkl.xz", 0),
+    ("lzma.pkl.lzma", 0),
+]
+
+
+def test_joblib_files_are_read_natively_without_joblib(tmp_path, script):
+    joblib = pytest.importorskip("joblib")
+    value = {
+        "floats": np.arange(100_000.0),
+        "fortran": np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+        "big_endian": np.arange(5, dtype=">i8"),
+        "objects": np.array([{"a": 1}, None], dtype=object),
+        "scalar": np.float32(2.5),
+        "text": "hello",
+    }
+    for name, compress in JOBLIB_FILES:
+        joblib.dump(value, tmp_path / name, compress=compress)
+    done = script(
+        f"""
+        import sys
+        sys.modules["joblib"] = None  # as if joblib were not installed
+        import numpy as np
+        import ferrojob
+        for name, _ in {JOBLIB_FILES!r}:
+            loaded = ferrojob.load({str(tmp_path)!r} + "/" + name)
+            assert loaded["text"] == "hello" and loaded["floats"].sum() == np.arange(100_000.0).sum()
+            assert np.array_equal(loaded["fortran"], np.arange(12.0).reshape(3, 4)) and loaded["fortran"].flags.f_contiguous
+            assert loaded["big_endian"].dtype.isnative and loaded["big_endian"].tolist() == [0, 1, 2, 3, 4]
+            assert loaded["objects"][0] == {{"a": 1}} and loaded["scalar"] == np.float32(2.5)
+        mapped = ferrojob.load({str(tmp_path)!r} + "/plain.pkl", mmap_mode="r")
+        assert isinstance(mapped["floats"], np.memmap) and mapped["floats"].mode == "r"
+        assert not mapped["big_endian"].dtype.isnative  # mapped: the file's own byte order
+        print("read", len({JOBLIB_FILES!r}), "joblib files without joblib")
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert "without joblib" in done.stdout

@@ -70,7 +70,7 @@ class _JoblibFinder(importlib.abc.MetaPathFinder):
 
 
 def install() -> None:
-    if "joblib" in sys.modules:
+    if sys.modules.get("joblib") is not None:  # None: an import of joblib is blocked
         _register()
     elif not any(isinstance(finder, _JoblibFinder) for finder in sys.meta_path):
         sys.meta_path.insert(0, _JoblibFinder())

@@ -171,22 +171,19 @@ def dump(value: Any, filename: Any, compress: Any = 0, protocol: int | None = No
 _COPY_CHUNK = 1 << 20
 
 
-def _load_joblib_file(path: str, mmap_mode: str | None, allow_pickle: bool) -> Any:
-    try:
-        import joblib
-    except ImportError:
-        joblib = None
-    if joblib is None or not allow_pickle:
-        reason = "joblib is not installed" if joblib is None else "allow_pickle=False"
+def _load_joblib_file(path: str, mmap_mode: str | None, allow_pickle: bool, ensure_native_byte_order: Any) -> Any:
+    if not allow_pickle:
         raise NotADumpFileError(
             compose_message(
-                f"{path} was written by joblib.dump, not ferrojob.dump ({reason}).",
-                "install joblib to read it here (ferrojob.load then uses joblib.load), or",
-                "convert it once: ferrojob.dump(joblib.load(path), new_path)",
+                f"{path} was written by joblib.dump, whose format is a pickle: with "
+                "allow_pickle=False it is not read.",
+                "convert it once, from a trusted source: ferrojob.dump(ferrojob.load(path), new_path)",
             ),
             code="FJ402",
         )
-    return joblib.load(path, mmap_mode=mmap_mode)
+    from ._joblib_files import load_joblib_file
+
+    return load_joblib_file(path, mmap_mode, ensure_native_byte_order)
 
 
 def load(
@@ -203,8 +200,11 @@ def load(
     Memory-mapped arrays are ``numpy.memmap`` instances, as joblib's are, with ``filename``,
     ``offset`` and ``mode``. ``filename`` may also be an open binary file object (or
     ``io.BytesIO``), read from its current position; its arrays are then read into memory.
-    ``ensure_native_byte_order`` is accepted for joblib compatibility: ferrojob's dumps always
-    hold arrays in the byte order they were written in, and numpy reads them in it.
+
+    A file written by ``joblib.dump`` (joblib >= 0.10, compressed or not) is read natively,
+    without joblib; ``ensure_native_byte_order`` ("auto": when not memory-mapping) converts its
+    big-endian arrays to this machine's order, as joblib does. ferrojob's own dumps keep arrays in
+    the order they were written in.
 
     Raises ``DamagedFileError`` (a ``ValueError``) for a truncated or corrupted dump, naming the
     file and the damaged section; ``NotADumpFileError`` for a file that is no dump.
@@ -220,7 +220,7 @@ def load(
         with _scratch_file() as path:
             with open(path, "wb") as copy:
                 shutil.copyfileobj(filename, copy, _COPY_CHUNK)
-            return load(path, None, allow_pickle)
+            return load(path, None, allow_pickle, ensure_native_byte_order)
     path = _path(filename, "load")
     try:
         data, buffers, mapped, offsets = _core.read_dump(path, mmap_mode)
@@ -228,7 +228,7 @@ def load(
         with open(path, "rb") as handle:
             start = handle.read(8)
         if _core.looks_like_joblib(start):
-            return _load_joblib_file(path, mmap_mode, allow_pickle)
+            return _load_joblib_file(path, mmap_mode, allow_pickle, ensure_native_byte_order)
         raise
     if mmap_mode is not None and not mapped and buffers:
         warnings.warn(
