@@ -293,3 +293,14 @@ def test_joblib_files_are_read_natively_without_joblib(tmp_path, script):
     )
     assert done.returncode == 0, done.stderr
     assert "without joblib" in done.stdout
+
+
+def test_big_endian_arrays_come_back_native_unless_mapped(tmp_path):
+    path = tmp_path / "be.pkl"
+    dump({"be": np.arange(5, dtype=">i8")}, path)
+    loaded = load(path)["be"]
+    assert loaded.dtype.isnative and loaded.tolist() == [0, 1, 2, 3, 4]
+    assert not load(path, mmap_mode="r")["be"].dtype.isnative  # the file's own order
+    assert not load(path, ensure_native_byte_order=False)["be"].dtype.isnative
+    with pytest.raises(ValueError, match="Native byte ordering can only be enforced"):
+        load(path, mmap_mode="r+", ensure_native_byte_order=True)

@@ -201,15 +201,24 @@ def load(
     ``offset`` and ``mode``. ``filename`` may also be an open binary file object (or
     ``io.BytesIO``), read from its current position; its arrays are then read into memory.
 
-    A file written by ``joblib.dump`` (joblib >= 0.10, compressed or not) is read natively,
-    without joblib; ``ensure_native_byte_order`` ("auto": when not memory-mapping) converts its
-    big-endian arrays to this machine's order, as joblib does. ferrojob's own dumps keep arrays in
-    the order they were written in.
+    ``ensure_native_byte_order`` ("auto": when not memory-mapping) converts big-endian arrays to
+    this machine's byte order, as joblib does; a mapped array keeps the file's. A file written by
+    ``joblib.dump`` (joblib >= 0.10, compressed or not) is read natively, without joblib.
 
     Raises ``DamagedFileError`` (a ``ValueError``) for a truncated or corrupted dump, naming the
     file and the damaged section; ``NotADumpFileError`` for a file that is no dump.
     """
     validate_mmap_mode(mmap_mode, "read into memory")
+    if ensure_native_byte_order is True and mmap_mode is not None:
+        raise InvalidParameterError(
+            compose_message(
+                "Native byte ordering can only be enforced if 'mmap_mode' parameter is set to "
+                f"None, but got 'mmap_mode={mmap_mode}' instead.",
+                "a mapped array keeps the file's byte order: pass mmap_mode=None to convert",
+            ),
+            code="FJ201",
+        )
+    native = mmap_mode is None if ensure_native_byte_order == "auto" else bool(ensure_native_byte_order)
     if _is_file_object(filename, "read"):
         if mmap_mode is not None:
             warnings.warn(
@@ -237,38 +246,45 @@ def load(
             stacklevel=2,
         )
     if allow_pickle and mapped and mmap_mode is not None:
-        return _MemmapUnpickler(data, buffers, offsets, path, mmap_mode).load()
+        return _ArrayUnpickler(data, buffers, offsets, path, mmap_mode, native=False).load()
     if allow_pickle:
-        return pickle.loads(data, buffers=buffers)
+        return _ArrayUnpickler(data, buffers, offsets, path, None, native).load()
     try:
         return _safe_pickle.loads(data, buffers)
     except DamagedFileError as error:
         raise DamagedFileError(f"{path}: {error}", code="FJ401") from error.__cause__
 
 
-class _MemmapUnpickler(pickle.Unpickler):
-    """Unpickles a mapped dump so that each array over the file is a ``numpy.memmap`` that says
-    where it lies (``filename``, ``offset``, ``mode``), as joblib's ``load(mmap_mode=...)``."""
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles a dump, shaping the arrays built over its buffers as joblib's ``load`` does:
+    with ``mmap_mode``, each is a ``numpy.memmap`` that says where it lies in the file
+    (``filename``, ``offset``, ``mode``); with ``native``, a big-endian array comes back in this
+    machine's byte order (``ensure_native_byte_order``)."""
 
     _NUMPY_FROMBUFFER = frozenset({("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")})
 
-    def __init__(self, data: bytes, buffers: list[Any], offsets: list[int], path: str, mode: str) -> None:
+    def __init__(
+        self, data: bytes, buffers: list[Any], offsets: list[int], path: str, mode: str | None, native: bool
+    ) -> None:
         super().__init__(io.BytesIO(data), buffers=buffers)
         self._offsets = {id(buffer): offset for buffer, offset in zip(buffers, offsets, strict=True)}
         self._buffers = buffers  # their ids stay theirs while this lives
         self._path = os.path.abspath(path)
         self._mode = "r+" if mode == "w+" else mode  # as joblib: loading never truncates
+        self._native = native
 
     def find_class(self, module: str, name: str) -> Any:
         found = super().find_class(module, name)
-        if (module, name) in self._NUMPY_FROMBUFFER:
+        if (module, name) in self._NUMPY_FROMBUFFER and (self._mode is not None or self._native):
             return functools.partial(self._from_buffer, found)
         return found
 
     def _from_buffer(self, original: Any, buffer: Any, *args: Any) -> Any:
         array = original(buffer, *args)
+        if self._native and not array.dtype.isnative:
+            return array.astype(array.dtype.newbyteorder("="))
         offset = self._offsets.get(id(buffer))
-        if offset is None:
+        if self._mode is None or offset is None:
             return array
         import numpy as np
 

@@ -43,6 +43,19 @@ RULES = [
         r"|test_compress_string_argument|test_load_externally_decompressed_files|test_file_handle_persistence_compressed_mmap",
         r"not-compressed|Not a gzipped file|incorrect header check",
     ),
+    ("joblib's store backend API (ferrojob's Memory has its own store, in Rust)", r".", r"has no attribute 'store_backend'"),
+    ("joblib internals: MemorizedResult's constructor", r".", r"MemorizedResult.__init__\(\) got an unexpected"),
+    (
+        "ferrojob keys each function's cache folder by its exact identity (a lambda's by its code position too): "
+        "functions never share entries, so there is no collision to warn about",
+        r"collision|in_memory_function_code_change",
+        r"JobLibCollisionWarning",
+    ),
+    ("the cache lives in location/ferrojob, not location/joblib", r"jupyter", r"/joblib'"),
+    ("only the local file-system store exists (no register_store_backend)", r"test_memory_default_store_backend", r"."),
+    ("lz4 is built into ferrojob: it needs no lz4 package", r"test_lz4_compression_without_lz4", r"."),
+    ("joblib's warning text", r"test_compress_mmap_mode_warning", r"."),
+    ("a file name of the wrong type is a TypeError (joblib: ValueError)", r"test_value_error", r"TypeError"),
     ("n_jobs=2.3 or 0.5: ferrojob refuses fractional n_jobs that joblib truncates", r"test_njobs_converted_to_int|test_invalid_njobs", r"2\.3|0\.5|no meaning"),
 ]
 
