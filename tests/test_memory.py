@@ -267,3 +267,15 @@ def test_a_memorized_result_of_a_local_function_pickles(tmp_path):
     again.clear()
     with pytest.raises(KeyError):
         shelved.get()
+
+
+def test_verbose_details_go_through_logging(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    cached = Memory(tmp_path, verbose=20).cache(_keyword_only)
+    cached(1, 2, kw1=3)
+    assert "Querying" in caplog.text and "Computing" in caplog.text
+    caplog.clear()
+    Memory(tmp_path, verbose=0).cache(_keyword_only)(1, 2, kw1=3)
+    assert "Querying" not in caplog.text

@@ -29,6 +29,7 @@ import errno
 import functools
 import inspect
 import json
+import logging
 import os
 import re
 import sys
@@ -38,6 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _core
+from ._tasks import describe_arguments
 from .errors import DamagedFileError, InvalidParameterError, NotADumpFileError, compose_message
 from .hashing import hash as content_hash
 from .persistence import dump, load, parse_compress
@@ -52,6 +54,11 @@ _METADATA = "metadata.json"
 _READABLE_LEN = 80
 #: Cache locations already warned about being read-only (one warning per location).
 _READ_ONLY_WARNED: set[str] = set()
+
+
+#: Where Memory's ``verbose`` details go (>= 20: each query; > 10: each computation), as
+#: joblib's; the lines of ``verbose`` > 0 are printed.
+_LOG = logging.getLogger("ferrojob.memory")
 
 
 def _write_gitignore(location: str) -> None:
@@ -560,9 +567,13 @@ class MemorizedFunc:
             _warn_read_only(os.fspath(self.memory.location or ""), error)
             self._code_checked = self._read_only = self._stale = True
         key = self._key(args, kwargs)
+        if self.verbose >= 20:
+            _LOG.info("Querying %s with signature (%s)", self.func_id, describe_arguments(args, kwargs))
         found, value = self._load(key)
         if found:
             return key, value
+        if self.verbose > 10:
+            _LOG.info("Computing %s, argument hash %s, in %s", self.func_id, key, self._store_location)
         lock = None
         if not (self._read_only or self._stale):
             try:
