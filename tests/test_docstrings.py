@@ -19,12 +19,13 @@ MODULES = [
     "ferrojob.memory",
     "ferrojob._pickling",
     "ferrojob.joblib_backend",
+    "ferrojob.backends.foreign",
 ]
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name):
-    if name == "ferrojob.joblib_backend":
+    if name in ("ferrojob.joblib_backend", "ferrojob.backends.foreign"):
         pytest.importorskip("joblib")
     if name in ("ferrojob.hashing", "ferrojob.persistence"):
         pytest.importorskip("numpy")

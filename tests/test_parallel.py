@@ -359,10 +359,21 @@ def test_backend_objects_joblib_accepts_are_accepted():
         assert Parallel(n_jobs=2, backend=backend)(delayed(abs)(-i) for i in range(4)) == [0, 1, 2, 3]
 
     class Custom(joblib_backends.ThreadingBackend):
-        pass
+        submitted = 0
 
-    with pytest.raises(ValueError, match="custom joblib backend"):
-        Parallel(n_jobs=2, backend=Custom())
+        def submit(self, func, callback=None):
+            Custom.submitted += 1
+            return super().submit(func, callback=callback)
+
+    # A custom joblib backend is driven through its own API.
+    assert Parallel(n_jobs=2, backend=Custom())(delayed(abs)(-i) for i in range(10)) == list(range(10))
+    assert Custom.submitted > 0
+    with pytest.raises(ZeroDivisionError):
+        Parallel(n_jobs=2, backend=Custom())(delayed(divmod)(1, i) for i in range(-2, 3))
+    from ferrojob import register_parallel_backend
+
+    register_parallel_backend("custom_threads", Custom)
+    assert Parallel(n_jobs=2, backend="custom_threads")(delayed(abs)(-i) for i in range(3)) == [0, 1, 2]
 
 
 def test_make_default_is_honoured():

@@ -142,15 +142,10 @@ def check_backend_name(name: Any) -> None:
         return
     if isinstance(name, str) and name in _FACTORIES:
         return
-    if any(klass.__name__ == "ParallelBackendBase" for klass in type(name).__mro__):
-        raise UnknownBackendError(
-            compose_message(
-                f"backend={name!r} is a custom joblib backend, which ferrojob.Parallel cannot drive.",
-                "run it with joblib.Parallel, or pass a ferrojob backend (a name, or a",
-                "ferrojob.backends.Backend)",
-            ),
-            code="FJ202",
-        )
+    from .foreign import is_joblib_backend
+
+    if is_joblib_backend(name):  # a custom joblib backend: driven through its own API
+        return
     valid = sorted(_FACTORIES)
     listing = ", ".join(repr(n) for n in valid)
     from difflib import get_close_matches
@@ -173,6 +168,10 @@ def get_backend(name: Any) -> Backend:
     name = _as_name(name)
     if isinstance(name, Backend):
         return name
+    from .foreign import ForeignBackend, is_joblib_backend
+
+    if is_joblib_backend(name):
+        return ForeignBackend(name)
     check_backend_name(name)
     backend = _INSTANCES.get(name)
     if backend is None:
@@ -182,6 +181,8 @@ def get_backend(name: Any) -> Backend:
         equivalent = _as_name(made)
         if isinstance(equivalent, str):
             made = _BUILT_IN[equivalent]()
+        elif is_joblib_backend(made):  # a custom joblib backend class was registered
+            made = ForeignBackend(made)
         if not isinstance(made, Backend):
             raise InvalidParameterError(
                 f"the factory registered for backend {name!r} returned {made!r}, "
