@@ -405,3 +405,29 @@ def test_parallel_shows_the_effective_configuration_and_inconsistent_settings_ar
         parallel_config(prefer="processes", require="sharedmem")
     with pytest.raises(ValueError, match="inner_max_num_threads"):
         parallel_config(inner_max_num_threads=2)
+
+
+def _wait_for(path):
+    import os
+    import time
+
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return path
+
+
+def test_a_generator_is_read_no_further_ahead_than_joblib_reads_it(tmp_path):
+    read = []
+    release = str(tmp_path / "go")
+
+    def calls():
+        for i in range(50):
+            read.append(i)
+            yield delayed(_wait_for)(release)
+
+    results = Parallel(n_jobs=2, return_as="generator")(calls())
+    # pre_dispatch="2 * n_jobs": 4 batches of one task out, and one batch per worker read ahead
+    # at most (joblib reads 6 by its first result).
+    assert len(read) <= 6
+    (tmp_path / "go").touch()
+    assert len(list(results)) == 50

@@ -129,7 +129,10 @@ impl<T> Scheduler<T> {
             // Fixed batches are never cut at the tail: read no further than the next batch, so
             // that pre_dispatch bounds what is read, as in joblib.
             BatchSizing::Fixed(size) => size.max(1),
-            BatchSizing::Auto { .. } => self.next_batch_size(None) * self.n_workers * 2,
+            // One batch per worker ahead: enough to see the tail coming (the last batches are
+            // then split across the workers), and as lazy as joblib on a generator (the first
+            // result of 2 workers and pre_dispatch="2 * n_jobs" comes after 6 items read).
+            BatchSizing::Auto { .. } => self.next_batch_size(None) * self.n_workers,
         }
     }
 
