@@ -431,3 +431,8 @@ def test_a_generator_is_read_no_further_ahead_than_joblib_reads_it(tmp_path):
     assert len(read) <= 6
     (tmp_path / "go").touch()
     assert len(list(results)) == 50
+
+
+def test_a_timeout_that_cannot_apply_in_process_is_warned_about():
+    with pytest.warns(UserWarning, match="does not support timeout"):
+        assert Parallel(n_jobs=1, timeout=1)(delayed(abs)(-i) for i in range(3)) == [0, 1, 2]

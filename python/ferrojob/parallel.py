@@ -13,6 +13,7 @@ import ast
 import numbers
 import operator
 import threading
+import warnings
 from collections.abc import Generator, Iterable
 from typing import Any
 
@@ -439,6 +440,14 @@ class Parallel:
         progress = Progress(label, self._verbosity(), self.progress, total)
         assert backend is not None
         if backend.in_process:
+            if self.timeout is not None and self.timeout != float("inf"):
+                # joblib's words: code that filters this warning keeps working.
+                warnings.warn(
+                    "The backend class 'SequentialBackend' does not support timeout. You have set "
+                    f"'timeout={self.timeout}' in Parallel but the 'timeout' parameter will not be used.",
+                    UserWarning,
+                    stacklevel=3,
+                )
             yield _STARTED
             progress.started("SequentialBackend", 1)
             collect = self._settings().return_exceptions
