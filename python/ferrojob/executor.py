@@ -35,15 +35,17 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
 
 from . import _misuse
-from ._core import CompletionKind, Scheduler
+from ._core import Completion as EngineCompletion
+from ._core import CompletionKind, ProcessPool, Scheduler
 from ._shared_objects import SharedObjects
 from ._sharedmem import DEFAULT_MAX_NBYTES, check_mmap_mode, parse_max_nbytes
 from ._tasks import Batch, ItemsSource
 from .backends.base import CallOptions, Completion, Session
+from .backends.pieces import Piece
 from .backends.processes import ProcessSession, private_pool
 from .config import check_initializer, check_max_tasks_per_worker, check_timeout
 from .cpus import cpu_count
@@ -252,7 +254,7 @@ class _FailedChunk(list):
     __slots__ = ()
 
 
-def _map_chunks(chunks: Iterator[list[Any]]) -> Iterator[Iterable[Any]]:
+def _map_chunks(chunks: Generator[list[Any], None, None]) -> Iterator[Iterable[Any]]:
     """``Executor.map``'s results, chunk by chunk: a task that failed raises its error when its
     turn comes (the results before it are yielded first); dropping the iterator early drops the
     work left."""
@@ -260,7 +262,7 @@ def _map_chunks(chunks: Iterator[list[Any]]) -> Iterator[Iterable[Any]]:
         for chunk in chunks:
             yield chunk if type(chunk) is list else _until_failure(chunk)
     finally:
-        chunks.close()  # type: ignore[attr-defined]
+        chunks.close()
 
 
 def _until_failure(chunk: list[Any]) -> Iterator[Any]:
@@ -294,7 +296,9 @@ class _ExecutorSession(ProcessSession):
         self.with_failures.add(self._resolving)
         return _Raised(error)
 
-    def _acquire_pool(self, n_workers, env, init, key_env):  # type: ignore[no-untyped-def]
+    def _acquire_pool(
+        self, n_workers: int, env: dict[str, str], init: bytes, key_env: tuple
+    ) -> tuple[ProcessPool, Callable[[], None]]:
         pool = private_pool(n_workers, env, init)
         return pool, pool.shutdown
 
@@ -304,10 +308,10 @@ class _ExecutorSession(ProcessSession):
         self._arguments.arena.new_call()
         self._shared = SharedObjects(self._max_nbytes)
 
-    def _lost(self, piece, completion):  # type: ignore[no-untyped-def]
+    def _lost(self, piece: Piece, completion: EngineCompletion) -> BaseException:
         return self._lost_error(completion, piece.batch, "the executor replaced the worker; other tasks go on")
 
-    def resolve(self, completion):  # type: ignore[no-untyped-def]
+    def resolve(self, completion: EngineCompletion | None) -> tuple[int, Any, float, BaseException | None] | None:
         piece = self._jobs.get(completion.job) if completion is not None else None
         self._resolving = -1 if piece is None else piece.batch_id
         outcome = super().resolve(completion)
