@@ -380,3 +380,19 @@ def test_bad_settings_are_value_errors(keywords):
 def test_map_chunksize_must_be_positive(executor):
     with pytest.raises(ValueError, match="chunksize=0"):
         executor.map(abs, [1], chunksize=0)
+
+
+def test_a_failing_collector_fails_what_waits_instead_of_hanging(monkeypatch):
+    executor = Executor(max_workers=1)
+    assert executor.submit(abs, -1).result() == 1
+
+    def broken(completion):
+        raise RuntimeError("collector bug")
+
+    monkeypatch.setattr(executor._runner.session, "resolve", broken)
+    future = executor.submit(abs, -2)
+    with pytest.raises(RuntimeError, match="collector bug"):
+        future.result(timeout=60)
+    assert executor._runner.closed.wait(60)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        executor.submit(abs, 1)

@@ -410,7 +410,34 @@ class _Runner:
 
     def _collect(self) -> None:
         """The collector thread: settle futures and feed map calls as the engine completes jobs;
-        once shut down and idle, close the session."""
+        once shut down and idle, close the session. Should it fail (a bug), everything waiting
+        fails with its error and the executor shuts down: nothing waits forever."""
+        try:
+            self._collect_until_closed()
+        except BaseException as error:
+            self._fail_everything(error)
+
+    def _fail_everything(self, error: BaseException) -> None:
+        settle: list[_Settlement] = []
+        with self.lock:
+            self.shutting_down = True
+            for owner in self.owners.values():
+                if isinstance(owner, concurrent.futures.Future):
+                    settle.append((owner, None, error))
+                else:
+                    map_session, local_id = owner
+                    map_session.completed.put((local_id, None, 0.0, error))
+            settle += [(future, None, error) for future, _ in self.pending if future.set_running_or_notify_cancel()]
+            self.owners.clear()
+            self.dispatched.clear()
+            self.pending.clear()
+            try:
+                self._close()
+            finally:
+                self.closed.set()
+        _settle(settle)
+
+    def _collect_until_closed(self) -> None:
         while not self.closed.is_set():
             try:
                 completion = self.session.poll(_POLL)
