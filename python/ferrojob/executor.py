@@ -41,7 +41,6 @@ from typing import Any
 from . import _misuse
 from ._core import Completion as EngineCompletion
 from ._core import CompletionKind, ProcessPool, Scheduler
-from ._shared_objects import SharedObjects
 from ._sharedmem import DEFAULT_MAX_NBYTES, check_mmap_mode, parse_max_nbytes
 from ._tasks import Batch, ItemsSource
 from .backends.base import CallOptions, Completion, Session
@@ -288,12 +287,11 @@ class _ExecutorSession(ProcessSession):
         super().__init__(n_workers, options)
         #: Map chunks with a failed task (so that clean ones pass without a look at each item).
         self.with_failures: set[int] = set()
-        self._resolving = -1
 
-    def in_slot(self, error: BaseException) -> Any:
+    def in_slot(self, piece: Piece, error: BaseException) -> Any:
         # A map chunk's failed task: marked, so that a task returning an exception is not
         # mistaken for one that raised.
-        self.with_failures.add(self._resolving)
+        self.with_failures.add(piece.batch_id)
         return _Raised(error)
 
     def _acquire_pool(
@@ -302,18 +300,10 @@ class _ExecutorSession(ProcessSession):
         pool = private_pool(n_workers, env, init)
         return pool, pool.shutdown
 
-    def new_submission(self) -> None:
-        """Arrays placed for earlier submissions are reused only once proven unchanged, and
-        large objects are shared within one submission (a map call) only."""
-        self._arguments.arena.new_call()
-        self._shared = SharedObjects(self._max_nbytes)
-
     def _lost(self, piece: Piece, completion: EngineCompletion) -> BaseException:
         return self._lost_error(completion, piece.batch, "the executor replaced the worker; other tasks go on")
 
     def resolve(self, completion: EngineCompletion | None) -> tuple[int, Any, float, BaseException | None] | None:
-        piece = self._jobs.get(completion.job) if completion is not None else None
-        self._resolving = -1 if piece is None else piece.batch_id
         outcome = super().resolve(completion)
         if completion is not None and completion.kind not in (CompletionKind.Done, CompletionKind.Failed):
             self.replace_workers()  # a killed or dead worker is replaced
@@ -373,7 +363,7 @@ class _Runner:
             return
         batch_id = next(self.batch_ids)
         try:
-            self.session.new_submission()
+            self.session.new_call()  # each submission is a call of its own
             self.session.submit(batch_id, batch)
         except Exception as error:  # unpicklable arguments: the future fails, as in the stdlib
             settle.append((future, None, error))
@@ -397,7 +387,7 @@ class _Runner:
 
     def new_map_call(self) -> None:
         with self.lock:
-            self.session.new_submission()
+            self.session.new_call()
 
     def withdraw(self, batch_ids: Iterable[int]) -> None:
         """Forget a map call's batches: queued ones are dropped, running ones finish unheard."""

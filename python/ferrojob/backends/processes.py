@@ -8,6 +8,7 @@ gets a private pool for its duration.
 from __future__ import annotations
 
 import atexit
+import functools
 import itertools
 import os
 import pickle
@@ -110,10 +111,13 @@ def _init_payload(initializer: Callable[..., Any] | None, initargs: tuple) -> by
     return pickle.dumps(settings)
 
 
-def private_pool(n_workers: int, env: dict[str, str], init: bytes) -> ProcessPool:
-    """A pool of one owner's own, whose workers live until it is shut down."""
+def private_pool(
+    n_workers: int, env: dict[str, str], init: bytes, idle_timeout: float | None = None
+) -> ProcessPool:
+    """A pool of one owner's own, whose workers live until it is shut down (or, with
+    ``idle_timeout``, until they have been idle that long)."""
     program, args = _worker_command()
-    return ProcessPool(program, args, list(env.items()), init, n_workers)
+    return ProcessPool(program, args, list(env.items()), init, n_workers, idle_timeout)
 
 
 class _SharedPool:
@@ -129,17 +133,14 @@ class _SharedPool:
     ) -> tuple[ProcessPool, Callable[[], None]]:
         """The warm pool if it is free (restarted when ``key_env`` or ``init`` changed), else a
         private one for this call."""
-        program, args = _worker_command()
         if not self.lock.acquire(blocking=False):
             pool = private_pool(n_workers, env, init)
             return pool, pool.shutdown
         try:
-            key = (program, key_env, init)
+            key = (_worker_command(), key_env, init)
             if self.pool is None or self.key != key:
                 self.shutdown()
-                self.pool = ProcessPool(
-                    program, args, list(env.items()), init, n_workers, IDLE_TIMEOUT
-                )
+                self.pool = private_pool(n_workers, env, init, IDLE_TIMEOUT)
                 self.key = key
             else:
                 self.pool.ensure_workers(n_workers)
@@ -192,6 +193,14 @@ class ProcessSession(Session):
         self._assemblies = Assemblies()
         self._start_failures = 0
 
+    def new_call(self) -> None:
+        """Start a call's arguments afresh: arrays placed by earlier calls (of a `with
+        Parallel()` block, or earlier Executor submissions) are reused only once proven
+        unchanged (a fingerprint at memory speed), never stale; large shared objects are shared
+        within one call only."""
+        self._arguments.arena.new_call()
+        self._shared = SharedObjects(self._max_nbytes)
+
     def _acquire_pool(
         self, n_workers: int, env: dict[str, str], init: bytes, key_env: tuple
     ) -> tuple[ProcessPool, Callable[[], None]]:
@@ -200,10 +209,7 @@ class ProcessSession(Session):
 
     def begin(self) -> None:
         self._cwd = os.getcwd()  # tasks run where the call was made
-        # Arrays placed by earlier calls of a `with Parallel()` block are reused only once
-        # proven unchanged (a fingerprint at memory speed), never stale.
-        self._arguments.arena.new_call()
-        self._shared = SharedObjects(self._max_nbytes)  # shared objects live for one call
+        self.new_call()
         self._pool.set_worker_limits(*self._limits)
         if self._pool.n_workers != self.n_workers:
             self._pool.ensure_workers(self.n_workers)
@@ -265,7 +271,7 @@ class ProcessSession(Session):
             except Exception as error:
                 return piece.batch_id, None, completion.elapsed, error
             if failed:
-                results = _failures.settle(results, piece.batch.describe, self.in_slot, failed)
+                results = _failures.settle(results, piece.batch.describe, functools.partial(self.in_slot, piece), failed)
             if len(results) < len(piece.batch):
                 # The worker stopped early, over max_worker_memory (it is being replaced): the
                 # rest of the batch runs on a fresh one.
@@ -301,9 +307,9 @@ class ProcessSession(Session):
             return _reports.timeout_error(completion, batch, self._timeout, then, self.timeout_setting)
         return _reports.crash_error(completion, batch, then)
 
-    def in_slot(self, error: BaseException) -> Any:
-        """What a failed task leaves in its result slot when its batch collects errors: the
-        exception itself (``return_exceptions``)."""
+    def in_slot(self, piece: Piece, error: BaseException) -> Any:
+        """What a failed task of ``piece`` leaves in its result slot when its batch collects
+        errors: the exception itself (``return_exceptions``)."""
         return error
 
     def replace_workers(self) -> None:
@@ -335,7 +341,7 @@ class ProcessSession(Session):
         else:
             self._submit(alone)
             return None
-        return self._fill(alone, [self.in_slot(error)], 0.0)
+        return self._fill(alone, [self.in_slot(alone, error)], 0.0)
 
     def _fill(self, piece: Piece, results: list[Any], elapsed: float) -> tuple[int, Any, float, None] | None:
         completion = self._assemblies.fill(piece, results, elapsed)
