@@ -147,23 +147,17 @@ class _JoblibUnpickler(_PureUnpickler):
     dispatch[pickle.BUILD[0]] = load_build
 
 
-def load_joblib_file(path: str, mmap_mode: str | None, ensure_native_byte_order: Any = "auto") -> Any:
-    """The object in a file written by ``joblib.dump`` (see the module docs)."""
-    native = mmap_mode is None if ensure_native_byte_order == "auto" else bool(ensure_native_byte_order)
+def load_joblib_file(path: str, mmap_mode: str | None, native: bool) -> Any:
+    """The object in a file written by ``joblib.dump`` (see the module docs); ``native``: turn
+    big-endian arrays read into memory to this machine's byte order."""
+    from .persistence import memmap_mode, warn_not_mapped
+
     with open(path, "rb") as raw:
         name = _compressor(raw.read(8))
         raw.seek(0)
         if name is None:
-            if mmap_mode == "w+":
-                mmap_mode = "r+"  # as joblib: loading never truncates
-            return _JoblibUnpickler(raw, path, mmap_mode, native).load()
+            return _JoblibUnpickler(raw, path, memmap_mode(mmap_mode), native).load()
         if mmap_mode is not None:
-            import warnings
-
-            warnings.warn(
-                f"{path} is compressed ({name}): mmap_mode={mmap_mode!r} is ignored and its arrays "
-                "are read into memory.",
-                stacklevel=3,
-            )
+            warn_not_mapped(f"{path} is compressed ({name})", mmap_mode, stacklevel=5)  # the caller of load
         with _decompressing(raw, name, path) as stream:
             return _JoblibUnpickler(stream, path, None, native).load()

@@ -171,7 +171,7 @@ def dump(value: Any, filename: Any, compress: Any = 0, protocol: int | None = No
 _COPY_CHUNK = 1 << 20
 
 
-def _load_joblib_file(path: str, mmap_mode: str | None, allow_pickle: bool, ensure_native_byte_order: Any) -> Any:
+def _load_joblib_file(path: str, mmap_mode: str | None, allow_pickle: bool, native: bool) -> Any:
     if not allow_pickle:
         raise NotADumpFileError(
             compose_message(
@@ -183,7 +183,7 @@ def _load_joblib_file(path: str, mmap_mode: str | None, allow_pickle: bool, ensu
         )
     from ._joblib_files import load_joblib_file
 
-    return load_joblib_file(path, mmap_mode, ensure_native_byte_order)
+    return load_joblib_file(path, mmap_mode, native)
 
 
 def load(
@@ -193,9 +193,9 @@ def load(
 
     ``mmap_mode`` ("r", "r+", "w+" or "c", as numpy.memmap): arrays of an uncompressed dump are
     memory-mapped, in constant time ("r+" writes go to the file, "c" stays private); for a
-    compressed dump it is ignored with a warning, like joblib. A file written by ``joblib.dump``
-    is read with joblib when it is installed. ``load`` unpickles, which can run code: only load
-    trusted files, or use ``allow_pickle=False`` (numpy arrays and plain containers only).
+    compressed dump it is ignored with a warning, like joblib. ``load`` unpickles, which can run
+    code: only load trusted files, or use ``allow_pickle=False`` (numpy arrays and plain
+    containers only).
 
     Memory-mapped arrays are ``numpy.memmap`` instances, as joblib's are, with ``filename``,
     ``offset`` and ``mode``. ``filename`` may also be an open binary file object (or
@@ -221,11 +221,7 @@ def load(
     native = mmap_mode is None if ensure_native_byte_order == "auto" else bool(ensure_native_byte_order)
     if _is_file_object(filename, "read"):
         if mmap_mode is not None:
-            warnings.warn(
-                f"mmap_mode={mmap_mode!r} is ignored for a file object: its arrays are read into "
-                "memory (pass a file name to map them).",
-                stacklevel=2,
-            )
+            warn_not_mapped("a file object (pass a file name to map it)", mmap_mode)
         with _scratch_file() as path:
             with open(path, "wb") as copy:
                 shutil.copyfileobj(filename, copy, _COPY_CHUNK)
@@ -237,14 +233,10 @@ def load(
         with open(path, "rb") as handle:
             start = handle.read(8)
         if _core.looks_like_joblib(start):
-            return _load_joblib_file(path, mmap_mode, allow_pickle, ensure_native_byte_order)
+            return _load_joblib_file(path, mmap_mode, allow_pickle, native)
         raise
     if mmap_mode is not None and not mapped and buffers:
-        warnings.warn(
-            f"{path} is compressed: mmap_mode={mmap_mode!r} is ignored and its arrays are read "
-            "into memory.",
-            stacklevel=2,
-        )
+        warn_not_mapped(f"{path} is compressed", mmap_mode)
     if allow_pickle and mapped and mmap_mode is not None:
         return _ArrayUnpickler(data, buffers, offsets, path, mmap_mode, native=False).load()
     if allow_pickle:
@@ -253,6 +245,20 @@ def load(
         return _safe_pickle.loads(data, buffers)
     except DamagedFileError as error:
         raise DamagedFileError(f"{path}: {error}", code="FJ401") from error.__cause__
+
+
+def warn_not_mapped(what: str, mmap_mode: str, stacklevel: int = 3) -> None:
+    """``mmap_mode`` cannot apply (``what``: why): warn, as joblib does, that arrays are read."""
+    warnings.warn(
+        f"{what}: mmap_mode={mmap_mode!r} is ignored and its arrays are read into memory.",
+        stacklevel=stacklevel,
+    )
+
+
+def memmap_mode(mmap_mode: str | None) -> str | None:
+    """The mode arrays of a loaded file are mapped with: loading never truncates, so "w+"
+    means "r+" (joblib's rule)."""
+    return "r+" if mmap_mode == "w+" else mmap_mode
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -270,7 +276,7 @@ class _ArrayUnpickler(pickle.Unpickler):
         self._offsets = {id(buffer): offset for buffer, offset in zip(buffers, offsets, strict=True)}
         self._buffers = buffers  # their ids stay theirs while this lives
         self._path = os.path.abspath(path)
-        self._mode = "r+" if mode == "w+" else mode  # as joblib: loading never truncates
+        self._mode = memmap_mode(mode)
         self._native = native
 
     def find_class(self, module: str, name: str) -> Any:
