@@ -304,3 +304,140 @@ def test_big_endian_arrays_come_back_native_unless_mapped(tmp_path):
     assert not load(path, ensure_native_byte_order=False)["be"].dtype.isnative
     with pytest.raises(ValueError, match="Native byte ordering can only be enforced"):
         load(path, mmap_mode="r+", ensure_native_byte_order=True)
+
+
+def test_several_dumps_in_one_stream_are_read_one_by_one(tmp_path):
+    joblib = pytest.importorskip("joblib")
+    values = [np.arange(100_000.0), "text", {"nested": np.arange(7)}, np.arange(3)]
+    path = tmp_path / "stream.bin"
+    ends = []
+    with open(path, "wb") as handle:
+        dump(values[0], handle)
+        ends.append(handle.tell())
+        dump(values[1], handle, compress=("zstd", 3))
+        ends.append(handle.tell())
+        joblib.dump(values[2], handle)  # joblib's format, uncompressed: a pickle ends by itself
+        ends.append(handle.tell())
+        dump(values[3], handle, compress=("gzip", 1))
+        ends.append(handle.tell())
+    with open(path, "rb") as handle:
+        for value, end in zip(values, ends, strict=True):
+            loaded = load(handle)
+            assert handle.tell() == end  # not one byte further
+            if isinstance(value, dict):
+                np.testing.assert_array_equal(loaded["nested"], value["nested"])
+            elif isinstance(value, np.ndarray):
+                np.testing.assert_array_equal(loaded, value)
+            else:
+                assert loaded == value
+        with pytest.raises(NotADumpFileError, match="at its end"):
+            load(handle)
+
+
+def test_a_dump_is_read_from_a_socket_that_stays_open():
+    import socket
+
+    import threading
+
+    left, right = socket.socketpair()
+    with left, right, left.makefile("wb") as writer, right.makefile("rb") as reader:
+
+        def send() -> None:  # more than a socket buffer holds: written while it is read
+            for value in (np.arange(50_000), "after it"):
+                dump(value, writer)
+            writer.flush()
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        # The writer keeps the socket open: reading to the end would wait forever.
+        np.testing.assert_array_equal(load(reader), np.arange(50_000))
+        assert load(reader) == "after it"
+        sender.join()
+
+
+@pytest.mark.parametrize("opener", ["gzip", "bz2", "lzma"])
+def test_a_stream_compressed_as_a_whole_is_read_through_or_from_its_raw_bytes(tmp_path, opener):
+    module = __import__(opener)
+    path = tmp_path / "whole.bin"
+    with module.open(path, "wb") as compressed:
+        dump({"a": np.arange(1000)}, compressed)
+    with module.open(path, "rb") as compressed:
+        assert load(compressed)["a"].sum() == np.arange(1000).sum()
+    with open(path, "rb") as raw:  # the codec is told by its magic bytes
+        assert load(raw)["a"].sum() == np.arange(1000).sum()
+
+
+def test_a_bytes_io_left_at_its_end_by_dump_is_read_from_its_start():
+    import io
+
+    memory = io.BytesIO()
+    dump([1, 2], memory)
+    assert load(memory) == [1, 2]  # as in joblib: dump, then load, without seeking
+    memory = io.BytesIO(b"header")
+    memory.seek(6)
+    dump("after a header", memory)
+    memory.seek(6)
+    assert load(memory) == "after a header"  # otherwise from where the stream is
+
+
+def test_broken_streams_are_reported_not_hung_on(tmp_path):
+    import io
+
+    whole = io.BytesIO()
+    dump(np.arange(10_000), whole)
+    data = whole.getvalue()
+    for cut in (10, 40, len(data) - 100):
+        with pytest.raises(DamagedFileError, match="truncated: the stream ends"):
+            load(io.BytesIO(data[:cut]))
+    with pytest.raises(NotADumpFileError, match="looks like a zstd frame"):
+        load(io.BytesIO(b"\x28\xb5\x2f\xfd" + bytes(40)))
+    with pytest.raises(NotADumpFileError, match="at its end"):
+        load(io.BytesIO())
+
+    class Endless(io.RawIOBase):
+        """A hostile stream: a header claiming 1 TiB of header, then zeros forever."""
+
+        def __init__(self) -> None:
+            self.served = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer):
+            start = b"FJDUMP\x00\x01" + (1 << 40).to_bytes(8, "little")
+            view = memoryview(buffer).cast("B")
+            chunk = (start if self.served == 0 else bytes(len(view)))[: len(view)]
+            view[: len(chunk)] = chunk
+            self.served += len(chunk)
+            return len(chunk)
+
+    endless = Endless()
+    with pytest.raises(DamagedFileError, match="implausible length"):
+        load(endless)
+    assert endless.served == 16  # refused from the preamble, before reading any of it
+
+
+def test_joblib_files_from_before_0_10_are_read_with_joblibs_warning():
+    joblib = pytest.importorskip("joblib")
+    data = os.path.join(os.path.dirname(joblib.__file__), "test", "data")
+    expected = [np.arange(5), np.arange(5.0), np.array([1, "abc", {"a": 1, "b": 2}], dtype="O")]
+    names = ["joblib_0.9.2_pickle_py34_np19.pkl", "joblib_0.9.2_compressed_pickle_py34_np19.gz",
+             "joblib_0.9.4.dev0_compressed_cache_size_pickle_py35_np19.gz"]
+    for name in names:
+        path = os.path.join(data, name)
+        if not os.path.exists(path):
+            pytest.skip("joblib's test data is not installed")
+        with pytest.warns(DeprecationWarning, match="less than 0.10") as caught:
+            loaded = load(path)
+        assert caught[0].filename == __file__  # it points at the caller of load
+        for got, want in zip(loaded, expected, strict=False):
+            np.testing.assert_array_equal(got, want)
+        assert isinstance(loaded[4], np.matrix) and loaded[5] == "C'est l'\xe9t\xe9 !"
+    with pytest.warns(DeprecationWarning):
+        mapped = load(os.path.join(data, names[0]), mmap_mode="r")
+    assert isinstance(mapped[0], np.memmap)  # its array files are mapped
+    with pytest.raises(NotADumpFileError, match="generated with python 2"):
+        load(os.path.join(data, "joblib_0.9.2_pickle_py27_np17.pkl"))
+    with open(os.path.join(data, names[0]), "rb") as stream:
+        with pytest.raises(NotADumpFileError, match="load it by its path"):
+            load(stream)

@@ -18,6 +18,7 @@ __all__ = [
     "buffer_address",
     "call_columns",
     "delayed",
+    "dump_extent",
     "install",
     "install_numpy_allocator",
     "looks_like_joblib",
@@ -223,6 +224,10 @@ def write_dump(path: str, pickle: bytes, buffers: list[Any], codec: str = "raw",
 
 def read_dump(path: str, mmap_mode: str | None = None) -> tuple[bytes, list[Buffer], bool, list[int]]:
     """Read a dump: (pickle, buffers, whether the buffers are mapped, their offsets in the file)."""
+
+def dump_extent(prefix: bytes, name: str) -> tuple[bool, int]:
+    """How much of a stream the dump starting with ``prefix`` occupies: ``(True, n)``, it is ``n``
+    bytes long; ``(False, n)``, read until ``prefix`` has ``n`` bytes and ask again."""
 
 def looks_like_joblib(start: bytes) -> bool:
     """Whether the first bytes of a file look like a joblib dump."""

@@ -1,11 +1,16 @@
-"""Reading files written by ``joblib.dump`` (joblib >= 0.10), without importing joblib.
+"""Reading files written by ``joblib.dump``, without importing joblib.
 
-joblib's format is one pickle stream in which each numpy array is a ``NumpyArrayWrapper``
+joblib >= 0.10 writes one pickle stream in which each numpy array is a ``NumpyArrayWrapper``
 (dtype, shape, order) immediately followed, inside the stream, by the array's raw bytes (after
 a padding byte and padding since joblib 1.2, so that the bytes are aligned); object arrays are a
 nested pickle there instead. The whole stream may be compressed (zlib, gzip, bz2, lzma, xz or
 lz4, told apart by their magic bytes). An uncompressed file can be memory-mapped: each array is
 then a ``numpy.memmap`` of the file at its offset.
+
+joblib < 0.10 kept each array in a file of its own beside the pickle: a ``.npy`` file named by
+an ``NDArrayWrapper``, or, compressed, a "Z-file" (``"ZF"``, the data's length in hex padded to
+19 characters, then a zlib stream) named by a ``ZNDArrayWrapper``; the pickle itself was a
+Z-file when compressed. They are read with the warning joblib gives for them.
 
 This is pickle: it runs code. ``load`` reads joblib files only with ``allow_pickle=True``.
 """
@@ -13,10 +18,14 @@ This is pickle: it runs code. ``load`` reads joblib files only with ``allow_pick
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import warnings
+import zlib
 from typing import Any, BinaryIO
 
-from .errors import NotADumpFileError, compose_message
+from .errors import DamagedFileError, NotADumpFileError, compose_message
+from .persistence import caller_of_load, memmap_mode, warn_not_mapped
 
 _PREFIXES = (
     (b"\x1f\x8b", "gzip"),
@@ -28,21 +37,75 @@ _PREFIXES = (
 )
 #: Bytes read at a time when an array is read from a (decompressing) stream.
 _CHUNK = 16 << 20
+#: How a Z-file of joblib < 0.10 starts, and the length of its header.
+ZFILE_PREFIX = b"ZF"
+_ZFILE_HEADER = 2 + 19
+#: joblib's word for files of joblib < 0.10 (kept as is: code may filter warnings by it).
+_OLD_FORMAT = "The file '{}' has been generated with a joblib version less than 0.10. Please regenerate this pickle file."
+#: joblib >= 1.2 aligns the arrays of uncompressed files to this many bytes.
+_ALIGNMENT = 16
 
 
-def _compressor(start: bytes) -> str | None:
+def compressor(start: bytes) -> str | None:
+    """The codec a joblib file starting with ``start`` is compressed with as a whole, if any."""
+    if start.startswith(ZFILE_PREFIX):
+        return "zfile"
     for prefix, name in _PREFIXES:
         if start.startswith(prefix):
             return name
     return None
 
 
-def _decompressing(handle: BinaryIO, name: str, path: str) -> BinaryIO:
+class _ZlibStream(io.RawIOBase):
+    """A zlib stream, decompressed as it is read (and no further than its end)."""
+
+    def __init__(self, handle: Any, limit: int | None = None) -> None:
+        self._handle = handle
+        self._decompressor = zlib.decompressobj()
+        self._pending = b""
+        self._left = limit  # the length a Z-file declares: no more is produced
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        while not self._pending and not self._decompressor.eof and self._left != 0:
+            compressed = self._decompressor.unconsumed_tail or self._handle.read(_CHUNK)
+            if not compressed:
+                raise EOFError("the compressed stream ends early")
+            wanted = len(view) if self._left is None else min(len(view), self._left)
+            self._pending = self._decompressor.decompress(compressed, wanted)
+        got = min(len(view), len(self._pending))
+        view[:got] = self._pending[:got]
+        self._pending = self._pending[got:]
+        if self._left is not None:
+            self._left -= got
+        return got
+
+
+def _zfile(handle: Any, path: str) -> BinaryIO:
+    """The data of a Z-file of joblib < 0.10 (see the module docs), as a stream."""
+    header = handle.read(_ZFILE_HEADER)
+    try:
+        length = int(header[len(ZFILE_PREFIX) :], 16)
+    except ValueError:
+        raise DamagedFileError(f"{path}: the header of a joblib < 0.10 file is damaged", code="FJ401") from None
+    start = handle.read(1)
+    from ._streams import Replay
+
+    # Some versions wrote one more space after the length.
+    return io.BufferedReader(_ZlibStream(Replay(b"" if start == b" " else start, handle), limit=length))
+
+
+def decompressing(handle: BinaryIO, name: str, path: str) -> BinaryIO:
+    """``handle``'s data decompressed with ``name`` (see ``compressor``), read as it is needed."""
     import bz2
     import gzip
     import lzma
-    import zlib
 
+    if name == "zfile":
+        return _zfile(handle, path)
     if name == "gzip":
         return gzip.GzipFile(fileobj=handle, mode="rb")  # type: ignore[return-value]
     if name == "bz2":
@@ -50,7 +113,7 @@ def _decompressing(handle: BinaryIO, name: str, path: str) -> BinaryIO:
     if name in ("xz", "lzma"):
         return lzma.LZMAFile(handle, mode="rb")  # type: ignore[return-value]
     if name == "zlib":
-        return io.BytesIO(zlib.decompress(handle.read()))
+        return io.BufferedReader(_ZlibStream(handle))
     try:
         import lz4.frame  # type: ignore[import-not-found]
     except ImportError:
@@ -80,7 +143,8 @@ class _ArrayWrapper:
         handle: Any = unpickler.handle
         if self.dtype.hasobject:
             return pickle.load(handle)
-        if "numpy_array_alignment_bytes" in self.__dict__:  # joblib >= 1.2: a padding byte, padding
+        aligned = "numpy_array_alignment_bytes" in self.__dict__
+        if aligned:  # joblib >= 1.2: a padding byte, then that much padding
             padding = handle.read(1)
             handle.read(int.from_bytes(padding, "little"))
         count = int(np.multiply.reduce(self.shape)) if self.shape else 1
@@ -90,6 +154,13 @@ class _ArrayWrapper:
                 unpickler.path, dtype=self.dtype, mode=unpickler.mmap_mode, offset=offset, shape=self.shape, order=self.order
             )
             handle.seek(offset + array.nbytes)
+            if not aligned and offset % _ALIGNMENT:
+                warnings.warn(
+                    f"the memmapped array at offset {offset} of {unpickler.path} is not aligned "
+                    f"to {_ALIGNMENT} bytes (joblib < 1.2 wrote it): this may cause segmentation "
+                    "faults in libraries such as BLAS or PyTorch. Dump it again to align it.",
+                    stacklevel=caller_of_load(),
+                )
             return array
         array = np.empty(count, dtype=self.dtype)
         flat = array.view(np.uint8)
@@ -104,9 +175,59 @@ class _ArrayWrapper:
             array = array.transpose()
         else:
             array.shape = self.shape
-        if unpickler.native_byte_order and not array.dtype.isnative:
-            array = array.astype(array.dtype.newbyteorder("="))
+        return unpickler.native(array)
+
+
+class _ArrayFileWrapper:
+    """Stands for ``joblib.numpy_pickle.NDArrayWrapper`` (joblib < 0.10): the array is in the
+    ``.npy`` file its state names, beside the pickle."""
+
+    filename: str
+    subclass: Any
+
+    def read(self, unpickler: _JoblibUnpickler) -> Any:
+        import numpy as np
+
+        mapped = unpickler.mmap_mode if self.__dict__.get("allow_mmap", True) else None
+        array = np.load(unpickler.beside(self.filename), mmap_mode=mapped, allow_pickle=True)
+        if mapped is None:
+            array = unpickler.native(array)
+        if self.subclass not in (np.ndarray, np.memmap) and isinstance(self.subclass, type):
+            array = array.view(self.subclass)  # np.matrix, for one
         return array
+
+
+class _ZArrayFileWrapper:
+    """Stands for ``joblib.numpy_pickle.ZNDArrayWrapper`` (joblib < 0.10): the array's bytes are
+    in the Z-file its state names; ``init_args`` and ``state`` rebuild the array around them."""
+
+    filename: str
+    init_args: tuple
+    state: tuple
+
+    def read(self, unpickler: _JoblibUnpickler) -> Any:
+        path = unpickler.beside(self.filename)
+        with open(path, "rb") as raw, _zfile(raw, path) as data:
+            payload = data.read()
+        array = _reconstruct()(*self.init_args)
+        array.__setstate__((*self.state, payload))
+        return unpickler.native(array)
+
+
+def _reconstruct() -> Any:
+    try:
+        from numpy._core.multiarray import _reconstruct as reconstruct  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1
+        from numpy.core.multiarray import _reconstruct as reconstruct  # type: ignore[no-redef]
+    return reconstruct
+
+
+#: joblib's wrappers, and what stands for each here.
+_WRAPPERS: dict[str, type] = {
+    "NumpyArrayWrapper": _ArrayWrapper,
+    "NDArrayWrapper": _ArrayFileWrapper,
+    "ZNDArrayWrapper": _ZArrayFileWrapper,
+}
 
 
 # The pure-Python unpickler: its per-opcode ``dispatch`` table can be extended (the C one's cannot).
@@ -114,50 +235,95 @@ _PureUnpickler: Any = pickle._Unpickler  # type: ignore[attr-defined]
 
 
 class _JoblibUnpickler(_PureUnpickler):
-    """The pure-Python unpickler, whose BUILD reads the array that follows each wrapper."""
+    """The pure-Python unpickler, whose BUILD reads the array each wrapper stands for.
+
+    ``name`` names the file or stream in messages; ``path``: the file (None for a stream: arrays
+    kept in files beside it cannot be found); ``old_format``: the file is known to be from
+    joblib < 0.10 (a Z-file), which is warned about."""
 
     dispatch = _PureUnpickler.dispatch.copy()
 
-    def __init__(self, handle: BinaryIO, path: str, mmap_mode: str | None, native_byte_order: bool) -> None:
+    def __init__(
+        self,
+        handle: BinaryIO,
+        name: str,
+        path: str | None,
+        mmap_mode: str | None,
+        native: bool,
+        old_format: bool = False,
+    ) -> None:
         super().__init__(handle)
         self.handle = handle
-        self.path = path
+        self.path = name
+        self._directory = None if path is None else os.path.dirname(path)
         self.mmap_mode = mmap_mode
-        self.native_byte_order = native_byte_order
+        self.native_byte_order = native
+        self.old_format = old_format
 
     def find_class(self, module: str, name: str) -> Any:
-        if module == "joblib.numpy_pickle" and name == "NumpyArrayWrapper":
-            return _ArrayWrapper
-        if module == "joblib.numpy_pickle" and name == "NDArrayWrapper":
+        if module == "joblib.numpy_pickle" and name in _WRAPPERS:
+            self.old_format |= name != "NumpyArrayWrapper"
+            return _WRAPPERS[name]
+        return super().find_class(module, name)
+
+    def beside(self, filename: str) -> str:
+        """The path of a file the pickle names, in the pickle's folder (joblib < 0.10)."""
+        if self._directory is None:
             raise NotADumpFileError(
                 compose_message(
-                    f"{self.path} was written by joblib < 0.10 (its arrays are in separate files).",
-                    "read it once with joblib and dump it again: ferrojob.dump(joblib.load(path), new)",
+                    f"{self.path} was written by joblib < 0.10: its arrays are in files beside it.",
+                    "load it by its path, not from a stream",
                 ),
                 code="FJ402",
             )
-        return super().find_class(module, name)
+        return os.path.join(self._directory, filename)
+
+    def native(self, array: Any) -> Any:
+        """``array`` in this machine's byte order, if ``ensure_native_byte_order`` asks for it."""
+        if self.native_byte_order and not array.dtype.isnative:
+            return array.astype(array.dtype.newbyteorder("="))
+        return array
 
     def load_build(self) -> None:
         super().load_build()
-        if isinstance(self.stack[-1], _ArrayWrapper):
+        if isinstance(self.stack[-1], tuple(_WRAPPERS.values())):
             wrapper = self.stack.pop()
             self.stack.append(wrapper.read(self))
 
     dispatch[pickle.BUILD[0]] = load_build
 
+    def load(self) -> Any:
+        try:
+            loaded = super().load()
+        except UnicodeDecodeError as error:
+            raise NotADumpFileError(
+                compose_message(
+                    f"{self.path}: its text cannot be decoded ({error.reason}). You may be trying "
+                    "to read with python 3 a joblib pickle generated with python 2.",
+                    "load it with Python 2 and dump it again with pickle protocol 2 from Python 3",
+                ),
+                code="FJ402",
+            ) from error
+        if self.old_format:
+            warnings.warn(_OLD_FORMAT.format(self.path), DeprecationWarning, stacklevel=caller_of_load())
+        return loaded
+
 
 def load_joblib_file(path: str, mmap_mode: str | None, native: bool) -> Any:
     """The object in a file written by ``joblib.dump`` (see the module docs); ``native``: turn
     big-endian arrays read into memory to this machine's byte order."""
-    from .persistence import memmap_mode, warn_not_mapped
-
     with open(path, "rb") as raw:
-        name = _compressor(raw.read(8))
+        name = compressor(raw.read(8))
         raw.seek(0)
         if name is None:
-            return _JoblibUnpickler(raw, path, memmap_mode(mmap_mode), native).load()
+            return _JoblibUnpickler(raw, path, path, memmap_mode(mmap_mode), native).load()
         if mmap_mode is not None:
-            warn_not_mapped(f"{path} is compressed ({name})", mmap_mode, stacklevel=5)  # the caller of load
-        with _decompressing(raw, name, path) as stream:
-            return _JoblibUnpickler(stream, path, None, native).load()
+            warn_not_mapped(f"{path} is compressed ({name})", mmap_mode)
+        with decompressing(raw, name, path) as stream:
+            return _JoblibUnpickler(stream, path, path, None, native, old_format=name == "zfile").load()
+
+
+def load_joblib_stream(stream: BinaryIO, name: str, native: bool) -> Any:
+    """The object of the joblib dump ``stream`` is at (uncompressed: the caller decompresses),
+    read no further than its end."""
+    return _JoblibUnpickler(stream, name, None, None, native).load()

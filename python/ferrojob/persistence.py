@@ -21,19 +21,18 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import os
 import pickle
 import shutil
-import tempfile
+import sys
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 from . import _core, _safe_pickle
 from ._sharedmem import validate_mmap_mode
+from ._streams import load_stream, scratch_file
 from .errors import DamagedFileError, InvalidParameterError, NotADumpFileError, compose_message
 
 __all__ = ["dump", "load"]
@@ -123,16 +122,6 @@ def _is_file_object(target: Any, method: str) -> bool:
     return not isinstance(target, (str, bytes, os.PathLike)) and callable(getattr(target, method, None))
 
 
-@contextlib.contextmanager
-def _scratch_file() -> Iterator[str]:
-    """A path in a private temporary folder (in memory where /dev/shm is writable), removed
-    after use: where a dump for or from a file object is written, since the container is read
-    and written by offset."""
-    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-    with tempfile.TemporaryDirectory(prefix="ferrojob-", dir=base) as folder:
-        yield os.path.join(folder, "dump")
-
-
 def dump(value: Any, filename: Any, compress: Any = 0, protocol: int | None = None) -> list[str] | None:
     """Persist ``value`` into ``filename`` (atomically); returns ``[filename]`` like joblib.
 
@@ -156,7 +145,7 @@ def dump(value: Any, filename: Any, compress: Any = 0, protocol: int | None = No
         name = getattr(filename, "name", "")
         codec, level = parse_compress(compress, name if isinstance(name, str) else "")
         data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-        with _scratch_file() as path:
+        with scratch_file() as path:
             _core.write_dump(path, data, buffers, codec, level)
             with open(path, "rb") as written:
                 shutil.copyfileobj(written, filename, _COPY_CHUNK)
@@ -171,19 +160,16 @@ def dump(value: Any, filename: Any, compress: Any = 0, protocol: int | None = No
 _COPY_CHUNK = 1 << 20
 
 
-def _load_joblib_file(path: str, mmap_mode: str | None, allow_pickle: bool, native: bool) -> Any:
-    if not allow_pickle:
-        raise NotADumpFileError(
-            compose_message(
-                f"{path} was written by joblib.dump, whose format is a pickle: with "
-                "allow_pickle=False it is not read.",
-                "convert it once, from a trusted source: ferrojob.dump(ferrojob.load(path), new_path)",
-            ),
-            code="FJ402",
-        )
-    from ._joblib_files import load_joblib_file
-
-    return load_joblib_file(path, mmap_mode, native)
+def refuse_joblib_pickle(name: str) -> NotADumpFileError:
+    """The error for a joblib dump met with ``allow_pickle=False``."""
+    return NotADumpFileError(
+        compose_message(
+            f"{name} was written by joblib.dump, whose format is a pickle: with "
+            "allow_pickle=False it is not read.",
+            "convert it once, from a trusted source: ferrojob.dump(ferrojob.load(path), new_path)",
+        ),
+        code="FJ402",
+    )
 
 
 def load(
@@ -222,19 +208,20 @@ def load(
     if _is_file_object(filename, "read"):
         if mmap_mode is not None:
             warn_not_mapped("a file object (pass a file name to map it)", mmap_mode)
-        with _scratch_file() as path:
-            with open(path, "wb") as copy:
-                shutil.copyfileobj(filename, copy, _COPY_CHUNK)
-            return load(path, None, allow_pickle, ensure_native_byte_order)
+        return load_stream(filename, allow_pickle, ensure_native_byte_order)
     path = _path(filename, "load")
     try:
         data, buffers, mapped, offsets = _core.read_dump(path, mmap_mode)
     except NotADumpFileError:
         with open(path, "rb") as handle:
             start = handle.read(8)
-        if _core.looks_like_joblib(start):
-            return _load_joblib_file(path, mmap_mode, allow_pickle, native)
-        raise
+        if not _core.looks_like_joblib(start):
+            raise
+        if not allow_pickle:
+            raise refuse_joblib_pickle(path) from None
+        from ._joblib_files import load_joblib_file
+
+        return load_joblib_file(path, mmap_mode, native)
     if mmap_mode is not None and not mapped and buffers:
         warn_not_mapped(f"{path} is compressed", mmap_mode)
     if allow_pickle and mapped and mmap_mode is not None:
@@ -247,12 +234,22 @@ def load(
         raise DamagedFileError(f"{path}: {error}", code="FJ401") from error.__cause__
 
 
-def warn_not_mapped(what: str, mmap_mode: str, stacklevel: int = 3) -> None:
+def warn_not_mapped(what: str, mmap_mode: str) -> None:
     """``mmap_mode`` cannot apply (``what``: why): warn, as joblib does, that arrays are read."""
     warnings.warn(
         f"{what}: mmap_mode={mmap_mode!r} is ignored and its arrays are read into memory.",
-        stacklevel=stacklevel,
+        stacklevel=caller_of_load(),
     )
+
+
+def caller_of_load() -> int:
+    """The ``stacklevel`` at which a warning points at the caller of ``load`` (or ``Memory``):
+    the first frame outside ferrojob and the pickle module."""
+    ours = (os.path.dirname(__file__), pickle.__file__)
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(ours):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def memmap_mode(mmap_mode: str | None) -> str | None:

@@ -54,7 +54,16 @@ RULES = [
     ("the cache lives in location/ferrojob, not location/joblib", r"jupyter", r"/joblib'"),
     ("only the local file-system store exists (no register_store_backend)", r"test_memory_default_store_backend", r"."),
     ("lz4 is built into ferrojob: it needs no lz4 package", r"test_lz4_compression_without_lz4", r"."),
-    ("joblib's warning text", r"test_compress_mmap_mode_warning", r"."),
+    (
+        "joblib's warning text (ferrojob's says why mmap_mode cannot apply and that arrays are read)",
+        r"test_compress_mmap_mode_warning|test_file_handle_persistence_in_memory_mmap",
+        r".",
+    ),
+    (
+        "joblib internals: its NumpyUnpickler class, run on a file ferrojob wrote",
+        r"test_object_array_inner_stream_uses_caller_find_class",
+        r".",
+    ),
     ("a file name of the wrong type is a TypeError (joblib: ValueError)", r"test_value_error", r"TypeError"),
     (
         "large arguments reach tasks as read-only arrays over shared memory, not numpy.memmap instances",

@@ -253,6 +253,7 @@ fn sniff(start: &[u8]) -> Option<&'static str> {
         [0x5d, 0x00, 0x00, ..] => Some("an lzma file, e.g. joblib.dump(compress='lzma')"),
         [0x04, 0x22, 0x4d, 0x18, ..] => Some("an lz4 frame, e.g. joblib.dump(compress='lz4')"),
         [0x28, 0xb5, 0x2f, 0xfd, ..] => Some("a zstd frame"),
+        [b'Z', b'F', b'0', b'x', ..] => Some("a zlib-compressed pickle written by joblib < 0.10"),
         _ => None,
     }
 }
@@ -471,6 +472,110 @@ fn decode_header(bytes: &[u8]) -> Result<(u32, Vec<Section>), String> {
     Ok((flags, sections))
 }
 
+fn damaged(path: &Path, reason: &str) -> CodecError {
+    CodecError::DamagedHeader {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// Check a container's preamble (magic, version; `start` may be shorter: a short file) and
+/// return the header length it declares.
+fn check_preamble(start: &[u8], path: &Path) -> Result<u64, CodecError> {
+    if start.len() < MAGIC.len() || &start[..MAGIC.len()] != MAGIC {
+        return Err(CodecError::NotAContainer {
+            path: path.to_owned(),
+            looks_like: sniff(start),
+        });
+    }
+    if start.len() < PREAMBLE {
+        return Err(damaged(path, "the file ends inside its preamble"));
+    }
+    if start[7] != VERSION {
+        return Err(CodecError::UnsupportedVersion {
+            path: path.to_owned(),
+            version: start[7],
+        });
+    }
+    let mut declared = [0u8; 8];
+    declared.copy_from_slice(&start[8..PREAMBLE]);
+    Ok(u64::from_le_bytes(declared))
+}
+
+/// Check the header and its checksum (`bytes`: the header, then its xxh3-64) and decode it;
+/// every section must start at or after `header_end` (where the header's checksum ends), aligned.
+fn check_header(
+    bytes: &[u8],
+    header_end: u64,
+    path: &Path,
+) -> Result<(u32, Vec<Section>), CodecError> {
+    let Some(split) = bytes.len().checked_sub(8) else {
+        return Err(damaged(path, "the header has no checksum"));
+    };
+    let (header, checksum) = bytes.split_at(split);
+    let mut expected = [0u8; 8];
+    expected.copy_from_slice(checksum);
+    if xxh3_64(header) != u64::from_le_bytes(expected) {
+        return Err(damaged(path, "checksum mismatch"));
+    }
+    let (flags, sections) = decode_header(header).map_err(|reason| damaged(path, &reason))?;
+    for (index, section) in sections.iter().enumerate() {
+        if section.offset < header_end || section.offset % ALIGNMENT != 0 {
+            return Err(damaged(
+                path,
+                &format!(
+                    "section {index} starts at {}, inside the header or unaligned",
+                    section.offset
+                ),
+            ));
+        }
+    }
+    Ok((flags, sections))
+}
+
+/// The largest header [`extent`] accepts from a stream: 64 MiB of header describes over
+/// 10 TB of data, and bounds what a hostile stream can make a reader buffer.
+const MAX_STREAMED_HEADER: u64 = 64 << 20;
+
+/// How much of a stream the container starting with `prefix` occupies, for reading one dump
+/// from a stream (a socket, one of several dumps in a file) without reading past it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extent {
+    /// `prefix` is too short to tell: read until it has this many bytes, then ask again.
+    Needs(u64),
+    /// The container is this many bytes long, `prefix` included.
+    Total(u64),
+}
+
+/// See [`Extent`]; `name` names the stream in errors.
+pub fn extent(prefix: &[u8], name: &Path) -> Result<Extent, CodecError> {
+    if prefix.len() < PREAMBLE {
+        let shared = prefix.len().min(MAGIC.len());
+        if prefix[..shared] != MAGIC[..shared] {
+            check_preamble(prefix, name)?; // not a container: says what it looks like
+        }
+        return Ok(Extent::Needs(PREAMBLE as u64));
+    }
+    let header_len = check_preamble(prefix, name)?;
+    if header_len > MAX_STREAMED_HEADER {
+        return Err(damaged(name, "the header declares an implausible length"));
+    }
+    // At most 64 MiB + 24: no overflow, and it fits a usize.
+    let header_end = header_len + (PREAMBLE + 8) as u64;
+    let Some(head) = prefix.get(PREAMBLE..header_end as usize) else {
+        return Ok(Extent::Needs(header_end));
+    };
+    let (_, sections) = check_header(head, header_end, name)?;
+    let end = sections.iter().try_fold(header_end, |end, section| {
+        section
+            .offset
+            .checked_add(section.stored_len())
+            .map(|section_end| end.max(section_end))
+    });
+    end.map(Extent::Total)
+        .ok_or_else(|| damaged(name, "section lengths overflow"))
+}
+
 /// An opened container: its sections, checked against the file's size.
 #[derive(Debug)]
 pub struct Container {
@@ -492,55 +597,22 @@ impl Container {
         let size = file.metadata().map_err(io_error(path))?.len();
         let mut preamble = [0u8; PREAMBLE];
         let got = read_up_to(&mut file, &mut preamble).map_err(io_error(path))?;
-        if got < MAGIC.len() || &preamble[..MAGIC.len()] != MAGIC {
-            return Err(CodecError::NotAContainer {
-                path: path.to_owned(),
-                looks_like: sniff(&preamble[..got]),
-            });
-        }
-        let damaged = |reason: &str| CodecError::DamagedHeader {
-            path: path.to_owned(),
-            reason: reason.to_owned(),
-        };
-        if got < PREAMBLE {
-            return Err(damaged("the file ends inside its preamble"));
-        }
-        if preamble[7] != VERSION {
-            return Err(CodecError::UnsupportedVersion {
-                path: path.to_owned(),
-                version: preamble[7],
-            });
-        }
-        let mut declared = [0u8; 8];
-        declared.copy_from_slice(&preamble[8..PREAMBLE]);
-        let header_len = u64::from_le_bytes(declared);
+        let header_len = check_preamble(&preamble[..got], path)?;
         let header_end = header_len
             .checked_add((PREAMBLE + 8) as u64)
             .filter(|&end| end <= size)
-            .ok_or_else(|| damaged("the file ends inside its header"))?;
+            .ok_or_else(|| damaged(path, "the file ends inside its header"))?;
         // Bounded by the file's size just above; fallible all the same (a huge file, little memory).
         let header_len = usize::try_from(header_len)
-            .map_err(|_| damaged("the header is larger than this machine's memory"))?;
+            .map_err(|_| damaged(path, "the header is larger than this machine's memory"))?;
         let mut header = Vec::new();
         header
             .try_reserve_exact(header_len + 8)
-            .map_err(|_| damaged("the header is larger than this machine's memory"))?;
+            .map_err(|_| damaged(path, "the header is larger than this machine's memory"))?;
         header.resize(header_len + 8, 0);
         file.read_exact(&mut header).map_err(io_error(path))?;
-        let (header, checksum) = header.split_at(header_len);
-        let mut expected = [0u8; 8];
-        expected.copy_from_slice(checksum);
-        if xxh3_64(header) != u64::from_le_bytes(expected) {
-            return Err(damaged("checksum mismatch"));
-        }
-        let (flags, sections) = decode_header(header).map_err(|reason| damaged(&reason))?;
+        let (flags, sections) = check_header(&header, header_end, path)?;
         for (index, section) in sections.iter().enumerate() {
-            if section.offset < header_end || section.offset % ALIGNMENT != 0 {
-                return Err(damaged(&format!(
-                    "section {index} starts at {}, inside the header or unaligned",
-                    section.offset
-                )));
-            }
             let needed = section.offset.saturating_add(section.stored_len());
             if needed > size {
                 return Err(CodecError::Truncated {
@@ -879,6 +951,7 @@ mod tests {
             }
         ));
         assert!(looks_like_joblib(&[0x78, 0x9c]));
+        assert!(looks_like_joblib(b"ZF0x1a3     "));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -957,6 +1030,61 @@ mod tests {
         let second = section(SectionKind::Pickle, Codec::Raw, 192, &[(4, 4)]);
         damaged_header(&forged(&dir, &[pickle.clone(), second], 64));
         damaged_header(&forged(&dir, &[buffer, pickle], 128));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_extent_of_a_streamed_container_is_its_file_size() {
+        let dir = temp_dir();
+        let path = dir.join("streamed.fj");
+        for codec in [Codec::Raw, Codec::Zstd(3)] {
+            let data: Vec<u8> = (0..100_000).map(|i| (i % 251) as u8).collect();
+            let size = write(&path, b"pickle", &[&data, b"x"], codec).unwrap();
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(size, bytes.len() as u64);
+            // Asked with a growing prefix, as a reader of a stream asks.
+            let mut have = 0u64;
+            let total = loop {
+                match extent(&bytes[..have as usize], &path).unwrap() {
+                    Extent::Needs(more) => {
+                        assert!(more > have);
+                        have = more;
+                    }
+                    Extent::Total(total) => break total,
+                }
+            };
+            assert_eq!(total, size);
+            // Any prefix that holds the header gives the same answer.
+            assert_eq!(extent(&bytes, &path).unwrap(), Extent::Total(size));
+        }
+        assert!(matches!(
+            extent(b"\x80\x04not a dump at all", &path),
+            Err(CodecError::NotAContainer { .. })
+        ));
+        assert!(matches!(extent(b"FJD", &path), Ok(Extent::Needs(16))));
+        assert!(matches!(
+            extent(b"FJDUMP\0\x01", &path),
+            Ok(Extent::Needs(16))
+        ));
+        assert!(matches!(
+            extent(b"XJD", &path),
+            Err(CodecError::NotAContainer { .. })
+        ));
+        // A declared header longer than any real one is refused before it is read.
+        let mut huge = MAGIC.to_vec();
+        huge.push(VERSION);
+        huge.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(matches!(
+            extent(&huge, &path),
+            Err(CodecError::DamagedHeader { .. })
+        ));
+        // A damaged header is damage, whatever follows.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[PREAMBLE + 2] ^= 1;
+        assert!(matches!(
+            extent(&bytes, &path),
+            Err(CodecError::DamagedHeader { .. })
+        ));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

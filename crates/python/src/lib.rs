@@ -37,6 +37,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(persistence::write_dump, m)?)?;
     m.add_function(wrap_pyfunction!(persistence::read_dump, m)?)?;
     m.add_function(wrap_pyfunction!(persistence::looks_like_joblib, m)?)?;
+    m.add_function(wrap_pyfunction!(persistence::dump_extent, m)?)?;
     m.add_class::<pool::ProcessPool>()?;
     m.add_class::<pool::Completion>()?;
     m.add_class::<pool::CompletionKind>()?;

@@ -222,6 +222,17 @@ fn map_file(py: Python<'_>, path: &PathBuf, access: Access) -> PyResult<Mapping>
     })
 }
 
+/// How much of a stream the dump starting with `prefix` occupies: `(True, n)`: the dump is `n`
+/// bytes long, `prefix` included; `(False, n)`: read until `prefix` has `n` bytes, then ask
+/// again. `name` names the stream in errors (`NotADumpFileError`, `DamagedFileError`).
+#[pyfunction]
+pub fn dump_extent(prefix: &[u8], name: PathBuf) -> PyResult<(bool, u64)> {
+    match codec::extent(prefix, &name).map_err(EngineError::from)? {
+        codec::Extent::Needs(length) => Ok((false, length)),
+        codec::Extent::Total(length) => Ok((true, length)),
+    }
+}
+
 /// Whether the first bytes of a file look like a joblib dump.
 #[pyfunction]
 pub fn looks_like_joblib(start: &[u8]) -> bool {

@@ -1,0 +1,173 @@
+"""Reading one dump from an open binary file object, from its current position.
+
+A stream is read no further than the dump's end: several dumps written one after another into
+one file come back one by one, and a socket's stream is never read to its end (it would wait
+for the peer to close). A ferrojob container says how long it is in its header
+(``_core.dump_extent``); joblib's format is a pickle, which ends by itself. A stream compressed
+as a whole (a file written through ``gzip.GzipFile``, or by joblib) is decompressed first.
+
+One exception, joblib's: ``dump(x, buf); load(buf)`` on an ``io.BytesIO`` left at its end reads
+the dump from the start, since nothing follows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from . import _core
+from .errors import DamagedFileError, NotADumpFileError, compose_message
+
+#: The first bytes read to tell formats apart (a container's preamble is 16 bytes).
+_SNIFF = 16
+_COPY_CHUNK = 1 << 20
+
+
+@contextlib.contextmanager
+def scratch_file() -> Iterator[str]:
+    """A path in a private temporary folder (in memory where /dev/shm is writable), removed
+    after use: where a dump for or from a file object is written, since the container is read
+    and written by offset."""
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    with tempfile.TemporaryDirectory(prefix="ferrojob-", dir=base) as folder:
+        yield os.path.join(folder, "dump")
+
+
+def stream_name(stream: Any) -> str:
+    """How errors name a stream: its file name if it has one."""
+    name = getattr(stream, "name", None)
+    return name if isinstance(name, str) else repr(stream)
+
+
+class Replay:
+    """``stream`` with ``head`` (bytes already read from it) put back in front: what a reader
+    that cannot seek back hands on after looking at a stream's first bytes."""
+
+    def __init__(self, head: bytes, stream: Any) -> None:
+        self._head = memoryview(head)
+        self._stream = stream
+        self.name = stream_name(stream)
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            head, self._head = bytes(self._head), memoryview(b"")
+            return head + self._stream.read()
+        if self._head:
+            taken, self._head = bytes(self._head[:size]), self._head[size:]
+            return taken if len(taken) == size else taken + read_up_to(self._stream, size - len(taken))
+        return self._stream.read(size)  # type: ignore[no-any-return]
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        if not self._head:
+            return self._stream.readline(size)  # type: ignore[no-any-return]
+        head = bytes(self._head)
+        end = head.find(b"\n") + 1 or len(head)
+        if size is not None and 0 <= size < end:
+            end = size
+        self._head = self._head[end:]
+        line = head[:end]
+        if line.endswith(b"\n") or (size is not None and 0 <= size == len(line)):
+            return line
+        return line + self._stream.readline(-1 if size is None or size < 0 else size - len(line))
+
+    def readable(self) -> bool:
+        return True
+
+
+def read_up_to(stream: Any, size: int) -> bytes:
+    """``size`` bytes of ``stream``, fewer only at its end (a socket's reads may return less)."""
+    chunks = []
+    while size > 0:
+        chunk = stream.read(size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _rewind_if_exhausted(stream: Any) -> None:
+    """joblib's rule for a seekable stream that cannot peek (``io.BytesIO``): a stream left at
+    its end by ``dump`` is read from its start."""
+    if hasattr(stream, "peek") or not getattr(stream, "seekable", lambda: False)():
+        return
+    position = stream.tell()
+    if stream.seek(0, os.SEEK_END) == position:
+        stream.seek(0)
+    else:
+        stream.seek(position)
+
+
+def load_stream(stream: Any, allow_pickle: bool, ensure_native_byte_order: Any) -> Any:
+    """The next dump of ``stream`` (a ferrojob or joblib dump, compressed or not as a whole)."""
+    _rewind_if_exhausted(stream)
+    return _load(stream, allow_pickle, ensure_native_byte_order)
+
+
+def _load(stream: Any, allow_pickle: bool, ensure_native_byte_order: Any) -> Any:
+    name = stream_name(stream)
+    head = read_up_to(stream, _SNIFF)
+    if not head:
+        raise NotADumpFileError(f"{name}: nothing to load: the stream is at its end", code="FJ402")
+    if head.startswith(b"FJDUMP"):
+        return _load_container(head, stream, name, allow_pickle, ensure_native_byte_order)
+    from . import _joblib_files
+
+    codec = _joblib_files.compressor(head)
+    if codec is not None and not head.startswith(_joblib_files.ZFILE_PREFIX):
+        # Compressed as a whole: what is inside may be either format.
+        with _joblib_files.decompressing(Replay(head, stream), codec, name) as inner:
+            return _load(inner, allow_pickle, ensure_native_byte_order)
+    if _core.looks_like_joblib(head):
+        from .persistence import refuse_joblib_pickle
+
+        if not allow_pickle:
+            raise refuse_joblib_pickle(name)
+        native = ensure_native_byte_order in ("auto", True)
+        return _joblib_files.load_joblib_stream(Replay(head, stream), name, native)
+    _core.dump_extent(head, name)  # raises NotADumpFileError, saying what the stream looks like
+    raise NotADumpFileError(f"{name}: not a dump", code="FJ402")
+
+
+def _load_container(head: bytes, stream: BinaryIO, name: str, allow_pickle: bool, ensure_native_byte_order: Any) -> Any:
+    """Read the container ``head`` starts, and nothing after it, into a scratch file; load that."""
+    while True:
+        complete, length = _core.dump_extent(head, name)
+        if complete:
+            break
+        more = read_up_to(stream, length - len(head))
+        head += more
+        if len(head) < length:
+            raise _ends_early(name, len(head), "its header")
+    from .persistence import load
+
+    with scratch_file() as path:
+        with open(path, "wb") as copy:
+            copy.write(head)
+            copied = len(head)
+            while copied < length:
+                chunk = stream.read(min(_COPY_CHUNK, length - copied))
+                if not chunk:
+                    raise _ends_early(name, copied, f"the {length} bytes of its dump")
+                copy.write(chunk)
+                copied += len(chunk)
+        return load(path, None, allow_pickle, ensure_native_byte_order)
+
+
+def _ends_early(name: str, got: int, what: str) -> DamagedFileError:
+    return DamagedFileError(
+        compose_message(
+            f"{name}: truncated: the stream ends after {got} bytes, inside {what}.",
+            "the writer stopped early, or the stream was cut: dump the object again",
+        ),
+        code="FJ401",
+    )
