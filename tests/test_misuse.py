@@ -192,8 +192,9 @@ def test_invalid_parameters(keyword, value, fragment):
 
 
 def test_sharedmem_with_a_process_backend():
-    with pytest.raises(ValueError, match=r"cannot share memory"):
-        Parallel(n_jobs=2, backend="loky", require="sharedmem")([delayed(my_function)(1)])
+    for backend in ("loky", "multiprocessing"):
+        with pytest.raises(ValueError, match=r"cannot share memory"):
+            Parallel(n_jobs=2, backend=backend, require="sharedmem")  # at once, as in joblib
 
 
 # -- what cannot cross a process boundary -------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -376,6 +377,31 @@ def test_backend_objects_joblib_accepts_are_accepted():
     assert Parallel(n_jobs=2, backend="custom_threads")(delayed(abs)(-i) for i in range(3)) == [0, 1, 2]
 
 
+def test_config_blocks_give_what_joblibs_give():
+    from ferrojob.backends.processes import ProcessBackend
+
+    with parallel_config("loky", n_jobs=3) as config:
+        assert isinstance(config["backend"], ProcessBackend) and config["n_jobs"] == 3
+        assert config["verbose"] is None  # not set
+    with parallel_backend("threading", n_jobs=2) as (backend, n_jobs):
+        assert backend.name == "threading" and n_jobs == 2
+        assert Parallel().n_jobs == 2
+    joblib_backends = pytest.importorskip("joblib._parallel_backends")
+
+    class Retrieving(joblib_backends.ThreadingBackend):
+        entered = 0
+
+        @contextlib.contextmanager
+        def retrieval_context(self):
+            self.entered += 1
+            yield
+
+    with parallel_config(Retrieving()) as config:
+        # The instance Parallel runs on: retrieval is wrapped once per call, as joblib does.
+        Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(20))
+        assert isinstance(config["backend"], Retrieving) and config["backend"].entered == 1
+
+
 def test_make_default_is_honoured():
     from ferrojob import backends
     from ferrojob.backends.threads import ThreadingBackend
@@ -405,6 +431,11 @@ def test_parallel_shows_the_effective_configuration_and_inconsistent_settings_ar
         parallel_config(prefer="processes", require="sharedmem")
     with pytest.raises(ValueError, match="inner_max_num_threads"):
         parallel_config(inner_max_num_threads=2)
+    for threads in ("threading", "sequential"):  # nothing to cap: no worker processes
+        with pytest.raises(ValueError, match="does not accept inner_max_num_threads"):
+            parallel_config(threads, inner_max_num_threads=1)
+    with parallel_config("multiprocessing", inner_max_num_threads=1):  # ferrojob's processes: capped
+        assert Parallel(n_jobs=2)(delayed(abs)(-1) for _ in range(2)) == [1, 1]
 
 
 def _wait_for(path):

@@ -336,7 +336,6 @@ def test_several_dumps_in_one_stream_are_read_one_by_one(tmp_path):
 
 def test_a_dump_is_read_from_a_socket_that_stays_open():
     import socket
-
     import threading
 
     left, right = socket.socketpair()

@@ -98,7 +98,7 @@ def _zfile(handle: Any, path: str) -> BinaryIO:
     return io.BufferedReader(_ZlibStream(Replay(b"" if start == b" " else start, handle), limit=length))
 
 
-def decompressing(handle: BinaryIO, name: str, path: str) -> BinaryIO:
+def decompressing(handle: Any, name: str, path: str) -> BinaryIO:
     """``handle``'s data decompressed with ``name`` (see ``compressor``), read as it is needed."""
     import bz2
     import gzip
@@ -188,7 +188,7 @@ class _ArrayFileWrapper:
     def read(self, unpickler: _JoblibUnpickler) -> Any:
         import numpy as np
 
-        mapped = unpickler.mmap_mode if self.__dict__.get("allow_mmap", True) else None
+        mapped: Any = unpickler.mmap_mode if self.__dict__.get("allow_mmap", True) else None
         array = np.load(unpickler.beside(self.filename), mmap_mode=mapped, allow_pickle=True)
         if mapped is None:
             array = unpickler.native(array)
@@ -245,7 +245,7 @@ class _JoblibUnpickler(_PureUnpickler):
 
     def __init__(
         self,
-        handle: BinaryIO,
+        handle: Any,
         name: str,
         path: str | None,
         mmap_mode: str | None,
@@ -323,7 +323,7 @@ def load_joblib_file(path: str, mmap_mode: str | None, native: bool) -> Any:
             return _JoblibUnpickler(stream, path, path, None, native, old_format=name == "zfile").load()
 
 
-def load_joblib_stream(stream: BinaryIO, name: str, native: bool) -> Any:
+def load_joblib_stream(stream: Any, name: str, native: bool) -> Any:
     """The object of the joblib dump ``stream`` is at (uncompressed: the caller decompresses),
     read no further than its end."""
     return _JoblibUnpickler(stream, name, None, None, native).load()

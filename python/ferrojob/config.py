@@ -242,6 +242,15 @@ class parallel_config(contextlib.ContextDecorator):
                 "in the same parallel_config.",
                 'name it: parallel_config(backend="loky", inner_max_num_threads=2)',
             )
+        if not is_default(backend) and not is_default(inner_max_num_threads) and inner_max_num_threads is not None:
+            from .backends import get_backend
+
+            if not get_backend(backend).supports_inner_max_num_threads:
+                raise _invalid_setting(
+                    f"backend {backend!r} does not accept inner_max_num_threads: its tasks do not "
+                    "run in worker processes of their own, whose threads could be capped.",
+                    'use a process backend: parallel_config(backend="loky", inner_max_num_threads=2)',
+                )
         self._changes = {
             key: value
             for key, value in dict(
@@ -263,24 +272,20 @@ class parallel_config(contextlib.ContextDecorator):
         self._backend_params = backend_params
         self._tokens: list[contextvars.Token[Config]] = []
 
-    def __enter__(self) -> Config:
+    def __enter__(self) -> Mapping[str, Any]:
         outer = _CONFIG.get()
         params = dict(outer.backend_params, **self._backend_params)
         config = outer._replace(backend_params=params, **self._changes)
         self._tokens.append(_CONFIG.set(config))
-        return config
+        return _as_mapping(config)
 
     def __exit__(self, *exc_info: object) -> None:
         _CONFIG.reset(self._tokens.pop())
 
 
-def parallel_backend(
-    backend: Any,
-    n_jobs: int = -1,
-    inner_max_num_threads: int | None = None,
-    **backend_params: Any,
-) -> parallel_config:
-    """The older spelling of ``parallel_config(backend=..., n_jobs=-1)`` (joblib < 1.3).
+class parallel_backend(parallel_config):
+    """The older spelling of ``parallel_config(backend=..., n_jobs=-1)`` (joblib < 1.3); as in
+    joblib, ``with parallel_backend(...) as (backend, n_jobs)`` gives the backend and ``n_jobs``.
 
     Example::
 
@@ -289,5 +294,31 @@ def parallel_backend(
         ...     Parallel()(delayed(abs)(-2) for _ in range(1))
         [2]
     """
-    extra = {} if inner_max_num_threads is None else {"inner_max_num_threads": inner_max_num_threads}
-    return parallel_config(backend, n_jobs=n_jobs, **extra, **backend_params)
+
+    def __init__(
+        self,
+        backend: Any,
+        n_jobs: int = -1,
+        inner_max_num_threads: int | None = None,
+        **backend_params: Any,
+    ) -> None:
+        extra = {} if inner_max_num_threads is None else {"inner_max_num_threads": inner_max_num_threads}
+        super().__init__(backend, n_jobs=n_jobs, **extra, **backend_params)
+
+    def __enter__(self) -> tuple[Any, Any]:  # type: ignore[override]
+        config = super().__enter__()
+        return config["backend"], config["n_jobs"]
+
+
+def _as_mapping(config: Config) -> Mapping[str, Any]:
+    """What ``with parallel_config(...) as config`` gives, shaped as joblib's: the settings in
+    force by name (None where unset), ``config["backend"]`` being the backend object itself (a
+    custom joblib backend: its instance, the one ``Parallel`` calls run on)."""
+    settings = {name: None if is_default(value) else value for name, value in config._asdict().items()}
+    if settings["backend"] is not None:
+        from .backends import get_backend
+        from .backends.foreign import ForeignBackend
+
+        backend = get_backend(settings["backend"])
+        settings["backend"] = backend.backend if isinstance(backend, ForeignBackend) else backend
+    return MappingProxyType(settings)

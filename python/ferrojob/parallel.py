@@ -96,6 +96,18 @@ def _evaluate_pre_dispatch(expression: str, n_jobs: int) -> int:
         ) from None
 
 
+def _explicit_backend(name: Any, require: Any) -> Backend:
+    """The backend ``Parallel(backend=name)`` names, refused if it cannot honour ``require``
+    (a ``parallel_config`` backend yields to ``require="sharedmem"`` instead)."""
+    backend = get_backend(name)
+    if require == "sharedmem" and not backend.supports_sharedmem:
+        raise _invalid(
+            f"backend {name!r} cannot share memory, but require='sharedmem' was given.",
+            'use backend="threading", or drop require="sharedmem"',
+        )
+    return backend
+
+
 class Parallel:
     """Run an iterable of delayed calls on workers and collect their results in order.
 
@@ -189,6 +201,8 @@ class Parallel:
                 'use return_as="list", "generator" or "generator_unordered"',
             )
         check_prefer_require(prefer, require)
+        if require == "sharedmem" and not is_default(backend) and backend is not None:
+            _explicit_backend(backend, require)  # as joblib, the conflict is refused at once
         check_return_exceptions(return_exceptions)
         check_initializer(initializer, initargs)
         check_max_tasks_per_worker(max_tasks_per_worker)
@@ -303,13 +317,7 @@ class Parallel:
         settings = self._settings()
         shared = settings.require == "sharedmem"
         if settings.backend_is_explicit:
-            backend = get_backend(settings.backend)
-            if shared and not backend.supports_sharedmem:
-                raise _invalid(
-                    f"backend {settings.backend!r} cannot share memory, but require='sharedmem' "
-                    "was given.",
-                    'use backend="threading", or drop require="sharedmem"',
-                )
+            backend = _explicit_backend(settings.backend, settings.require)
         elif not is_default(settings.backend):
             backend = get_backend(settings.backend)
             if shared and not backend.supports_sharedmem:

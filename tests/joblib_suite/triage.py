@@ -77,6 +77,35 @@ RULES = [
         r"DID NOT RAISE",
     ),
     ("n_jobs=2.3 or 0.5: ferrojob refuses fractional n_jobs that joblib truncates", r"test_njobs_converted_to_int|test_invalid_njobs", r"2\.3|0\.5|no meaning"),
+    (
+        "joblib internals: its backend registry (the BACKENDS and EXTERNAL_BACKENDS dicts, patched by "
+        "the tests), get_active_backend() and its backend classes (ferrojob's registry is reached "
+        "through register_parallel_backend, which these tests bypass)",
+        r"test_backend_context_manager|test_parameterized_backend_context_manager"
+        r"|test_directly_parameterized_backend_context_manager|test_nested_backend_context_manager"
+        r"|test_overwrite_default_backend|test_register_parallel_backend|test_external_backends",
+        r".",
+    ),
+    (
+        "joblib internals: a backend's nesting_level (ferrojob's backends have none: a call nested "
+        "in a worker process runs sequentially, one nested in a thread runs as asked)",
+        r"test_backend_nesting_level",
+        r"has no attribute 'nesting_level'",
+    ),
+    (
+        "ferrojob does not warn that a process-backed call 'cannot be nested': below threads it "
+        "starts its processes (no fork is involved), in a worker process it runs the call "
+        "sequentially, silently (the warning is a frequent complaint of scikit-learn users)",
+        r"test_nested_parallel_warnings",
+        r"assert False",
+    ),
+    (
+        "inner_max_num_threads: ferrojob's process pool caps its workers' threads under every name "
+        "('multiprocessing' too); threads refuse it with InvalidParameterError (a ValueError), where "
+        "joblib fails an assert",
+        r"test_threadpool_limitation_in_child_context_error",
+        r"DID NOT RAISE AssertionError|does not accept inner_max_num_threads",
+    ),
 ]
 
 

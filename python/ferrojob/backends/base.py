@@ -81,6 +81,8 @@ class Backend(ABC):
     name: str = ""
     #: Tasks can share (and mutate) the caller's objects, as required by ``require="sharedmem"``.
     supports_sharedmem: bool = False
+    #: ``inner_max_num_threads`` caps BLAS/OpenMP threads in its workers (processes of their own).
+    supports_inner_max_num_threads: bool = False
     #: Tasks run one after another in the calling thread (no session, no pickling).
     in_process: bool = False
     #: What ``n_jobs=None`` means for this backend (-1, "every worker", for clusters).

@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import time
 from typing import Any
@@ -50,6 +51,7 @@ class ForeignBackend(Backend):
         self.backend = backend
         self.name = type(backend).__name__
         self.supports_sharedmem = bool(getattr(backend, "supports_sharedmem", False))
+        self.supports_inner_max_num_threads = bool(getattr(backend, "supports_inner_max_num_threads", False))
         self.in_process = _is_sequential(backend)
 
     def effective_n_jobs(self, n_jobs: int) -> int:
@@ -91,6 +93,9 @@ class ForeignSession(Session):
         self.n_workers = max(int(n_workers), 1)
         self._done: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
         self._jobs: dict[int, tuple[Any, float]] = {}
+        # Entered when results are first waited for, left when the call ends, as joblib's
+        # Parallel wraps its retrieval (dask's backend leaves its worker's thread pool there).
+        self._retrieving: contextlib.ExitStack | None = None
 
     def submit(self, batch_id: int, batch: Batch) -> None:
         def callback(out: Any) -> None:
@@ -105,6 +110,10 @@ class ForeignSession(Session):
         self._jobs[batch_id] = (job, started)
 
     def wait(self) -> Completion:
+        if self._retrieving is None:
+            self._retrieving = contextlib.ExitStack()
+            if hasattr(self.backend, "retrieval_context"):
+                self._retrieving.enter_context(self.backend.retrieval_context())
         batch_id, out = self._done.get()
         job, started = self._jobs.pop(batch_id)
         if getattr(self.backend, "supports_retrieve_callback", False):
@@ -120,4 +129,8 @@ class ForeignSession(Session):
         self.backend.abort_everything(ensure_ready=False)
 
     def close(self) -> None:
-        self.backend.terminate()
+        try:
+            if self._retrieving is not None:
+                self._retrieving.close()
+        finally:
+            self.backend.terminate()

@@ -57,6 +57,7 @@ class ProcessBackend(Backend):
     "multiprocessing")."""
 
     name = "loky"
+    supports_inner_max_num_threads = True
 
     def effective_n_jobs(self, n_jobs: int) -> int:
         # Nested inside a worker, run sequentially instead of multiplying processes.
