@@ -11,7 +11,8 @@ use crate::codec::Container;
 use crate::envelope;
 use crate::protocol::Connection;
 
-/// The bytes of a container file as `load` reads them: open, then read every section. The
+/// The bytes of a container file as `load` reads them: its streamed extent (checked against
+/// opening it), open, then read every section. The
 /// input's first byte is a switch: odd, the file (the rest of the input) has its checksums made
 /// right first ([`crate::codec::reseal`]), as a hostile writer would, so that the checks behind
 /// them are fuzzed too.
@@ -23,13 +24,24 @@ pub fn container(input: &[u8]) {
     if switch & 1 == 1 {
         crate::codec::reseal(&mut bytes);
     }
+    // As a stream reader asks: the extent agrees with what opening the whole file finds.
+    let streamed = crate::codec::extent(&bytes, Path::new("<fuzz>"));
+    if let Ok(crate::codec::Extent::Needs(more)) = streamed {
+        assert!(more > bytes.len() as u64, "asked for bytes it already has");
+    }
     let Ok(mut file) = memfd_with(&bytes) else {
         return;
     };
     if file.rewind().is_err() {
         return;
     }
-    let Ok(container) = Container::from_file(file, Path::new("<fuzz>")) else {
+    let opened = Container::from_file(file, Path::new("<fuzz>"));
+    if let Ok(crate::codec::Extent::Total(total)) = streamed {
+        if total <= bytes.len() as u64 {
+            assert!(opened.is_ok(), "a complete streamed container does not open");
+        }
+    }
+    let Ok(container) = opened else {
         return;
     };
     for (index, section) in container.sections().iter().enumerate() {
