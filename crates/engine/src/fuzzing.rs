@@ -38,7 +38,10 @@ pub fn container(input: &[u8]) {
     let opened = Container::from_file(file, Path::new("<fuzz>"));
     if let Ok(crate::codec::Extent::Total(total)) = streamed {
         if total <= bytes.len() as u64 {
-            assert!(opened.is_ok(), "a complete streamed container does not open");
+            assert!(
+                opened.is_ok(),
+                "a complete streamed container does not open"
+            );
         }
     }
     let Ok(container) = opened else {
