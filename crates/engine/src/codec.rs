@@ -263,87 +263,110 @@ pub fn looks_like_joblib(start: &[u8]) -> bool {
     sniff(start).is_some_and(|what| what.contains("joblib"))
 }
 
-/// Cut `data` into blocks and store them with `codec`, on every core.
-fn encode_blocks(data: &[u8], codec: Codec) -> io::Result<(Vec<Block>, Vec<Vec<u8>>)> {
-    let chunks: Vec<&[u8]> = data.chunks(BLOCK_SIZE).collect();
-    let mut stored: Vec<io::Result<Vec<u8>>> = (0..chunks.len()).map(|_| Ok(Vec::new())).collect();
-    if codec != Codec::Raw {
-        crate::parallel::zip(&chunks, &mut stored, |chunk, out| {
-            *out = codec.compress(chunk)
-        });
-    }
-    let mut blocks = Vec::with_capacity(chunks.len());
-    let mut payloads = Vec::with_capacity(chunks.len());
-    for (chunk, result) in chunks.iter().zip(stored) {
-        let bytes = result?;
-        let checksum_source: &[u8] = if codec == Codec::Raw { chunk } else { &bytes };
-        blocks.push(Block {
-            raw_len: chunk.len() as u64,
-            stored_len: checksum_source.len() as u64,
-            checksum: xxh3_64(checksum_source),
-        });
-        payloads.push(bytes);
-    }
-    Ok((blocks, payloads))
+/// Store one block with `codec`: its entry in the header, and its stored bytes unless the codec
+/// is raw (the block is then written from the input as it is).
+fn encode_block(chunk: &[u8], codec: Codec) -> io::Result<(Block, Option<Vec<u8>>)> {
+    let stored = match codec {
+        Codec::Raw => None,
+        _ => Some(codec.compress(chunk)?),
+    };
+    let checksum_source = stored.as_deref().unwrap_or(chunk);
+    let block = Block {
+        raw_len: chunk.len() as u64,
+        stored_len: checksum_source.len() as u64,
+        checksum: xxh3_64(checksum_source),
+    };
+    Ok((block, stored))
 }
+
+/// Blocks made ahead of the writer, per core: enough to keep every core busy while the writer
+/// catches up, few enough to bound memory (each is at most `BLOCK_SIZE` stored).
+const BLOCKS_AHEAD_PER_CORE: usize = 4;
 
 /// Write a container with a pickle section and one section per buffer, atomically: into a
 /// temporary file beside `path`, renamed over it once complete. Returns the file's size.
+///
+/// Blocks are compressed and checksummed on every core and written in order as they are done,
+/// so writing overlaps compressing; the header, whose length depends only on the number of
+/// blocks, is written last, in the room left for it.
 pub fn write(
     path: &Path,
     pickle: &[u8],
     buffers: &[&[u8]],
     codec: Codec,
 ) -> Result<u64, CodecError> {
-    let mut sections = Vec::with_capacity(1 + buffers.len());
-    let mut payloads: Vec<Vec<Vec<u8>>> = Vec::with_capacity(1 + buffers.len());
     let inputs: Vec<(SectionKind, &[u8])> = std::iter::once((SectionKind::Pickle, pickle))
         .chain(buffers.iter().map(|b| (SectionKind::Buffer, *b)))
         .collect();
-    for (kind, data) in &inputs {
-        let (blocks, stored) = encode_blocks(data, codec).map_err(io_error(path))?;
-        sections.push(Section {
+    let mut sections: Vec<Section> = inputs
+        .iter()
+        .map(|(kind, data)| Section {
             kind: *kind,
             codec,
             raw_len: data.len() as u64,
             offset: 0,
-            blocks,
-        });
-        payloads.push(stored);
-    }
-    let header_len = encoded_header_len(&sections);
-    let mut offset = (PREAMBLE + header_len + 8) as u64;
-    for section in &mut sections {
-        offset = offset.next_multiple_of(ALIGNMENT);
-        section.offset = offset;
-        offset += section.stored_len();
-    }
-    let header = encode_header(0, &sections);
+            blocks: Vec::with_capacity(data.len().div_ceil(BLOCK_SIZE)),
+        })
+        .collect();
+    // Every block of every section, in file order: (section, its bytes).
+    let chunks: Vec<(usize, &[u8])> = inputs
+        .iter()
+        .enumerate()
+        .flat_map(|(index, (_, data))| data.chunks(BLOCK_SIZE).map(move |chunk| (index, chunk)))
+        .collect();
+    let header_len = 4 + 4 + sections.len() * (1 + 1 + 8 + 8 + 4) + chunks.len() * 24;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let temporary = crate::atomic::temporary_sibling(path, "tmp");
     let written = (|| -> io::Result<u64> {
+        use std::os::unix::fs::FileExt;
         let file = File::create(&temporary)?;
         let mut out = io::BufWriter::with_capacity(1 << 20, file);
         out.write_all(MAGIC)?;
         out.write_all(&[VERSION])?;
-        out.write_all(&(header.len() as u64).to_le_bytes())?;
-        out.write_all(&header)?;
-        out.write_all(&xxh3_64(&header).to_le_bytes())?;
-        let mut position = (PREAMBLE + header.len() + 8) as u64;
-        for ((section, stored), (_, data)) in sections.iter().zip(&payloads).zip(&inputs) {
-            let padding = section.offset - position;
-            out.write_all(&vec![0u8; padding as usize])?;
-            if codec == Codec::Raw {
-                out.write_all(data)?;
-            } else {
-                for block in stored {
-                    out.write_all(block)?;
+        out.write_all(&(header_len as u64).to_le_bytes())?;
+        out.write_all(&vec![0u8; header_len + 8])?; // the header's room, filled in last
+        let mut position = (PREAMBLE + header_len + 8) as u64;
+        let last_section = sections.len() - 1; // the pickle's section is always there
+                                               // Sections before `placed` have their offset: each starts aligned where the last ended.
+        let mut placed = 0;
+        let mut place_through =
+            |section: usize, position: &mut u64, out: &mut io::BufWriter<File>| {
+                while placed <= section {
+                    let offset = position.next_multiple_of(ALIGNMENT);
+                    out.write_all(&vec![0u8; (offset - *position) as usize])?;
+                    sections[placed].offset = offset;
+                    *position = offset;
+                    placed += 1;
                 }
-            }
-            position = section.offset + section.stored_len();
+                io::Result::Ok(())
+            };
+        let mut blocks = Vec::with_capacity(chunks.len());
+        crate::parallel::ordered(
+            &chunks,
+            cores * BLOCKS_AHEAD_PER_CORE,
+            |(_, chunk)| encode_block(chunk, codec),
+            |index, encoded| {
+                let (section, chunk) = chunks[index];
+                let (block, stored) = encoded?;
+                place_through(section, &mut position, &mut out)?;
+                out.write_all(stored.as_deref().unwrap_or(chunk))?;
+                position += block.stored_len;
+                blocks.push((section, block));
+                io::Result::Ok(())
+            },
+        )?;
+        place_through(last_section, &mut position, &mut out)?; // empty sections at the end
+        for (section, block) in blocks {
+            sections[section].blocks.push(block);
         }
+        let header = encode_header(0, &sections);
+        debug_assert_eq!(header.len(), header_len);
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        let mut sealed = header.clone();
+        sealed.extend_from_slice(&xxh3_64(&header).to_le_bytes());
+        file.write_all_at(&sealed, PREAMBLE as u64)?;
         // No fsync: the rename makes the file appear whole to other processes; surviving a power
         // cut is not promised (joblib does not either), and fsync would halve the throughput.
-        out.into_inner().map_err(|e| e.into_error())?;
         Ok(position)
     })();
     match written {
@@ -1114,8 +1137,9 @@ mod tests {
             Codec::Bz2(9),
             Codec::Xz(9),
         ] {
-            let (blocks, _) = encode_blocks(&vec![0u8; 2 * BLOCK_SIZE + 17], codec).unwrap();
-            for block in blocks {
+            let zeros = vec![0u8; 2 * BLOCK_SIZE + 17];
+            for chunk in zeros.chunks(BLOCK_SIZE) {
+                let (block, _) = encode_block(chunk, codec).unwrap();
                 assert!(
                     block.raw_len <= max_raw_len(codec, block.stored_len),
                     "{codec:?}"
