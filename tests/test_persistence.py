@@ -440,3 +440,21 @@ def test_joblib_files_from_before_0_10_are_read_with_joblibs_warning():
     with open(os.path.join(data, names[0]), "rb") as stream:
         with pytest.raises(NotADumpFileError, match="load it by its path"):
             load(stream)
+
+
+@pytest.mark.parametrize("mmap_mode", [None, "r"])
+def test_load_leaves_no_reference_cycle_holding_its_arrays(tmp_path, mmap_mode):
+    import gc
+
+    path = tmp_path / "big.fj"
+    dump({"a": np.arange(300_000.0), "b": np.arange(5, dtype=">i8")}, path)
+    gc.collect()
+    gc.disable()
+    try:
+        loaded = load(path, mmap_mode=mmap_mode)
+        del loaded
+        # Freed by reference counting alone: a cycle would keep the arrays' memory until a
+        # collection runs, and the next load would need as much again.
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

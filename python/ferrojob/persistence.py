@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import os
@@ -262,7 +263,8 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles a dump, shaping the arrays built over its buffers as joblib's ``load`` does:
     with ``mmap_mode``, each is a ``numpy.memmap`` that says where it lies in the file
     (``filename``, ``offset``, ``mode``); with ``native``, a big-endian array comes back in this
-    machine's byte order (``ensure_native_byte_order``)."""
+    machine's byte order (``ensure_native_byte_order``). The caller keeps ``buffers`` alive
+    while it loads (their ids identify them)."""
 
     _NUMPY_FROMBUFFER = frozenset({("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")})
 
@@ -270,27 +272,41 @@ class _ArrayUnpickler(pickle.Unpickler):
         self, data: bytes, buffers: list[Any], offsets: list[int], path: str, mode: str | None, native: bool
     ) -> None:
         super().__init__(io.BytesIO(data), buffers=buffers)
-        self._offsets = {id(buffer): offset for buffer, offset in zip(buffers, offsets, strict=True)}
-        self._buffers = buffers  # their ids stay theirs while this lives
-        self._path = os.path.abspath(path)
-        self._mode = memmap_mode(mode)
-        self._native = native
+        self._shape = _ArrayShaping(
+            {id(buffer): offset for buffer, offset in zip(buffers, offsets, strict=True)},
+            os.path.abspath(path),
+            memmap_mode(mode),
+            native,
+        )
 
     def find_class(self, module: str, name: str) -> Any:
         found = super().find_class(module, name)
-        if (module, name) in self._NUMPY_FROMBUFFER and (self._mode is not None or self._native):
-            return functools.partial(self._from_buffer, found)
+        if (module, name) in self._NUMPY_FROMBUFFER and (self._shape.mode is not None or self._shape.native):
+            # Not a method of this unpickler: its memo keeps what this returns, and a reference
+            # back would make a cycle that keeps every loaded buffer alive until a collection.
+            return functools.partial(self._shape, found)
         return found
 
-    def _from_buffer(self, original: Any, buffer: Any, *args: Any) -> Any:
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ArrayShaping:
+    """How ``_ArrayUnpickler`` shapes each array: ``offsets`` of the buffers (by id) in ``path``,
+    mapped with ``mode`` (or None), made native-endian if ``native``."""
+
+    offsets: dict[int, int]
+    path: str
+    mode: str | None
+    native: bool
+
+    def __call__(self, original: Any, buffer: Any, *args: Any) -> Any:
         array = original(buffer, *args)
-        if self._native and not array.dtype.isnative:
+        if self.native and not array.dtype.isnative:
             return array.astype(array.dtype.newbyteorder("="))
-        offset = self._offsets.get(id(buffer))
-        if self._mode is None or offset is None:
+        offset = self.offsets.get(id(buffer))
+        if self.mode is None or offset is None:
             return array
         import numpy as np
 
         mapped = array.view(np.memmap)
-        mapped.filename, mapped.offset, mapped.mode = self._path, offset, self._mode
+        mapped.filename, mapped.offset, mapped.mode = self.path, offset, self.mode
         return mapped

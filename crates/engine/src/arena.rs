@@ -44,27 +44,6 @@ pub const MAX_CHUNKS_PER_JOB: usize = crate::protocol::MAX_FDS;
 /// Recyclable segments kept ready at most (per arena, per worker).
 const MAX_FREE_SEGMENTS: usize = 4;
 
-/// How many bytes of released result segments a worker keeps for its next replies: an eighth
-/// of the machine's memory shared by one worker per CPU, at most 1 GiB (24 GiB and 2 CPUs:
-/// 1 GiB; 4 GiB and 4 CPUs: 128 MiB).
-fn free_result_bytes() -> usize {
-    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *BYTES.get_or_init(|| {
-        // SAFETY: sysconf only reads configuration values.
-        let (pages, page_size) = unsafe {
-            (
-                libc::sysconf(libc::_SC_PHYS_PAGES),
-                libc::sysconf(libc::_SC_PAGESIZE),
-            )
-        };
-        let memory = usize::try_from(pages)
-            .unwrap_or(0)
-            .saturating_mul(usize::try_from(page_size).unwrap_or(0));
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (memory / 8 / cpus).min(1 << 30)
-    })
-}
-
 /// A process-wide unique token for a recyclable segment (0 is "not recyclable").
 fn new_token() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -627,7 +606,7 @@ impl Drop for Holds {
 
 /// A worker's result segments: each reply's buffers are packed into one segment, lent to the
 /// parent under a token; when the parent releases the token, the segment is written again for a
-/// later reply (its pages already exist), up to [`free_result_bytes`] of them.
+/// later reply (its pages already exist), up to [`crate::shm::reuse_budget`] bytes of them.
 #[derive(Debug, Default)]
 pub struct ResultSegments {
     lent: Vec<(u64, SharedFile)>,
@@ -676,13 +655,13 @@ impl ResultSegments {
     }
 
     /// The parent no longer maps the segment of `token`: it may be written again (kept while
-    /// the free segments stay within [`free_result_bytes`]; writing into existing pages is twice
+    /// the free segments stay within [`crate::shm::reuse_budget`]; writing into existing pages is twice
     /// as fast as into new ones: 9 ms against 17 ms for 50 MB).
     pub fn release(&mut self, token: u64) {
         if let Some(index) = self.lent.iter().position(|(t, _)| *t == token) {
             let (_, file) = self.lent.swap_remove(index);
             let kept: usize = self.free.iter().map(SharedFile::len).sum();
-            if kept.saturating_add(file.len()) <= free_result_bytes() {
+            if kept.saturating_add(file.len()) <= crate::shm::reuse_budget() {
                 self.free.push(file);
             }
         }

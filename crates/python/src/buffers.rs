@@ -25,7 +25,7 @@ pub enum Backing {
 pub struct HeapBytes {
     ptr: std::ptr::NonNull<u8>,
     len: usize,
-    _memory: memmap2::MmapMut,
+    _memory: ferrojob_engine::shm::AnonymousMemory,
 }
 
 // SAFETY: the map is owned and never touched again from Rust; the pointer is its address.
@@ -34,7 +34,7 @@ unsafe impl Send for HeapBytes {}
 unsafe impl Sync for HeapBytes {}
 
 impl HeapBytes {
-    pub fn new(mut memory: memmap2::MmapMut) -> Self {
+    pub fn new(mut memory: ferrojob_engine::shm::AnonymousMemory) -> Self {
         // A map's address is never null; dangling stands for an (impossible) null with no bytes.
         let (ptr, len) = match std::ptr::NonNull::new(memory.as_mut_ptr()) {
             Some(ptr) => (ptr, memory.len()),

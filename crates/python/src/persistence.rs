@@ -189,7 +189,7 @@ fn allocate_section(
     py: Python<'_>,
     container: &Container,
     index: usize,
-) -> PyResult<memmap2::MmapMut> {
+) -> PyResult<shm::AnonymousMemory> {
     let raw_len = container.sections()[index].raw_len;
     let len = usize::try_from(raw_len).map_err(|_| no_memory(raw_len))?;
     let mut memory = shm::anonymous(len).map_err(|_| no_memory(raw_len))?;

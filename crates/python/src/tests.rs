@@ -42,7 +42,7 @@ fn buffers_exist_only_inside_their_memory() {
         assert!(Buffer::new(Backing::Mapped(Arc::clone(&mapping)), 4, 6).is_some());
         assert!(Buffer::new(Backing::Mapped(Arc::clone(&mapping)), 4, 7).is_none());
         assert!(Buffer::new(Backing::Mapped(Arc::clone(&mapping)), u64::MAX, 2).is_none());
-        let heap = HeapBytes::new(memmap2::MmapMut::map_anon(16).unwrap());
+        let heap = HeapBytes::new(ferrojob_engine::shm::anonymous(16).unwrap());
         assert!(Buffer::new(Backing::Heap(Arc::new(heap)), 0, 17).is_none());
         // A received buffer becomes a read-only Python buffer over the same bytes.
         let shared = SharedBuffer::new(mapping, 2, 3).unwrap();
