@@ -458,3 +458,32 @@ def test_load_leaves_no_reference_cycle_holding_its_arrays(tmp_path, mmap_mode):
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_a_plain_file_object_at_its_start_is_memory_mapped_by_its_name(tmp_path):
+    import io
+
+    path = tmp_path / "two.bin"
+    with open(path, "wb") as handle:
+        dump(np.arange(100_000.0), handle)
+        dump("second", handle)
+    with open(path, "rb") as handle:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # mapped, as asked: nothing to warn about
+            first = load(handle, mmap_mode="r")
+        assert isinstance(first, np.memmap) and first.filename == str(path) and first[-1] == 99_999.0
+        assert load(handle) == "second"  # the stream was moved past the mapped dump
+        handle.seek(0)
+        in_memory = io.BytesIO(handle.read())
+    with pytest.warns(UserWarning, match="other than a plain file at its start"):
+        assert load(in_memory, mmap_mode="r")[-1] == 99_999.0  # read, not mapped
+
+
+@pytest.mark.parametrize("opener", ["gzip", "bz2"])
+def test_a_dump_compressed_as_a_whole_loads_by_its_name(tmp_path, opener):
+    path = tmp_path / "whole.bin"
+    with __import__(opener).open(path, "wb") as compressed:
+        dump({"a": np.arange(10)}, compressed)
+    assert load(path)["a"].tolist() == list(range(10))
+    with pytest.warns(UserWarning, match="is compressed"):
+        assert load(path, mmap_mode="r")["a"].sum() == 45

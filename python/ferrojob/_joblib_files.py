@@ -310,17 +310,18 @@ class _JoblibUnpickler(_PureUnpickler):
 
 
 def load_joblib_file(path: str, mmap_mode: str | None, native: bool) -> Any:
-    """The object in a file written by ``joblib.dump`` (see the module docs); ``native``: turn
-    big-endian arrays read into memory to this machine's byte order."""
+    """The object in a file written by ``joblib.dump``, uncompressed or a Z-file of joblib < 0.10
+    (``load`` reads files compressed as a whole as streams); ``native``: turn big-endian arrays
+    read into memory to this machine's byte order."""
     with open(path, "rb") as raw:
-        name = compressor(raw.read(8))
+        zfile = raw.read(len(ZFILE_PREFIX)) == ZFILE_PREFIX
         raw.seek(0)
-        if name is None:
+        if not zfile:
             return _JoblibUnpickler(raw, path, path, memmap_mode(mmap_mode), native).load()
         if mmap_mode is not None:
-            warn_not_mapped(f"{path} is compressed ({name})", mmap_mode)
-        with decompressing(raw, name, path) as stream:
-            return _JoblibUnpickler(stream, path, path, None, native, old_format=name == "zfile").load()
+            warn_not_mapped(f"{path} is compressed (joblib < 0.10)", mmap_mode)
+        with _zfile(raw, path) as stream:
+            return _JoblibUnpickler(stream, path, path, None, native, old_format=True).load()
 
 
 def load_joblib_stream(stream: Any, name: str, native: bool) -> Any:

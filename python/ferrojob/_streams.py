@@ -13,7 +13,9 @@ the dump from the start, since nothing follows.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -107,6 +109,36 @@ def _rewind_if_exhausted(stream: Any) -> None:
         stream.seek(position)
 
 
+def mappable_file(stream: Any) -> str | None:
+    """The path of the plain file ``stream`` reads, if it is an open file at its start: such a
+    stream's dump can be memory-mapped by its name, as joblib maps it."""
+    if not isinstance(stream, (io.BufferedReader, io.FileIO)) or not isinstance(stream.name, str):
+        return None
+    try:
+        opened, named = os.fstat(stream.fileno()), os.stat(stream.name)
+        at_start = stream.tell() == 0
+    except (OSError, ValueError):
+        return None
+    if at_start and stat.S_ISREG(opened.st_mode) and os.path.samestat(opened, named):
+        return stream.name
+    return None
+
+
+def seek_past_dump(stream: Any) -> None:
+    """Move a seekable ``stream`` at the start of a dump to its end (a joblib dump, which does not
+    say its length, is taken to end with the file)."""
+    head = read_up_to(stream, _SNIFF)
+    if head.startswith(b"FJDUMP"):
+        complete, length = _core.dump_extent(head, stream_name(stream))
+        if not complete:
+            head += read_up_to(stream, length - len(head))
+            complete, length = _core.dump_extent(head, stream_name(stream))
+        if complete:
+            stream.seek(length)
+            return
+    stream.seek(0, os.SEEK_END)
+
+
 def load_stream(stream: Any, allow_pickle: bool, ensure_native_byte_order: Any) -> Any:
     """The next dump of ``stream`` (a ferrojob or joblib dump, compressed or not as a whole)."""
     _rewind_if_exhausted(stream)
@@ -128,11 +160,11 @@ def _load(stream: Any, allow_pickle: bool, ensure_native_byte_order: Any) -> Any
         with _joblib_files.decompressing(Replay(head, stream), codec, name) as inner:
             return _load(inner, allow_pickle, ensure_native_byte_order)
     if _core.looks_like_joblib(head):
-        from .persistence import refuse_joblib_pickle
+        from .persistence import native_byte_order, refuse_joblib_pickle
 
         if not allow_pickle:
             raise refuse_joblib_pickle(name)
-        native = ensure_native_byte_order in ("auto", True)
+        native = native_byte_order(None, ensure_native_byte_order)
         return _joblib_files.load_joblib_stream(Replay(head, stream), name, native)
     _core.dump_extent(head, name)  # raises NotADumpFileError, saying what the stream looks like
     raise NotADumpFileError(f"{name}: not a dump", code="FJ402")

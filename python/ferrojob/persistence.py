@@ -33,7 +33,7 @@ from typing import Any
 
 from . import _core, _safe_pickle
 from ._sharedmem import validate_mmap_mode
-from ._streams import load_stream, scratch_file
+from ._streams import load_stream, mappable_file, scratch_file, seek_past_dump
 from .errors import DamagedFileError, InvalidParameterError, NotADumpFileError, compose_message
 
 __all__ = ["dump", "load"]
@@ -185,12 +185,14 @@ def load(
     containers only).
 
     Memory-mapped arrays are ``numpy.memmap`` instances, as joblib's are, with ``filename``,
-    ``offset`` and ``mode``. ``filename`` may also be an open binary file object (or
-    ``io.BytesIO``), read from its current position; its arrays are then read into memory.
+    ``offset`` and ``mode``. ``filename`` may also be an open binary file object (a file, a
+    socket's ``makefile``, ``io.BytesIO``, a ``gzip.GzipFile``): one dump is read from its
+    current position, and no further, so several dumps in one stream load one by one. A plain
+    file at its start is memory-mapped by its name; other streams' arrays are read into memory.
 
     ``ensure_native_byte_order`` ("auto": when not memory-mapping) converts big-endian arrays to
     this machine's byte order, as joblib does; a mapped array keeps the file's. A file written by
-    ``joblib.dump`` (joblib >= 0.10, compressed or not) is read natively, without joblib.
+    ``joblib.dump`` (any version, compressed or not) is read natively, without joblib.
 
     Raises ``DamagedFileError`` (a ``ValueError``) for a truncated or corrupted dump, naming the
     file and the damaged section; ``NotADumpFileError`` for a file that is no dump.
@@ -205,24 +207,21 @@ def load(
             ),
             code="FJ201",
         )
-    native = mmap_mode is None if ensure_native_byte_order == "auto" else bool(ensure_native_byte_order)
+    native = native_byte_order(mmap_mode, ensure_native_byte_order)
     if _is_file_object(filename, "read"):
+        path = mappable_file(filename) if mmap_mode is not None else None
+        if path is not None:  # a file at its start, as joblib maps one: by its name
+            loaded = load(path, mmap_mode, allow_pickle, ensure_native_byte_order)
+            seek_past_dump(filename)
+            return loaded
         if mmap_mode is not None:
-            warn_not_mapped("a file object (pass a file name to map it)", mmap_mode)
+            warn_not_mapped("a file object other than a plain file at its start", mmap_mode)
         return load_stream(filename, allow_pickle, ensure_native_byte_order)
     path = _path(filename, "load")
     try:
         data, buffers, mapped, offsets = _core.read_dump(path, mmap_mode)
     except NotADumpFileError:
-        with open(path, "rb") as handle:
-            start = handle.read(8)
-        if not _core.looks_like_joblib(start):
-            raise
-        if not allow_pickle:
-            raise refuse_joblib_pickle(path) from None
-        from ._joblib_files import load_joblib_file
-
-        return load_joblib_file(path, mmap_mode, native)
+        return _load_other(path, mmap_mode, allow_pickle, ensure_native_byte_order)
     if mmap_mode is not None and not mapped and buffers:
         warn_not_mapped(f"{path} is compressed", mmap_mode)
     if allow_pickle and mapped and mmap_mode is not None:
@@ -233,6 +232,32 @@ def load(
         return _safe_pickle.loads(data, buffers)
     except DamagedFileError as error:
         raise DamagedFileError(f"{path}: {error}", code="FJ401") from error.__cause__
+
+
+def _load_other(path: str, mmap_mode: str | None, allow_pickle: bool, ensure_native_byte_order: Any) -> Any:
+    """A file that is no ferrojob container: compressed as a whole (by joblib, or through
+    ``gzip.open``: either format inside), or joblib's own format."""
+    from ._joblib_files import compressor, load_joblib_file
+
+    with open(path, "rb") as handle:
+        start = handle.read(8)
+        codec = compressor(start)
+        if codec is not None and codec != "zfile":
+            if mmap_mode is not None:
+                warn_not_mapped(f"{path} is compressed ({codec})", mmap_mode)
+            handle.seek(0)
+            return load_stream(handle, allow_pickle, ensure_native_byte_order)
+    if not _core.looks_like_joblib(start):
+        _core.read_dump(path)  # raises NotADumpFileError, saying what the file looks like
+    if not allow_pickle:
+        raise refuse_joblib_pickle(path)
+    return load_joblib_file(path, mmap_mode, native_byte_order(mmap_mode, ensure_native_byte_order))
+
+
+def native_byte_order(mmap_mode: str | None, ensure_native_byte_order: Any) -> bool:
+    """Whether big-endian arrays come back in this machine's byte order: joblib's rule, "auto"
+    meaning "when not memory-mapping"."""
+    return mmap_mode is None if ensure_native_byte_order == "auto" else bool(ensure_native_byte_order)
 
 
 def warn_not_mapped(what: str, mmap_mode: str) -> None:
