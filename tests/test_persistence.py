@@ -440,6 +440,18 @@ def test_joblib_files_from_before_0_10_are_read_with_joblibs_warning():
     with open(os.path.join(data, names[0]), "rb") as stream:
         with pytest.raises(NotADumpFileError, match="load it by its path"):
             load(stream)
+    # joblib >= 0.10 files (protocol 3: text opcodes, read by line) load alike from streams.
+    import io
+
+    newer = [name for name in os.listdir(data) if name.startswith("joblib_0.1") and "_py3" in name]
+    assert newer
+    for name in newer:
+        path = os.path.join(data, name)
+        with open(path, "rb") as raw:
+            from_stream = load(io.BytesIO(raw.read()))
+        for got, want in zip(from_stream, load(path), strict=True):
+            assert type(got) is type(want)
+            np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("mmap_mode", [None, "r"])
