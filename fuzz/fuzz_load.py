@@ -3,7 +3,7 @@
     python fuzz/fuzz_load.py ROUNDS SEED FOLDER
 
 Every round mutates a valid pickle (protocol 5 with out-of-band buffers, and protocol 2) and a
-valid dump file, and loads them in safe mode. Anything but a result or a ferrojob error
+valid dump file, and loads them in safe mode, the file by its name and as a stream. Anything but a result or a ferrojob error
 (``DamagedFileError``, ``NotADumpFileError``, ``RefusedContentError``) — another exception, a
 crash, a hang — is a bug: add the input to the tests. ``tests/test_untrusted_files.py`` runs a
 short round of it in CI.
@@ -11,10 +11,15 @@ short round of it in CI.
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import io
+import lzma
 import os
 import pickle
 import random
 import sys
+import zlib
 
 import numpy as np
 from ferrojob import DamagedFileError, NotADumpFileError, RefusedContentError, _safe_pickle, dump, load
@@ -58,17 +63,26 @@ def main(rounds: int, seed: int, folder: str) -> None:
     dump(VALUE, path, compress=rng.choice([0, 3, ("lz4", 1)]))
     with open(path, "rb") as handle:
         original = handle.read()
+    wrapped = [gzip.compress(original), bz2.compress(original), lzma.compress(original), zlib.compress(original)]
     for _ in range(rounds):
         for data, out_of_band in ((mutate(rng, body), raws), (mutate(rng, in_band), [])):
             try:
                 _safe_pickle.loads(data, out_of_band)
             except EXPECTED:
                 pass
+        mutated = mutate(rng, original)
         with open(path, "wb") as handle:
-            handle.write(mutate(rng, original))
+            handle.write(mutated)
         for mode in (None, "r"):
             try:
                 load(path, mmap_mode=mode, allow_pickle=False)
+            except EXPECTED:
+                pass
+        # As a stream (read to the dump's end, as from a socket), followed by more bytes; and
+        # compressed as a whole (as through gzip.open), then mutated.
+        for stream in (io.BytesIO(mutated + original), io.BytesIO(mutate(rng, rng.choice(wrapped)))):
+            try:
+                load(stream, allow_pickle=False)
             except EXPECTED:
                 pass
     print("fuzzed", rounds)

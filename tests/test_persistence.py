@@ -392,6 +392,11 @@ def test_broken_streams_are_reported_not_hung_on(tmp_path):
         load(io.BytesIO(b"\x28\xb5\x2f\xfd" + bytes(40)))
     with pytest.raises(NotADumpFileError, match="at its end"):
         load(io.BytesIO())
+    import gzip
+
+    for damaged in (b"\x78\x9c" + bytes(range(40)), gzip.compress(data)[:-30], b"\x1f\x8b" + bytes(30)):
+        with pytest.raises(DamagedFileError, match="compression is damaged or cut short"):
+            load(io.BytesIO(damaged))
 
     class Endless(io.RawIOBase):
         """A hostile stream: a header claiming 1 TiB of header, then zeros forever."""

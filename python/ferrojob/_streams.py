@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import lzma
 import os
 import stat
 import tempfile
+import zlib
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -157,8 +159,19 @@ def _load(stream: Any, allow_pickle: bool, ensure_native_byte_order: Any) -> Any
     codec = _joblib_files.compressor(head)
     if codec is not None and not head.startswith(_joblib_files.ZFILE_PREFIX):
         # Compressed as a whole: what is inside may be either format.
-        with _joblib_files.decompressing(Replay(head, stream), codec, name) as inner:
-            return _load(inner, allow_pickle, ensure_native_byte_order)
+        try:
+            with _joblib_files.decompressing(Replay(head, stream), codec, name) as inner:
+                return _load(inner, allow_pickle, ensure_native_byte_order)
+        except (EOFError, OSError, zlib.error, lzma.LZMAError) as error:
+            if isinstance(error, OSError) and error.errno is not None:
+                raise  # the stream's own I/O error, not its content
+            raise DamagedFileError(
+                compose_message(
+                    f"{name}: its {codec} compression is damaged or cut short ({error}).",
+                    "the file was damaged or cut: dump the object again",
+                ),
+                code="FJ401",
+            ) from error
     if _core.looks_like_joblib(head):
         from .persistence import native_byte_order, refuse_joblib_pickle
 
