@@ -59,8 +59,9 @@ def compressor(start: bytes) -> str | None:
 class _ZlibStream(io.RawIOBase):
     """A zlib stream, decompressed as it is read (and no further than its end)."""
 
-    def __init__(self, handle: Any, limit: int | None = None) -> None:
+    def __init__(self, handle: Any, name: str, limit: int | None = None) -> None:
         self._handle = handle
+        self.name = name
         self._decompressor = zlib.decompressobj()
         self._pending = b""
         self._left = limit  # the length a Z-file declares: no more is produced
@@ -73,9 +74,14 @@ class _ZlibStream(io.RawIOBase):
         while not self._pending and not self._decompressor.eof and self._left != 0:
             compressed = self._decompressor.unconsumed_tail or self._handle.read(_CHUNK)
             if not compressed:
-                raise EOFError("the compressed stream ends early")
+                raise DamagedFileError(f"{self.name}: its zlib compression is damaged or cut short (it ends early)", code="FJ401")
             wanted = len(view) if self._left is None else min(len(view), self._left)
-            self._pending = self._decompressor.decompress(compressed, wanted)
+            try:
+                self._pending = self._decompressor.decompress(compressed, wanted)
+            except zlib.error as error:
+                raise DamagedFileError(
+                    f"{self.name}: its zlib compression is damaged or cut short ({error})", code="FJ401"
+                ) from None
         got = min(len(view), len(self._pending))
         view[:got] = self._pending[:got]
         self._pending = self._pending[got:]
@@ -95,7 +101,7 @@ def _zfile(handle: Any, path: str) -> BinaryIO:
     from ._streams import Replay
 
     # Some versions wrote one more space after the length.
-    return io.BufferedReader(_ZlibStream(Replay(b"" if start == b" " else start, handle), limit=length))
+    return io.BufferedReader(_ZlibStream(Replay(b"" if start == b" " else start, handle), path, limit=length))
 
 
 def decompressing(handle: Any, name: str, path: str) -> BinaryIO:
@@ -113,7 +119,7 @@ def decompressing(handle: Any, name: str, path: str) -> BinaryIO:
     if name in ("xz", "lzma"):
         return lzma.LZMAFile(handle, mode="rb")  # type: ignore[return-value]
     if name == "zlib":
-        return io.BufferedReader(_ZlibStream(handle))
+        return io.BufferedReader(_ZlibStream(handle, path))
     try:
         import lz4.frame  # type: ignore[import-not-found]
     except ImportError:
