@@ -504,3 +504,13 @@ def test_a_dump_compressed_as_a_whole_loads_by_its_name(tmp_path, opener):
     assert load(path)["a"].tolist() == list(range(10))
     with pytest.warns(UserWarning, match="is compressed"):
         assert load(path, mmap_mode="r")["a"].sum() == 45
+
+
+def test_damage_in_a_streamed_dump_names_the_stream(tmp_path):
+    path = tmp_path / "damaged.fj"
+    dump(np.arange(50_000.0), path, compress=3)
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF  # inside the last compressed block
+    path.write_bytes(bytes(data))
+    with open(path, "rb") as handle, pytest.raises(DamagedFileError, match=r"damaged\.fj: section 1, block 0 is damaged"):
+        load(handle)

@@ -131,14 +131,10 @@ def seek_past_dump(stream: Any) -> None:
     say its length, is taken to end with the file)."""
     head = read_up_to(stream, _SNIFF)
     if head.startswith(b"FJDUMP"):
-        complete, length = _core.dump_extent(head, stream_name(stream))
-        if not complete:
-            head += read_up_to(stream, length - len(head))
-            complete, length = _core.dump_extent(head, stream_name(stream))
-        if complete:
-            stream.seek(length)
-            return
-    stream.seek(0, os.SEEK_END)
+        _, length = _container_head(head, stream, stream_name(stream))
+        stream.seek(length)
+    else:
+        stream.seek(0, os.SEEK_END)
 
 
 def load_stream(stream: Any, allow_pickle: bool, ensure_native_byte_order: Any) -> Any:
@@ -183,16 +179,21 @@ def _load(stream: Any, allow_pickle: bool, ensure_native_byte_order: Any) -> Any
     raise NotADumpFileError(f"{name}: not a dump", code="FJ402")
 
 
-def _load_container(head: bytes, stream: BinaryIO, name: str, allow_pickle: bool, ensure_native_byte_order: Any) -> Any:
-    """Read the container ``head`` starts, and nothing after it, into a scratch file; load that."""
+def _container_head(head: bytes, stream: Any, name: str) -> tuple[bytes, int]:
+    """``head`` (a container's first bytes) grown with what ``stream`` holds next up to the end
+    of the container's header, and the container's length."""
     while True:
         complete, length = _core.dump_extent(head, name)
         if complete:
-            break
-        more = read_up_to(stream, length - len(head))
-        head += more
+            return head, length
+        head += read_up_to(stream, length - len(head))
         if len(head) < length:
             raise _ends_early(name, len(head), "its header")
+
+
+def _load_container(head: bytes, stream: BinaryIO, name: str, allow_pickle: bool, ensure_native_byte_order: Any) -> Any:
+    """Read the container ``head`` starts, and nothing after it, into a scratch file; load that."""
+    head, length = _container_head(head, stream, name)
     from .persistence import load
 
     with scratch_file() as path:
@@ -205,7 +206,11 @@ def _load_container(head: bytes, stream: BinaryIO, name: str, allow_pickle: bool
                     raise _ends_early(name, copied, f"the {length} bytes of its dump")
                 copy.write(chunk)
                 copied += len(chunk)
-        return load(path, None, allow_pickle, ensure_native_byte_order)
+        try:
+            return load(path, None, allow_pickle, ensure_native_byte_order)
+        except (DamagedFileError, NotADumpFileError) as error:
+            # Name the stream, not the scratch file it was copied to.
+            raise type(error)(str(error).replace(path, name), code=error.code) from None
 
 
 def _ends_early(name: str, got: int, what: str) -> DamagedFileError:
