@@ -29,11 +29,15 @@ from .persistence import caller_of_load, memmap_mode, warn_not_mapped
 
 _PREFIXES = (
     (b"\x1f\x8b", "gzip"),
-    (b"BZ", "bz2"),
+    (b"BZh", "bz2"),
     (b"\xfd\x37\x7a\x58\x5a", "xz"),
-    (b"\x5d\x00", "lzma"),
+    (b"\x5d\x00\x00", "lzma"),
     (b"\x04\x22\x4d\x18", "lz4"),
-    (b"\x78", "zlib"),
+    # zlib: 0x78, then a check byte for one of the four compression levels' flags
+    (b"\x78\x01", "zlib"),
+    (b"\x78\x5e", "zlib"),
+    (b"\x78\x9c", "zlib"),
+    (b"\x78\xda", "zlib"),
 )
 #: Bytes read at a time when an array is read from a (decompressing) stream.
 _CHUNK = 16 << 20
