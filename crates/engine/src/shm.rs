@@ -160,6 +160,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_reserve_lets_go_of_maps_kept_too_long() {
+        let stale = MmapMut::map_anon(REUSE_MIN_LEN).unwrap();
+        let address = stale.as_ptr() as usize;
+        let long_ago = std::time::Instant::now()
+            .checked_sub(RESERVE_KEEP * 2)
+            .unwrap();
+        reserve().push((stale, long_ago));
+        purge_reserve();
+        assert!(reserve()
+            .iter()
+            .all(|(map, _)| map.as_ptr() as usize != address));
+    }
+
+    #[test]
     fn released_anonymous_memory_is_reused_by_a_call_it_fits() {
         let len = 3 << 20;
         let mut first = anonymous(len).unwrap();
@@ -184,7 +198,7 @@ mod tests {
         drop(small);
         assert!(reserve()
             .iter()
-            .all(|map| map.as_ptr() as usize != tiny_address));
+            .all(|(map, _)| map.as_ptr() as usize != tiny_address));
         assert!(anonymous(len / 2).unwrap().len() == len / 2);
     }
 
@@ -530,6 +544,8 @@ enum Chore {
         reply: Sender<io::Result<SharedFile>>,
     },
     Free(Box<dyn Send>),
+    /// A map entered the reserve: purge it once it has been kept too long.
+    Wake,
 }
 
 fn helper() -> &'static Sender<Chore> {
@@ -539,7 +555,18 @@ fn helper() -> &'static Sender<Chore> {
         std::thread::Builder::new()
             .name("ferrojob-shm".into())
             .spawn(move || {
-                for chore in rx {
+                loop {
+                    // Wait for a chore; while the reserve holds maps, wake up to purge them.
+                    let chore = if reserve().is_empty() {
+                        rx.recv().ok()
+                    } else {
+                        match rx.recv_timeout(RESERVE_KEEP) {
+                            Ok(chore) => Some(chore),
+                            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Some(Chore::Wake),
+                            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => None,
+                        }
+                    };
+                    let Some(chore) = chore else { break };
                     match chore {
                         Chore::Prepare { name, len, reply } => {
                             let prepared = SharedFile::create(name).and_then(|mut file| {
@@ -550,7 +577,9 @@ fn helper() -> &'static Sender<Chore> {
                             let _ = reply.send(prepared);
                         }
                         Chore::Free(value) => drop(value),
+                        Chore::Wake => {}
                     }
+                    purge_reserve();
                 }
             })
             .expect("spawn the shared-memory helper thread");
@@ -599,14 +628,34 @@ pub fn reuse_budget() -> usize {
 /// Maps smaller than this are not kept for reuse: new ones cost little.
 const REUSE_MIN_LEN: usize = 1 << 20;
 
-/// Released anonymous maps, kept for the next [`anonymous`] call they fit (within
-/// [`reuse_budget`] bytes in all).
-static RESERVE: std::sync::Mutex<Vec<MmapMut>> = std::sync::Mutex::new(Vec::new());
+/// How long a released anonymous map is kept unused: long enough for a loop of loads to reuse
+/// it, short enough that memory a program let go of leaves it soon (the helper thread unmaps it).
+const RESERVE_KEEP: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn reserve() -> std::sync::MutexGuard<'static, Vec<MmapMut>> {
+/// A released anonymous map and when it was released.
+type Kept = (MmapMut, std::time::Instant);
+
+/// Released anonymous maps, kept for the next [`anonymous`] call they fit (within
+/// [`reuse_budget`] bytes in all, for at most [`RESERVE_KEEP`]).
+static RESERVE: std::sync::Mutex<Vec<Kept>> = std::sync::Mutex::new(Vec::new());
+
+fn reserve() -> std::sync::MutexGuard<'static, Vec<Kept>> {
     RESERVE
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Unmap the reserve's maps kept longer than [`RESERVE_KEEP`] (outside the lock).
+fn purge_reserve() {
+    let expired: Vec<Kept> = {
+        let mut kept = reserve();
+        let (expired, fresh) = std::mem::take(&mut *kept)
+            .into_iter()
+            .partition(|(_, released)| released.elapsed() >= RESERVE_KEEP);
+        *kept = fresh;
+        expired
+    };
+    drop(expired);
 }
 
 /// Private anonymous memory for large outputs (decompressed sections, compressed bytes read),
@@ -620,11 +669,11 @@ pub fn anonymous(len: usize) -> io::Result<AnonymousMemory> {
         let fitting = kept
             .iter()
             .enumerate()
-            .filter(|(_, map)| map.len() >= len && map.len() - len <= len / 4)
-            .min_by_key(|(_, map)| map.len())
+            .filter(|(_, (map, _))| map.len() >= len && map.len() - len <= len / 4)
+            .min_by_key(|(_, (map, _))| map.len())
             .map(|(index, _)| index);
         if let Some(index) = fitting {
-            let map = kept.swap_remove(index);
+            let (map, _) = kept.swap_remove(index);
             return Ok(AnonymousMemory {
                 map: Some(map),
                 len,
@@ -670,9 +719,12 @@ impl Drop for AnonymousMemory {
             return;
         }
         let mut kept = reserve();
-        let held: usize = kept.iter().map(|kept| kept.len()).sum();
+        let held: usize = kept.iter().map(|(kept, _)| kept.len()).sum();
         if held.saturating_add(map.len()) <= reuse_budget() {
-            kept.push(map);
+            kept.push((map, std::time::Instant::now()));
+            drop(kept);
+            // The helper thread unmaps it if nothing reuses it in time.
+            let _ = helper().send(Chore::Wake);
         }
     }
 }
