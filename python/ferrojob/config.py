@@ -197,7 +197,9 @@ class parallel_config(contextlib.ContextDecorator):
     "sequential", or a registered custom backend); ``n_jobs``, ``verbose``, ``prefer`` and
     ``require`` as in ``Parallel``; ``temp_folder``, ``max_nbytes`` and ``mmap_mode`` as in joblib;
     ``inner_max_num_threads`` caps BLAS/OpenMP threads in each worker; ``return_exceptions`` as in
-    ``Parallel``; extra keywords are handed to the backend.
+    ``Parallel``; extra keywords are handed to the backend. ``with parallel_config(...) as
+    config`` gives the settings in force by name, as joblib's does (``config["backend"]``: the
+    backend object; None where nothing is set).
 
     Example::
 
