@@ -161,12 +161,12 @@ class _ArrayWrapper:
         if unpickler.mmap_mode is not None and self.allow_mmap:
             offset = handle.tell()
             array = np.memmap(
-                unpickler.path, dtype=self.dtype, mode=unpickler.mmap_mode, offset=offset, shape=self.shape, order=self.order
+                unpickler.file, dtype=self.dtype, mode=unpickler.mmap_mode, offset=offset, shape=self.shape, order=self.order
             )
             handle.seek(offset + array.nbytes)
             if not aligned and offset % _ALIGNMENT:
                 warnings.warn(
-                    f"the memmapped array at offset {offset} of {unpickler.path} is not aligned "
+                    f"the memmapped array at offset {offset} of {unpickler.name} is not aligned "
                     f"to {_ALIGNMENT} bytes (joblib < 1.2 wrote it): this may cause segmentation "
                     "faults in libraries such as BLAS or PyTorch. Dump it again to align it.",
                     stacklevel=caller_of_load(),
@@ -178,7 +178,7 @@ class _ArrayWrapper:
         while done < flat.size:
             got = handle.readinto(memoryview(flat[done : done + _CHUNK]))
             if not got:
-                raise NotADumpFileError(f"{unpickler.path}: the joblib dump ends inside an array", code="FJ402")
+                raise DamagedFileError(f"{unpickler.name}: truncated: the joblib dump ends inside an array", code="FJ401")
             done += got
         if self.order == "F":
             array.shape = self.shape[::-1]
@@ -264,7 +264,8 @@ class _JoblibUnpickler(_PureUnpickler):
     ) -> None:
         super().__init__(handle)
         self.handle = handle
-        self.path = name
+        self.name = name
+        self.file = path
         self._directory = None if path is None else os.path.dirname(path)
         self.mmap_mode = mmap_mode
         self.native_byte_order = native
@@ -281,7 +282,7 @@ class _JoblibUnpickler(_PureUnpickler):
         if self._directory is None:
             raise NotADumpFileError(
                 compose_message(
-                    f"{self.path} was written by joblib < 0.10: its arrays are in files beside it.",
+                    f"{self.name} was written by joblib < 0.10: its arrays are in files beside it.",
                     "load it by its path, not from a stream",
                 ),
                 code="FJ402",
@@ -308,14 +309,14 @@ class _JoblibUnpickler(_PureUnpickler):
         except UnicodeDecodeError as error:
             raise NotADumpFileError(
                 compose_message(
-                    f"{self.path}: its text cannot be decoded ({error.reason}). You may be trying "
+                    f"{self.name}: its text cannot be decoded ({error.reason}). You may be trying "
                     "to read with python 3 a joblib pickle generated with python 2.",
                     "load it with Python 2 and dump it again with pickle protocol 2 from Python 3",
                 ),
                 code="FJ402",
             ) from error
         if self.old_format:
-            warnings.warn(_OLD_FORMAT.format(self.path), DeprecationWarning, stacklevel=caller_of_load())
+            warnings.warn(_OLD_FORMAT.format(self.name), DeprecationWarning, stacklevel=caller_of_load())
         return loaded
 
 
