@@ -151,8 +151,24 @@ def test_closing_a_generator_early_leaves_the_pool_usable():
         delayed(identity)(x) for x in range(1000)
     )
     assert next(results) == 0
-    results.close()
+    with pytest.warns(UserWarning, match=r"closed before its end: \d+ (computed results|tasks sent)"):
+        results.close()  # as joblib: the work that went unused is told
     assert Parallel(n_jobs=2)(delayed(identity)(x) for x in range(5)) == list(range(5))
+
+
+def test_a_generator_read_to_its_end_or_failing_warns_of_nothing_unused():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        results = Parallel(n_jobs=2, return_as="generator")(delayed(identity)(x) for x in range(50))
+        assert list(results) == list(range(50))
+        results = Parallel(n_jobs=2, return_as="generator")(delayed(divmod)(1, x) for x in range(-3, 3))
+        with pytest.raises(ZeroDivisionError):
+            list(results)
+        sequential = Parallel(n_jobs=1, return_as="generator")(delayed(identity)(x) for x in range(50))
+        assert next(sequential) == 0
+        sequential.close()  # lazy in this thread: nothing was computed ahead
 
 
 # -- backends -----------------------------------------------------------------------------------

@@ -400,7 +400,8 @@ class Parallel:
             iter(iterable)
         except TypeError:
             raise _misuse.not_an_iterable(label, iterable) from None
-        chunks = self._run(iterable, label)
+        tally = _Tally()
+        chunks = self._run(iterable, label, tally)
         try:
             first = next(chunks)
         except ParallelUsageError as error:
@@ -412,9 +413,9 @@ class Parallel:
             for chunk in chunks:
                 results.extend(chunk)
             return results
-        return _flatten(chunks)
+        return _flatten(chunks, tally)
 
-    def _run(self, iterable: Iterable[Any], label: str) -> Generator[Any, None, None]:
+    def _run(self, iterable: Iterable[Any], label: str, tally: _Tally) -> Generator[Any, None, None]:
         """Yield ``_STARTED`` once dispatch has begun, then lists of results as they are ready.
         A Parallel runs one call at a time, as joblib's does: a second call while the first's
         generator is unconsumed, or from another thread, would mix their results in a
@@ -430,11 +431,11 @@ class Parallel:
                 )
             )
         try:
-            yield from self._run_call(iterable, label)
+            yield from self._run_call(iterable, label, tally)
         finally:
             self._call_lock.release()
 
-    def _run_call(self, iterable: Iterable[Any], label: str) -> Generator[Any, None, None]:
+    def _run_call(self, iterable: Iterable[Any], label: str, tally: _Tally) -> Generator[Any, None, None]:
         def reject(item: Any, index: int) -> tuple:
             return _misuse.coerce_call(label, iterable, item, index)
 
@@ -492,21 +493,52 @@ class Parallel:
             )
             session.begin()
             progress.started(type(backend).__name__, session.n_workers)
-            yield from run_batches(source, scheduler, session, progress)
+            yield from run_batches(source, scheduler, session, progress, tally)
         finally:
             progress.close()
             if owned:
                 session.close()
 
 
+class _Tally:
+    """What a call on workers did, for the warning given when its generator is closed early:
+    tasks submitted, completed, and consumed by the caller."""
+
+    __slots__ = ("completed", "consumed", "finished", "submitted")
+
+    def __init__(self) -> None:
+        self.submitted = self.completed = self.consumed = 0
+        self.finished = True  # until tasks go to workers: nothing can be wasted
+
+    def warn_if_wasted(self) -> None:
+        unused, cancelled = self.completed - self.consumed, self.submitted - self.completed
+        if self.finished or not (unused or cancelled):
+            return
+        wasted = [f"{unused} computed results were never read"] if unused else []
+        wasted += [f"{cancelled} tasks sent to the workers were cancelled"] if cancelled else []
+        warnings.warn(
+            f"the generator of a Parallel call was closed before its end: {' and '.join(wasted)}. "
+            "To compute less that goes unused, give Parallel fewer inputs, or a smaller pre_dispatch.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def run_batches(
-    source: TaskSource | ItemsSource, scheduler: Scheduler, session: Session, progress: Progress | None = None
+    source: TaskSource | ItemsSource,
+    scheduler: Scheduler,
+    session: Session,
+    progress: Progress | None = None,
+    tally: _Tally | None = None,
 ) -> Generator[Any, None, None]:
     """The driver of a call: batches of ``source`` run on ``session`` as ``scheduler`` sizes and
     orders them. Yields ``_STARTED`` once the first batches are dispatched, then lists of results;
-    an error (or closing the generator early) aborts the session's batches."""
+    an error (or closing the generator early) aborts the session's batches. ``tally`` counts the
+    tasks submitted and completed."""
+    tally = tally or _Tally()
+    tally.finished = False
     try:
-        _dispatch(source, scheduler, session)
+        tally.submitted += _dispatch(source, scheduler, session)
         yield _STARTED
         while True:
             results = scheduler.pop_ready()
@@ -520,9 +552,11 @@ def run_batches(
                 break
             completion = session.wait()
             scheduler.complete(completion.batch_id, completion.elapsed, completion.results)
-            _dispatch(source, scheduler, session)
+            tally.completed += len(completion.results)
+            tally.submitted += _dispatch(source, scheduler, session)
             if progress is not None and source.exhausted and progress.active:
                 progress.set_total(source.n_read)
+        tally.finished = True
         if progress is not None:
             progress.finished()
     except BaseException as error:
@@ -530,21 +564,32 @@ def run_batches(
         raise
 
 
-def _flatten(chunks: Generator[list[Any], None, None]) -> Generator[Any, None, None]:
-    """The results of ``return_as="generator"``: one at a time; closing it stops the call."""
+def _flatten(chunks: Generator[list[Any], None, None], tally: _Tally) -> Generator[Any, None, None]:
+    """The results of ``return_as="generator"``: one at a time; closing it stops the call (and
+    warns, as joblib does, of the work that went unused)."""
     try:
         for chunk in chunks:
-            yield from chunk
+            for result in chunk:
+                tally.consumed += 1
+                yield result
+    except GeneratorExit:
+        chunks.close()
+        tally.warn_if_wasted()
+        raise
     finally:
         chunks.close()
 
 
-def _dispatch(source: TaskSource | ItemsSource, scheduler: Scheduler, session: Session) -> None:
-    """Submit batches while the pre-dispatch window has room and calls are left."""
+def _dispatch(source: TaskSource | ItemsSource, scheduler: Scheduler, session: Session) -> int:
+    """Submit batches while the pre-dispatch window has room and calls are left; returns how
+    many tasks went."""
+    submitted = 0
     while scheduler.can_submit():
         source.fill(scheduler.lookahead())
         batch = source.take(scheduler.next_batch_size(source.remaining_if_known()))
         if batch is None:
-            return
+            break
         session.submit(scheduler.register(len(batch)), batch)
+        submitted += len(batch)
+    return submitted
 
