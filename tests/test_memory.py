@@ -105,6 +105,8 @@ def test_arrays_cached_with_mmap_mode_and_compression(tmp_path):
     size = sum(entry[2] for entry in compressed.memory.store.entries())
     assert size < 8_000_000 / 2
     assert CALLS == [1000, 1_000_000]
+    with pytest.warns(UserWarning, match="compressed results cannot be memory-mapped"):
+        Memory(tmp_path / "zm", compress=3, mmap_mode="r")  # as joblib, told at once
 
 
 def test_array_arguments_are_hashed_by_content(tmp_path):

@@ -187,7 +187,13 @@ class Memory:
         from ._sharedmem import parse_max_nbytes, validate_mmap_mode
 
         validate_mmap_mode(mmap_mode, "results read into memory")
-        parse_compress(compress)
+        if parse_compress(compress)[0] != "raw" and mmap_mode is not None:
+            warnings.warn(  # as joblib warns
+                f"Memory(compress={compress!r}, mmap_mode={mmap_mode!r}): compressed results cannot be "
+                "memory-mapped; they are read into memory (drop compress to map them)",
+                UserWarning,
+                stacklevel=2,
+            )
 
         self.location = None if location is None else os.fspath(location)
         self.mmap_mode = mmap_mode
