@@ -169,6 +169,12 @@ def test_a_generator_read_to_its_end_or_failing_warns_of_nothing_unused():
         sequential = Parallel(n_jobs=1, return_as="generator")(delayed(identity)(x) for x in range(50))
         assert next(sequential) == 0
         sequential.close()  # lazy in this thread: nothing was computed ahead
+    import gc
+
+    never_read = Parallel(n_jobs=2, return_as="generator", batch_size=1)(delayed(identity)(x) for x in range(100))
+    with pytest.warns(UserWarning, match="closed before its end"):
+        del never_read  # dropped unread: its tasks were already sent
+        gc.collect()
 
 
 # -- backends -----------------------------------------------------------------------------------
@@ -360,7 +366,7 @@ def test_any_parallel_runs_one_call_at_a_time_like_joblib(n_jobs):
     with pytest.raises(RuntimeError, match="This Parallel instance is already running"):
         parallel(delayed(abs)(-i) for i in range(10))
     assert list(first) == list(range(10))
-    assert parallel(delayed(abs)(-i) for i in range(3)) is not None  # free again once consumed
+    assert list(parallel(delayed(abs)(-i) for i in range(3))) == [0, 1, 2]  # free again once consumed
 
 
 def test_backend_objects_joblib_accepts_are_accepted():

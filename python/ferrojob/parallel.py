@@ -520,7 +520,7 @@ class _Tally:
             f"the generator of a Parallel call was closed before its end: {' and '.join(wasted)}. "
             "To compute less that goes unused, give Parallel fewer inputs, or a smaller pre_dispatch.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=2,
         )
 
 
@@ -533,8 +533,10 @@ def run_batches(
 ) -> Generator[Any, None, None]:
     """The driver of a call: batches of ``source`` run on ``session`` as ``scheduler`` sizes and
     orders them. Yields ``_STARTED`` once the first batches are dispatched, then lists of results;
-    an error (or closing the generator early) aborts the session's batches. ``tally`` counts the
-    tasks submitted and completed."""
+    an error (or closing the generator early) aborts the session's batches. With ``tally`` (a
+    ``Parallel`` call), the tasks submitted and completed are counted, and closing early warns of
+    the work that went unused, as joblib does."""
+    warn_if_wasted = tally is not None
     tally = tally or _Tally()
     tally.finished = False
     try:
@@ -561,21 +563,19 @@ def run_batches(
             progress.finished()
     except BaseException as error:
         session.abort(everything=isinstance(error, KeyboardInterrupt))
+        if warn_if_wasted and isinstance(error, GeneratorExit):
+            tally.warn_if_wasted()
         raise
 
 
 def _flatten(chunks: Generator[list[Any], None, None], tally: _Tally) -> Generator[Any, None, None]:
-    """The results of ``return_as="generator"``: one at a time; closing it stops the call (and
-    warns, as joblib does, of the work that went unused)."""
+    """The results of ``return_as="generator"``: one at a time; closing it stops the call (see
+    ``run_batches``), even when it was never started (the call then ends with ``chunks``)."""
     try:
         for chunk in chunks:
             for result in chunk:
                 tally.consumed += 1
                 yield result
-    except GeneratorExit:
-        chunks.close()
-        tally.warn_if_wasted()
-        raise
     finally:
         chunks.close()
 
