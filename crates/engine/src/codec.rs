@@ -314,7 +314,7 @@ pub fn write(
         .enumerate()
         .flat_map(|(index, (_, data))| data.chunks(BLOCK_SIZE).map(move |chunk| (index, chunk)))
         .collect();
-    let header_len = 4 + 4 + sections.len() * (1 + 1 + 8 + 8 + 4) + chunks.len() * 24;
+    let header_len = header_len(sections.len(), chunks.len());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let temporary = crate::atomic::temporary_sibling(path, "tmp");
     let written = (|| -> io::Result<u64> {
@@ -326,8 +326,9 @@ pub fn write(
         out.write_all(&(header_len as u64).to_le_bytes())?;
         out.write_all(&vec![0u8; header_len + 8])?; // the header's room, filled in last
         let mut position = (PREAMBLE + header_len + 8) as u64;
-        let last_section = sections.len() - 1; // the pickle's section is always there
-                                               // Sections before `placed` have their offset: each starts aligned where the last ended.
+        // The pickle's section is always there.
+        let last_section = sections.len() - 1;
+        // Sections before `placed` have their offset: each starts aligned where the last ended.
         let mut placed = 0;
         let mut place_through =
             |section: usize, position: &mut u64, out: &mut io::BufWriter<File>| {
@@ -360,7 +361,12 @@ pub fn write(
             sections[section].blocks.push(block);
         }
         let header = encode_header(0, &sections);
-        debug_assert_eq!(header.len(), header_len);
+        if header.len() != header_len {
+            // Its room was sized from the same counts: a bug, reported rather than written.
+            return Err(io::Error::other(
+                "the header does not fit the room left for it",
+            ));
+        }
         let file = out.into_inner().map_err(|e| e.into_error())?;
         let mut sealed = header.clone();
         sealed.extend_from_slice(&xxh3_64(&header).to_le_bytes());
@@ -381,12 +387,21 @@ pub fn write(
     }
 }
 
+/// Bytes of a header entry per section (kind, codec, raw length, offset, block count) and per
+/// block (raw length, stored length, checksum).
+const SECTION_ENTRY_LEN: usize = 1 + 1 + 8 + 8 + 4;
+const BLOCK_ENTRY_LEN: usize = 8 + 8 + 8;
+
+/// The length of the header of `n_sections` sections holding `n_blocks` blocks in all.
+fn header_len(n_sections: usize, n_blocks: usize) -> usize {
+    4 + 4 + n_sections * SECTION_ENTRY_LEN + n_blocks * BLOCK_ENTRY_LEN
+}
+
 fn encoded_header_len(sections: &[Section]) -> usize {
-    4 + 4
-        + sections
-            .iter()
-            .map(|s| 1 + 1 + 8 + 8 + 4 + s.blocks.len() * 24)
-            .sum::<usize>()
+    header_len(
+        sections.len(),
+        sections.iter().map(|s| s.blocks.len()).sum(),
+    )
 }
 
 fn encode_header(flags: u32, sections: &[Section]) -> Vec<u8> {
@@ -429,12 +444,10 @@ fn max_raw_len(codec: Codec, stored_len: u64) -> u64 {
 }
 
 fn decode_header(bytes: &[u8]) -> Result<(u32, Vec<Section>), String> {
-    const SECTION_LEN: usize = 1 + 1 + 8 + 8 + 4;
-    const BLOCK_LEN: usize = 8 + 8 + 8;
     let ends_early = || "ends early".to_owned();
     let mut reader = Cursor::new(bytes);
     let flags = reader.u32().ok_or_else(ends_early)?;
-    let count = reader.count(SECTION_LEN).ok_or_else(ends_early)?;
+    let count = reader.count(SECTION_ENTRY_LEN).ok_or_else(ends_early)?;
     let mut sections = Vec::with_capacity(count);
     for index in 0..count {
         let kind = match reader.u8().ok_or_else(ends_early)? {
@@ -446,7 +459,7 @@ fn decode_header(bytes: &[u8]) -> Result<(u32, Vec<Section>), String> {
         let codec = Codec::from_code(code).ok_or_else(|| format!("unknown codec {code}"))?;
         let raw_len = reader.u64().ok_or_else(ends_early)?;
         let offset = reader.u64().ok_or_else(ends_early)?;
-        let n_blocks = reader.count(BLOCK_LEN).ok_or_else(ends_early)?;
+        let n_blocks = reader.count(BLOCK_ENTRY_LEN).ok_or_else(ends_early)?;
         let mut blocks = Vec::with_capacity(n_blocks);
         let mut total: u64 = 0;
         for number in 0..n_blocks {
