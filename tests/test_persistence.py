@@ -445,6 +445,10 @@ def test_joblib_files_from_before_0_10_are_read_with_joblibs_warning():
     with open(os.path.join(data, names[0]), "rb") as stream:
         with pytest.raises(NotADumpFileError, match="load it by its path"):
             load(stream)
+    with open(os.path.join(data, names[1]), "rb") as stream:  # a Z-file, its arrays inside it
+        with pytest.warns(DeprecationWarning, match="less than 0.10"):
+            from_stream = load(stream)
+        np.testing.assert_array_equal(from_stream[1], expected[1])
     # joblib >= 0.10 files (protocol 3: text opcodes, read by line) load alike from streams.
     import io
 

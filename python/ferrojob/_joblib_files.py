@@ -42,7 +42,7 @@ _PREFIXES = (
 #: Bytes read at a time when an array is read from a (decompressing) stream.
 _CHUNK = 16 << 20
 #: How a Z-file of joblib < 0.10 starts, and the length of its header.
-ZFILE_PREFIX = b"ZF"
+_ZFILE_PREFIX = b"ZF"
 _ZFILE_HEADER = 2 + 19
 #: joblib's word for files of joblib < 0.10 (kept as is: code may filter warnings by it).
 _OLD_FORMAT = "The file '{}' has been generated with a joblib version less than 0.10. Please regenerate this pickle file."
@@ -52,7 +52,7 @@ _ALIGNMENT = 16
 
 def compressor(start: bytes) -> str | None:
     """The codec a joblib file starting with ``start`` is compressed with as a whole, if any."""
-    if start.startswith(ZFILE_PREFIX):
+    if start.startswith(_ZFILE_PREFIX):
         return "zfile"
     for prefix, name in _PREFIXES:
         if start.startswith(prefix):
@@ -98,7 +98,7 @@ def _zfile(handle: Any, path: str) -> BinaryIO:
     """The data of a Z-file of joblib < 0.10 (see the module docs), as a stream."""
     header = handle.read(_ZFILE_HEADER)
     try:
-        length = int(header[len(ZFILE_PREFIX) :], 16)
+        length = int(header[len(_ZFILE_PREFIX) :], 16)
     except ValueError:
         raise DamagedFileError(f"{path}: the header of a joblib < 0.10 file is damaged", code="FJ401") from None
     start = handle.read(1)
@@ -320,22 +320,27 @@ class _JoblibUnpickler(_PureUnpickler):
         return loaded
 
 
+def _unpickle(handle: Any, name: str, path: str | None, mmap_mode: str | None, native: bool, zfile: bool) -> Any:
+    """The object of the joblib dump ``handle`` is at: a pickle, or a Z-file around one."""
+    if not zfile:
+        return _JoblibUnpickler(handle, name, path, memmap_mode(mmap_mode), native).load()
+    with _zfile(handle, name) as stream:
+        return _JoblibUnpickler(stream, name, path, None, native, old_format=True).load()
+
+
 def load_joblib_file(path: str, mmap_mode: str | None, native: bool) -> Any:
     """The object in a file written by ``joblib.dump``, uncompressed or a Z-file of joblib < 0.10
     (``load`` reads files compressed as a whole as streams); ``native``: turn big-endian arrays
     read into memory to this machine's byte order."""
     with open(path, "rb") as raw:
-        zfile = raw.read(len(ZFILE_PREFIX)) == ZFILE_PREFIX
+        zfile = compressor(raw.read(len(_ZFILE_PREFIX))) == "zfile"
         raw.seek(0)
-        if not zfile:
-            return _JoblibUnpickler(raw, path, path, memmap_mode(mmap_mode), native).load()
-        if mmap_mode is not None:
+        if zfile and mmap_mode is not None:
             warn_not_mapped(f"{path} is compressed (joblib < 0.10)", mmap_mode)
-        with _zfile(raw, path) as stream:
-            return _JoblibUnpickler(stream, path, path, None, native, old_format=True).load()
+        return _unpickle(raw, path, path, mmap_mode, native, zfile)
 
 
-def load_joblib_stream(stream: Any, name: str, native: bool) -> Any:
-    """The object of the joblib dump ``stream`` is at (uncompressed: the caller decompresses),
-    read no further than its end."""
-    return _JoblibUnpickler(stream, name, None, None, native).load()
+def load_joblib_stream(stream: Any, name: str, native: bool, zfile: bool) -> Any:
+    """The object of the joblib dump ``stream`` is at (a pickle, or a Z-file of joblib < 0.10;
+    other whole-stream codecs are the caller's to undo), read no further than its end."""
+    return _unpickle(stream, name, None, None, native, zfile)

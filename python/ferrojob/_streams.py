@@ -153,7 +153,7 @@ def _load(stream: Any, allow_pickle: bool, ensure_native_byte_order: Any) -> Any
     from . import _joblib_files
 
     codec = _joblib_files.compressor(head)
-    if codec is not None and not head.startswith(_joblib_files.ZFILE_PREFIX):
+    if codec not in (None, "zfile"):
         # Compressed as a whole: what is inside may be either format.
         try:
             with _joblib_files.decompressing(Replay(head, stream), codec, name) as inner:
@@ -174,7 +174,7 @@ def _load(stream: Any, allow_pickle: bool, ensure_native_byte_order: Any) -> Any
         if not allow_pickle:
             raise refuse_joblib_pickle(name)
         native = native_byte_order(None, ensure_native_byte_order)
-        return _joblib_files.load_joblib_stream(Replay(head, stream), name, native)
+        return _joblib_files.load_joblib_stream(Replay(head, stream), name, native, zfile=codec == "zfile")
     _core.dump_extent(head, name)  # raises NotADumpFileError, saying what the stream looks like
     raise NotADumpFileError(f"{name}: not a dump", code="FJ402")
 
