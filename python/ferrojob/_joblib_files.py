@@ -25,7 +25,7 @@ import zlib
 from typing import Any, BinaryIO
 
 from .errors import DamagedFileError, NotADumpFileError, compose_message
-from .persistence import caller_of_load, memmap_mode, warn_not_mapped
+from .persistence import caller_of_load, in_native_order, memmap_mode, warn_not_mapped
 
 _PREFIXES = (
     (b"\x1f\x8b", "gzip"),
@@ -292,7 +292,7 @@ class _JoblibUnpickler(_PureUnpickler):
     def native(self, array: Any) -> Any:
         """``array`` in this machine's byte order, if ``ensure_native_byte_order`` asks for it."""
         if self.native_byte_order and not array.dtype.isnative:
-            return array.astype(array.dtype.newbyteorder("="))
+            return in_native_order(array)
         return array
 
     def load_build(self) -> None:

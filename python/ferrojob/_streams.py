@@ -1,6 +1,7 @@
-"""Reading one dump from an open binary file object, from its current position.
+"""Dumps written into and read from open binary file objects.
 
-A stream is read no further than the dump's end: several dumps written one after another into
+A container is written by offset, so ``dump`` into a stream builds it in a scratch file first,
+then copies it. ``load`` reads one dump from the stream's current position. A stream is read no further than the dump's end: several dumps written one after another into
 one file come back one by one, and a socket's stream is never read to its end (it would wait
 for the peer to close). A ferrojob container says how long it is in its header
 (``_core.dump_extent``); joblib's format is a pickle, which ends by itself. A stream compressed
@@ -16,6 +17,7 @@ import contextlib
 import io
 import lzma
 import os
+import shutil
 import stat
 import tempfile
 import zlib
@@ -38,6 +40,14 @@ def scratch_file() -> Iterator[str]:
     base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     with tempfile.TemporaryDirectory(prefix="ferrojob-", dir=base) as folder:
         yield os.path.join(folder, "dump")
+
+
+def dump_stream(stream: Any, data: bytes, buffers: list[Any], codec: str, level: int) -> None:
+    """Write a container of ``data`` and ``buffers`` (see ``_core.write_dump``) into ``stream``."""
+    with scratch_file() as path:
+        _core.write_dump(path, data, buffers, codec, level)
+        with open(path, "rb") as written:
+            shutil.copyfileobj(written, stream, _COPY_CHUNK)
 
 
 def stream_name(stream: Any) -> str:

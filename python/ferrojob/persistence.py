@@ -26,14 +26,13 @@ import functools
 import io
 import os
 import pickle
-import shutil
 import sys
 import warnings
 from typing import Any
 
 from . import _core, _safe_pickle
 from ._sharedmem import validate_mmap_mode
-from ._streams import load_stream, mappable_file, scratch_file, seek_past_dump
+from ._streams import dump_stream, load_stream, mappable_file, seek_past_dump
 from .errors import DamagedFileError, InvalidParameterError, NotADumpFileError, compose_message
 
 __all__ = ["dump", "load"]
@@ -146,19 +145,13 @@ def dump(value: Any, filename: Any, compress: Any = 0, protocol: int | None = No
         name = getattr(filename, "name", "")
         codec, level = parse_compress(compress, name if isinstance(name, str) else "")
         data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-        with scratch_file() as path:
-            _core.write_dump(path, data, buffers, codec, level)
-            with open(path, "rb") as written:
-                shutil.copyfileobj(written, filename, _COPY_CHUNK)
+        dump_stream(filename, data, buffers, codec, level)
         return None  # as joblib: nothing is returned for a file object
     path = _path(filename, "dump")
     codec, level = parse_compress(compress, path)
     data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
     _core.write_dump(path, data, buffers, codec, level)
     return [path]
-
-
-_COPY_CHUNK = 1 << 20
 
 
 def refuse_joblib_pickle(name: str) -> NotADumpFileError:
@@ -260,6 +253,11 @@ def native_byte_order(mmap_mode: str | None, ensure_native_byte_order: Any) -> b
     return mmap_mode is None if ensure_native_byte_order == "auto" else bool(ensure_native_byte_order)
 
 
+def in_native_order(array: Any) -> Any:
+    """A copy of the big-endian ``array`` in this machine's byte order."""
+    return array.astype(array.dtype.newbyteorder("="))
+
+
 def warn_not_mapped(what: str, mmap_mode: str) -> None:
     """``mmap_mode`` cannot apply (``what``: why): warn, as joblib does, that arrays are read."""
     warnings.warn(
@@ -326,7 +324,7 @@ class _ArrayShaping:
     def __call__(self, original: Any, buffer: Any, *args: Any) -> Any:
         array = original(buffer, *args)
         if self.native and not array.dtype.isnative:
-            return array.astype(array.dtype.newbyteorder("="))
+            return in_native_order(array)
         offset = self.offsets.get(id(buffer))
         if self.mode is None or offset is None:
             return array
