@@ -232,3 +232,73 @@ def test_task_timeout_error_is_also_multiprocessing_timeout_error_without_import
     )
     assert done.returncode == 0, done.stderr
     assert "caught TaskTimeoutError" in done.stdout
+
+
+def sleep_after_writing_pid(folder, seconds):
+    """Leaves this worker's pid in ``folder`` (a file per task), then sleeps."""
+    import time
+
+    path = os.path.join(folder, str(os.getpid()))
+    with open(path + ".tmp", "w") as out:
+        out.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+    time.sleep(seconds)
+
+
+def wait_until(condition, seconds=30.0, what="the condition"):
+    """Poll ``condition`` until it holds; fail after ``seconds`` (a deadline, not a timing claim)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} never happened within {seconds} s")
+        time.sleep(0.02)
+
+
+def process_gone(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_a_timeout_fires_while_nobody_reads_the_generator(tmp_path):
+    results = Parallel(n_jobs=2, timeout=1, return_as="generator")(
+        delayed(sleep_after_writing_pid)(str(tmp_path), 120) for _ in range(2)
+    )
+    # The generator is never advanced while the tasks run: the pool's supervisor alone must stop
+    # them (well before their 120 s sleep would end).
+    def pids():
+        return [int(name) for name in os.listdir(tmp_path) if not name.endswith(".tmp")]
+
+    wait_until(lambda: len(pids()) == 2, what="both tasks starting")
+    started = pids()
+    wait_until(lambda: all(process_gone(pid) for pid in started), what="the stuck workers being stopped")
+    with pytest.raises(TaskTimeoutError):
+        next(results)
+
+
+def test_a_stuck_thread_is_reported_while_the_other_threads_keep_producing():
+    import threading
+    import time
+
+    release = threading.Event()
+    done = []
+
+    def task(i):
+        if i == 0:
+            release.wait(60)  # stuck until the test lets it go
+        else:
+            time.sleep(0.001)
+            done.append(i)
+        return i
+
+    try:
+        with pytest.raises(TaskTimeoutError):
+            Parallel(n_jobs=2, backend="threading", timeout=1, batch_size=1)(delayed(task)(i) for i in range(20_000))
+    finally:
+        release.set()
+    # Reported while the other thread was still producing, not after it ran out of work.
+    assert len(done) < 19_999

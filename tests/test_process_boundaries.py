@@ -180,3 +180,72 @@ def test_multiprocessing_manager_proxies_work_in_tasks():
         shared = manager.list()
         assert all(Parallel(n_jobs=2)(delayed(append_through_proxy)(shared, i) for i in range(6)))
         assert sorted(shared) == list(range(6))
+
+
+LARGE = 500_000  # int64 elements: 4 MB per array, 8 arrays fill more than one 16 MiB arena chunk
+
+
+def large_sums(offset):
+    """Large arguments placed in shared memory, several chunks' worth: the child's arena must
+    prepare chunks of its own (its parent's helper thread did not survive the fork)."""
+    arrays = [np.full(LARGE, offset + i, dtype=np.int64) for i in range(8)]
+    return Parallel(n_jobs=2)(delayed(np.sum)(array) for array in arrays)
+
+
+def expected_sums(offset):
+    return [LARGE * (offset + i) for i in range(8)]
+
+
+def wait_for_child(pid, seconds=60):
+    """The child's exit status, or a failure (and the child killed) if it hangs."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail(f"the forked child {pid} hung")
+
+
+def test_a_forked_child_runs_large_calls_after_its_parent_did():
+    assert large_sums(0) == expected_sums(0)
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(reader)
+        try:
+            out = [large_sums(10), large_sums(20)]
+            os.write(writer, pickle.dumps(out))
+        finally:
+            os._exit(0)
+    os.close(writer)
+    status = wait_for_child(pid)
+    with os.fdopen(reader, "rb") as pipe:
+        assert pickle.loads(pipe.read()) == [expected_sums(10), expected_sums(20)]
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert large_sums(30) == expected_sums(30)
+
+
+def large_calls_into(queue):
+    queue.put([large_sums(10), large_sums(20)])
+
+
+def test_a_multiprocessing_fork_child_runs_large_calls():
+    assert large_sums(0) == expected_sums(0)
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=large_calls_into, args=(queue,))
+    child.start()
+    try:
+        assert queue.get(timeout=120) == [expected_sums(10), expected_sums(20)]
+    finally:
+        child.join(60)
+        if child.is_alive():  # pragma: no cover - a hang
+            child.kill()
+            child.join()
+    assert child.exitcode == 0
+    assert large_sums(30) == expected_sums(30)

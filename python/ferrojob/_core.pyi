@@ -4,6 +4,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Literal, final
 
 __all__ = [
+    "STATUS_STOP",
     "STATUS_TASKS_STARTED",
     "Arena",
     "Buffer",
@@ -29,6 +30,7 @@ __all__ = [
     "write_dump",
 ]
 
+STATUS_STOP: int
 STATUS_TASKS_STARTED: int
 
 _Placement = tuple[int, int, int, int]
@@ -141,10 +143,12 @@ class ProcessPool:
         mmap_mode: str = "r",
         n_tasks: int = 1,
     ) -> None: ...
-    def set_worker_limits(self, max_tasks: int | None = None, max_rss: int | None = None) -> None: ...
-    def wait(
-        self, timeout: float | None = None, task_timeout: float | None = None
-    ) -> Completion | None: ...
+    def set_limits(
+        self, timeout: float | None = None, max_tasks: int | None = None, max_rss: int | None = None
+    ) -> None: ...
+    @property
+    def owned_here(self) -> bool: ...
+    def wait(self, timeout: float | None = None) -> Completion | None: ...
     def cancel(self) -> list[int]: ...
     def cancel_job(self, job: int, kill_running: bool = True) -> Literal["queued", "running", "unknown"]: ...
     def wake(self) -> None: ...
@@ -179,10 +183,11 @@ def serve_worker(
 
 def run_items(
     function: Callable[..., Any], items: list[Any], star: bool, start: int, results: list[Any], started: int
-) -> tuple[int, BaseException] | None:
+) -> tuple[int, BaseException | None] | None:
     """Append ``function(item)`` (``function(*item)`` when ``star``) for ``items[start:]`` to
     ``results``, counting started tasks in the worker's status page from ``started``; stops at the
-    first exception: ``(its index, the exception)``."""
+    first exception: ``(its index, the exception)``, or before an item once the parent set the
+    stop word: ``(its index, None)``."""
 
 @final
 class Buffer:

@@ -25,12 +25,13 @@ _UNMEASURED = -1.0  # a failed job's time: the engine's own clock
 _where = [""]  # the working directory of the last job's call
 _NO_KWARGS: dict = {}
 _TASKS_STARTED = 1  # index of the tasks-started word (the engine's STATUS_TASKS_STARTED)
+_STOP = 2  # index of the stop word: set by the parent's supervisor past max_worker_memory
 
 
 def main() -> None:
     from . import _core
 
-    assert _core.STATUS_TASKS_STARTED == _TASKS_STARTED
+    assert (_core.STATUS_TASKS_STARTED, _core.STATUS_STOP) == (_TASKS_STARTED, _STOP)
     try:
         _core.serve_worker(_on_init, _run_job)
     except OSError as error:
@@ -77,14 +78,14 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
     took)`` or ``(False, failure report, [], -1)``. With ``return_exceptions`` (``collect``), a
     task that raises leaves its report as its result.
     """
-    status, slot = _status, _TASKS_STARTED
+    status, slot, stop = _status, _TASKS_STARTED, _STOP
     started = 0
     results: list[Any] = []
     failed: list[int] = []  # offsets of the failure reports among the results (collect)
     append = results.append
     try:
         # Large objects shared by the call's tasks arrive as persistent ids.
-        threshold, groups, collect, memory_cap, cwd = Unpickler(io.BytesIO(payload), buffers=buffers).load()
+        threshold, groups, collect, cwd = Unpickler(io.BytesIO(payload), buffers=buffers).load()
     except BaseException as error:  # whatever unpickling raised, the parent hears it
         return False, _unloadable_arguments(error), [], _UNMEASURED
     if cwd != _where[0]:
@@ -99,19 +100,17 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
             _share_numpy_arrays()
         for group in groups:
             if type(group) is ItemsGroup:
-                if memory_cap is None:
-                    started, failure = _run_items(group, collect, results, failed, started)
-                    if failure is not None:
-                        return False, _raised(failure, started - 1), [], _UNMEASURED
-                    continue
-                group = (group.function, [args for _, args, _ in group.calls()], None)
+                started, failure = _run_items(group, collect, results, failed, started)
+                if failure is not None:
+                    return False, _raised(failure, started - 1), [], _UNMEASURED
+                continue
             function, args_list, kwargs_list = group
             if kwargs_list is None:
                 kwargs_list = [_NO_KWARGS] * len(args_list)
             for args, kwargs in zip(args_list, kwargs_list, strict=True):
-                if memory_cap is not None and started and _resident_bytes() > memory_cap:
-                    # Past max_worker_memory: stop here; the parent runs the rest of the batch
-                    # on a fresh worker (this one is replaced).
+                if started and status[stop]:
+                    # Past max_worker_memory (the parent's supervisor says so): stop here; the
+                    # parent runs the rest of the batch on a fresh worker (this one is replaced).
                     raise _MemoryCapReached
                 started += 1
                 status[slot] = started
@@ -144,13 +143,16 @@ def _run_items(
     group: ItemsGroup, collect: bool, results: list[Any], failed: list[int], started: int
 ) -> tuple[int, BaseException | None]:
     """Run a map chunk at C speed (``_core.run_items``); returns the job's tasks started so far
-    and, without ``collect``, the error that stopped it."""
+    and, without ``collect``, the error that stopped it. Past max_worker_memory the chunk ends
+    early (``_MemoryCapReached``)."""
     items, index = group.items, 0
     while True:
         stopped = run_items(group.function, items, group.star, index, results, started + index)
         if stopped is None:
             return started + len(items), None
         at, error = stopped
+        if error is None:
+            raise _MemoryCapReached
         if not collect:
             return started + at + 1, error
         failed.append(len(results))
@@ -186,17 +188,8 @@ def _share_numpy_arrays() -> None:
         _core.install_numpy_allocator()
 
 
-_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-
-
 class _MemoryCapReached(Exception):
     """Ends a batch early: the worker is over max_worker_memory."""
-
-
-def _resident_bytes() -> int:
-    """This process's resident memory (one small read of /proc, a few microseconds)."""
-    with open("/proc/self/statm", "rb") as statm:
-        return int(statm.read().split()[1]) * _PAGE_SIZE
 
 
 def _unloadable_arguments(error: BaseException) -> bytes:

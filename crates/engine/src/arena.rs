@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crossbeam_channel::Receiver;
 
 use crate::envelope::{self, BufferRef};
+use crate::fork::Birth;
 use crate::pool::{Job, JobId};
 use crate::shm::{self, Access, SharedFile};
 
@@ -70,7 +71,7 @@ pub struct Arena {
     recycled: Vec<SharedFile>,
     /// The process whose workers map the chunks: a forked child shares the memfds, so its
     /// writes would land in memory the parent's jobs use.
-    owner: u32,
+    birth: Birth,
     /// Buffers placed by identity, while their chunk is open.
     identities: HashMap<Identity, Placed>,
     /// The current call of the session (see [`Arena::new_call`]).
@@ -122,7 +123,7 @@ impl Arena {
             current: None,
             spare: None,
             recycled: Vec::new(),
-            owner: std::process::id(),
+            birth: Birth::here(),
             identities: HashMap::new(),
             call: 0,
             forgetter: None,
@@ -227,10 +228,10 @@ impl Arena {
 
     /// Copy `bytes` into the arena.
     pub fn place(&mut self, bytes: &[u8]) -> io::Result<Placement> {
-        if std::process::id() != self.owner {
+        if !self.birth.is_here() {
             return Err(io::Error::other(format!(
                 "this shared-memory arena belongs to process {}; a forked child cannot write to it",
-                self.owner
+                self.birth.pid()
             )));
         }
         if bytes.len() > self.chunk_size {

@@ -10,6 +10,7 @@ pub mod atomic;
 pub mod codec;
 pub mod cursor;
 pub mod envelope;
+pub mod fork;
 pub mod fuzzing;
 pub mod hash;
 pub mod output;

@@ -13,6 +13,8 @@ use std::sync::OnceLock;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::fork::PerProcess;
+
 use memmap2::MmapMut;
 use nix::sys::memfd::{memfd_create, MFdFlags};
 
@@ -104,6 +106,9 @@ pub struct StatusPage {
 pub const STATUS_JOB: usize = 0;
 /// Index of the tasks-started word.
 pub const STATUS_TASKS_STARTED: usize = 1;
+/// Index of the stop word: the parent sets it to 1 when the worker should stop its job after the
+/// task it runs (it is over its memory cap and will be replaced); never cleared.
+pub const STATUS_STOP: usize = 2;
 const STATUS_WORDS: usize = 8;
 
 impl StatusPage {
@@ -549,8 +554,9 @@ enum Chore {
 }
 
 fn helper() -> &'static Sender<Chore> {
-    static HELPER: OnceLock<Sender<Chore>> = OnceLock::new();
-    HELPER.get_or_init(|| {
+    // Each process has its own helper: a forked child does not inherit the parent's thread.
+    static HELPER: PerProcess<Sender<Chore>> = PerProcess::new();
+    HELPER.get(|| {
         let (tx, rx) = crossbeam_channel::unbounded::<Chore>();
         std::thread::Builder::new()
             .name("ferrojob-shm".into())
@@ -636,11 +642,12 @@ const RESERVE_KEEP: std::time::Duration = std::time::Duration::from_secs(10);
 type Kept = (MmapMut, std::time::Instant);
 
 /// Released anonymous maps, kept for the next [`anonymous`] call they fit (within
-/// [`reuse_budget`] bytes in all, for at most [`RESERVE_KEEP`]).
-static RESERVE: std::sync::Mutex<Vec<Kept>> = std::sync::Mutex::new(Vec::new());
+/// [`reuse_budget`] bytes in all, for at most [`RESERVE_KEEP`]); each process keeps its own.
+static RESERVE: PerProcess<std::sync::Mutex<Vec<Kept>>> = PerProcess::new();
 
 fn reserve() -> std::sync::MutexGuard<'static, Vec<Kept>> {
     RESERVE
+        .get(|| std::sync::Mutex::new(Vec::new()))
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

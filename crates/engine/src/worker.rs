@@ -18,6 +18,7 @@ use std::time::Instant;
 use crate::arena::ResultSegments;
 use crate::cursor::Cursor;
 use crate::envelope::{self, BufferRef};
+use crate::fork::Birth;
 use crate::pool::{WORKER_SOCKET_FD, WORKER_STATUS_FD};
 use crate::protocol::{Connection, Kind, ProtocolError};
 use crate::shared_alloc;
@@ -93,7 +94,7 @@ pub struct Endpoint {
     status: StatusPage,
     /// The worker process. A task may fork; a child that comes back into this loop must not
     /// speak on its parent's socket (a second reply for one job breaks the call).
-    owner: u32,
+    birth: Birth,
     /// Result segments lent to the parent, and those it released (to write again).
     results: Mutex<ResultSegments>,
     /// Tokens of argument chunks whose mappings were dropped since the last reply.
@@ -144,7 +145,7 @@ impl Endpoint {
         Self {
             conn,
             status,
-            owner: std::process::id(),
+            birth: Birth::here(),
             results: Mutex::new(ResultSegments::new()),
             unmapped: Arc::new(Mutex::new(Vec::new())),
             kept: Mutex::new(VecDeque::new()),
@@ -169,7 +170,7 @@ impl Endpoint {
     /// End a process forked by a task that returned into the worker loop: everything here (the
     /// socket, the status page, the segments) belongs to the worker that forked it.
     fn leave_if_forked(&self) {
-        if std::process::id() != self.owner {
+        if !self.birth.is_here() {
             let note = b"ferrojob: a process forked inside a task returned into the worker loop; \
                          it exits here (end forked children with os._exit)\n";
             // SAFETY: writing a static buffer to stderr, then ending this process at once without

@@ -1,9 +1,12 @@
 //! The pool against real worker processes (the echo worker binary of this crate).
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use ferrojob_engine::pool::{Completion, Job, JobState, LossCause, Outcome, Pool, WorkerSpec};
+use ferrojob_engine::pool::{
+    CallLimits, Completion, Job, JobState, LossCause, Outcome, Pool, WorkerSpec,
+};
+use nix::unistd::Pid;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -103,19 +106,61 @@ fn a_task_over_the_time_limit_is_killed_and_named() {
     // Three tasks: the first two are quick, the third outlasts the limit.
     pool.submit(job(1, "tasks:3:1")).unwrap();
     assert_eq!(payload(&next(&pool)), "tasks done");
-    pool.submit(job(2, "tasks:1:60000")).unwrap();
     let limit = Duration::from_millis(200);
-    let completion = loop {
-        pool.enforce_task_timeout(limit);
-        if let Some(completion) = pool.recv(Duration::from_millis(20)) {
-            break completion;
-        }
-    };
+    pool.set_limits(CallLimits {
+        task_timeout: Some(limit),
+        ..CallLimits::default()
+    });
+    pool.submit(job(2, "tasks:1:60000")).unwrap();
+    let completion = next(&pool);
     let Outcome::Lost(loss) = &completion.outcome else {
         panic!("expected a loss, got {completion:?}")
     };
     assert_eq!(loss.cause, LossCause::TimedOut(limit));
     assert_eq!(loss.tasks_started, 1);
+}
+
+#[test]
+fn a_stuck_task_is_killed_while_nobody_waits_for_results() {
+    let pool = Pool::new(spec(), 1, None).unwrap();
+    pool.set_limits(CallLimits {
+        task_timeout: Some(Duration::from_millis(200)),
+        ..CallLimits::default()
+    });
+    pool.submit(job(1, "tasks:1:60000")).unwrap();
+    let pid = Pid::from_raw(pool.pids()[0]);
+    // Nobody calls recv: the supervisor alone stops the task (the reader reaps the worker).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while nix::sys::signal::kill(pid, None).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the stuck worker was never killed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let completion = next(&pool);
+    assert!(
+        matches!(&completion.outcome, Outcome::Lost(loss) if matches!(loss.cause, LossCause::TimedOut(_)))
+    );
+}
+
+#[test]
+fn a_worker_past_its_memory_cap_stops_its_job_after_the_current_task() {
+    let pool = Pool::new(spec(), 1, None).unwrap();
+    pool.set_limits(CallLimits {
+        max_rss: Some(1), // every worker is over it
+        ..CallLimits::default()
+    });
+    pool.submit(job(1, "stoppable:1000:10")).unwrap();
+    let first = next(&pool);
+    let ran: u64 = payload(&first)
+        .strip_prefix("ran ")
+        .and_then(|n| n.parse().ok())
+        .expect("a count of tasks run");
+    assert!((1..1000).contains(&ran), "the job was not stopped: {ran}");
+    // It is replaced: the next job runs on a fresh worker.
+    pool.submit(job(2, "echo:x")).unwrap();
+    assert_ne!(next(&pool).pid, first.pid);
 }
 
 #[test]
@@ -383,12 +428,10 @@ fn a_job_releases_its_chunks_when_its_worker_dies_or_it_is_cancelled() {
 
 #[test]
 fn workers_are_replaced_after_their_task_budget_or_past_their_memory_cap() {
-    use ferrojob_engine::pool::WorkerLimits;
-
     let pool = Pool::new(spec(), 1, None).unwrap();
-    pool.set_worker_limits(WorkerLimits {
+    pool.set_limits(CallLimits {
         max_tasks: Some(2),
-        max_rss: None,
+        ..CallLimits::default()
     });
     let mut pids = Vec::new();
     for id in 0..6 {
@@ -398,9 +441,9 @@ fn workers_are_replaced_after_their_task_budget_or_past_their_memory_cap() {
     assert_eq!(pids[0], pids[1]);
     assert_ne!(pids[1], pids[2]);
     assert_eq!(pids.iter().collect::<HashSet<_>>().len(), 3);
-    pool.set_worker_limits(WorkerLimits {
-        max_tasks: None,
+    pool.set_limits(CallLimits {
         max_rss: Some(1), // every worker is over it: replaced after each job
+        ..CallLimits::default()
     });
     let again: HashSet<i32> = (10..13)
         .map(|id| {

@@ -48,5 +48,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "STATUS_TASKS_STARTED",
         ferrojob_engine::shm::STATUS_TASKS_STARTED,
     )?;
+    m.add("STATUS_STOP", ferrojob_engine::shm::STATUS_STOP)?;
     Ok(())
 }

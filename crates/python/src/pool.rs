@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use ferrojob_engine::arena::Identity;
-use ferrojob_engine::pool::{Event, JobState, LossCause, Outcome, Pool, WorkerLimits, WorkerSpec};
+use ferrojob_engine::pool::{CallLimits, Event, JobState, LossCause, Outcome, Pool, WorkerSpec};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -105,12 +105,29 @@ impl ProcessPool {
         Ok(Self { pool })
     }
 
-    /// Replace a worker after `max_tasks` tasks, or once its resident memory exceeds `max_rss`
-    /// bytes (checked after each job); None: no limit.
-    #[pyo3(signature = (max_tasks=None, max_rss=None))]
-    fn set_worker_limits(&self, max_tasks: Option<u64>, max_rss: Option<u64>) {
-        self.pool
-            .set_worker_limits(WorkerLimits { max_tasks, max_rss });
+    /// The limits of the calls from now on, enforced by the pool's supervisor whether or not
+    /// anyone waits: a task running longer than `timeout` seconds is killed (it completes as
+    /// "timeout"); a worker is replaced after `max_tasks` tasks, or once its resident memory
+    /// exceeds `max_rss` bytes (it stops its job after the task it runs). None: no limit.
+    #[pyo3(signature = (timeout=None, max_tasks=None, max_rss=None))]
+    fn set_limits(
+        &self,
+        timeout: Option<f64>,
+        max_tasks: Option<u64>,
+        max_rss: Option<u64>,
+    ) -> PyResult<()> {
+        self.pool.set_limits(CallLimits {
+            task_timeout: durations::limit(timeout, "timeout")?,
+            max_tasks,
+            max_rss,
+        });
+        Ok(())
+    }
+
+    /// Whether this process started the pool (False in a forked child: it needs its own).
+    #[getter]
+    fn owned_here(&self) -> bool {
+        self.pool.is_owned_here()
     }
 
     /// Start or retire workers so that exactly `n` are live.
@@ -190,28 +207,16 @@ impl ProcessPool {
 
     /// The next completion, or None after `timeout` seconds (None: wait as long as it takes) or
     /// once `wake` is called.
-    /// Tasks running longer than `task_timeout` seconds are killed and complete as "timeout".
     /// Ctrl-C kills every worker and raises KeyboardInterrupt.
-    #[pyo3(signature = (timeout=None, task_timeout=None))]
-    fn wait(
-        &self,
-        py: Python<'_>,
-        timeout: Option<f64>,
-        task_timeout: Option<f64>,
-    ) -> PyResult<Option<Completion>> {
+    #[pyo3(signature = (timeout=None))]
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Completion>> {
         let deadline = durations::deadline(durations::limit(timeout, "timeout")?);
-        let task_timeout = durations::limit(task_timeout, "timeout")?;
         loop {
             let slice = match deadline {
                 Some(deadline) => deadline.saturating_duration_since(Instant::now()).min(POLL),
                 None => POLL,
             };
-            let received = py.detach(|| {
-                if let Some(limit) = task_timeout {
-                    self.pool.enforce_task_timeout(limit);
-                }
-                self.pool.next_event(slice)
-            });
+            let received = py.detach(|| self.pool.next_event(slice));
             match received {
                 Event::Completion(completion) => return to_python(py, completion).map(Some),
                 Event::Woken => return Ok(None),

@@ -3,7 +3,7 @@
 use std::os::raw::c_char;
 use std::sync::OnceLock;
 
-use ferrojob_engine::shm::{SharedBuffer, StatusPage, STATUS_TASKS_STARTED};
+use ferrojob_engine::shm::{SharedBuffer, StatusPage, STATUS_STOP, STATUS_TASKS_STARTED};
 use ferrojob_engine::worker::{Endpoint, Request, Responder};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -105,8 +105,9 @@ static STATUS: OnceLock<&'static StatusPage> = OnceLock::new();
 /// Run a map chunk at C speed: append `function(item)` (or `function(*item)` when `star`) for
 /// each of `items[start:]` to `results`, counting every task started in the status page (the
 /// job's count goes on from `started`, the tasks of the job begun before these). Stops at the
-/// first exception (any `BaseException`): `(its index in items, the exception)`; None when
-/// all ran.
+/// first exception (any `BaseException`): `(its index in items, the exception)`; or before an
+/// item once the parent set the stop word (the worker is over its memory cap): `(its index,
+/// None)`; None when all ran.
 #[pyfunction]
 pub fn run_items<'py>(
     py: Python<'py>,
@@ -120,6 +121,11 @@ pub fn run_items<'py>(
     let status = STATUS.get();
     let mut count = started;
     for index in start..items.len() {
+        if let Some(status) = status {
+            if count > 0 && status.load(STATUS_STOP) != 0 {
+                return Ok(Some((index, py.None().into_bound(py))));
+            }
+        }
         let item = items.get_item(index)?;
         count = count.saturating_add(1);
         if let Some(status) = status {

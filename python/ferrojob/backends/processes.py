@@ -139,6 +139,9 @@ class _SharedPool:
             return pool, pool.shutdown
         try:
             key = (_worker_command(), key_env, init)
+            if self.pool is not None and not self.pool.owned_here:
+                # A forked child: the workers are its parent's (the engine leaves them alone).
+                self.pool, self.key = None, None
             if self.pool is None or self.key != key:
                 self.shutdown()
                 self.pool = private_pool(n_workers, env, init, IDLE_TIMEOUT)
@@ -155,16 +158,15 @@ class _SharedPool:
             self.pool.shutdown()
             self.pool = None
 
-    def forget_after_fork(self) -> None:
-        # The workers belong to the parent; the engine leaves them alone in a child.
+    def renew_lock_after_fork(self) -> None:
+        # A thread of the parent may have held it at the fork: the child's is free. Whether the
+        # pool is the child's is the engine's answer (``owned_here``), asked in ``acquire``.
         self.lock = threading.Lock()
-        self.pool = None
-        self.key = None
 
 
 _SHARED = _SharedPool()
 atexit.register(_SHARED.shutdown)
-os.register_at_fork(after_in_child=_SHARED.forget_after_fork)
+os.register_at_fork(after_in_child=_SHARED.renew_lock_after_fork)
 
 
 class ProcessSession(Session):
@@ -182,7 +184,7 @@ class ProcessSession(Session):
         self._max_nbytes = options.max_nbytes
         self._mmap_mode = options.mmap_mode
         self._collect = options.return_exceptions
-        self._limits = (options.max_tasks_per_worker, options.max_worker_memory)
+        self._limits = (options.timeout, options.max_tasks_per_worker, options.max_worker_memory)
         env = {**worker_environment(n_workers, options.inner_max_num_threads), **(extra_env or {})}
         init = _init_payload(options.initializer, options.initargs)
         self._pool, self._release = self._acquire_pool(n_workers, env, init, _pool_key_environment(env, extra_env or {}))
@@ -211,7 +213,7 @@ class ProcessSession(Session):
     def begin(self) -> None:
         self._cwd = os.getcwd()  # tasks run where the call was made
         self.new_call()
-        self._pool.set_worker_limits(*self._limits)
+        self._pool.set_limits(*self._limits)
         if self._pool.n_workers != self.n_workers:
             self._pool.ensure_workers(self.n_workers)
 
@@ -224,7 +226,7 @@ class ProcessSession(Session):
         columns = piece.batch.columns()
         self._shared.note(columns)
         try:
-            body, buffers = self._shared.dumps((self._max_nbytes, columns, piece.collect, self._limits[1], self._cwd))
+            body, buffers = self._shared.dumps((self._max_nbytes, columns, piece.collect, self._cwd))
         except Exception as error:
             raise _explain_unpicklable_batch(piece.batch, error) from error
         identities = [self._arguments.identity(buffer) for buffer in buffers]
@@ -251,7 +253,7 @@ class ProcessSession(Session):
     def poll(self, timeout: float | None) -> EngineCompletion | None:
         """The next engine completion, or None after ``timeout`` seconds or once ``wake`` is
         called (thread-safe)."""
-        return self._pool.wait(timeout, self._timeout)
+        return self._pool.wait(timeout)
 
     def wake(self) -> None:
         """Make a thread blocked in ``poll`` return None now."""
@@ -360,7 +362,7 @@ class ProcessSession(Session):
 
     def close(self) -> None:
         self.abort()
-        self._pool.set_worker_limits()  # the warm pool outlives this call's limits
+        self._pool.set_limits()  # the warm pool outlives this call's limits
         self._arguments = ArgumentStore()  # closes this session's shared memory now
         self._release()
 

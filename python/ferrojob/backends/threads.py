@@ -8,7 +8,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import errors
 from .._tasks import Batch
@@ -16,7 +16,18 @@ from ..errors import compose_message
 from .base import Backend, CallOptions, Completion, Session
 from .pieces import Assemblies, Piece
 
-_POLL = 0.05
+#: A stuck task is reported this late at most (the watchdog's slack when nothing is due).
+_SLACK = 0.01
+#: The watchdog's longest sleep (``Event.wait`` refuses timeouts beyond ``time_t``).
+_LONGEST_WAIT = 3600.0
+
+
+class _Stuck(NamedTuple):
+    """A task the watchdog found running past the timeout."""
+
+    thread: int
+    piece: Piece
+    offset: int
 
 
 class ThreadingBackend(Backend):
@@ -36,7 +47,8 @@ class ThreadSession(Session):
         self._collect = collect
         # (generation, piece); None stops a thread.
         self._todo: queue.SimpleQueue[tuple[int, Piece] | None] = queue.SimpleQueue()
-        self._done: queue.SimpleQueue[tuple[Piece, bool, Any, float]] = queue.SimpleQueue()
+        # (piece, ok, results or error, seconds), or a _Stuck task posted by the watchdog
+        self._done: queue.SimpleQueue[tuple[Piece, bool, Any, float] | _Stuck] = queue.SimpleQueue()
         # thread id -> (piece, offset of the running task, when it started, results so far)
         self._running: dict[int, tuple[Piece, int, float, list[Any]]] = {}
         # Threads left with a stuck task (return_exceptions): they stop after it, unheard.
@@ -46,6 +58,9 @@ class ThreadSession(Session):
         self._threads: list[threading.Thread] = []
         for _ in range(n_workers):
             self._start_thread()
+        self._closed = threading.Event()
+        if timeout is not None:
+            threading.Thread(target=self._watch, args=(timeout,), name="ferrojob-thread-watchdog", daemon=True).start()
 
     def _start_thread(self) -> None:
         thread = threading.Thread(target=self._work, name=f"ferrojob-thread-{len(self._threads)}", daemon=True)
@@ -89,39 +104,51 @@ class ThreadSession(Session):
 
     def wait(self) -> Completion:
         while True:
-            try:
-                piece, ok, value, elapsed = self._done.get(
-                    timeout=None if self._timeout is None else _POLL
-                )
-            except queue.Empty:
-                completion = self._check_timeouts()
-                if completion is not None:
-                    return completion
-                continue
-            if not ok:
-                raise value
-            completion = self._assemblies.fill(piece, value, elapsed)
+            item = self._done.get()
+            if isinstance(item, _Stuck):
+                completion = self._on_stuck(item)
+            else:
+                piece, ok, value, elapsed = item
+                if not ok:
+                    raise value
+                completion = self._assemblies.fill(piece, value, elapsed)
             if completion is not None:
                 return completion
 
-    def _check_timeouts(self) -> Completion | None:
-        now = time.monotonic()
-        assert self._timeout is not None
-        for thread, (piece, offset, started, results) in list(self._running.items()):
-            if now - started <= self._timeout:
-                continue
-            if not self._collect:
-                raise errors.TaskTimeoutError(
-                    compose_message(
-                        f"{piece.batch.describe(offset)} ran longer than timeout={self._timeout:g} s.",
-                        "a thread cannot be stopped: it finishes the task in the background;",
-                        "the other tasks of this call were cancelled. Raise the timeout, or use",
-                        'backend="loky" so that a stuck task can be killed.',
-                    ),
-                    code="FJ302",
-                )
-            return self._give_up_on(thread, piece, offset, results)
-        return None
+    def _watch(self, timeout: float) -> None:
+        """The watchdog: the one owner of "no task outlives its timeout" on threads. It posts a
+        stuck task to the completions at its deadline, whether or not anyone is waiting (a
+        generator nobody reads, threads that keep producing)."""
+        posted: set[tuple[int, int, int]] = set()
+        delay = min(timeout, _LONGEST_WAIT)
+        while not self._closed.wait(delay):
+            now = time.monotonic()
+            delay = min(timeout, _LONGEST_WAIT)
+            for thread, (piece, offset, started, _) in list(self._running.items()):
+                due = started + timeout - now
+                key = (thread, id(piece), offset)
+                if due > 0:
+                    delay = min(delay, due + _SLACK)
+                elif key not in posted:
+                    posted.add(key)
+                    self._done.put(_Stuck(thread, piece, offset))
+
+    def _on_stuck(self, stuck: _Stuck) -> Completion | None:
+        running = self._running.get(stuck.thread)
+        if running is None or running[0] is not stuck.piece or running[1] != stuck.offset:
+            return None  # it finished after all: its results are on their way
+        piece, offset, _, results = running
+        if not self._collect:
+            raise errors.TaskTimeoutError(
+                compose_message(
+                    f"{piece.batch.describe(offset)} ran longer than timeout={self._timeout:g} s.",
+                    "a thread cannot be stopped: it finishes the task in the background;",
+                    "the other tasks of this call were cancelled. Raise the timeout, or use",
+                    'backend="loky" so that a stuck task can be killed.',
+                ),
+                code="FJ302",
+            )
+        return self._give_up_on(stuck.thread, piece, offset, results)
 
     def _give_up_on(self, thread: int, piece: Piece, offset: int, results: list[Any]) -> Completion | None:
         """``return_exceptions``: the stuck task gets a ``TaskTimeoutError`` in its slot, its
@@ -155,6 +182,7 @@ class ThreadSession(Session):
                 break
 
     def close(self) -> None:
+        self._closed.set()
         self.abort()
         for _ in self._threads:
             self._todo.put(None)

@@ -2,7 +2,9 @@
 //!
 //! Payload commands: `echo:<text>` replies `<text>`; `fail:<text>` replies Failed; `sleep:<ms>`
 //! sleeps then replies `slept`; `exit:<code>` exits; `abort` dies by SIGABRT; `tasks:<n>:<ms>`
-//! starts n tasks of <ms> each, counting them on the status page. Misbehaving peers, written
+//! starts n tasks of <ms> each, counting them on the status page; `stoppable:<n>:<ms>` the same,
+//! but stops after the task during which the parent set the stop word, replying `ran <k>`.
+//! Misbehaving peers, written
 //! straight onto the socket: `twice:<text>` sends an extra reply for its job first,
 //! `hugeframe` a header declaring 2^64 - 1 bytes, `garbage` 32 bytes of noise. `buffer:<text>`
 //! returns <text> as an out-of-band result buffer; `args` returns its argument buffers' bytes
@@ -15,7 +17,7 @@ use std::time::Duration;
 use ferrojob_engine::envelope::encode;
 use ferrojob_engine::pool::WORKER_SOCKET_FD;
 use ferrojob_engine::protocol::{encode_header, Kind};
-use ferrojob_engine::shm::{Access, STATUS_TASKS_STARTED};
+use ferrojob_engine::shm::{Access, STATUS_STOP, STATUS_TASKS_STARTED};
 use ferrojob_engine::worker::{Endpoint, Request};
 
 fn main() {
@@ -49,6 +51,19 @@ fn main() {
                     std::thread::sleep(Duration::from_millis(ms.parse().unwrap()));
                 }
                 reply.done(b"tasks done", &[])
+            }
+            "stoppable" => {
+                let (n, ms) = argument.split_once(':').unwrap();
+                let mut ran = 0;
+                for i in 1..=n.parse::<u64>().unwrap() {
+                    if i > 1 && status.load(STATUS_STOP) != 0 {
+                        break;
+                    }
+                    status.store(STATUS_TASKS_STARTED, i);
+                    std::thread::sleep(Duration::from_millis(ms.parse().unwrap()));
+                    ran = i;
+                }
+                reply.done(format!("ran {ran}").as_bytes(), &[])
             }
             "buffer" => reply.done(b"with a buffer", &[argument.as_bytes()]),
             "args" => {

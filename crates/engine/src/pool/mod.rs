@@ -14,34 +14,29 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+mod replies;
+mod spawn;
+mod supervise;
+
 use crate::arena::Holds;
-use crate::output::StderrTail;
-use crate::protocol::{Connection, Kind, ProtocolError};
-use crate::shm::{SharedBuffer, StatusPage, STATUS_JOB, STATUS_TASKS_STARTED};
+use crate::fork::Birth;
+use crate::protocol::{Connection, Kind};
+use crate::shm::{SharedBuffer, StatusPage};
 
 /// The descriptor number of the worker's socket in the child.
 pub const WORKER_SOCKET_FD: RawFd = 3;
 /// The descriptor number of the worker's status page in the child.
 pub const WORKER_STATUS_FD: RawFd = 4;
-/// How long a timed-out worker has to dump its Python stack (SIGUSR1, faulthandler) before it
-/// is killed.
-const STACK_GRACE: Duration = Duration::from_millis(200);
-/// How long a lost worker's report waits for the rest of its stderr.
-const TAIL_PATIENCE: Duration = Duration::from_millis(500);
 /// How long [`Pool::cancel`] and [`Pool::terminate`] wait for the workers they killed to be
 /// reaped. SIGKILL cannot be caught, so this only runs out for a process stuck in the kernel.
 const REAP_WAIT: Duration = Duration::from_secs(2);
@@ -74,12 +69,17 @@ pub struct Job {
     pub n_tasks: u64,
 }
 
-/// When a worker is replaced by a fresh one, checked after each of its jobs.
+/// The current call's limits, enforced by the pool's supervisor (see `supervise`) whether or not
+/// anyone waits for results. Set once per call ([`Pool::set_limits`]); values arrive validated.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WorkerLimits {
-    /// After this many tasks.
+pub struct CallLimits {
+    /// A task running longer than this is killed (its job completes as [`LossCause::TimedOut`]).
+    /// The clock starts when the task starts: a worker still starting is not running a task.
+    pub task_timeout: Option<Duration>,
+    /// A worker is replaced after this many tasks (checked after each job).
     pub max_tasks: Option<u64>,
-    /// Once its resident memory exceeds this many bytes.
+    /// A worker whose resident memory exceeds this many bytes finishes its current task, stops
+    /// its job there and is replaced.
     pub max_rss: Option<u64>,
 }
 
@@ -252,7 +252,7 @@ impl Releaser {
 
 struct Shared {
     spec: WorkerSpec,
-    owner: u32,
+    birth: Birth,
     idle_timeout: Option<Duration>,
     state: Mutex<State>,
     changed: Condvar,
@@ -270,7 +270,9 @@ struct State {
     next_worker: u64,
     last_activity: Instant,
     closed: bool,
-    limits: WorkerLimits,
+    limits: CallLimits,
+    /// The supervisor sleeps without watching jobs: a job handed out under a limit wakes it.
+    supervisor_parked: bool,
 }
 
 struct Worker {
@@ -286,6 +288,8 @@ struct Worker {
     /// Result segments released while the worker was busy: sent before its next frame, so that
     /// a busy worker's socket never fills up with them.
     pending_release: Vec<u64>,
+    /// Told to stop its job after the current task (past its memory cap): replaced after it.
+    over_cap: bool,
 }
 
 /// Why a worker is on its way out (it no longer counts as live).
@@ -358,7 +362,7 @@ impl Pool {
         let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
         let shared = Arc::new(Shared {
             spec,
-            owner: std::process::id(),
+            birth: Birth::here(),
             idle_timeout,
             state: Mutex::new(State {
                 workers: BTreeMap::new(),
@@ -366,7 +370,8 @@ impl Pool {
                 next_worker: 0,
                 last_activity: Instant::now(),
                 closed: false,
-                limits: WorkerLimits::default(),
+                limits: CallLimits::default(),
+                supervisor_parked: false,
             }),
             changed: Condvar::new(),
             tx,
@@ -375,14 +380,12 @@ impl Pool {
             wake_rx,
             threads: Mutex::new(Vec::new()),
         });
-        if idle_timeout.is_some() {
-            let reaper_shared = Arc::clone(&shared);
-            let handle = std::thread::Builder::new()
-                .name("ferrojob-idle".into())
-                .spawn(move || idle_reaper(&reaper_shared))
-                .map_err(PoolError::Setup)?;
-            shared.threads().push(handle);
-        }
+        let supervisor_shared = Arc::clone(&shared);
+        let handle = std::thread::Builder::new()
+            .name("ferrojob-supervisor".into())
+            .spawn(move || supervise::supervise(&supervisor_shared))
+            .map_err(PoolError::Setup)?;
+        shared.threads().push(handle);
         let pool = Self { shared };
         pool.ensure_workers(n_workers)?;
         Ok(pool)
@@ -410,14 +413,21 @@ impl Pool {
             n.saturating_sub(live)
         };
         for _ in 0..missing {
-            spawn_worker(&self.shared)?;
+            spawn::spawn_worker(&self.shared)?;
         }
         Ok(())
     }
 
-    /// Replace workers after `limits` (this pool's calls from now on).
-    pub fn set_worker_limits(&self, limits: WorkerLimits) {
+    /// The limits of the calls from now on (each call sets its own).
+    pub fn set_limits(&self, limits: CallLimits) {
         self.shared.state().limits = limits;
+        self.shared.changed.notify_all();
+    }
+
+    /// Whether this process started the pool (false in a forked child, which must start its
+    /// own).
+    pub fn is_owned_here(&self) -> bool {
+        self.shared.owned_here()
     }
 
     /// Number of live workers (started, not dying).
@@ -457,6 +467,7 @@ impl Pool {
         worker.running = Some(Running::new(&mut job));
         let conn = Arc::clone(&worker.conn);
         let releases = std::mem::take(&mut worker.pending_release);
+        self.shared.job_started(&state);
         drop(state);
         send_releases(&conn, &releases);
         send_job(&conn, &job);
@@ -491,43 +502,6 @@ impl Pool {
     pub fn wake(&self) {
         // Full: a wake is already pending, which is as good.
         let _ = self.shared.wake_tx.try_send(());
-    }
-
-    /// Kill every worker whose current task has run longer than `limit`; their jobs complete as
-    /// [`LossCause::TimedOut`]. Call it periodically while waiting.
-    pub fn enforce_task_timeout(&self, limit: Duration) {
-        if !self.shared.owned_here() {
-            return;
-        }
-        let now = Instant::now();
-        let mut state = self.shared.state();
-        for worker in state.workers.values_mut().filter(|w| w.is_live()) {
-            let Some(running) = worker.running.as_mut() else {
-                continue;
-            };
-            if worker.status.load(STATUS_JOB) == running.job {
-                let started = worker.status.load(STATUS_TASKS_STARTED);
-                if started != running.tasks_seen {
-                    running.tasks_seen = started;
-                    running.task_since = now;
-                }
-            }
-            if now.duration_since(running.task_since) <= limit {
-                continue;
-            }
-            // First ask for the stuck task's stack (the worker's faulthandler writes it to
-            // stderr, kept in its tail), then kill: a task deaf to signals is killed all the same.
-            match running.stack_requested {
-                None => {
-                    let _ = kill(worker.pid, Signal::SIGUSR1);
-                    running.stack_requested = Some((now, limit));
-                }
-                Some((asked, _)) if now.duration_since(asked) >= STACK_GRACE => {
-                    worker.kill(KillReason::TimedOut(limit));
-                }
-                Some(_) => {}
-            }
-        }
     }
 
     /// A handle to send `Release` frames to this pool's workers.
@@ -655,14 +629,23 @@ impl Shared {
     /// Whether this process is the one that started the pool. Everything a forked child inherits
     /// (sockets, worker pids, the state) belongs to the parent: a child acts on none of it.
     fn owned_here(&self) -> bool {
-        std::process::id() == self.owner
+        self.birth.is_here()
     }
 
     fn check_owner(&self) -> Result<(), PoolError> {
         if self.owned_here() {
             Ok(())
         } else {
-            Err(PoolError::Forked { owner: self.owner })
+            Err(PoolError::Forked {
+                owner: self.birth.pid(),
+            })
+        }
+    }
+
+    /// A job was handed to a worker: wake the supervisor if it sleeps while limits apply.
+    fn job_started(&self, state: &State) {
+        if state.supervisor_parked && state.limits.watches_jobs() {
+            self.changed.notify_all();
         }
     }
 
@@ -728,410 +711,4 @@ fn send_job(conn: &Connection, job: &Job) {
     // A failed send means the worker is gone; its reader sees the end of the socket and reports
     // the job as lost, so there is nothing to do here.
     let _ = conn.send(Kind::Task, job.id, 0, &job.payload, &fds);
-}
-
-fn spawn_worker(shared: &Arc<Shared>) -> Result<(), PoolError> {
-    let (parent_end, child_end) = Connection::pair()?;
-    let status = StatusPage::create()?;
-    // Descriptors the child will move to 3 and 4 must not already sit on 3 or 4.
-    let child_end = child_end.into_owned_fd();
-    let child_socket = dup_above(child_end.as_raw_fd(), 10)?;
-    drop(child_end);
-    let child_status = dup_above(status.raw_fd(), 10)?;
-    let (socket_raw, status_raw) = (child_socket.as_raw_fd(), child_status.as_raw_fd());
-    let parent_pid = std::process::id() as libc::pid_t;
-
-    let spec = &shared.spec;
-    let mut command = Command::new(&spec.program);
-    command
-        .args(&spec.args)
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped());
-    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
-    // system calls (prctl, getppid, signal, dup2) on plain integers.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // The parent may have died between fork and prctl.
-            if libc::getppid() != parent_pid {
-                libc::_exit(1);
-            }
-            libc::signal(libc::SIGINT, libc::SIG_IGN);
-            if libc::dup2(socket_raw, WORKER_SOCKET_FD) < 0
-                || libc::dup2(status_raw, WORKER_STATUS_FD) < 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let (pid, stderr) = spawner::spawn(command).map_err(|source| PoolError::Spawn {
-        program: spec.program.clone(),
-        source,
-    })?;
-    let tail = stderr
-        .map(|pipe| StderrTail::follow(pipe, format!("ferrojob-stderr-{}", pid.as_raw())))
-        .transpose()?;
-    drop((child_socket, child_status));
-
-    let conn = Arc::new(parent_end);
-    // The Init frame waits in the socket buffer while the interpreter boots.
-    let _ = conn.send(Kind::Init, 0, 0, &spec.init, &[]);
-    let status = Arc::new(status);
-    let id = {
-        let mut state = shared.state();
-        let id = state.next_worker;
-        state.next_worker += 1;
-        // A worker that boots while jobs wait takes the first one right away.
-        let mut first_job = state.queue.pop_front();
-        state.workers.insert(
-            id,
-            Worker {
-                pid,
-                conn: Arc::clone(&conn),
-                status: Arc::clone(&status),
-                running: first_job.as_mut().map(Running::new),
-                jobs_done: 0,
-                tasks_done: 0,
-                pending_release: Vec::new(),
-                leaving: None,
-            },
-        );
-        if let Some(job) = first_job {
-            drop(state);
-            send_job(&conn, &job);
-        }
-        id
-    };
-    let reader_shared = Arc::clone(shared);
-    let handle = std::thread::Builder::new()
-        .name(format!("ferrojob-worker-{}", pid.as_raw()))
-        .spawn(move || read_replies(&reader_shared, id, &conn, pid, tail.as_deref()))
-        .map_err(PoolError::Setup)?;
-    shared.threads().push(handle);
-    Ok(())
-}
-
-fn dup_above(fd: RawFd, min: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: `fd` is open for the duration of the call; the duplicate is a new descriptor that
-    // we own from here on.
-    let raw = fcntl(
-        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
-        FcntlArg::F_DUPFD_CLOEXEC(min),
-    )
-    .map_err(io::Error::from)?;
-    // SAFETY: `raw` was just returned by F_DUPFD_CLOEXEC, so it is open and ours alone.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-}
-
-/// A worker's reader thread: relay replies, keep the worker fed, and report its death.
-fn read_replies(
-    shared: &Arc<Shared>,
-    id: u64,
-    conn: &Connection,
-    pid: Pid,
-    tail: Option<&StderrTail>,
-) {
-    let violation = loop {
-        match conn.recv() {
-            Ok(Some(frame)) if matches!(frame.kind, Kind::Done | Kind::Failed) => {
-                if let Err(reason) = on_reply(shared, id, frame) {
-                    break Some(reason);
-                }
-            }
-            Ok(Some(frame)) => {
-                break Some(format!(
-                    "it sent a {:?} frame, which only the parent sends",
-                    frame.kind
-                ))
-            }
-            // The end of the socket, in or between frames: the worker exited or was killed.
-            Ok(None) | Err(ProtocolError::Truncated | ProtocolError::Io(_)) => break None,
-            Err(error) => break Some(error.to_string()),
-        }
-    };
-    if violation.is_some() {
-        // A worker that speaks out of turn cannot be trusted with more work.
-        let _ = kill(pid, Signal::SIGKILL);
-    }
-    conn.shutdown();
-    let (exit, peak_rss) = reap(pid);
-    let lost_a_job = shared
-        .state()
-        .workers
-        .get(&id)
-        .is_some_and(|worker| worker.running.is_some());
-    // The report wants the worker's last words: wait (briefly, unlocked) for its stderr to end.
-    let stderr_tail = match tail {
-        Some(tail) if lost_a_job => tail.snapshot(TAIL_PATIENCE),
-        _ => Vec::new(),
-    };
-    let mut state = shared.state();
-    if let Some(worker) = state.workers.remove(&id) {
-        if let Some(running) = worker.running {
-            // A worker asked for its stack (SIGUSR1) that died of it had no handler: a timeout.
-            let asked_for_stack = running.stack_requested.map(|(_, limit)| limit);
-            let cause = match (violation, worker.leaving, asked_for_stack) {
-                (_, Some(Leaving::Killed(KillReason::TimedOut(limit))), _)
-                | (_, _, Some(limit)) => LossCause::TimedOut(limit),
-                (_, Some(Leaving::Killed(KillReason::Cancelled)), None) => LossCause::Cancelled,
-                (Some(reason), _, None) => LossCause::Protocol(reason),
-                (None, Some(Leaving::Retired) | None, None) => exit,
-            };
-            let tasks_started = if worker.status.load(STATUS_JOB) == running.job {
-                worker.status.load(STATUS_TASKS_STARTED)
-            } else {
-                0
-            };
-            let _ = shared.tx.send(Completion {
-                job: running.job,
-                pid: pid.as_raw(),
-                elapsed: Duration::ZERO,
-                outcome: Outcome::Lost(Loss {
-                    pid: pid.as_raw(),
-                    cause,
-                    tasks_started,
-                    jobs_done: worker.jobs_done,
-                    peak_rss,
-                    stderr_tail,
-                }),
-            });
-        }
-    }
-    drop(state);
-    shared.changed.notify_all();
-}
-
-/// Record a reply, give the worker its next job, and deliver the completion. A reply that makes
-/// no sense (for another job than the one the worker runs, or while it runs none; a damaged
-/// envelope or segments that cannot be mapped) is an error: the worker's job stays recorded as
-/// running, so its loss is reported when the worker goes.
-fn on_reply(shared: &Arc<Shared>, id: u64, frame: crate::protocol::Frame) -> Result<(), String> {
-    let mut state = shared.state();
-    state.last_activity = Instant::now();
-    let Some(worker) = state.workers.get_mut(&id) else {
-        return Err("it is no longer part of the pool".into());
-    };
-    let (conn, worker_pid) = (Arc::clone(&worker.conn), worker.pid);
-    let pid = worker_pid.as_raw();
-    match &worker.running {
-        Some(running) if running.job == frame.id => {}
-        Some(running) => {
-            return Err(format!(
-                "it replied for job {} while running job {}",
-                frame.id, running.job
-            ))
-        }
-        None => return Err(format!("it replied for job {} while idle", frame.id)),
-    }
-    let limits = state.limits;
-    drop(state);
-    let (released, outcome) = match frame.kind {
-        Kind::Done => {
-            let releaser = Releaser {
-                shared: Arc::downgrade(shared),
-            };
-            let (released, body_start, buffers) =
-                open_reply(&frame.payload, frame.fds, pid, &releaser)
-                    .map_err(|error| format!("its reply is damaged: {error}"))?;
-            let outcome = Outcome::Done {
-                payload: frame.payload,
-                body_start,
-                buffers,
-            };
-            (released, outcome)
-        }
-        _ => (
-            Vec::new(),
-            Outcome::Failed {
-                payload: frame.payload,
-            },
-        ),
-    };
-    // Past its memory cap? (Read from /proc outside the pool's lock.)
-    let over_memory = limits
-        .max_rss
-        .is_some_and(|max| resident_bytes(worker_pid).is_some_and(|rss| rss > max));
-    let mut state = shared.state();
-    let Some(worker) = state.workers.get_mut(&id) else {
-        return Err("it is no longer part of the pool".into());
-    };
-    let finished = worker.running.take();
-    worker.jobs_done += 1;
-    worker.tasks_done += finished.as_ref().map_or(0, |running| running.n_tasks);
-    let spent = over_memory || limits.max_tasks.is_some_and(|max| worker.tasks_done >= max);
-    if spent && worker.is_live() {
-        // Replaced before its next task: a fresh worker takes the queue from here.
-        worker.retire();
-    }
-    let live = worker.is_live();
-    let releases = std::mem::take(&mut worker.pending_release);
-    let mut next = if live { state.queue.pop_front() } else { None };
-    if let (Some(job), Some(worker)) = (next.as_mut(), state.workers.get_mut(&id)) {
-        worker.running = Some(Running::new(job));
-    }
-    drop(state);
-    // The job's argument chunks: those the worker no longer maps, then the job's holds.
-    if let Some(holds) = finished.and_then(|running| running.holds) {
-        holds.unmapped(&released);
-    }
-    send_releases(&conn, &releases);
-    if let Some(job) = next {
-        send_job(&conn, &job);
-    }
-    if spent {
-        // The replacement boots while the result goes back; a failure to start shows as a
-        // smaller pool, which the next call's `ensure_workers` makes whole.
-        let _ = spawn_worker(shared);
-    }
-    let _ = shared.tx.send(Completion {
-        job: frame.id,
-        pid,
-        elapsed: Duration::from_nanos(frame.aux),
-        outcome,
-    });
-    Ok(())
-}
-
-/// Decode a reply's envelope and map its result buffers: the tokens of argument chunks the
-/// worker released, where the body starts, and the buffers (each result segment's release is
-/// sent back to worker `pid` when nothing here maps it any more).
-fn open_reply(
-    payload: &[u8],
-    fds: Vec<OwnedFd>,
-    pid: i32,
-    releaser: &Releaser,
-) -> Result<(Vec<u64>, usize, Vec<SharedBuffer>), crate::envelope::EnvelopeError> {
-    let envelope = crate::envelope::decode(payload)?;
-    let body_start = payload.len() - envelope.body.len();
-    let buffers = crate::envelope::map_buffers(&envelope, fds, |token| {
-        let releaser = releaser.clone();
-        Box::new(move || releaser.release(pid, &[token]))
-    })?;
-    Ok((envelope.released, body_start, buffers))
-}
-
-/// A process's resident memory in bytes (`/proc/<pid>/statm`), or None if it cannot be read.
-fn resident_bytes(pid: Pid) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{}/statm", pid.as_raw())).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf only reads a configuration value.
-    let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
-    pages.checked_mul(page_size)
-}
-
-/// Wait for a child that closed its socket: how it ended and its peak resident memory (bytes).
-/// A child that lingers is killed after a grace period.
-fn reap(pid: Pid) -> (LossCause, Option<u64>) {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let mut pause = Duration::from_micros(200);
-    loop {
-        let blocking = Instant::now() >= deadline;
-        if blocking {
-            let _ = kill(pid, Signal::SIGKILL);
-        }
-        let mut status: libc::c_int = 0;
-        // SAFETY: an all-zero rusage is a valid value of this plain C struct.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        let flags = if blocking { 0 } else { libc::WNOHANG };
-        // SAFETY: wait4 writes only into the two locals passed by pointer, which outlive the call.
-        let reaped = unsafe { libc::wait4(pid.as_raw(), &mut status, flags, &mut usage) };
-        // ru_maxrss is in KiB on Linux.
-        let peak_rss = u64::try_from(usage.ru_maxrss)
-            .ok()
-            .map(|kib| kib.saturating_mul(1024));
-        match reaped {
-            0 => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(20));
-            }
-            n if n == pid.as_raw() => {
-                if libc::WIFEXITED(status) {
-                    return (LossCause::Exited(libc::WEXITSTATUS(status)), peak_rss);
-                }
-                if libc::WIFSIGNALED(status) {
-                    return (LossCause::Signaled(libc::WTERMSIG(status)), peak_rss);
-                }
-            }
-            _ if Errno::last() == Errno::EINTR => {}
-            _ => return (LossCause::Vanished, None),
-        }
-    }
-}
-
-fn idle_reaper(shared: &Shared) {
-    let Some(idle_timeout) = shared.idle_timeout else {
-        return;
-    };
-    let mut state = shared.state();
-    loop {
-        if state.closed {
-            return;
-        }
-        let idle_for = state.last_activity.elapsed();
-        let all_idle =
-            state.queue.is_empty() && state.workers.values().all(|w| w.running.is_none());
-        if all_idle && idle_for >= idle_timeout {
-            for worker in state.workers.values_mut().filter(|w| w.is_live()) {
-                worker.retire();
-            }
-        }
-        let wait = idle_timeout
-            .saturating_sub(idle_for)
-            .max(Duration::from_millis(100));
-        state = shared
-            .changed
-            .wait_timeout(state, wait)
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .0;
-    }
-}
-
-/// The one thread that forks workers; see the module docs for why it must outlive them.
-mod spawner {
-    use super::*;
-
-    type Spawned = (Pid, Option<std::process::ChildStderr>);
-    type Request = (Command, Sender<io::Result<Spawned>>);
-
-    static SPAWNER: OnceLock<Mutex<(u32, Sender<Request>)>> = OnceLock::new();
-
-    pub(super) fn spawn(command: Command) -> io::Result<Spawned> {
-        let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
-        let cell = SPAWNER.get_or_init(|| Mutex::new(start()));
-        {
-            let mut guard = cell.lock().unwrap_or_else(|p| p.into_inner());
-            // After a fork the spawner thread exists only in the parent.
-            if guard.0 != std::process::id() {
-                *guard = start();
-            }
-            guard
-                .1
-                .send((command, reply_tx))
-                .map_err(|_| io::Error::other("the spawner thread is gone"))?;
-        }
-        reply_rx
-            .recv()
-            .map_err(|_| io::Error::other("the spawner thread is gone"))?
-    }
-
-    fn start() -> (u32, Sender<Request>) {
-        let (tx, rx) = crossbeam_channel::unbounded::<Request>();
-        std::thread::Builder::new()
-            .name("ferrojob-spawner".into())
-            .spawn(move || {
-                for (mut command, reply) in rx {
-                    let result = command
-                        .spawn()
-                        .map(|mut child| (Pid::from_raw(child.id() as i32), child.stderr.take()));
-                    let _ = reply.send(result);
-                }
-            })
-            .expect("cannot start the ferrojob spawner thread");
-        (std::process::id(), tx)
-    }
 }

@@ -1,0 +1,208 @@
+//! Starting workers and reaping them: one spawner thread forks every worker (see the module docs
+//! of [`super`] for why it must outlive them), each worker gets its socket and status page on
+//! descriptors 3 and 4, and a reader thread ([`super::replies`]) from then on.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::replies::read_replies;
+use super::{
+    send_job, LossCause, PoolError, Running, Shared, Worker, WORKER_SOCKET_FD, WORKER_STATUS_FD,
+};
+use crate::output::StderrTail;
+use crate::protocol::{Connection, Kind};
+use crate::shm::StatusPage;
+
+pub(super) fn spawn_worker(shared: &Arc<Shared>) -> Result<(), PoolError> {
+    let (parent_end, child_end) = Connection::pair()?;
+    let status = StatusPage::create()?;
+    // Descriptors the child will move to 3 and 4 must not already sit on 3 or 4.
+    let child_end = child_end.into_owned_fd();
+    let child_socket = dup_above(child_end.as_raw_fd(), 10)?;
+    drop(child_end);
+    let child_status = dup_above(status.raw_fd(), 10)?;
+    let (socket_raw, status_raw) = (child_socket.as_raw_fd(), child_status.as_raw_fd());
+    let parent_pid = std::process::id() as libc::pid_t;
+
+    let spec = &shared.spec;
+    let mut command = Command::new(&spec.program);
+    command
+        .args(&spec.args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
+    // system calls (prctl, getppid, signal, dup2) on plain integers.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl.
+            if libc::getppid() != parent_pid {
+                libc::_exit(1);
+            }
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            if libc::dup2(socket_raw, WORKER_SOCKET_FD) < 0
+                || libc::dup2(status_raw, WORKER_STATUS_FD) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let (pid, stderr) = spawner::spawn(command).map_err(|source| PoolError::Spawn {
+        program: spec.program.clone(),
+        source,
+    })?;
+    let tail = stderr
+        .map(|pipe| StderrTail::follow(pipe, format!("ferrojob-stderr-{}", pid.as_raw())))
+        .transpose()?;
+    drop((child_socket, child_status));
+
+    let conn = Arc::new(parent_end);
+    // The Init frame waits in the socket buffer while the interpreter boots.
+    let _ = conn.send(Kind::Init, 0, 0, &spec.init, &[]);
+    let status = Arc::new(status);
+    let id = {
+        let mut state = shared.state();
+        let id = state.next_worker;
+        state.next_worker += 1;
+        // A worker that boots while jobs wait takes the first one right away.
+        let mut first_job = state.queue.pop_front();
+        state.workers.insert(
+            id,
+            Worker {
+                pid,
+                conn: Arc::clone(&conn),
+                status: Arc::clone(&status),
+                running: first_job.as_mut().map(Running::new),
+                jobs_done: 0,
+                tasks_done: 0,
+                pending_release: Vec::new(),
+                leaving: None,
+                over_cap: false,
+            },
+        );
+        if first_job.is_some() {
+            shared.job_started(&state);
+        }
+        if let Some(job) = first_job {
+            drop(state);
+            send_job(&conn, &job);
+        }
+        id
+    };
+    let reader_shared = Arc::clone(shared);
+    let handle = std::thread::Builder::new()
+        .name(format!("ferrojob-worker-{}", pid.as_raw()))
+        .spawn(move || read_replies(&reader_shared, id, &conn, pid, tail.as_deref()))
+        .map_err(PoolError::Setup)?;
+    shared.threads().push(handle);
+    Ok(())
+}
+
+fn dup_above(fd: RawFd, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: `fd` is open for the duration of the call; the duplicate is a new descriptor that
+    // we own from here on.
+    let raw = fcntl(
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+        FcntlArg::F_DUPFD_CLOEXEC(min),
+    )
+    .map_err(io::Error::from)?;
+    // SAFETY: `raw` was just returned by F_DUPFD_CLOEXEC, so it is open and ours alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Wait for a child that closed its socket: how it ended and its peak resident memory (bytes).
+/// A child that lingers is killed after a grace period.
+pub(super) fn reap(pid: Pid) -> (LossCause, Option<u64>) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut pause = Duration::from_micros(200);
+    loop {
+        let blocking = Instant::now() >= deadline;
+        if blocking {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        let mut status: libc::c_int = 0;
+        // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let flags = if blocking { 0 } else { libc::WNOHANG };
+        // SAFETY: wait4 writes only into the two locals passed by pointer, which outlive the call.
+        let reaped = unsafe { libc::wait4(pid.as_raw(), &mut status, flags, &mut usage) };
+        // ru_maxrss is in KiB on Linux.
+        let peak_rss = u64::try_from(usage.ru_maxrss)
+            .ok()
+            .map(|kib| kib.saturating_mul(1024));
+        match reaped {
+            0 => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            n if n == pid.as_raw() => {
+                if libc::WIFEXITED(status) {
+                    return (LossCause::Exited(libc::WEXITSTATUS(status)), peak_rss);
+                }
+                if libc::WIFSIGNALED(status) {
+                    return (LossCause::Signaled(libc::WTERMSIG(status)), peak_rss);
+                }
+            }
+            _ if Errno::last() == Errno::EINTR => {}
+            _ => return (LossCause::Vanished, None),
+        }
+    }
+}
+
+/// The one thread that forks workers; see the module docs for why it must outlive them.
+mod spawner {
+    use std::io;
+    use std::process::Command;
+
+    use crossbeam_channel::Sender;
+    use nix::unistd::Pid;
+
+    use crate::fork::PerProcess;
+
+    type Spawned = (Pid, Option<std::process::ChildStderr>);
+    type Request = (Command, Sender<io::Result<Spawned>>);
+
+    // After a fork the spawner thread exists only in the parent: the child starts its own.
+    static SPAWNER: PerProcess<Sender<Request>> = PerProcess::new();
+
+    pub(super) fn spawn(command: Command) -> io::Result<Spawned> {
+        let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+        SPAWNER
+            .get(start)
+            .send((command, reply_tx))
+            .map_err(|_| io::Error::other("the spawner thread is gone"))?;
+        reply_rx
+            .recv()
+            .map_err(|_| io::Error::other("the spawner thread is gone"))?
+    }
+
+    fn start() -> Sender<Request> {
+        let (tx, rx) = crossbeam_channel::unbounded::<Request>();
+        std::thread::Builder::new()
+            .name("ferrojob-spawner".into())
+            .spawn(move || {
+                for (mut command, reply) in rx {
+                    let result = command
+                        .spawn()
+                        .map(|mut child| (Pid::from_raw(child.id() as i32), child.stderr.take()));
+                    let _ = reply.send(result);
+                }
+            })
+            .expect("cannot start the ferrojob spawner thread");
+        tx
+    }
+}
