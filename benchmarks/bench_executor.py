@@ -50,7 +50,9 @@ def map_() -> None:
         timings = {
             "ferrojob": measure(lambda: list(executor.map(double, data)), 7),
             "multiprocessing.Pool.map": measure(lambda: pool.map(double, data), 7),
-            "ProcessPoolExecutor(chunksize=1000)": measure(lambda: list(process_pool.map(double, data, chunksize=1000)), 3),
+            "ProcessPoolExecutor(chunksize=1000)": measure(
+                lambda: list(process_pool.map(double, data, chunksize=1000)), 3
+            ),
         }
     finally:
         _close(executor, pool, process_pool)
@@ -92,7 +94,9 @@ def bigresult() -> None:
         timings = {
             "ferrojob": measure(lambda: collect(executor), 5),
             "ProcessPoolExecutor": measure(lambda: collect(process_pool), 3),
-            "multiprocessing.Pool.map": measure(lambda: pool.starmap(fresh_array, [(i, n_items) for i in range(20)]), 3),
+            "multiprocessing.Pool.map": measure(
+                lambda: pool.starmap(fresh_array, [(i, n_items) for i in range(20)]), 3
+            ),
         }
     finally:
         _close(executor, pool, process_pool)

@@ -31,7 +31,9 @@ def tiny() -> None:
     with multiprocessing.get_context("fork").Pool(N_JOBS) as pool:
         timings = {
             "ferrojob": measure(lambda: ferrojob.Parallel(n_jobs=N_JOBS)(ferrojob.delayed(double)(x) for x in data), 5),
-            "joblib (loky)": measure(lambda: joblib.Parallel(n_jobs=N_JOBS)(joblib.delayed(double)(x) for x in data), 5),
+            "joblib (loky)": measure(
+                lambda: joblib.Parallel(n_jobs=N_JOBS)(joblib.delayed(double)(x) for x in data), 5
+            ),
             "multiprocessing.Pool.map": measure(lambda: pool.map(double, data), 5),
             "serial for loop": measure(lambda: [double(x) for x in data], 5),
         }
@@ -46,8 +48,12 @@ def medium() -> None:
     ideal = n * ms / 1000 / N_JOBS
     with multiprocessing.get_context("fork").Pool(N_JOBS) as pool:
         timings = {
-            "ferrojob": measure(lambda: ferrojob.Parallel(n_jobs=N_JOBS)(ferrojob.delayed(busy)(ms) for _ in range(n)), 3),
-            "joblib (loky)": measure(lambda: joblib.Parallel(n_jobs=N_JOBS)(joblib.delayed(busy)(ms) for _ in range(n)), 3),
+            "ferrojob": measure(
+                lambda: ferrojob.Parallel(n_jobs=N_JOBS)(ferrojob.delayed(busy)(ms) for _ in range(n)), 3
+            ),
+            "joblib (loky)": measure(
+                lambda: joblib.Parallel(n_jobs=N_JOBS)(joblib.delayed(busy)(ms) for _ in range(n)), 3
+            ),
             "multiprocessing.Pool.map": measure(lambda: pool.map(busy, [ms] * n), 3),
         }
     report("medium: 1,000 tasks of 2 ms busy work", timings, note=f"ideal {ideal * 1000:.0f} ms")

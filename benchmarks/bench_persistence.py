@@ -61,10 +61,17 @@ def dump_scenario() -> None:
         load_ours = measure(lambda: ferrojob.load(ours), 3)
         load_theirs = measure(lambda: joblib.load(theirs), 2)
         assert np.array_equal(ferrojob.load(ours), data)
-        print("\ndump/load: 512 MB rounded random walk, compress=3  (targets: dump >= 10x joblib's "
-              "throughput at >= its ratio; load >= 5x faster)")
-        for name, seconds, size in (("ferrojob compress=3", dump_ours, size_ours), ("joblib compress=3", dump_theirs, size_theirs)):
-            print(f"  dump {name:<22} {seconds * 1000:9.1f} ms  {512 / seconds:8.1f} MB/s  ratio {data.nbytes / size:5.2f}")
+        print(
+            "\ndump/load: 512 MB rounded random walk, compress=3  (targets: dump >= 10x joblib's "
+            "throughput at >= its ratio; load >= 5x faster)"
+        )
+        for name, seconds, size in (
+            ("ferrojob compress=3", dump_ours, size_ours),
+            ("joblib compress=3", dump_theirs, size_theirs),
+        ):
+            print(
+                f"  dump {name:<22} {seconds * 1000:9.1f} ms  {512 / seconds:8.1f} MB/s  ratio {data.nbytes / size:5.2f}"
+            )
         print(f"  dump throughput: ferrojob {dump_theirs / dump_ours:6.2f}x faster")
         record("dump: 512 MB rounded random walk, compress=3", {"ferrojob": dump_ours, "joblib": dump_theirs})
         report("load of that dump", {"ferrojob": load_ours, "joblib": load_theirs})
@@ -77,7 +84,9 @@ def dump_scenario() -> None:
             mapped[f"ferrojob load mmap_mode='r', {label}"] = measure(lambda p=path: ferrojob.load(p, mmap_mode="r"), 5)
             joblib_path = path + ".joblib"
             joblib.dump(array, joblib_path)
-            mapped[f"joblib load mmap_mode='r', {label}"] = measure(lambda p=joblib_path: joblib.load(p, mmap_mode="r"), 5)
+            mapped[f"joblib load mmap_mode='r', {label}"] = measure(
+                lambda p=joblib_path: joblib.load(p, mmap_mode="r"), 5
+            )
         print("\nload with mmap_mode='r' of an uncompressed dump (constant time: nothing is read)")
         for name, seconds in mapped.items():
             print(f"  {name:<40} {seconds * 1000:9.3f} ms")

@@ -37,9 +37,7 @@ def bigresult() -> None:
                 3,
             ),
             "joblib (loky)": measure(
-                lambda: joblib.Parallel(n_jobs=N_JOBS)(
-                    joblib.delayed(fresh_array)(i, n_items) for i in range(n_tasks)
-                ),
+                lambda: joblib.Parallel(n_jobs=N_JOBS)(joblib.delayed(fresh_array)(i, n_items) for i in range(n_tasks)),
                 3,
             ),
             "multiprocessing.Pool.starmap": measure(
@@ -109,7 +107,9 @@ def bigarray_reused() -> None:
     with ferrojob.Parallel(n_jobs=N_JOBS) as ours, joblib.Parallel(n_jobs=N_JOBS) as theirs:
         timings = {
             "ferrojob": measure(lambda: ours(ferrojob.delayed(slice_sum)(big, i, n_tasks) for i in range(n_tasks)), 5),
-            "joblib (loky)": measure(lambda: theirs(joblib.delayed(slice_sum)(big, i, n_tasks) for i in range(n_tasks)), 5),
+            "joblib (loky)": measure(
+                lambda: theirs(joblib.delayed(slice_sum)(big, i, n_tasks) for i in range(n_tasks)), 5
+            ),
         }
     report(
         "bigarray-reused: later calls of a block on one 400 MB array, 40 tasks",

@@ -1,6 +1,6 @@
 """scikit-learn GridSearchCV on joblib's default backend (loky) vs the ferrojob backend, n_jobs=2.
 
-    python benchmarks/bench_sklearn.py
+python benchmarks/bench_sklearn.py
 """
 
 from __future__ import annotations

@@ -73,7 +73,10 @@ def bigobject() -> None:
     n_tasks = 200
     timings = {
         "ferrojob": measure(
-            lambda: ferrojob.Parallel(n_jobs=N_JOBS)(ferrojob.delayed(first_key_length)(table, i) for i in range(n_tasks)), 3
+            lambda: ferrojob.Parallel(n_jobs=N_JOBS)(
+                ferrojob.delayed(first_key_length)(table, i) for i in range(n_tasks)
+            ),
+            3,
         ),
         "joblib (loky)": measure(
             lambda: joblib.Parallel(n_jobs=N_JOBS)(joblib.delayed(first_key_length)(table, i) for i in range(n_tasks)),

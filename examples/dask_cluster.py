@@ -1,7 +1,7 @@
 """The same Parallel call, on a dask.distributed cluster.
 
-    python examples/dask_cluster.py                        # a local cluster of 2 processes
-    python examples/dask_cluster.py tcp://scheduler:8786   # a running cluster
+python examples/dask_cluster.py                        # a local cluster of 2 processes
+python examples/dask_cluster.py tcp://scheduler:8786   # a running cluster
 """
 
 import sys

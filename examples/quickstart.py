@@ -1,6 +1,6 @@
 """ferrojob in one screen: joblib's API, Rust engine, errors that explain themselves.
 
-    python examples/quickstart.py
+python examples/quickstart.py
 """
 
 import math

@@ -29,7 +29,9 @@ def cluster(request):
         ray = pytest.importorskip("ray")
         # Functions of this module travel by reference: ray's workers must be able to import it.
         here = os.path.dirname(os.path.abspath(__file__))
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": here}})
+        ray.init(
+            num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": here}}
+        )
         yield Cluster("ray", None)
         ray.shutdown()
 

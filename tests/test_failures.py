@@ -101,7 +101,7 @@ def test_a_timed_out_task_gets_its_error_and_the_others_complete(backend):
 
 
 CRASHES = textwrap.dedent(
-    '''
+    """
     import ctypes, os, resource, sys, time
 
 
@@ -135,7 +135,7 @@ CRASHES = textwrap.dedent(
         import signal
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
         time.sleep(60)
-    '''
+    """
 )
 
 
@@ -268,6 +268,7 @@ def test_a_timeout_fires_while_nobody_reads_the_generator(tmp_path):
     results = Parallel(n_jobs=2, timeout=1, return_as="generator")(
         delayed(sleep_after_writing_pid)(str(tmp_path), 120) for _ in range(2)
     )
+
     # The generator is never advanced while the tasks run: the pool's supervisor alone must stop
     # them (well before their 120 s sleep would end).
     def pids():

@@ -79,7 +79,10 @@ def test_stable_across_processes():
         "import numpy as np, ferrojob; "
         "print(ferrojob.hash({'b': [1, 2.5, 'x'], 'a': np.arange(1000).reshape(10, 100), 's': {3, 1}}))"
     )
-    digests = {subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True).stdout for _ in range(2)}
+    digests = {
+        subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True).stdout
+        for _ in range(2)
+    }
     here = hash({"s": {1, 3}, "a": np.arange(1000).reshape(10, 100), "b": [1, 2.5, "x"]})
     assert digests == {here + "\n"}
 

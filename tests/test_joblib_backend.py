@@ -85,7 +85,10 @@ def test_nested_calls_run_inside_the_worker():
 
 
 def test_n_jobs_one_falls_back_to_sequential():
-    assert joblib.Parallel(n_jobs=1, backend="ferrojob")(joblib.delayed(os.getpid)() for _ in range(2)) == [os.getpid()] * 2
+    assert (
+        joblib.Parallel(n_jobs=1, backend="ferrojob")(joblib.delayed(os.getpid)() for _ in range(2))
+        == [os.getpid()] * 2
+    )
 
 
 # -- scikit-learn -------------------------------------------------------------------------------

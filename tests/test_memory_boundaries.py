@@ -153,7 +153,10 @@ def test_a_read_only_cache_serves_hits_and_computes_misses(tmp_path):
     try:
         done = subprocess.run(
             [sys.executable, str(script), str(location), "check"],
-            capture_output=True, text=True, env=env, cwd="/",
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd="/",
         )
         assert done.returncode == 0, done.stderr[-3000:]
         assert done.stdout.strip() == "ok"

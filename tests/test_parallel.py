@@ -147,9 +147,7 @@ def test_generator_unordered_returns_every_result():
 
 
 def test_closing_a_generator_early_leaves_the_pool_usable():
-    results = Parallel(n_jobs=2, return_as="generator", batch_size=1)(
-        delayed(identity)(x) for x in range(1000)
-    )
+    results = Parallel(n_jobs=2, return_as="generator", batch_size=1)(delayed(identity)(x) for x in range(1000))
     assert next(results) == 0
     with pytest.warns(UserWarning, match=r"closed before its end: \d+ (computed results|tasks sent)"):
         results.close()  # as joblib: the work that went unused is told

@@ -425,8 +425,11 @@ def test_joblib_files_from_before_0_10_are_read_with_joblibs_warning():
     joblib = pytest.importorskip("joblib")
     data = os.path.join(os.path.dirname(joblib.__file__), "test", "data")
     expected = [np.arange(5), np.arange(5.0), np.array([1, "abc", {"a": 1, "b": 2}], dtype="O")]
-    names = ["joblib_0.9.2_pickle_py34_np19.pkl", "joblib_0.9.2_compressed_pickle_py34_np19.gz",
-             "joblib_0.9.4.dev0_compressed_cache_size_pickle_py35_np19.gz"]
+    names = [
+        "joblib_0.9.2_pickle_py34_np19.pkl",
+        "joblib_0.9.2_compressed_pickle_py34_np19.gz",
+        "joblib_0.9.4.dev0_compressed_cache_size_pickle_py35_np19.gz",
+    ]
     for name in names:
         path = os.path.join(data, name)
         if not os.path.exists(path):
@@ -516,5 +519,8 @@ def test_damage_in_a_streamed_dump_names_the_stream(tmp_path):
     data = bytearray(path.read_bytes())
     data[-100] ^= 0xFF  # inside the last compressed block
     path.write_bytes(bytes(data))
-    with open(path, "rb") as handle, pytest.raises(DamagedFileError, match=r"damaged\.fj: section 1, block 0 is damaged"):
+    with (
+        open(path, "rb") as handle,
+        pytest.raises(DamagedFileError, match=r"damaged\.fj: section 1, block 0 is damaged"),
+    ):
         load(handle)

@@ -103,7 +103,9 @@ def test_numpy_constructors_and_state_never_see_file_values():
     with pytest.raises(DamagedFileError):
         safe_load(Forged(np.ndarray, ((10**12,), np.dtype("u1"))))
     # BUILD on an array: numpy's __setstate__ with the file's shape and dtype.
-    built = Forged(numeric._frombuffer, (b"\0" * 8, np.dtype("f8"), (1,), "C"), (1, (1000,), np.dtype("f8"), False, b""))
+    built = Forged(
+        numeric._frombuffer, (b"\0" * 8, np.dtype("f8"), (1,), "C"), (1, (1000,), np.dtype("f8"), False, b"")
+    )
     with pytest.raises(RefusedContentError, match="state"):
         safe_load(built)
     with pytest.raises(RefusedContentError, match=r"numpy\.ma"):

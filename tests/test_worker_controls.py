@@ -44,7 +44,9 @@ def test_replacement_workers_run_the_initializer_too(tmp_path):
     marker = str(tmp_path / "crashed")
     with pytest.raises(WorkerCrashedError):
         Parallel(n_jobs=2, initializer=remember, initargs=(7,))(delayed(crash_once)(marker) for _ in range(2))
-    value, where, pid = Parallel(n_jobs=2, initializer=remember, initargs=(7,))(delayed(crash_once)(marker) for _ in range(2))[0]
+    value, where, pid = Parallel(n_jobs=2, initializer=remember, initargs=(7,))(
+        delayed(crash_once)(marker) for _ in range(2)
+    )[0]
     assert value == 7 and where == pid
 
 

@@ -128,7 +128,9 @@ def test_os_exit_is_reported_with_the_task_and_exit_code():
 
 @pytest.mark.parametrize("signum, name", [(signal.SIGSEGV, "SIGSEGV"), (signal.SIGKILL, "SIGKILL")])
 def test_killed_worker_is_reported_with_the_signal(signum, name):
-    with pytest.raises(WorkerCrashedError, match=rf"was killed by signal {name} \({int(signum)}\) while running task 2"):
+    with pytest.raises(
+        WorkerCrashedError, match=rf"was killed by signal {name} \({int(signum)}\) while running task 2"
+    ):
         Parallel(n_jobs=2)(delayed(signal_on)(x, 2, signum) for x in range(6))
 
 

@@ -180,7 +180,6 @@ def serve_worker(
     on_init: Callable[[bytes, memoryview], None],
     on_task: Callable[[bytes, list[Buffer]], tuple[bool, bytes, list[Any], float]],
 ) -> None: ...
-
 def run_items(
     function: Callable[..., Any], items: list[Any], star: bool, start: int, results: list[Any], started: int
 ) -> tuple[int, BaseException | None] | None:

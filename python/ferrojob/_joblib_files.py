@@ -45,7 +45,9 @@ _CHUNK = 16 << 20
 _ZFILE_PREFIX = b"ZF"
 _ZFILE_HEADER = 2 + 19
 #: joblib's word for files of joblib < 0.10 (kept as is: code may filter warnings by it).
-_OLD_FORMAT = "The file '{}' has been generated with a joblib version less than 0.10. Please regenerate this pickle file."
+_OLD_FORMAT = (
+    "The file '{}' has been generated with a joblib version less than 0.10. Please regenerate this pickle file."
+)
 #: joblib >= 1.2 aligns the arrays of uncompressed files to this many bytes.
 _ALIGNMENT = 16
 
@@ -78,7 +80,9 @@ class _ZlibStream(io.RawIOBase):
         while not self._pending and not self._decompressor.eof and self._left != 0:
             compressed = self._decompressor.unconsumed_tail or self._handle.read(_CHUNK)
             if not compressed:
-                raise DamagedFileError(f"{self.name}: its zlib compression is damaged or cut short (it ends early)", code="FJ401")
+                raise DamagedFileError(
+                    f"{self.name}: its zlib compression is damaged or cut short (it ends early)", code="FJ401"
+                )
             wanted = len(view) if self._left is None else min(len(view), self._left)
             try:
                 self._pending = self._decompressor.decompress(compressed, wanted)
@@ -161,7 +165,12 @@ class _ArrayWrapper:
         if unpickler.mmap_mode is not None and self.allow_mmap:
             offset = handle.tell()
             array = np.memmap(
-                unpickler.file, dtype=self.dtype, mode=unpickler.mmap_mode, offset=offset, shape=self.shape, order=self.order
+                unpickler.file,
+                dtype=self.dtype,
+                mode=unpickler.mmap_mode,
+                offset=offset,
+                shape=self.shape,
+                order=self.order,
             )
             handle.seek(offset + array.nbytes)
             if not aligned and offset % _ALIGNMENT:
@@ -178,7 +187,9 @@ class _ArrayWrapper:
         while done < flat.size:
             got = handle.readinto(memoryview(flat[done : done + _CHUNK]))
             if not got:
-                raise DamagedFileError(f"{unpickler.name}: truncated: the joblib dump ends inside an array", code="FJ401")
+                raise DamagedFileError(
+                    f"{unpickler.name}: truncated: the joblib dump ends inside an array", code="FJ401"
+                )
             done += got
         if self.order == "F":
             array.shape = self.shape[::-1]

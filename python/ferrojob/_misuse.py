@@ -170,8 +170,7 @@ def looks_like_one_call(value: Any) -> TypeGuard[tuple]:
 def not_callable(value: Any) -> ParallelUsageError:
     return ParallelUsageError(
         compose_message(
-            f"delayed(...) expects a function, but got {_describe_value(value)}, which is not "
-            "callable.",
+            f"delayed(...) expects a function, but got {_describe_value(value)}, which is not callable.",
             "pass the function itself, then call the result with the arguments:",
             "delayed(my_function)(x)",
         ),

@@ -25,7 +25,6 @@ def dumps(obj: Any) -> bytes:
     return cloudpickle.dumps(obj, protocol=PROTOCOL)
 
 
-
 def _collector(threshold: int | None) -> tuple[list[pickle.PickleBuffer], Callable[[Any], bool] | None]:
     """A ``buffer_callback`` that takes buffers of ``threshold`` bytes or more out of band."""
     out_of_band: list[pickle.PickleBuffer] = []
@@ -82,8 +81,7 @@ def _fix_for(obj: Any) -> tuple[str, ...]:
     if isinstance(obj, io.IOBase):
         return ("pass the file's name and open it inside the function", f"or {threading_hint}")
     if isinstance(obj, (types.GeneratorType, types.AsyncGeneratorType)):
-        return ("pass a list instead (list(...)), or the data the generator is made from",
-                f"or {threading_hint}")
+        return ("pass a list instead (list(...)), or the data the generator is made from", f"or {threading_hint}")
     return ("make the object picklable, or create it inside the function", f"or {threading_hint}")
 
 
@@ -94,9 +92,7 @@ def _is_lock(obj: Any) -> bool:
     return isinstance(obj, lock_types) or type(obj).__name__ in {"Condition", "Semaphore", "Event"}
 
 
-def unpicklable_argument(
-    function: Callable[..., Any], args: tuple, kwargs: dict, task: str
-) -> UnpicklableError | None:
+def unpicklable_argument(function: Callable[..., Any], args: tuple, kwargs: dict, task: str) -> UnpicklableError | None:
     """Find the argument of one call that cannot be pickled and explain it; None if all pickle."""
     name = getattr(function, "__qualname__", repr(function))
     error = pickling_failure(function)

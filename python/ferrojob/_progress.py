@@ -34,7 +34,9 @@ class ProgressUpdate(NamedTuple):
 class Progress:
     """Reports completed tasks of one call. Silent unless ``verbose > 0`` or ``bar``."""
 
-    def __init__(self, label: str, verbose: int, bar: bool | Callable[[ProgressUpdate], Any], total: int | None) -> None:
+    def __init__(
+        self, label: str, verbose: int, bar: bool | Callable[[ProgressUpdate], Any], total: int | None
+    ) -> None:
         self._label = label
         self._verbose = verbose
         self._total = total
@@ -110,9 +112,7 @@ class Progress:
             self._call_back()  # the last call always has n_completed == n_total
         if self._verbose > 0:
             total = self._total if self._total is not None else self._done
-            self._write(
-                f"Done {self._done:4d} out of {total:4d} | elapsed: {self._elapsed()} finished"
-            )
+            self._write(f"Done {self._done:4d} out of {total:4d} | elapsed: {self._elapsed()} finished")
 
     def close(self) -> None:
         if self._bar is not None:

@@ -73,7 +73,7 @@ def likely_cause(completion: Completion, started: bool) -> str:
     kind, code = completion.kind, completion.code
     if "ferrojob: the initializer" in tail:
         failed = tail[tail.rfind("ferrojob: the initializer") :].splitlines()[0]
-        return f"{failed[len('ferrojob: '):].rstrip(':')}: {_last_line(tail)}"
+        return f"{failed[len('ferrojob: ') :].rstrip(':')}: {_last_line(tail)}"
     if not started and completion.jobs_done == 0 and "Traceback" in tail:
         return "the worker could not start: " + _last_line(tail)
     if "MemoryError" in tail or "Cannot allocate memory" in tail or "out of memory" in tail.lower():
@@ -232,8 +232,7 @@ def start_error(completion: Completion, attempts: int) -> WorkerStartError:
     tail = _tail_text(completion)
     error = WorkerStartError(
         compose_message(
-            f"{attempts} worker processes in a row died before running a task "
-            f"(the last one {_how(completion)}).",
+            f"{attempts} worker processes in a row died before running a task (the last one {_how(completion)}).",
             f"likely cause: {likely_cause(completion, False)}",
             "check what every worker imports at start: sys.path, sitecustomize, the initializer",
             *_shown_tail(tail),

@@ -224,7 +224,9 @@ def _array(data: Any, dtype: Any, shape: Any, order: Any, copy: bool = False) ->
     for n in shape:  # Python ints: no overflow
         expected *= n
     if view.nbytes != expected:
-        raise _damaged(f"an array of shape {shape} and dtype {dtype} needs {expected} bytes, the file has {view.nbytes}")
+        raise _damaged(
+            f"an array of shape {shape} and dtype {dtype} needs {expected} bytes, the file has {view.nbytes}"
+        )
     if expected == 0:
         return np.empty(shape, dtype=dtype, order=order)
     array = np.frombuffer(data, dtype=dtype).reshape(shape, order=order)
@@ -342,9 +344,7 @@ class _Resolver:
             value.clear()
             value.update(items)
         else:
-            parts = (
-                [value.start, value.stop, value.step] if kind is slice else list(value)
-            )
+            parts = [value.start, value.stop, value.step] if kind is slice else list(value)
             resolved = [self.resolve(part) for part in parts]
             if any(map(operator.is_not, resolved, parts)):
                 value = slice(*resolved) if kind is slice else kind(resolved)

@@ -36,7 +36,7 @@ class SharedObjects:
         self._session = next(_SESSIONS)
         self._seen: dict[int, int] = {}
         # id -> (the object, kept alive so its id stays its own; its token; its pickle), or
-    # (None, -1, None) for an object measured small
+        # (None, -1, None) for an object measured small
         self._known: dict[int, tuple[Any, int, pickle.PickleBuffer | None]] = {}
         self._tokens = itertools.count()
         self._sharing = False

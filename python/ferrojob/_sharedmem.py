@@ -47,7 +47,11 @@ def _bad_max_nbytes(value: Any, name: str) -> InvalidParameterError:
         compose_message(
             f"{name}={value!r} is not a size.",
             'use a number of bytes, a string such as "1M", "100K" or "2GB", or None'
-            + (" to send every argument inside the message (no shared memory)" if name == "max_nbytes" else " (no limit)"),
+            + (
+                " to send every argument inside the message (no shared memory)"
+                if name == "max_nbytes"
+                else " (no limit)"
+            ),
         ),
         code="FJ201",
     )
@@ -105,9 +109,7 @@ class ArgumentStore:
         identity = (id(owner), buffer_address(buffer), view.nbytes)
         if identity not in self._guards:
             try:
-                self._guards[identity] = weakref.ref(
-                    owner, functools.partial(_forget, weakref.ref(self), identity)
-                )
+                self._guards[identity] = weakref.ref(owner, functools.partial(_forget, weakref.ref(self), identity))
             except TypeError:
                 return None
         return identity

@@ -193,9 +193,7 @@ class _MemoryCapReached(Exception):
 
 
 def _unloadable_arguments(error: BaseException) -> bytes:
-    return _failures.dumps(
-        _failures.ArgumentsUnloadable(type_name(error), str(error), _failures.traceback_text(error))
-    )
+    return _failures.dumps(_failures.ArgumentsUnloadable(type_name(error), str(error), _failures.traceback_text(error)))
 
 
 def _raised(error: BaseException, offset: int) -> bytes:
@@ -208,9 +206,7 @@ def _unpicklable_result(results: list[Any]) -> bytes:
             dumps_result(value)
         except Exception as error:
             return _failures.dumps(_failures.ResultUnpicklable(offset, type_name(value), str(error)))
-    return _failures.dumps(
-        _failures.ResultUnpicklable(0, "list", "the results could not be pickled together")
-    )
+    return _failures.dumps(_failures.ResultUnpicklable(0, "list", "the results could not be pickled together"))
 
 
 def _flush_output() -> None:

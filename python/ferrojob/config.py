@@ -135,8 +135,7 @@ def check_prefer_require(prefer: Any, require: Any) -> None:
         )
     if prefer == "processes" and require == "sharedmem":
         raise _invalid_setting(
-            "prefer='processes' and require='sharedmem' are inconsistent settings: processes "
-            "share no memory.",
+            "prefer='processes' and require='sharedmem' are inconsistent settings: processes share no memory.",
             'drop prefer="processes" (require="sharedmem" runs tasks in threads)',
         )
 
@@ -159,7 +158,9 @@ def check_initializer(initializer: Any, initargs: Any) -> None:
 
 
 def check_max_tasks_per_worker(value: Any) -> None:
-    if value is not None and not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1):
+    if value is not None and not (
+        isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1
+    ):
         raise _invalid_setting(
             f"max_tasks_per_worker={value!r} is not a number of tasks.",
             "use a positive integer: each worker is replaced after that many tasks",

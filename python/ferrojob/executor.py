@@ -198,7 +198,12 @@ class Executor(concurrent.futures.Executor):
         n = self._max_workers
         fixed = None if chunksize == "auto" else int(chunksize)
         scheduler = Scheduler(
-            n, _TASKS_PER_WORKER * n, fixed, True, target_batch_duration=_MAP_CHUNK_SECONDS, max_batch_size=_MAX_MAP_CHUNK
+            n,
+            _TASKS_PER_WORKER * n,
+            fixed,
+            True,
+            target_batch_duration=_MAP_CHUNK_SECONDS,
+            max_batch_size=_MAX_MAP_CHUNK,
         )
         chunks = run_batches(source, scheduler, session)
         next(chunks)  # the first chunks are dispatched now, as the standard map submits at once
@@ -448,7 +453,9 @@ class _Runner:
                     self._close()
             _settle(settle)
 
-    def _route(self, batch_id: int, results: Any, elapsed: float, error: BaseException | None, settle: list[_Settlement]) -> None:
+    def _route(
+        self, batch_id: int, results: Any, elapsed: float, error: BaseException | None, settle: list[_Settlement]
+    ) -> None:
         owner = self.owners.pop(batch_id, None)
         if owner is None:
             return  # withdrawn

@@ -46,7 +46,9 @@ class FerrojobBackend(AutoBatchingMixin, ParallelBackendBase):
     supports_sharedmem = False
     uses_threads = False
 
-    def __init__(self, nesting_level: int | None = None, inner_max_num_threads: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, nesting_level: int | None = None, inner_max_num_threads: int | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads, **kwargs)
         self._session: ProcessSession | None = None
         self._lock = threading.Lock()
@@ -58,7 +60,9 @@ class FerrojobBackend(AutoBatchingMixin, ParallelBackendBase):
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         return 1 if in_worker() else resolve_n_jobs(n_jobs)
 
-    def configure(self, n_jobs: int = 1, parallel: Any = None, prefer: Any = None, require: Any = None, **kwargs: Any) -> int:
+    def configure(
+        self, n_jobs: int = 1, parallel: Any = None, prefer: Any = None, require: Any = None, **kwargs: Any
+    ) -> int:
         n_jobs = self.effective_n_jobs(n_jobs)
         if n_jobs == 1:
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
@@ -159,4 +163,3 @@ def register() -> None:
         for name in ("loky", "multiprocessing"):
             parallel.BACKENDS[name] = threads
         joblib.register_parallel_backend("threading", threads, make_default=True)
-

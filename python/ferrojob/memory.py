@@ -132,8 +132,13 @@ def _age_in_seconds(age_limit: Any) -> float | None:
 
 
 def expires_after(
-    days: float = 0, seconds: float = 0, microseconds: float = 0, milliseconds: float = 0,
-    minutes: float = 0, hours: float = 0, weeks: float = 0,
+    days: float = 0,
+    seconds: float = 0,
+    microseconds: float = 0,
+    milliseconds: float = 0,
+    minutes: float = 0,
+    hours: float = 0,
+    weeks: float = 0,
 ) -> Callable[[dict], bool]:
     """A ``cache_validation_callback`` that recomputes entries older than the given duration.
 
@@ -147,8 +152,13 @@ def expires_after(
         ...     return x
     """
     limit = datetime.timedelta(
-        days=days, seconds=seconds, microseconds=microseconds, milliseconds=milliseconds,
-        minutes=minutes, hours=hours, weeks=weeks,
+        days=days,
+        seconds=seconds,
+        microseconds=microseconds,
+        milliseconds=milliseconds,
+        minutes=minutes,
+        hours=hours,
+        weeks=weeks,
     ).total_seconds()
 
     def still_valid(metadata: dict) -> bool:
@@ -465,8 +475,7 @@ class MemorizedFunc:
             name = keyword_only[min(len(args) - len(positional), len(keyword_only)) - 1]
             raise InvalidParameterError(
                 compose_message(
-                    f"Keyword-only parameter {name!r} was passed as positional parameter to "
-                    f"{self.func_id}.",
+                    f"Keyword-only parameter {name!r} was passed as positional parameter to {self.func_id}.",
                     f"pass it by name: {name}=...",
                 ),
                 code="FJ201",

@@ -208,7 +208,9 @@ class Parallel:
         check_max_tasks_per_worker(max_tasks_per_worker)
         memory_cap = parse_max_nbytes(max_worker_memory, "max_worker_memory")
         if max_batch_size is not None and not (
-            isinstance(max_batch_size, numbers.Integral) and not isinstance(max_batch_size, bool) and max_batch_size >= 1
+            isinstance(max_batch_size, numbers.Integral)
+            and not isinstance(max_batch_size, bool)
+            and max_batch_size >= 1
         ):
             raise _invalid(
                 f"max_batch_size={max_batch_size!r} is not a number of tasks.",
@@ -592,4 +594,3 @@ def _dispatch(source: TaskSource | ItemsSource, scheduler: Scheduler, session: S
         session.submit(scheduler.register(len(batch)), batch)
         submitted += len(batch)
     return submitted
-

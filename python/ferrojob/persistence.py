@@ -61,7 +61,10 @@ def _bad_compress(compress: Any, *help_lines: str) -> InvalidParameterError:
     return InvalidParameterError(
         compose_message(
             f"compress={compress!r} is not a compression setting.",
-            *(help_lines or ("use 0 (none), a level 1-9 (zstd), True, or a (codec, level) pair: ('zstd', 3), ('gzip', 3)",)),
+            *(
+                help_lines
+                or ("use 0 (none), a level 1-9 (zstd), True, or a (codec, level) pair: ('zstd', 3), ('gzip', 3)",)
+            ),
         ),
         code="FJ201",
     )
@@ -111,8 +114,7 @@ def _path(filename: Any, action: str) -> str:
         return os.fspath(filename)
     raise TypeError(
         compose_message(
-            f"{action} expects a file name (str or os.PathLike) or an open binary file, got "
-            f"{type(filename).__name__}.",
+            f"{action} expects a file name (str or os.PathLike) or an open binary file, got {type(filename).__name__}.",
             "pass the path, or a file object opened in binary mode",
         )
     )
@@ -158,8 +160,7 @@ def refuse_joblib_pickle(name: str) -> NotADumpFileError:
     """The error for a joblib dump met with ``allow_pickle=False``."""
     return NotADumpFileError(
         compose_message(
-            f"{name} was written by joblib.dump, whose format is a pickle: with "
-            "allow_pickle=False it is not read.",
+            f"{name} was written by joblib.dump, whose format is a pickle: with allow_pickle=False it is not read.",
             "convert it once, from a trusted source: ferrojob.dump(ferrojob.load(path), new_path)",
         ),
         code="FJ402",

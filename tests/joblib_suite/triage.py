@@ -30,7 +30,11 @@ RULES = [
         r".",
         r"Regex pattern did not match",
     ),
-    ("joblib's own digests (ferrojob.hash is xxh3-128 over its own canonical form)", r"test_hashes_stay_the_same", r"."),
+    (
+        "joblib's own digests (ferrojob.hash is xxh3-128 over its own canonical form)",
+        r"test_hashes_stay_the_same",
+        r".",
+    ),
     ("a timing assertion against joblib's hasher", r"test_hash_numpy_performance", r"."),
     (
         "ferrojob hashes an array's values: a non-contiguous array hashes as its contiguous copy",
@@ -43,7 +47,11 @@ RULES = [
         r"|test_compress_string_argument|test_load_externally_decompressed_files|test_file_handle_persistence_compressed_mmap",
         r"not-compressed|Not a gzipped file|incorrect header check",
     ),
-    ("joblib's store backend API (ferrojob's Memory has its own store, in Rust)", r".", r"has no attribute 'store_backend'"),
+    (
+        "joblib's store backend API (ferrojob's Memory has its own store, in Rust)",
+        r".",
+        r"has no attribute 'store_backend'",
+    ),
     ("joblib internals: MemorizedResult's constructor", r".", r"MemorizedResult.__init__\(\) got an unexpected"),
     (
         "ferrojob keys each function's cache folder by its exact identity (a lambda's by its code position too): "
@@ -76,7 +84,11 @@ RULES = [
         r"test_multiple_generator_call_separated_gc",
         r"DID NOT RAISE",
     ),
-    ("n_jobs=2.3 or 0.5: ferrojob refuses fractional n_jobs that joblib truncates", r"test_njobs_converted_to_int|test_invalid_njobs", r"2\.3|0\.5|no meaning"),
+    (
+        "n_jobs=2.3 or 0.5: ferrojob refuses fractional n_jobs that joblib truncates",
+        r"test_njobs_converted_to_int|test_invalid_njobs",
+        r"2\.3|0\.5|no meaning",
+    ),
     (
         "joblib internals: its backend registry (the BACKENDS and EXTERNAL_BACKENDS dicts, patched by "
         "the tests), get_active_backend() and its backend classes (ferrojob's registry is reached "
@@ -113,9 +125,26 @@ def run(suite: str) -> list[tuple[str, str]]:
     """``(test id, failure message)`` of each failing test of ``suite`` with no list applied."""
     env = dict(os.environ, PYTHONPATH=str(HERE), FERROJOB_JOBLIB_SUITE_LISTS="0", COLUMNS="500")
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "ferrojob_as_joblib", "--pyargs", f"joblib.test.{suite}",
-         "-q", "-p", "no:cacheprovider", "--timeout", "60", "-rf", "--tb=no"],
-        capture_output=True, text=True, env=env, cwd="/tmp",
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "ferrojob_as_joblib",
+            "--pyargs",
+            f"joblib.test.{suite}",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--timeout",
+            "60",
+            "-rf",
+            "--tb=no",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd="/tmp",
     )
     failures = []
     for line in done.stdout.splitlines():

@@ -78,9 +78,7 @@ _INSTANCES: dict[str, Backend] = {}
 _BUILT_IN = dict(_FACTORIES)
 
 
-def register_parallel_backend(
-    name: str, factory: Callable[[], Backend], make_default: bool = False
-) -> None:
+def register_parallel_backend(name: str, factory: Callable[[], Backend], make_default: bool = False) -> None:
     """Make ``factory()`` (a ``ferrojob.backends.Backend``) available as ``backend=name``.
 
     ``make_default=True`` also makes it the default backend of ``Parallel``.
@@ -185,8 +183,7 @@ def get_backend(name: Any) -> Backend:
             made = ForeignBackend(made)
         if not isinstance(made, Backend):
             raise InvalidParameterError(
-                f"the factory registered for backend {name!r} returned {made!r}, "
-                "not a ferrojob.backends.Backend"
+                f"the factory registered for backend {name!r} returned {made!r}, not a ferrojob.backends.Backend"
             )
         backend = _INSTANCES[name] = made
     return backend

@@ -84,17 +84,12 @@ def _pool_key_environment(env: dict[str, str], extra_env: dict[str, str]) -> tup
     pool is not restarted for any other change of ``os.environ`` (pytest sets
     ``PYTEST_CURRENT_TEST`` before every test): workers keep the environment they started with."""
     ours = {*_THREAD_LIMIT_VARS, WORKER_MARK, *extra_env}
-    return tuple(
-        sorted((name, value) for name, value in env.items() if name in ours or name.startswith("FERROJOB_"))
-    )
+    return tuple(sorted((name, value) for name, value in env.items() if name in ours or name.startswith("FERROJOB_")))
 
 
 def _worker_command() -> tuple[str, list[str]]:
     package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    bootstrap = (
-        f"import sys; sys.path.insert(0, {package_parent!r}); "
-        "from ferrojob._worker import main; main()"
-    )
+    bootstrap = f"import sys; sys.path.insert(0, {package_parent!r}); from ferrojob._worker import main; main()"
     return sys.executable, ["-c", bootstrap]
 
 
@@ -112,9 +107,7 @@ def _init_payload(initializer: Callable[..., Any] | None, initargs: tuple) -> by
     return pickle.dumps(settings)
 
 
-def private_pool(
-    n_workers: int, env: dict[str, str], init: bytes, idle_timeout: float | None = None
-) -> ProcessPool:
+def private_pool(n_workers: int, env: dict[str, str], init: bytes, idle_timeout: float | None = None) -> ProcessPool:
     """A pool of one owner's own, whose workers live until it is shut down (or, with
     ``idle_timeout``, until they have been idle that long)."""
     program, args = _worker_command()
@@ -187,7 +180,9 @@ class ProcessSession(Session):
         self._limits = (options.timeout, options.max_tasks_per_worker, options.max_worker_memory)
         env = {**worker_environment(n_workers, options.inner_max_num_threads), **(extra_env or {})}
         init = _init_payload(options.initializer, options.initargs)
-        self._pool, self._release = self._acquire_pool(n_workers, env, init, _pool_key_environment(env, extra_env or {}))
+        self._pool, self._release = self._acquire_pool(
+            n_workers, env, init, _pool_key_environment(env, extra_env or {})
+        )
         self._arguments = ArgumentStore()
         self._shared = SharedObjects(options.max_nbytes)
         self._jobs: dict[int, Piece] = {}
@@ -233,9 +228,7 @@ class ProcessSession(Session):
         job = next(_JOB_IDS)
         self._jobs[job] = piece
         try:
-            self._pool.submit(
-                job, body, self._arguments.arena, buffers, identities, self._mmap_mode, len(piece.batch)
-            )
+            self._pool.submit(job, body, self._arguments.arena, buffers, identities, self._mmap_mode, len(piece.batch))
         except BaseException:
             self._jobs.pop(job)
             raise
@@ -274,7 +267,9 @@ class ProcessSession(Session):
             except Exception as error:
                 return piece.batch_id, None, completion.elapsed, error
             if failed:
-                results = _failures.settle(results, piece.batch.describe, functools.partial(self.in_slot, piece), failed)
+                results = _failures.settle(
+                    results, piece.batch.describe, functools.partial(self.in_slot, piece), failed
+                )
             if len(results) < len(piece.batch):
                 # The worker stopped early, over max_worker_memory (it is being replaced): the
                 # rest of the batch runs on a fresh one.

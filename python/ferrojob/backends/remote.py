@@ -193,7 +193,9 @@ class ClusterSession(Session):
                 continue
             if not self._collect:
                 raise _timeout_error(
-                    piece.batch, self._timeout, self.where,
+                    piece.batch,
+                    self._timeout,
+                    self.where,
                     "the call's remaining tasks were cancelled; raise Parallel(timeout=...)",
                 )
             self.cancel([future])
