@@ -133,12 +133,22 @@ def test_source_change_invalidates(tmp_path, monkeypatch):
     assert memory.cache(cached_module.f)(1) == 101
 
 
+def used_long_ago(cached, n, seconds_ago):
+    """Call ``cached(n)`` (a new entry) and date its last use ``seconds_ago`` back: an order of
+    use that does not depend on the clock's resolution."""
+    store = cached.memory.store
+    before = {entry[:2] for entry in store.entries()}
+    cached(n)
+    for function, key in {entry[:2] for entry in store.entries()} - before:
+        when = time.time() - seconds_ago
+        os.utime(os.path.join(store.entry_dir(function, key), ".last-access"), (when, when))
+
+
 def test_reduce_size_and_bytes_limit(tmp_path):
     memory = Memory(tmp_path)
     cached = memory.cache(make_array)
-    for n in (10_000, 20_000, 30_000):
-        cached(n)
-        time.sleep(0.02)
+    for n, seconds_ago in ((10_000, 300), (20_000, 200), (30_000, 100)):
+        used_long_ago(cached, n, seconds_ago)
     cached(10_000)  # now the most recently used
     memory.reduce_size(items_limit=2)
     assert cached.check_call_in_cache(10_000) and cached.check_call_in_cache(30_000)
@@ -146,9 +156,8 @@ def test_reduce_size_and_bytes_limit(tmp_path):
     memory.reduce_size(age_limit=datetime.timedelta(seconds=0))
     assert memory.store.entries() == []
     limited = Memory(tmp_path / "limited", bytes_limit="300K").cache(make_array)
-    for n in (10_000, 20_000, 30_000):  # 80 KB, 160 KB, 240 KB
-        limited(n)
-        time.sleep(0.02)
+    for n, seconds_ago in ((10_000, 300), (20_000, 200), (30_000, 100)):  # 80 KB, 160 KB, 240 KB
+        used_long_ago(limited, n, seconds_ago)
     assert sum(entry[2] for entry in limited.memory.store.entries()) <= 300 * 1024
     assert limited.check_call_in_cache(30_000)
 
