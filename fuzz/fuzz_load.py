@@ -22,7 +22,8 @@ import sys
 import zlib
 
 import numpy as np
-from ferrojob import DamagedFileError, NotADumpFileError, RefusedContentError, _safe_pickle, dump, load
+from ferrojob import DamagedFileError, NotADumpFileError, RefusedContentError, dump, load
+from ferrojob.persistence import safe_pickle
 
 EXPECTED = (DamagedFileError, NotADumpFileError, RefusedContentError)
 VALUE = {
@@ -67,7 +68,7 @@ def main(rounds: int, seed: int, folder: str) -> None:
     for _ in range(rounds):
         for data, out_of_band in ((mutate(rng, body), raws), (mutate(rng, in_band), [])):
             try:
-                _safe_pickle.loads(data, out_of_band)
+                safe_pickle.loads(data, out_of_band)
             except EXPECTED:
                 pass
         mutated = mutate(rng, original)

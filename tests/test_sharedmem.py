@@ -11,7 +11,8 @@ import signal
 import pytest
 from conftest import open_fds, worker_children
 from ferrojob import InvalidParameterError, Parallel, WorkerCrashedError, delayed
-from ferrojob._sharedmem import ArgumentStore, parse_max_nbytes
+from ferrojob._settings import parse_size
+from ferrojob._sharedmem import ArgumentStore
 
 np = pytest.importorskip("numpy")
 
@@ -142,13 +143,13 @@ def test_results_are_writable_and_outlive_the_pool():
 
 
 def test_max_nbytes_parsing():
-    assert parse_max_nbytes("1M") == 1 << 20
-    assert parse_max_nbytes("100k") == 100 << 10
-    assert parse_max_nbytes(4096) == 4096
-    assert parse_max_nbytes(None) is None
+    assert parse_size("1M", "max_nbytes") == 1 << 20
+    assert parse_size("100k", "max_nbytes") == 100 << 10
+    assert parse_size(4096, "max_nbytes") == 4096
+    assert parse_size(None, "max_nbytes") is None
     for bad in ("lots", -1, True, 1.5):
         with pytest.raises(InvalidParameterError, match="is not a size"):
-            parse_max_nbytes(bad)
+            parse_size(bad, "max_nbytes")
     with pytest.raises(ValueError, match="is not a mapping mode"):
         Parallel(n_jobs=2, mmap_mode="rw")
 

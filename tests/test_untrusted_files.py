@@ -11,7 +11,8 @@ import sys
 
 import numpy as np
 import pytest
-from ferrojob import DamagedFileError, RefusedContentError, _safe_pickle, dump, load
+from ferrojob import DamagedFileError, RefusedContentError, dump, load
+from ferrojob.persistence import safe_pickle
 
 numeric = np._core.numeric if hasattr(np, "_core") else np.core.numeric
 multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
@@ -34,7 +35,7 @@ def forged_dtype(descriptor="f8", state=(3, "<", None, None, None, -1, -1, 0)):
 def safe_load(value):
     buffers = []
     data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-    return _safe_pickle.loads(data, [b.raw() for b in buffers])
+    return safe_pickle.loads(data, [b.raw() for b in buffers])
 
 
 def test_plain_data_and_canonical_arrays_round_trip(tmp_path):

@@ -10,71 +10,14 @@ from __future__ import annotations
 
 import functools
 import pickle
-import re
 import weakref
 from typing import Any
 
 from ._core import Arena, buffer_address
-from .errors import InvalidParameterError, compose_message
 
 #: Buffers of at least this many bytes travel in shared memory unless ``max_nbytes`` says otherwise
 #: (measured: below ~64 KiB, copying through the socket is as fast as placing in shared memory).
 DEFAULT_MAX_NBYTES = 64 * 1024
-MMAP_MODES = ("r", "r+", "w+", "c")
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-
-
-def parse_max_nbytes(value: Any, name: str = "max_nbytes") -> int | None:
-    """A size as joblib spells ``max_nbytes``: bytes as an int, or a string such as "1M", "100K"
-    or "2GB"; None: no size (never / no limit). ``name`` is the parameter, for the error."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise _bad_max_nbytes(value, name)
-    if isinstance(value, int):
-        if value < 0:
-            raise _bad_max_nbytes(value, name)
-        return value
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?)B?\s*", value.upper())
-        if match:
-            return int(float(match.group(1)) * _UNITS[match.group(2)])
-    raise _bad_max_nbytes(value, name)
-
-
-def _bad_max_nbytes(value: Any, name: str) -> InvalidParameterError:
-    return InvalidParameterError(
-        compose_message(
-            f"{name}={value!r} is not a size.",
-            'use a number of bytes, a string such as "1M", "100K" or "2GB", or None'
-            + (
-                " to send every argument inside the message (no shared memory)"
-                if name == "max_nbytes"
-                else " (no limit)"
-            ),
-        ),
-        code="FJ201",
-    )
-
-
-def validate_mmap_mode(mode: Any, meaning_of_none: str) -> str | None:
-    """``mode`` if it is numpy's mapping mode or None, else ``InvalidParameterError`` (FJ201)
-    saying what None means where it is used."""
-    if mode is None or mode in MMAP_MODES:
-        return mode
-    raise InvalidParameterError(
-        compose_message(
-            f"mmap_mode={mode!r} is not a mapping mode.",
-            "use 'r' (read-only), 'r+' or 'w+' (writable, shared), 'c' (writable copy-on-write,",
-            f"private), or None ({meaning_of_none})",
-        ),
-        code="FJ201",
-    )
-
-
-def check_mmap_mode(mode: Any) -> str:
-    """The mapping mode of arguments in workers; None (joblib: no memmapping) is a private copy."""
-    return validate_mmap_mode(mode, "a private copy for each task, as 'c'") or "c"
 
 
 def _owner(exporter: Any) -> Any:

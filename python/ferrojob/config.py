@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import numbers
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from ._settings import CONFIG, check_given, invalid
+
 __all__ = [
     "DEFAULT",
     "Settings",
-    "check_prefer_require",
     "current_config",
     "effective_settings",
     "is_default",
@@ -43,6 +43,10 @@ DEFAULT: Any = _Default()
 
 def is_default(value: Any) -> bool:
     return value is DEFAULT
+
+
+def is_given(value: Any) -> bool:
+    return value is not DEFAULT
 
 
 class Config(NamedTuple):
@@ -122,72 +126,8 @@ def effective_settings(**explicit: Any) -> Settings:
     )
 
 
-def check_prefer_require(prefer: Any, require: Any) -> None:
-    if not (is_default(prefer) or prefer in (None, "processes", "threads")):
-        raise _invalid_setting(
-            f"prefer={prefer!r} is not a valid preference.",
-            'use prefer="processes", prefer="threads" or prefer=None',
-        )
-    if not (is_default(require) or require in (None, "sharedmem")):
-        raise _invalid_setting(
-            f"require={require!r} is not a valid requirement.",
-            'use require="sharedmem" (tasks must share memory: threads) or require=None',
-        )
-    if prefer == "processes" and require == "sharedmem":
-        raise _invalid_setting(
-            "prefer='processes' and require='sharedmem' are inconsistent settings: processes share no memory.",
-            'drop prefer="processes" (require="sharedmem" runs tasks in threads)',
-        )
-
-
 def _given(value: Any, fallback: Any) -> Any:
     return fallback if is_default(value) else value
-
-
-def check_initializer(initializer: Any, initargs: Any) -> None:
-    if not (is_default(initializer) or initializer is None or callable(initializer)):
-        raise _invalid_setting(
-            f"initializer={initializer!r} is not callable.",
-            "pass a function, run once in each worker before its first task: initializer=setup",
-        )
-    if not (is_default(initargs) or isinstance(initargs, (tuple, list))):
-        raise _invalid_setting(
-            f"initargs={initargs!r} is not a tuple of arguments.",
-            "pass the initializer's arguments as a tuple: initargs=(path,)",
-        )
-
-
-def check_max_tasks_per_worker(value: Any) -> None:
-    if value is not None and not (
-        isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1
-    ):
-        raise _invalid_setting(
-            f"max_tasks_per_worker={value!r} is not a number of tasks.",
-            "use a positive integer: each worker is replaced after that many tasks",
-        )
-
-
-def check_timeout(value: Any) -> None:
-    """A per-task time limit: None or a positive number of seconds."""
-    if value is not None and not (isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) > 0):
-        raise _invalid_setting(
-            f"timeout={value!r} is not a positive number of seconds.",
-            "use timeout=None (no limit) or a number of seconds such as timeout=10",
-        )
-
-
-def check_return_exceptions(value: Any) -> None:
-    if not (is_default(value) or isinstance(value, bool)):
-        raise _invalid_setting(
-            f"return_exceptions={value!r} is not a bool.",
-            "use return_exceptions=True to collect each failed task's exception in its result slot",
-        )
-
-
-def _invalid_setting(summary: str, *help_lines: str) -> Any:
-    from .errors import InvalidParameterError, compose_message
-
-    return InvalidParameterError(compose_message(summary, *help_lines), code="FJ201")
 
 
 class parallel_config(contextlib.ContextDecorator):
@@ -229,18 +169,25 @@ class parallel_config(contextlib.ContextDecorator):
         initargs: Any = DEFAULT,
         **backend_params: Any,
     ) -> None:
-        from .backends import check_backend_name
-        from .cpus import normalize_n_jobs
-
-        if not is_default(backend):
-            check_backend_name(backend)
-        if not is_default(n_jobs):
-            n_jobs = normalize_n_jobs(n_jobs)
-        check_prefer_require(prefer, require)
-        check_return_exceptions(return_exceptions)
-        check_initializer(initializer, initargs)
+        given = dict(
+            backend=backend,
+            n_jobs=n_jobs,
+            verbose=verbose,
+            temp_folder=temp_folder,
+            max_nbytes=max_nbytes,
+            mmap_mode=mmap_mode,
+            prefer=prefer,
+            require=require,
+            inner_max_num_threads=inner_max_num_threads,
+            return_exceptions=return_exceptions,
+            initializer=initializer,
+            initargs=initargs,
+        )
+        # Checked here, kept as given (``with parallel_config(...) as config`` shows them so, as
+        # joblib's does); n_jobs is kept converted ("2" is 2).
+        given["n_jobs"] = check_given(CONFIG, is_given, **given)["n_jobs"]
         if is_default(backend) and (not is_default(inner_max_num_threads) or backend_params):
-            raise _invalid_setting(
+            raise invalid(
                 "inner_max_num_threads and backend parameters only apply to a backend named "
                 "in the same parallel_config.",
                 'name it: parallel_config(backend="loky", inner_max_num_threads=2)',
@@ -249,29 +196,12 @@ class parallel_config(contextlib.ContextDecorator):
             from .backends import get_backend
 
             if not get_backend(backend).supports_inner_max_num_threads:
-                raise _invalid_setting(
+                raise invalid(
                     f"backend {backend!r} does not accept inner_max_num_threads: its tasks do not "
                     "run in worker processes of their own, whose threads could be capped.",
                     'use a process backend: parallel_config(backend="loky", inner_max_num_threads=2)',
                 )
-        self._changes = {
-            key: value
-            for key, value in dict(
-                backend=backend,
-                n_jobs=n_jobs,
-                verbose=verbose,
-                temp_folder=temp_folder,
-                max_nbytes=max_nbytes,
-                mmap_mode=mmap_mode,
-                prefer=prefer,
-                require=require,
-                inner_max_num_threads=inner_max_num_threads,
-                return_exceptions=return_exceptions,
-                initializer=initializer,
-                initargs=initargs,
-            ).items()
-            if not is_default(value)
-        }
+        self._changes = {key: value for key, value in given.items() if not is_default(value)}
         self._backend_params = backend_params
         self._tokens: list[contextvars.Token[Config]] = []
 

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import math
-import numbers
 import os
-from typing import Any
 
-from .errors import InvalidParameterError, compose_message
+from ._settings import check_n_jobs
 
-__all__ = ["check_n_jobs", "cpu_count", "normalize_n_jobs", "resolve_n_jobs"]
-
-
-def _invalid(summary: str, *help_lines: str) -> InvalidParameterError:
-    return InvalidParameterError(compose_message(summary, *help_lines), code="FJ201")
+__all__ = ["cpu_count", "resolve_n_jobs"]
 
 
 def _cgroup_cpu_limit() -> int | None:
@@ -47,44 +41,9 @@ def cpu_count(only_physical_cores: bool = False) -> int:
     return max(1, min(count, limit) if limit else count)
 
 
-def normalize_n_jobs(n_jobs: Any) -> int | None:
-    """``n_jobs`` as an int (or None), converted like joblib converts it: ``2.0`` and ``"2"``
-    mean 2. ``InvalidParameterError`` (a ``ValueError``) for a value that means nothing: a bool,
-    a fraction (joblib would silently truncate 1.5 to 1), text that is no integer, or 0."""
-    if n_jobs is None:
-        return None
-    value: int | None = None
-    if isinstance(n_jobs, numbers.Integral) and not isinstance(n_jobs, bool):
-        value = int(n_jobs)
-    elif isinstance(n_jobs, float) and n_jobs.is_integer():
-        value = int(n_jobs)
-    elif isinstance(n_jobs, str):
-        try:
-            value = int(n_jobs.strip())
-        except ValueError:
-            value = None
-    if value is None:
-        raise _invalid(
-            f"n_jobs must be an integer or None, got {n_jobs!r} ({type(n_jobs).__name__}).",
-            "n_jobs=2 for two workers, n_jobs=-1 for all CPUs, n_jobs=None for the default",
-        )
-    if value == 0:
-        raise _invalid(
-            "n_jobs == 0 in Parallel has no meaning: it is not a number of workers.",
-            "use n_jobs=1 to run in this process, n_jobs=2 (or more) for that many workers,",
-            "n_jobs=-1 for all CPUs, or n_jobs=None for the default (1, or parallel_config's)",
-        )
-    return value
-
-
-def check_n_jobs(n_jobs: Any) -> None:
-    """Raise ``InvalidParameterError`` (a ``ValueError``) for an ``n_jobs`` that means nothing."""
-    normalize_n_jobs(n_jobs)
-
-
 def resolve_n_jobs(n_jobs: int | None) -> int:
     """Turn joblib's n_jobs convention into a worker count (None → 1, -1 → all CPUs, ...)."""
-    value = normalize_n_jobs(n_jobs)
+    value = check_n_jobs(n_jobs)
     if value is None:
         return 1
     if value < 0:

@@ -41,12 +41,12 @@ from typing import Any
 from . import _misuse
 from ._core import Completion as EngineCompletion
 from ._core import CompletionKind, ProcessPool, Scheduler
-from ._sharedmem import DEFAULT_MAX_NBYTES, check_mmap_mode, parse_max_nbytes
+from ._settings import EXECUTOR, check_given
+from ._sharedmem import DEFAULT_MAX_NBYTES
 from ._tasks import Batch, ItemsSource
 from .backends.base import CallOptions, Completion, Session
 from .backends.pieces import Piece
 from .backends.processes import ProcessSession, private_pool
-from .config import check_initializer, check_max_tasks_per_worker, check_timeout
 from .cpus import cpu_count
 from .errors import InvalidParameterError, compose_message
 from .parallel import run_batches
@@ -110,29 +110,28 @@ class Executor(concurrent.futures.Executor):
         max_nbytes: int | str | None = DEFAULT_MAX_NBYTES,
         mmap_mode: str | None = "r",
     ) -> None:
-        if max_workers is None:
-            max_workers = cpu_count()
-        elif not (isinstance(max_workers, numbers.Integral) and not isinstance(max_workers, bool) and max_workers >= 1):
-            raise InvalidParameterError(
-                compose_message(
-                    f"max_workers={max_workers!r} is not a number of worker processes.",
-                    "use a positive integer, or None for one worker per CPU",
-                ),
-                code="FJ201",
-            )
-        check_initializer(initializer, initargs)
-        check_max_tasks_per_worker(max_tasks_per_worker)
-        check_timeout(timeout)
-        options = CallOptions(
-            timeout=timeout,
-            max_nbytes=parse_max_nbytes(max_nbytes),
-            mmap_mode=check_mmap_mode(mmap_mode),
+        checked = check_given(
+            EXECUTOR,
+            lambda _: True,
+            max_workers=max_workers,
             initializer=initializer,
-            initargs=tuple(initargs),
+            initargs=initargs,
             max_tasks_per_worker=max_tasks_per_worker,
-            max_worker_memory=parse_max_nbytes(max_worker_memory, "max_worker_memory"),
+            max_worker_memory=max_worker_memory,
+            timeout=timeout,
+            max_nbytes=max_nbytes,
+            mmap_mode=mmap_mode,
         )
-        self._max_workers = int(max_workers)
+        options = CallOptions(
+            timeout=checked["timeout"],
+            max_nbytes=checked["max_nbytes"],
+            mmap_mode=checked["mmap_mode"],
+            initializer=checked["initializer"],
+            initargs=checked["initargs"],
+            max_tasks_per_worker=checked["max_tasks_per_worker"],
+            max_worker_memory=checked["max_worker_memory"],
+        )
+        self._max_workers = checked["max_workers"] or cpu_count()
         self._runner = _Runner(self._max_workers, options)
         # Dropped without shutdown(): its workers finish the work given, then exit.
         weakref.finalize(self, self._runner.shutdown, False, False)

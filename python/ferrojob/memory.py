@@ -194,7 +194,7 @@ class Memory:
                 ),
                 code="FJ201",
             )
-        from ._sharedmem import parse_max_nbytes, validate_mmap_mode
+        from ._settings import parse_size, validate_mmap_mode
 
         validate_mmap_mode(mmap_mode, "results read into memory")
         if parse_compress(compress)[0] != "raw" and mmap_mode is not None:
@@ -209,7 +209,7 @@ class Memory:
         self.mmap_mode = mmap_mode
         self.compress = compress
         self.verbose = verbose
-        self.bytes_limit = parse_max_nbytes(bytes_limit)
+        self.bytes_limit = parse_size(bytes_limit, "bytes_limit")
         self.backend = backend
         self.backend_options = backend_options or {}
         self._store: _core.Store | None = None
@@ -293,9 +293,9 @@ class Memory:
         Memory's) and ``items_limit`` entries remain, and those unused for ``age_limit``."""
         if self.store is None:
             return
-        from ._sharedmem import parse_max_nbytes
+        from ._settings import parse_size
 
-        limit = self.bytes_limit if bytes_limit is None else parse_max_nbytes(bytes_limit)
+        limit = self.bytes_limit if bytes_limit is None else parse_size(bytes_limit, "bytes_limit")
         self.store.reduce_size(limit, items_limit, _age_in_seconds(age_limit))
 
 

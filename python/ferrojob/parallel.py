@@ -9,9 +9,6 @@ Example::
 
 from __future__ import annotations
 
-import ast
-import numbers
-import operator
 import threading
 import warnings
 from collections.abc import Generator, Iterable
@@ -20,32 +17,18 @@ from typing import Any
 from . import _misuse
 from ._core import Scheduler, delayed
 from ._progress import Progress
-from ._sharedmem import DEFAULT_MAX_NBYTES, check_mmap_mode, parse_max_nbytes
+from ._settings import PARALLEL, check, check_given, check_mmap_mode, evaluate_pre_dispatch, parse_size
+from ._settings import invalid as _invalid
+from ._sharedmem import DEFAULT_MAX_NBYTES
 from ._tasks import ItemsSource, TaskSource
-from .backends import Backend, CallOptions, Session, check_backend_name, default_backend, get_backend
-from .config import (
-    DEFAULT,
-    Settings,
-    check_initializer,
-    check_max_tasks_per_worker,
-    check_prefer_require,
-    check_return_exceptions,
-    check_timeout,
-    current_config,
-    effective_settings,
-    is_default,
-)
-from .cpus import normalize_n_jobs, resolve_n_jobs
-from .errors import InvalidParameterError, ParallelUsageError, compose_message
+from .backends import Backend, CallOptions, Session, default_backend, get_backend
+from .config import DEFAULT, Settings, current_config, effective_settings, is_default, is_given
+from .cpus import resolve_n_jobs
+from .errors import ParallelUsageError, compose_message
 
 __all__ = ["Parallel", "delayed", "effective_n_jobs"]
 
-RETURN_AS = ("list", "generator", "generator_unordered")
 _STARTED = object()  # first value of the result generator: dispatch has begun
-
-
-def _invalid(summary: str, *help_lines: str) -> InvalidParameterError:
-    return InvalidParameterError(compose_message(summary, *help_lines), code="FJ201")
 
 
 def effective_n_jobs(n_jobs: int | None = -1) -> int:
@@ -62,38 +45,6 @@ def effective_n_jobs(n_jobs: int | None = -1) -> int:
         n_jobs = config.n_jobs
     backend = get_backend(default_backend() if is_default(config.backend) else config.backend)
     return backend.effective_n_jobs(resolve_n_jobs(n_jobs))
-
-
-_ARITHMETIC = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.FloorDiv: operator.floordiv,
-    ast.Div: operator.truediv,
-}
-
-
-def _evaluate_pre_dispatch(expression: str, n_jobs: int) -> int:
-    """Evaluate joblib's ``pre_dispatch`` expression ("2 * n_jobs") without ``eval``."""
-
-    def value(node: ast.AST) -> float:
-        if isinstance(node, ast.Expression):
-            return value(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-            return node.value
-        if isinstance(node, ast.Name) and node.id == "n_jobs":
-            return n_jobs
-        if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
-            return _ARITHMETIC[type(node.op)](value(node.left), value(node.right))
-        raise ValueError(expression)
-
-    try:
-        return max(int(value(ast.parse(expression, mode="eval"))), 1)
-    except (ValueError, SyntaxError, ZeroDivisionError):
-        raise _invalid(
-            f"pre_dispatch={expression!r} is not a number of batches.",
-            'use an integer, "all", or an expression of n_jobs such as "2 * n_jobs"',
-        ) from None
 
 
 def _explicit_backend(name: Any, require: Any) -> Backend:
@@ -191,50 +142,33 @@ class Parallel:
     ) -> None:
         if n_jobs is None:
             n_jobs = DEFAULT  # as joblib: None in Parallel means "not set" (parallel_config's applies)
-        if not is_default(n_jobs):
-            n_jobs = normalize_n_jobs(n_jobs)
-        if not is_default(backend) and backend is not None:
-            check_backend_name(backend)
-        if return_as not in RETURN_AS:
-            raise _invalid(
-                f"return_as={return_as!r} is not a way to return results.",
-                'use return_as="list", "generator" or "generator_unordered"',
-            )
-        check_prefer_require(prefer, require)
+        checked = check_given(
+            PARALLEL,
+            is_given,
+            n_jobs=n_jobs,
+            backend=DEFAULT if backend is None else backend,
+            return_as=return_as,
+            verbose=verbose,
+            timeout=timeout,
+            pre_dispatch=pre_dispatch,
+            batch_size=batch_size,
+            temp_folder=temp_folder,
+            max_nbytes=max_nbytes,
+            mmap_mode=mmap_mode,
+            prefer=prefer,
+            require=require,
+            progress=progress,
+            return_exceptions=return_exceptions,
+            max_batch_size=max_batch_size,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks_per_worker=max_tasks_per_worker,
+            max_worker_memory=max_worker_memory,
+        )
         if require == "sharedmem" and not is_default(backend) and backend is not None:
             _explicit_backend(backend, require)  # as joblib, the conflict is refused at once
-        check_return_exceptions(return_exceptions)
-        check_initializer(initializer, initargs)
-        check_max_tasks_per_worker(max_tasks_per_worker)
-        memory_cap = parse_max_nbytes(max_worker_memory, "max_worker_memory")
-        if max_batch_size is not None and not (
-            isinstance(max_batch_size, numbers.Integral)
-            and not isinstance(max_batch_size, bool)
-            and max_batch_size >= 1
-        ):
-            raise _invalid(
-                f"max_batch_size={max_batch_size!r} is not a number of tasks.",
-                'use a positive integer: batch_size="auto" then never puts more tasks in a batch',
-            )
-        check_timeout(timeout)
-        if batch_size != "auto" and not (
-            isinstance(batch_size, numbers.Integral) and not isinstance(batch_size, bool) and batch_size >= 1
-        ):
-            raise _invalid(
-                f"batch_size={batch_size!r} is not a number of tasks.",
-                'use batch_size="auto" (measured) or a positive integer',
-            )
-        if isinstance(pre_dispatch, str) and pre_dispatch != "all":
-            _evaluate_pre_dispatch(pre_dispatch, 1)  # raises for a malformed expression
-        elif not isinstance(pre_dispatch, (str, numbers.Integral)):
-            raise _invalid(
-                f"pre_dispatch={pre_dispatch!r} is not a number of batches.",
-                'use an integer, "all", or an expression of n_jobs such as "2 * n_jobs"',
-            )
-        if not is_default(max_nbytes):
-            parse_max_nbytes(max_nbytes)
-        if not is_default(mmap_mode):
-            check_mmap_mode(mmap_mode)
+        n_jobs = checked["n_jobs"]
+        memory_cap = checked["max_worker_memory"]
         self._n_jobs = n_jobs
         self.backend = backend
         self.return_as = return_as
@@ -285,7 +219,7 @@ class Parallel:
 
     @n_jobs.setter
     def n_jobs(self, value: Any) -> None:
-        self._n_jobs = DEFAULT if value is None else normalize_n_jobs(value)
+        self._n_jobs = DEFAULT if value is None else check("n_jobs", value)
 
     @property
     def verbose(self) -> Any:
@@ -336,10 +270,10 @@ class Parallel:
             backend = get_backend("sequential")
         inner = settings.inner_max_num_threads
         options = CallOptions(
-            timeout=self.timeout,
+            timeout=check("timeout", self.timeout),
             inner_max_num_threads=None if is_default(inner) else inner,
             max_nbytes=(
-                DEFAULT_MAX_NBYTES if is_default(settings.max_nbytes) else parse_max_nbytes(settings.max_nbytes)
+                DEFAULT_MAX_NBYTES if is_default(settings.max_nbytes) else parse_size(settings.max_nbytes, "max_nbytes")
             ),
             mmap_mode="r" if is_default(settings.mmap_mode) else check_mmap_mode(settings.mmap_mode),
             backend_params=dict(settings.backend_params),
@@ -372,7 +306,7 @@ class Parallel:
         if self.pre_dispatch == "all":
             return 1 << 40
         if isinstance(self.pre_dispatch, str):
-            return _evaluate_pre_dispatch(self.pre_dispatch, n_workers)
+            return evaluate_pre_dispatch(self.pre_dispatch, n_workers)
         return max(int(self.pre_dispatch), 1)
 
     # -- context manager: keep one session for several calls --------------------------------

@@ -16,7 +16,7 @@ use crossbeam_channel::Receiver;
 
 use crate::envelope::{self, BufferRef};
 use crate::fork::Birth;
-use crate::pool::{Job, JobId};
+use crate::pool::{Job, JobHolds, JobId};
 use crate::shm::{self, Access, SharedFile};
 
 /// Buffers start at multiples of this, so that arrays rebuilt over them are aligned for any
@@ -63,7 +63,7 @@ fn new_token() -> u64 {
 /// Allocating tmpfs pages (and zeroing them) costs as much as copying into them, so a helper
 /// thread prepares the next chunk ahead of time, and frees closed ones.
 #[derive(Debug)]
-pub struct Arena {
+pub(crate) struct Arena {
     chunk_size: usize,
     chunks: Vec<Option<Chunk>>,
     current: Option<usize>,
@@ -116,7 +116,7 @@ struct Chunk {
 }
 
 impl Arena {
-    pub fn new(chunk_size: usize) -> Self {
+    pub(crate) fn new(chunk_size: usize) -> Self {
         Self {
             chunk_size: chunk_size.max(ALIGNMENT),
             chunks: Vec::new(),
@@ -131,7 +131,7 @@ impl Arena {
     }
 
     /// Tell `forgetter` when large chunks are given up.
-    pub fn set_forgetter(&mut self, forgetter: Forgetter) {
+    pub(crate) fn set_forgetter(&mut self, forgetter: Forgetter) {
         self.forgetter.get_or_insert(Forget(forgetter));
     }
 
@@ -150,13 +150,13 @@ impl Arena {
     /// A new call of the session begins: a buffer placed by identity in an earlier call is
     /// reused only once its contents are proven unchanged (the caller may have modified the
     /// array in place between calls); small ones are simply placed again.
-    pub fn new_call(&mut self) {
+    pub(crate) fn new_call(&mut self) {
         self.call += 1;
     }
 
     /// Where the buffer of `identity` lies, copying `bytes` in on first sight (while its chunk
     /// is open); without an identity, always a fresh copy.
-    pub fn place_once(
+    pub(crate) fn place_once(
         &mut self,
         identity: Option<Identity>,
         bytes: &[u8],
@@ -205,7 +205,7 @@ impl Arena {
     }
 
     /// The owner of `identity` is gone: its memory may be reused for something else.
-    pub fn forget(&mut self, identity: Identity) {
+    pub(crate) fn forget(&mut self, identity: Identity) {
         if let Some(placed) = self.identities.remove(&identity) {
             self.give_up(placed.placement.chunk);
             self.retire_if_unused(placed.placement.chunk);
@@ -227,7 +227,7 @@ impl Arena {
     }
 
     /// Copy `bytes` into the arena.
-    pub fn place(&mut self, bytes: &[u8]) -> io::Result<Placement> {
+    pub(crate) fn place(&mut self, bytes: &[u8]) -> io::Result<Placement> {
         if !self.birth.is_here() {
             return Err(io::Error::other(format!(
                 "this shared-memory arena belongs to process {}; a forked child cannot write to it",
@@ -295,13 +295,13 @@ impl Arena {
     }
 
     /// A descriptor of `chunk` for a job (the job owns it), and the chunk's token.
-    pub fn duplicate_fd(&self, chunk: usize) -> io::Result<(OwnedFd, u64)> {
+    pub(crate) fn duplicate_fd(&self, chunk: usize) -> io::Result<(OwnedFd, u64)> {
         let entry = self.live(chunk)?;
         Ok((entry.file.duplicate_fd()?, entry.token))
     }
 
     /// A job that refers to `chunk` was submitted: it holds the chunk, and its worker maps it.
-    pub fn hold(&mut self, chunk: usize) -> io::Result<()> {
+    pub(crate) fn hold(&mut self, chunk: usize) -> io::Result<()> {
         let entry = self.live_mut(chunk)?;
         entry.holds += 1;
         entry.mapped += 1;
@@ -310,7 +310,7 @@ impl Arena {
 
     /// A job that held `chunk` completed. Returns whether the chunk was retired (recycled or
     /// closed: what was placed in it is gone).
-    pub fn release(&mut self, chunk: usize) -> bool {
+    pub(crate) fn release(&mut self, chunk: usize) -> bool {
         if let Some(Some(entry)) = self.chunks.get_mut(chunk) {
             entry.holds = entry.holds.saturating_sub(1);
         }
@@ -319,7 +319,7 @@ impl Arena {
 
     /// A worker no longer maps the chunks of these tokens (tokens of other arenas are ignored).
     /// Returns the chunks retired.
-    pub fn unmapped(&mut self, tokens: &[u64]) -> Vec<usize> {
+    pub(crate) fn unmapped(&mut self, tokens: &[u64]) -> Vec<usize> {
         let mut retired = Vec::new();
         for &token in tokens {
             let found = self
@@ -338,7 +338,7 @@ impl Arena {
     }
 
     /// Retire every full chunk that no job holds and no worker maps; returns their numbers.
-    pub fn sweep(&mut self) -> Vec<usize> {
+    pub(crate) fn sweep(&mut self) -> Vec<usize> {
         (0..self.chunks.len())
             .filter(|&chunk| self.retire_if_unused(chunk))
             .collect()
@@ -379,7 +379,7 @@ impl Arena {
     }
 
     /// Chunks currently open (for tests and leak checks).
-    pub fn n_open_chunks(&self) -> usize {
+    pub(crate) fn n_open_chunks(&self) -> usize {
         self.chunks.iter().flatten().count()
     }
 
@@ -570,10 +570,10 @@ impl Arguments {
             payload: envelope::encode(access, &refs, &tokens, &[], body),
             fds,
             n_tasks: 1,
-            holds: Some(Holds {
+            holds: Some(Box::new(Holds {
                 arguments: self.clone(),
                 chunks,
-            }),
+            })),
         })
     }
 }
@@ -586,10 +586,10 @@ pub struct Holds {
     chunks: Vec<usize>,
 }
 
-impl Holds {
+impl JobHolds for Holds {
     /// A reply said the worker no longer maps the chunks of these tokens (tokens of other
     /// arenas are ignored).
-    pub fn unmapped(&self, tokens: &[u64]) {
+    fn unmapped(&self, tokens: &[u64]) {
         if !tokens.is_empty() {
             self.arguments.arena().unmapped(tokens);
         }

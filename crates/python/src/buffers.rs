@@ -265,7 +265,7 @@ impl Arena {
         self.inner.forget(identity)
     }
 
-    /// A new call of the session begins (see `ferrojob_engine::arena::Arena::new_call`).
+    /// A new call of the session begins (see `ferrojob_engine::arena::Arguments::new_call`).
     fn new_call(&self) {
         self.inner.new_call()
     }

@@ -24,11 +24,11 @@ use crossbeam_channel::{Receiver, Sender};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+mod memory;
 mod replies;
 mod spawn;
 mod supervise;
 
-use crate::arena::Holds;
 use crate::fork::Birth;
 use crate::protocol::{Connection, Kind};
 use crate::shm::{SharedBuffer, StatusPage};
@@ -64,9 +64,16 @@ pub struct Job {
     pub id: JobId,
     pub payload: Vec<u8>,
     pub fds: Vec<OwnedFd>,
-    pub holds: Option<Holds>,
+    pub holds: Option<Box<dyn JobHolds>>,
     /// Tasks in the job (counted against [`WorkerLimits::max_tasks`]).
     pub n_tasks: u64,
+}
+
+/// What a job holds while it runs (the shared memory of its arguments, see
+/// [`crate::arena::Holds`]): let go of when the pool drops the job, whatever its end.
+pub trait JobHolds: Send + std::fmt::Debug {
+    /// The worker's reply said it no longer maps the memory of these tokens.
+    fn unmapped(&self, tokens: &[u64]);
 }
 
 /// The current call's limits, enforced by the pool's supervisor (see `supervise`) whether or not
@@ -273,6 +280,9 @@ struct State {
     limits: CallLimits,
     /// The supervisor sleeps without watching jobs: a job handed out under a limit wakes it.
     supervisor_parked: bool,
+    /// Workers retired after a job (spent: task budget, memory cap) that the supervisor is to
+    /// replace.
+    replacements: usize,
 }
 
 struct Worker {
@@ -310,7 +320,7 @@ struct Running {
     tasks_seen: u64,
     task_since: Instant,
     /// The argument chunks the job holds (released when this is dropped).
-    holds: Option<Holds>,
+    holds: Option<Box<dyn JobHolds>>,
     /// When the worker was asked to dump its stack (its task ran past `limit`).
     stack_requested: Option<(Instant, Duration)>,
     n_tasks: u64,
@@ -372,6 +382,7 @@ impl Pool {
                 closed: false,
                 limits: CallLimits::default(),
                 supervisor_parked: false,
+                replacements: 0,
             }),
             changed: Condvar::new(),
             tx,
@@ -640,6 +651,14 @@ impl Shared {
                 owner: self.birth.pid(),
             })
         }
+    }
+
+    /// A worker was retired after its job: have the supervisor start its replacement (it boots
+    /// while the job's result goes back; a failure to start shows as a smaller pool, which the
+    /// next call's `ensure_workers` makes whole).
+    fn want_replacement(&self) {
+        self.state().replacements += 1;
+        self.changed.notify_all();
     }
 
     /// A job was handed to a worker: wake the supervisor if it sleeps while limits apply.

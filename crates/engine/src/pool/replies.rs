@@ -6,11 +6,11 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::spawn::{reap, spawn_worker};
-use super::supervise::over_memory_cap;
+use super::memory::over_memory_cap;
 use super::{
     send_job, send_releases, Completion, KillReason, Leaving, Loss, LossCause, Outcome, Releaser,
     Running, Shared,
@@ -179,9 +179,7 @@ fn on_reply(shared: &Arc<Shared>, id: u64, frame: crate::protocol::Frame) -> Res
         send_job(&conn, &job);
     }
     if spent {
-        // The replacement boots while the result goes back; a failure to start shows as a
-        // smaller pool, which the next call's `ensure_workers` makes whole.
-        let _ = spawn_worker(shared);
+        shared.want_replacement();
     }
     let _ = shared.tx.send(Completion {
         job: frame.id,
@@ -208,4 +206,43 @@ fn open_reply(
         Box::new(move || releaser.release(pid, &[token]))
     })?;
     Ok((envelope.released, body_start, buffers))
+}
+
+/// Wait for a child that closed its socket: how it ended and its peak resident memory (bytes).
+/// A child that lingers is killed after a grace period.
+fn reap(pid: Pid) -> (LossCause, Option<u64>) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut pause = Duration::from_micros(200);
+    loop {
+        let blocking = Instant::now() >= deadline;
+        if blocking {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        let mut status: libc::c_int = 0;
+        // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let flags = if blocking { 0 } else { libc::WNOHANG };
+        // SAFETY: wait4 writes only into the two locals passed by pointer, which outlive the call.
+        let reaped = unsafe { libc::wait4(pid.as_raw(), &mut status, flags, &mut usage) };
+        // ru_maxrss is in KiB on Linux.
+        let peak_rss = u64::try_from(usage.ru_maxrss)
+            .ok()
+            .map(|kib| kib.saturating_mul(1024));
+        match reaped {
+            0 => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            n if n == pid.as_raw() => {
+                if libc::WIFEXITED(status) {
+                    return (LossCause::Exited(libc::WEXITSTATUS(status)), peak_rss);
+                }
+                if libc::WIFSIGNALED(status) {
+                    return (LossCause::Signaled(libc::WTERMSIG(status)), peak_rss);
+                }
+            }
+            _ if Errno::last() == Errno::EINTR => {}
+            _ => return (LossCause::Vanished, None),
+        }
+    }
 }

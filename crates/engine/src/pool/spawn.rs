@@ -7,17 +7,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
 use super::replies::read_replies;
-use super::{
-    send_job, LossCause, PoolError, Running, Shared, Worker, WORKER_SOCKET_FD, WORKER_STATUS_FD,
-};
+use super::{send_job, PoolError, Running, Shared, Worker, WORKER_SOCKET_FD, WORKER_STATUS_FD};
 use crate::output::StderrTail;
 use crate::protocol::{Connection, Kind};
 use crate::shm::StatusPage;
@@ -122,45 +116,6 @@ fn dup_above(fd: RawFd, min: RawFd) -> io::Result<OwnedFd> {
     .map_err(io::Error::from)?;
     // SAFETY: `raw` was just returned by F_DUPFD_CLOEXEC, so it is open and ours alone.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-}
-
-/// Wait for a child that closed its socket: how it ended and its peak resident memory (bytes).
-/// A child that lingers is killed after a grace period.
-pub(super) fn reap(pid: Pid) -> (LossCause, Option<u64>) {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let mut pause = Duration::from_micros(200);
-    loop {
-        let blocking = Instant::now() >= deadline;
-        if blocking {
-            let _ = kill(pid, Signal::SIGKILL);
-        }
-        let mut status: libc::c_int = 0;
-        // SAFETY: an all-zero rusage is a valid value of this plain C struct.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        let flags = if blocking { 0 } else { libc::WNOHANG };
-        // SAFETY: wait4 writes only into the two locals passed by pointer, which outlive the call.
-        let reaped = unsafe { libc::wait4(pid.as_raw(), &mut status, flags, &mut usage) };
-        // ru_maxrss is in KiB on Linux.
-        let peak_rss = u64::try_from(usage.ru_maxrss)
-            .ok()
-            .map(|kib| kib.saturating_mul(1024));
-        match reaped {
-            0 => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(20));
-            }
-            n if n == pid.as_raw() => {
-                if libc::WIFEXITED(status) {
-                    return (LossCause::Exited(libc::WEXITSTATUS(status)), peak_rss);
-                }
-                if libc::WIFSIGNALED(status) {
-                    return (LossCause::Signaled(libc::WTERMSIG(status)), peak_rss);
-                }
-            }
-            _ if Errno::last() == Errno::EINTR => {}
-            _ => return (LossCause::Vanished, None),
-        }
-    }
 }
 
 /// The one thread that forks workers; see the module docs for why it must outlive them.

@@ -1,5 +1,5 @@
 //! The pool's supervisor thread: the one owner of "no task outlives its timeout", "no worker
-//! outgrows its memory cap" and "idle workers retire".
+//! outgrows its memory cap", "a spent worker is replaced" and "idle workers retire".
 //!
 //! It runs whether or not anyone waits for results: a caller that stops reading a generator, or
 //! an Executor whose futures nobody looks at, still has its stuck tasks killed on time. The limits
@@ -9,11 +9,13 @@
 //! sleeps until the idle timeout is due or the pool changes (a job handed out under a limit wakes
 //! it: [`super::Shared::job_started`]).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use super::memory::resident_bytes;
 use super::{CallLimits, KillReason, Shared, State};
 use crate::shm::{STATUS_JOB, STATUS_STOP, STATUS_TASKS_STARTED};
 
@@ -31,11 +33,20 @@ pub(super) const STARTING_LIMIT: Duration = Duration::from_secs(60);
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// The supervisor's loop; returns when the pool closes.
-pub(super) fn supervise(shared: &Shared) {
+pub(super) fn supervise(shared: &Arc<Shared>) {
     let mut state = shared.state();
     loop {
         if state.closed {
             return;
+        }
+        if state.replacements > 0 {
+            let wanted = std::mem::take(&mut state.replacements);
+            drop(state);
+            for _ in 0..wanted {
+                let _ = super::spawn::spawn_worker(shared);
+            }
+            state = shared.state();
+            continue;
         }
         let now = Instant::now();
         let limits = state.limits;
@@ -65,6 +76,9 @@ pub(super) fn supervise(shared: &Shared) {
         } else {
             idle_wait(&state, shared.idle_timeout)
         };
+        if state.replacements > 0 {
+            continue; // asked for while the lock was let go
+        }
         state.supervisor_parked = !watching;
         state = shared
             .changed
@@ -136,14 +150,6 @@ pub(super) fn stop_after_this_task(worker: &mut super::Worker) {
     worker.status.store(STATUS_STOP, 1);
 }
 
-/// Whether a worker is past its memory cap now (checked after each of its jobs too, for jobs
-/// shorter than a [`TICK`]).
-pub(super) fn over_memory_cap(pid: Pid, limits: &CallLimits) -> bool {
-    limits
-        .max_rss
-        .is_some_and(|cap| resident_bytes(pid).is_some_and(|rss| rss > cap))
-}
-
 fn retire_if_idle(state: &mut State, idle_timeout: Option<Duration>, now: Instant) {
     let Some(idle_timeout) = idle_timeout else {
         return;
@@ -165,25 +171,9 @@ fn idle_wait(state: &State, idle_timeout: Option<Duration>) -> Duration {
     }
 }
 
-/// A process's resident memory in bytes (`/proc/<pid>/statm`), or None if it cannot be read.
-pub(super) fn resident_bytes(pid: Pid) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{}/statm", pid.as_raw())).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf only reads a configuration value.
-    let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
-    pages.checked_mul(page_size)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn this_process_has_a_resident_size() {
-        let rss = resident_bytes(Pid::this()).expect("own statm");
-        assert!(rss > 0);
-        assert!(resident_bytes(Pid::from_raw(i32::MAX)).is_none());
-    }
 
     #[test]
     fn limits_watch_jobs_only_when_one_is_set() {

@@ -24,8 +24,9 @@ import warnings
 import zlib
 from typing import Any, BinaryIO
 
-from .errors import DamagedFileError, NotADumpFileError, compose_message
-from .persistence import caller_of_load, in_native_order, memmap_mode, warn_not_mapped
+from ..errors import DamagedFileError, NotADumpFileError, compose_message
+from .options import caller_of_load, in_native_order, memmap_mode, warn_not_mapped
+from .readers import Replay
 
 _PREFIXES = (
     (b"\x1f\x8b", "gzip"),
@@ -106,8 +107,6 @@ def _zfile(handle: Any, path: str) -> BinaryIO:
     except ValueError:
         raise DamagedFileError(f"{path}: the header of a joblib < 0.10 file is damaged", code="FJ401") from None
     start = handle.read(1)
-    from ._streams import Replay
-
     # Some versions wrote one more space after the length.
     return io.BufferedReader(_ZlibStream(Replay(b"" if start == b" " else start, handle), path, limit=length))
 

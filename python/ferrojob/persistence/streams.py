@@ -24,8 +24,12 @@ import zlib
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from . import _core
-from .errors import DamagedFileError, NotADumpFileError, compose_message
+from .. import _core
+from ..errors import DamagedFileError, NotADumpFileError, compose_message
+from . import joblib_files
+from .containers import load_container
+from .options import native_byte_order, refuse_joblib_pickle
+from .readers import Replay, read_up_to, stream_name
 
 #: The first bytes read to tell formats apart (a container's preamble is 16 bytes).
 _SNIFF = 16
@@ -48,65 +52,6 @@ def dump_stream(stream: Any, data: bytes, buffers: list[Any], codec: str, level:
         _core.write_dump(path, data, buffers, codec, level)
         with open(path, "rb") as written:
             shutil.copyfileobj(written, stream, _COPY_CHUNK)
-
-
-def stream_name(stream: Any) -> str:
-    """How errors name a stream: its file name if it has one."""
-    name = getattr(stream, "name", None)
-    return name if isinstance(name, str) else repr(stream)
-
-
-class Replay:
-    """``stream`` with ``head`` (bytes already read from it) put back in front: what a reader
-    that cannot seek back hands on after looking at a stream's first bytes."""
-
-    def __init__(self, head: bytes, stream: Any) -> None:
-        self._head = memoryview(head)
-        self._stream = stream
-        self.name = stream_name(stream)
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            head, self._head = bytes(self._head), memoryview(b"")
-            return head + self._stream.read()
-        if self._head:
-            taken, self._head = bytes(self._head[:size]), self._head[size:]
-            return taken if len(taken) == size else taken + read_up_to(self._stream, size - len(taken))
-        return self._stream.read(size)  # type: ignore[no-any-return]
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
-
-    def readline(self, size: int | None = -1) -> bytes:
-        if not self._head:
-            return self._stream.readline(size)  # type: ignore[no-any-return]
-        head = bytes(self._head)
-        end = head.find(b"\n") + 1 or len(head)
-        if size is not None and 0 <= size < end:
-            end = size
-        self._head = self._head[end:]
-        line = head[:end]
-        if line.endswith(b"\n") or (size is not None and 0 <= size == len(line)):
-            return line
-        return line + self._stream.readline(-1 if size is None or size < 0 else size - len(line))
-
-    def readable(self) -> bool:
-        return True
-
-
-def read_up_to(stream: Any, size: int) -> bytes:
-    """``size`` bytes of ``stream``, fewer only at its end (a socket's reads may return less)."""
-    chunks = []
-    while size > 0:
-        chunk = stream.read(size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
 
 
 def _rewind_if_exhausted(stream: Any) -> None:
@@ -160,13 +105,11 @@ def _load(stream: Any, allow_pickle: bool, ensure_native_byte_order: Any) -> Any
         raise NotADumpFileError(f"{name}: nothing to load: the stream is at its end", code="FJ402")
     if head.startswith(b"FJDUMP"):
         return _load_container(head, stream, name, allow_pickle, ensure_native_byte_order)
-    from . import _joblib_files
-
-    codec = _joblib_files.compressor(head)
+    codec = joblib_files.compressor(head)
     if codec not in (None, "zfile"):
         # Compressed as a whole: what is inside may be either format.
         try:
-            with _joblib_files.decompressing(Replay(head, stream), codec, name) as inner:
+            with joblib_files.decompressing(Replay(head, stream), codec, name) as inner:
                 return _load(inner, allow_pickle, ensure_native_byte_order)
         except (EOFError, OSError, zlib.error, lzma.LZMAError) as error:
             if isinstance(error, OSError) and error.errno is not None:
@@ -179,12 +122,10 @@ def _load(stream: Any, allow_pickle: bool, ensure_native_byte_order: Any) -> Any
                 code="FJ401",
             ) from error
     if _core.looks_like_joblib(head):
-        from .persistence import native_byte_order, refuse_joblib_pickle
-
         if not allow_pickle:
             raise refuse_joblib_pickle(name)
         native = native_byte_order(None, ensure_native_byte_order)
-        return _joblib_files.load_joblib_stream(Replay(head, stream), name, native, zfile=codec == "zfile")
+        return joblib_files.load_joblib_stream(Replay(head, stream), name, native, zfile=codec == "zfile")
     _core.dump_extent(head, name)  # raises NotADumpFileError, saying what the stream looks like
     raise NotADumpFileError(f"{name}: not a dump", code="FJ402")
 
@@ -204,8 +145,6 @@ def _container_head(head: bytes, stream: Any, name: str) -> tuple[bytes, int]:
 def _load_container(head: bytes, stream: BinaryIO, name: str, allow_pickle: bool, ensure_native_byte_order: Any) -> Any:
     """Read the container ``head`` starts, and nothing after it, into a scratch file; load that."""
     head, length = _container_head(head, stream, name)
-    from .persistence import load
-
     with scratch_file() as path:
         with open(path, "wb") as copy:
             copy.write(head)
@@ -217,7 +156,7 @@ def _load_container(head: bytes, stream: BinaryIO, name: str, allow_pickle: bool
                 copy.write(chunk)
                 copied += len(chunk)
         try:
-            return load(path, None, allow_pickle, ensure_native_byte_order)
+            return load_container(path, None, allow_pickle, native_byte_order(None, ensure_native_byte_order))
         except (DamagedFileError, NotADumpFileError) as error:
             # Name the stream, not the scratch file it was copied to.
             raise type(error)(str(error).replace(path, name), code=error.code) from None

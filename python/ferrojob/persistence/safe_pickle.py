@@ -27,7 +27,7 @@ import pickletools
 import re
 from typing import Any
 
-from .errors import DamagedFileError, RefusedContentError, compose_message
+from ..errors import DamagedFileError, RefusedContentError, compose_message
 
 _NUMPY_ARRAY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")
 _NUMPY_NUMERIC_MODULES = ("numpy.core.numeric", "numpy._core.numeric")
