@@ -151,13 +151,13 @@ def test_a_fractional_n_jobs_is_truncated_as_joblib_does():
     assert Parallel(n_jobs=cpu_count() * 0.75)(delayed(abs)(-i) for i in range(3)) == [0, 1, 2]
     with pytest.raises(ValueError, match=r"n_jobs == 0 in Parallel has no meaning"):
         Parallel(n_jobs=0.5)
-    with pytest.raises(ValueError, match=r"n_jobs must be an integer or None"):
+    with pytest.raises(ValueError, match=r"n_jobs could not be converted to int: it must be an integer or None"):
         Parallel(n_jobs=float("nan"))
 
 
 @pytest.mark.parametrize("n_jobs", ["two", True, [2]])
 def test_n_jobs_of_the_wrong_type(n_jobs):
-    with pytest.raises(ValueError, match=r"n_jobs must be an integer or None"):
+    with pytest.raises(ValueError, match=r"n_jobs could not be converted to int: it must be an integer or None"):
         Parallel(n_jobs=n_jobs)
 
 

@@ -11,6 +11,7 @@ import signal
 import pytest
 from conftest import open_fds, worker_children
 from ferrojob import InvalidParameterError, Parallel, WorkerCrashedError, delayed
+from ferrojob._core import Arena
 from ferrojob._settings import parse_size
 from ferrojob._sharedmem import ArgumentStore
 
@@ -168,7 +169,7 @@ def out_of_band(obj):
 
 
 def test_the_same_array_is_placed_once():
-    store = ArgumentStore()
+    store = ArgumentStore(Arena())
     array = np.ones(BIG)
     first = placements(store, out_of_band(array))
     again = [placements(store, out_of_band(array)) for _ in range(39)]
@@ -177,7 +178,7 @@ def test_the_same_array_is_placed_once():
 
 
 def test_slices_of_one_array_are_placed_separately_and_fortran_arrays_are_recognised():
-    store = ArgumentStore()
+    store = ArgumentStore(Arena())
     base = np.arange(BIG, dtype=np.float64)
     a, b = (placements(store, out_of_band(base[i * 1000 : (i + 1) * 1000])) for i in range(2))
     assert a != b
@@ -186,7 +187,7 @@ def test_slices_of_one_array_are_placed_separately_and_fortran_arrays_are_recogn
 
 
 def test_a_dead_arrays_memory_is_not_mistaken_for_a_new_one():
-    store = ArgumentStore()
+    store = ArgumentStore(Arena())
     first = np.ones(BIG // 8)
     place = placements(store, out_of_band(first))
     del first

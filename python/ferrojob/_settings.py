@@ -94,7 +94,8 @@ def check_n_jobs(n_jobs: Any) -> int | None:
             value = None
     if value is None:
         raise invalid(
-            f"n_jobs must be an integer or None, got {n_jobs!r} ({type(n_jobs).__name__}).",
+            f"n_jobs could not be converted to int: it must be an integer or None, got {n_jobs!r} "
+            f"({type(n_jobs).__name__}).",
             "n_jobs=2 for two workers, n_jobs=-1 for all CPUs, n_jobs=None for the default",
         )
     if value == 0:

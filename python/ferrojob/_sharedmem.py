@@ -39,8 +39,8 @@ class ArgumentStore:
     same array passed to many tasks is copied once) and tells the arena when an owner dies (its
     memory, and so its identity, may then be reused)."""
 
-    def __init__(self) -> None:
-        self.arena = Arena()
+    def __init__(self, arena: Arena) -> None:
+        self.arena = arena
         self._guards: dict[tuple[int, int, int], weakref.ref] = {}
 
     def identity(self, buffer: pickle.PickleBuffer) -> tuple[int, int, int] | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import reprlib
 from collections.abc import Callable, Iterable, Iterator, Sized
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._core import call_columns, read_calls
 
@@ -49,6 +49,29 @@ def describe_call(call: Call) -> str:
     """``my_function(3, key='a')`` — a short rendering of one call for error messages."""
     function, args, kwargs = call
     return f"{function_name(function)}({describe_arguments(args, kwargs)})"
+
+
+class JobBody(NamedTuple):
+    """What a worker receives for one batch (pickled; arguments' large buffers out of band)."""
+
+    #: Result buffers of at least this many bytes go back through shared memory (None: never).
+    threshold: int | None
+    #: The batch's calls: ``(function, args list, kwargs list or None)`` columns, or
+    #: ``ItemsGroup``s of a map chunk.
+    groups: list
+    #: A task that raises leaves its error in its slot (``return_exceptions``, map chunks).
+    collect: bool
+    #: The caller's working directory: tasks run there.
+    cwd: str
+
+
+class JobResults(NamedTuple):
+    """What a worker sends back for a batch that ran."""
+
+    #: One per task started, in order (fewer than the batch's tasks if the worker stopped early).
+    results: list
+    #: Offsets of the results that are failure reports (``collect``).
+    failed: list[int]
 
 
 class Batch:

@@ -18,7 +18,7 @@ from . import _failures
 from ._core import run_items
 from ._pickling import dumps_result, type_name
 from ._shared_objects import Unpickler
-from ._tasks import ItemsGroup
+from ._tasks import ItemsGroup, JobBody, JobResults
 
 _status: Any = None  # memoryview of the status words in shared memory
 _UNMEASURED = -1.0  # a failed job's time: the engine's own clock
@@ -85,7 +85,8 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
     append = results.append
     try:
         # Large objects shared by the call's tasks arrive as persistent ids.
-        threshold, groups, collect, cwd = Unpickler(io.BytesIO(payload), buffers=buffers).load()
+        job: JobBody = Unpickler(io.BytesIO(payload), buffers=buffers).load()
+        threshold, groups, collect, cwd = job.threshold, job.groups, job.collect, job.cwd
     except BaseException as error:  # whatever unpickling raised, the parent hears it
         return False, _unloadable_arguments(error), [], _UNMEASURED
     if cwd != _where[0]:
@@ -131,7 +132,7 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
     finally:
         _flush_output()
     try:
-        body, out_of_band = dumps_result((results, failed), threshold)
+        body, out_of_band = dumps_result(JobResults(results, failed), threshold)
     except Exception:
         return False, _unpicklable_result(results), [], _UNMEASURED
     # The reported time is the tasks' and their results' pickling: the fixed cost of a job

@@ -26,44 +26,33 @@ Example::
 
 from __future__ import annotations
 
-import atexit
 import concurrent.futures
 import itertools
 import numbers
 import queue
-import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
 
 from . import _misuse
-from ._core import Completion as EngineCompletion
-from ._core import CompletionKind, ProcessPool, Scheduler
+from ._core import Scheduler
+from ._futures import EXECUTOR_POLICY, TASKS_PER_WORKER, FuturesRunner, Raised
 from ._settings import EXECUTOR, check_given
 from ._sharedmem import DEFAULT_MAX_NBYTES
 from ._tasks import Batch, ItemsSource
 from .backends.base import CallOptions, Completion, Session
-from .backends.pieces import Piece
-from .backends.processes import ProcessSession, private_pool
+from .backends.processes import ProcessSession
 from .cpus import cpu_count
 from .errors import InvalidParameterError, compose_message
 from .parallel import run_batches
 
-#: How often the collector wakes without completions (to notice a shutdown, enforce timeouts).
-_POLL = 0.05
-#: Tasks handed to the engine per worker: one running, one ready to start the moment it ends.
-_TASKS_PER_WORKER = 2
 #: The worker time an automatic map chunk aims at: shorter than Parallel's batches (20 ms), so
 #: that reading and pickling the next chunks overlaps the workers' work on small inputs
 #: (100,000 tiny items: 7.6-8.2 ms against 8.3-9.9 ms at 20 ms).
 _MAP_CHUNK_SECONDS = 0.005
 #: The largest automatic map chunk: items are bare values, so big chunks cost the parent little.
 _MAX_MAP_CHUNK = 1 << 16
-#: How long ``kill`` waits for the killed task's future to settle (a SIGKILLed worker is reaped
-#: in milliseconds; this bounds a process stuck in the kernel).
-_KILL_PATIENCE = 10.0
 
 
 class Executor(concurrent.futures.Executor):
@@ -132,7 +121,7 @@ class Executor(concurrent.futures.Executor):
             max_worker_memory=checked["max_worker_memory"],
         )
         self._max_workers = checked["max_workers"] or cpu_count()
-        self._runner = _Runner(self._max_workers, options)
+        self._runner = FuturesRunner(ProcessSession(self._max_workers, options, policy=EXECUTOR_POLICY), True)
         # Dropped without shutdown(): its workers finish the work given, then exit.
         weakref.finalize(self, self._runner.shutdown, False, False)
 
@@ -198,7 +187,7 @@ class Executor(concurrent.futures.Executor):
         fixed = None if chunksize == "auto" else int(chunksize)
         scheduler = Scheduler(
             n,
-            _TASKS_PER_WORKER * n,
+            TASKS_PER_WORKER * n,
             fixed,
             True,
             target_batch_duration=_MAP_CHUNK_SECONDS,
@@ -242,21 +231,6 @@ class Executor(concurrent.futures.Executor):
         return f"Executor(max_workers={self._max_workers})"
 
 
-class _Raised:
-    """In a map chunk's results: the task in this slot raised ``error`` (or its worker died)."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-class _FailedChunk(list):
-    """A map chunk's results holding at least one ``_Raised``."""
-
-    __slots__ = ()
-
-
 def _map_chunks(chunks: Generator[list[Any], None, None]) -> Iterator[Iterable[Any]]:
     """``Executor.map``'s results, chunk by chunk: a task that failed raises its error when its
     turn comes (the results before it are yielded first); dropping the iterator early drops the
@@ -270,249 +244,16 @@ def _map_chunks(chunks: Generator[list[Any], None, None]) -> Iterator[Iterable[A
 
 def _until_failure(chunk: list[Any]) -> Iterator[Any]:
     for value in chunk:
-        if type(value) is _Raised:
+        if type(value) is Raised:
             raise value.error
         yield value
-
-
-#: Who waits for a dispatched batch: a future (``submit``) or a map call and its batch id.
-_Owner = concurrent.futures.Future | tuple["_MapSession", int]
-#: (future, result, error) to settle once the lock is released (callbacks may submit again).
-_Settlement = tuple[concurrent.futures.Future, Any, BaseException | None]
-
-
-class _ExecutorSession(ProcessSession):
-    """The executor's session: a private pool; batches are independent (a lost one fails alone,
-    its worker replaced), and arguments are checked unchanged at each submission."""
-
-    timeout_setting = "Executor(timeout=...)"
-
-    def __init__(self, n_workers: int, options: CallOptions) -> None:
-        super().__init__(n_workers, options)
-        #: Map chunks with a failed task (so that clean ones pass without a look at each item).
-        self.with_failures: set[int] = set()
-
-    def in_slot(self, piece: Piece, error: BaseException) -> Any:
-        # A map chunk's failed task: marked, so that a task returning an exception is not
-        # mistaken for one that raised.
-        self.with_failures.add(piece.batch_id)
-        return _Raised(error)
-
-    def _acquire_pool(
-        self, n_workers: int, env: dict[str, str], init: bytes, key_env: tuple
-    ) -> tuple[ProcessPool, Callable[[], None]]:
-        pool = private_pool(n_workers, env, init)
-        return pool, pool.shutdown
-
-    def _lost(self, piece: Piece, completion: EngineCompletion) -> BaseException:
-        return self._lost_error(completion, piece.batch, "the executor replaced the worker; other tasks go on")
-
-    def resolve(self, completion: EngineCompletion | None) -> tuple[int, Any, float, BaseException | None] | None:
-        outcome = super().resolve(completion)
-        if completion is not None and completion.kind not in (CompletionKind.Done, CompletionKind.Failed):
-            self.replace_workers()  # a killed or dead worker is replaced
-        return outcome
-
-    def replace_workers(self) -> None:
-        # A worker that cannot be started now (the system is out of processes) is tried again
-        # at the collector's next turn: the futures wait, none is lost.
-        try:
-            super().replace_workers()
-            self.short_of_workers = False
-        except Exception:
-            self.short_of_workers = True
-
-    short_of_workers = False
-
-
-class _Runner:
-    """The executor's state, shared with its collector thread (which never refers to the
-    ``Executor`` itself, so that dropping the executor shuts it down)."""
-
-    def __init__(self, n_workers: int, options: CallOptions) -> None:
-        self.n_workers = n_workers
-        self.session = _ExecutorSession(n_workers, options)
-        self.session.begin()
-        self.lock = threading.Lock()
-        self.closed = threading.Event()
-        self.owners: dict[int, _Owner] = {}
-        self.dispatched: dict[concurrent.futures.Future, int] = {}
-        self.pending: deque[tuple[concurrent.futures.Future, Batch]] = deque()
-        self.batch_ids = itertools.count()
-        self.task_numbers = itertools.count()
-        self.shutting_down = False
-        self.collector = threading.Thread(target=self._collect, name="ferrojob-executor", daemon=True)
-        self.collector.start()
-        _LIVE.add(self)
-
-    # -- submitting ----------------------------------------------------------------------
-
-    def submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> concurrent.futures.Future:
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        batch = Batch(next(self.task_numbers), [(fn, args, kwargs)])
-        settle: list[_Settlement] = []
-        with self.lock:
-            if self.shutting_down:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            if self.pending or len(self.dispatched) >= _TASKS_PER_WORKER * self.n_workers:
-                self.pending.append((future, batch))
-            else:
-                self._dispatch(future, batch, settle)
-        _settle(settle)
-        return future
-
-    def _dispatch(self, future: concurrent.futures.Future, batch: Batch, settle: list[_Settlement]) -> None:
-        """Hand a pending future's task to the engine (lock held); a cancelled one is skipped."""
-        if not future.set_running_or_notify_cancel():
-            return
-        batch_id = next(self.batch_ids)
-        try:
-            self.session.new_call()  # each submission is a call of its own
-            self.session.submit(batch_id, batch)
-        except Exception as error:  # unpicklable arguments: the future fails, as in the stdlib
-            settle.append((future, None, error))
-            return
-        self.owners[batch_id] = future
-        self.dispatched[future] = batch_id
-
-    def _refill(self, settle: list[_Settlement]) -> None:
-        while self.pending and len(self.dispatched) < _TASKS_PER_WORKER * self.n_workers:
-            self._dispatch(*self.pending.popleft(), settle)
-
-    def submit_batch(self, owner: _MapSession, local_id: int, batch: Batch) -> int:
-        """Dispatch one of a map call's chunks; returns its id (see ``withdraw``)."""
-        with self.lock:
-            if self.shutting_down:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            batch_id = next(self.batch_ids)
-            self.session.submit(batch_id, batch, collect=True)
-            self.owners[batch_id] = (owner, local_id)
-            return batch_id
-
-    def new_map_call(self) -> None:
-        with self.lock:
-            self.session.new_call()
-
-    def withdraw(self, batch_ids: Iterable[int]) -> None:
-        """Forget a map call's batches: queued ones are dropped, running ones finish unheard."""
-        with self.lock:
-            for batch_id in batch_ids:
-                if self.owners.pop(batch_id, None) is not None:
-                    self.session.cancel(batch_id, kill_running=False)
-
-    # -- collecting ----------------------------------------------------------------------
-
-    def _collect(self) -> None:
-        """The collector thread: settle futures and feed map calls as the engine completes jobs;
-        once shut down and idle, close the session. Should it fail (a bug), everything waiting
-        fails with its error and the executor shuts down: nothing waits forever."""
-        try:
-            self._collect_until_closed()
-        except BaseException as error:
-            self._fail_everything(error)
-
-    def _fail_everything(self, error: BaseException) -> None:
-        settle: list[_Settlement] = []
-        with self.lock:
-            self.shutting_down = True
-            for owner in self.owners.values():
-                if isinstance(owner, concurrent.futures.Future):
-                    settle.append((owner, None, error))
-                else:
-                    map_session, local_id = owner
-                    map_session.completed.put((local_id, None, 0.0, error))
-            settle += [(future, None, error) for future, _ in self.pending if future.set_running_or_notify_cancel()]
-            self.owners.clear()
-            self.dispatched.clear()
-            self.pending.clear()
-            try:
-                self._close()
-            finally:
-                self.closed.set()
-        _settle(settle)
-
-    def _collect_until_closed(self) -> None:
-        while not self.closed.is_set():
-            try:
-                completion = self.session.poll(_POLL)
-            except Exception:  # the pool was closed under us
-                completion = None
-            settle: list[_Settlement] = []
-            with self.lock:
-                if self.closed.is_set():
-                    return
-                if self.session.short_of_workers:
-                    self.session.replace_workers()
-                outcome = self.session.resolve(completion) if completion is not None else None
-                if outcome is not None:
-                    batch_id, results, elapsed, error = outcome
-                    self._route(batch_id, results, elapsed, error, settle)
-                self._refill(settle)
-                if self.shutting_down and not self.owners and not self.pending:
-                    self._close()
-            _settle(settle)
-
-    def _route(
-        self, batch_id: int, results: Any, elapsed: float, error: BaseException | None, settle: list[_Settlement]
-    ) -> None:
-        owner = self.owners.pop(batch_id, None)
-        if owner is None:
-            return  # withdrawn
-        if isinstance(owner, concurrent.futures.Future):
-            self.dispatched.pop(owner, None)
-            settle.append((owner, None if error is not None else results[0], error))
-            return
-        map_session, local_id = owner
-        if batch_id in self.session.with_failures:
-            self.session.with_failures.discard(batch_id)
-            results = _FailedChunk(results)
-        map_session.completed.put((local_id, results, elapsed, error))
-
-    # -- stopping ------------------------------------------------------------------------
-
-    def kill(self, future: concurrent.futures.Future) -> bool:
-        with self.lock:
-            batch_id = self.dispatched.get(future)
-            if batch_id is None:
-                for index, (waiting, _) in enumerate(self.pending):
-                    if waiting is future:
-                        del self.pending[index]
-                        return future.cancel()
-                return False
-            found = self.session.cancel(batch_id, kill_running=True)
-        if found and not self._on_collector_thread():
-            concurrent.futures.wait([future], timeout=_KILL_PATIENCE)
-        return found
-
-    def _on_collector_thread(self) -> bool:
-        """Whether the caller is a done-callback run by the collector, which must not wait for
-        what only the collector can finish."""
-        return threading.current_thread() is self.collector
-
-    def shutdown(self, wait: bool, cancel_futures: bool) -> None:
-        with self.lock:
-            self.shutting_down = True
-            if cancel_futures:
-                while self.pending:
-                    self.pending.popleft()[0].cancel()
-            if not self.owners and not self.pending:
-                self._close()
-        if wait and not self._on_collector_thread():
-            self.closed.wait()
-
-    def _close(self) -> None:
-        """Stop the workers (lock held; idempotent)."""
-        if not self.closed.is_set():
-            self.session.close()
-            self.closed.set()
-            _LIVE.discard(self)
 
 
 class _MapSession(Session):
     """One ``Executor.map`` call, as ``Parallel``'s driver sees a session: its chunks run on the
     executor's pool; the collector thread hands their outcomes over through ``completed``."""
 
-    def __init__(self, runner: _Runner, deadline: float | None) -> None:
+    def __init__(self, runner: FuturesRunner, deadline: float | None) -> None:
         self.n_workers = runner.n_workers
         self._runner = runner
         self._deadline = deadline
@@ -537,21 +278,3 @@ class _MapSession(Session):
     def abort(self, everything: bool = False) -> None:
         self._runner.withdraw(self._batches.values())
         self._batches.clear()
-
-
-def _settle(settlements: list[_Settlement]) -> None:
-    for future, result, error in settlements:
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-
-#: Executors not shut down yet: at exit, their pending work completes (as the stdlib's does).
-_LIVE: weakref.WeakSet[_Runner] = weakref.WeakSet()
-
-
-@atexit.register
-def _shutdown_all() -> None:
-    for runner in list(_LIVE):
-        runner.shutdown(True, False)

@@ -15,7 +15,6 @@ Example::
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -27,19 +26,17 @@ from joblib._parallel_backends import (
     SequentialBackend,
 )
 
-from ._tasks import Batch
+from ._futures import FuturesRunner
 from .backends.base import CallOptions
 from .backends.processes import ProcessSession, in_worker
 from .cpus import resolve_n_jobs
 
 __all__ = ["FerrojobBackend", "register"]
 
-#: How long the collector waits for a completion at a time (``terminate`` wakes it at once).
-_POLL = 1.0
-
 
 class FerrojobBackend(AutoBatchingMixin, ParallelBackendBase):
-    """joblib backend running batches in ferrojob's warm Rust-managed worker processes."""
+    """joblib backend running batches in ferrojob's warm Rust-managed worker processes, through
+    the futures runner the ``Executor`` uses (``ferrojob._futures``)."""
 
     supports_retrieve_callback = True
     supports_inner_max_num_threads = True
@@ -50,12 +47,7 @@ class FerrojobBackend(AutoBatchingMixin, ParallelBackendBase):
         self, nesting_level: int | None = None, inner_max_num_threads: int | None = None, **kwargs: Any
     ) -> None:
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads, **kwargs)
-        self._session: ProcessSession | None = None
-        self._lock = threading.Lock()
-        self._futures: dict[int, tuple[Future, Callable[[Future], Any] | None]] = {}
-        self._next_batch = 0
-        self._collector: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._runner: FuturesRunner | None = None
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         return 1 if in_worker() else resolve_n_jobs(n_jobs)
@@ -68,81 +60,33 @@ class FerrojobBackend(AutoBatchingMixin, ParallelBackendBase):
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
         self.parallel = parallel
         options = CallOptions(inner_max_num_threads=self.inner_max_num_threads)
-        self._session = ProcessSession(n_jobs, options, extra_env=self._prepare_worker_env(n_jobs))
-        self._session.begin()
-        self._stop.clear()
-        self._collector = threading.Thread(target=self._collect, name="ferrojob-joblib-collector", daemon=True)
-        self._collector.start()
+        session = ProcessSession(n_jobs, options, extra_env=self._prepare_worker_env(n_jobs))
+        # One joblib call is one call of the session: its batches share the arrays placed.
+        self._runner = FuturesRunner(session, call_per_submission=False)
         return n_jobs
 
     def submit(self, func: Callable[[], Any], callback: Callable[[Future], Any] | None = None) -> Future:
-        future: Future = Future()
+        runner = self._runner
+        assert runner is not None, "submit() before configure()"
+        future = runner.submit(func, (), {})
         if callback is not None:
             future.add_done_callback(callback)
-        future.set_running_or_notify_cancel()
-        session = self._session
-        assert session is not None, "submit() before configure()"
-        with self._lock:
-            batch_id = self._next_batch
-            self._next_batch += 1
-            self._futures[batch_id] = (future, callback)
-            try:
-                session.submit(batch_id, Batch(0, [(func, (), {})]))
-            except BaseException as error:
-                del self._futures[batch_id]
-                future.set_exception(error)
         return future
 
     def retrieve_result_callback(self, future: Future) -> Any:
         return future.result()
 
-    def _collect(self) -> None:
-        """Resolve futures as the pool completes their jobs (a thread per configured call)."""
-        session = self._session
-        assert session is not None
-        while not self._stop.is_set():
-            completion = session.poll(_POLL)
-            if completion is None:
-                continue
-            with self._lock:
-                outcome = session.resolve(completion)
-                if outcome is None:
-                    continue
-                batch_id, results, _, error = outcome
-                future, _ = self._futures.pop(batch_id, (None, None))
-            if future is None:
-                continue
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(results[0])
-
-    def _stop_collector(self) -> None:
-        self._stop.set()
-        if self._session is not None:
-            self._session.wake()
-        if self._collector is not None and self._collector is not threading.current_thread():
-            self._collector.join()
-        self._collector = None
-
     def abort_everything(self, ensure_ready: bool = True) -> None:
-        session = self._session
-        if session is None:
+        if self._runner is None:
             return
-        with self._lock:
-            session.abort()
-            pending, self._futures = self._futures, {}
-        for future, _ in pending.values():
-            if not future.done():
-                future.cancel()
+        self._runner.cancel_everything()
         if not ensure_ready:
             self.terminate()
 
     def terminate(self) -> None:
-        self._stop_collector()
-        session, self._session = self._session, None
-        if session is not None:
-            session.close()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.shutdown(wait=True, cancel_futures=True)
         self.reset_batch_stats()
 
 

@@ -233,6 +233,11 @@ class Parallel:
     def verbose(self, value: Any) -> None:
         self._verbose = value
 
+    def _effective_n_jobs(self) -> int:
+        """How many workers a call of this ``Parallel`` would use here and now (joblib's private
+        spelling, which its users' tests call)."""
+        return self._choose()[1]
+
     # -- choosing the backend -------------------------------------------------------------
 
     def _settings(self) -> Settings:

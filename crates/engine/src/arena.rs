@@ -16,7 +16,7 @@ use crossbeam_channel::Receiver;
 
 use crate::envelope::{self, BufferRef};
 use crate::fork::Birth;
-use crate::pool::{Job, JobHolds, JobId};
+use crate::pool::{Job, JobHolds, JobId, Pool};
 use crate::shm::{self, Access, SharedFile};
 
 /// Buffers start at multiples of this, so that arrays rebuilt over them are aligned for any
@@ -437,6 +437,9 @@ impl Drop for Arena {
 #[derive(Debug, Clone)]
 pub struct Arguments {
     arena: Arc<Mutex<Arena>>,
+    /// The pool whose workers map this arena's chunks (see [`Arguments::for_pool`]); its jobs
+    /// go to that pool only.
+    pool: Option<u64>,
 }
 
 impl Default for Arguments {
@@ -446,9 +449,25 @@ impl Default for Arguments {
 }
 
 impl Arguments {
+    /// An arena of no pool's (its jobs go to any pool, whose workers are then not told of the
+    /// large chunks it gives up): for tests and the engine's own tools.
     pub fn new(chunk_size: usize) -> Self {
         Self {
             arena: Arc::new(Mutex::new(Arena::new(chunk_size))),
+            pool: None,
+        }
+    }
+
+    /// The arena of a session on `pool`: bound to it for good, so that the workers that map its
+    /// large chunks are the ones told when it gives them up, and its jobs are refused by any
+    /// other pool.
+    pub fn for_pool(pool: &Pool, chunk_size: usize) -> Self {
+        let mut arena = Arena::new(chunk_size);
+        let releaser = pool.releaser();
+        arena.set_forgetter(Arc::new(move |tokens: &[u64]| releaser.broadcast(tokens)));
+        Self {
+            arena: Arc::new(Mutex::new(arena)),
+            pool: Some(pool.id()),
         }
     }
 
@@ -471,11 +490,6 @@ impl Arguments {
     /// See [`Arena::new_call`].
     pub fn new_call(&self) {
         self.arena().new_call()
-    }
-
-    /// See [`Arena::set_forgetter`].
-    pub fn set_forgetter(&self, forgetter: Forgetter) {
-        self.arena().set_forgetter(forgetter)
     }
 
     /// Chunks open (for tests and leak checks).
@@ -570,6 +584,7 @@ impl Arguments {
             payload: envelope::encode(access, &refs, &tokens, &[], body),
             fds,
             n_tasks: 1,
+            pool: self.pool,
             holds: Some(Box::new(Holds {
                 arguments: self.clone(),
                 chunks,

@@ -57,9 +57,11 @@ impl From<EngineError> for PyErr {
             EngineError::Pool(err @ (PoolError::Spawn { .. } | PoolError::Setup(_))) => {
                 PyOSError::new_err(err.to_string())
             }
-            EngineError::Pool(err @ (PoolError::Closed | PoolError::Forked { .. })) => {
-                PyRuntimeError::new_err(err.to_string())
-            }
+            EngineError::Pool(
+                err @ (PoolError::Closed
+                | PoolError::Forked { .. }
+                | PoolError::ForeignArena { .. }),
+            ) => PyRuntimeError::new_err(err.to_string()),
             EngineError::Protocol(err @ ProtocolError::Io(_)) => {
                 PyConnectionError::new_err(err.to_string())
             }

@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
-use ferrojob_engine::arena::Identity;
+use ferrojob_engine::arena::{Arguments, Identity};
 use ferrojob_engine::pool::{CallLimits, Event, JobState, LossCause, Outcome, Pool, WorkerSpec};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -124,6 +124,15 @@ impl ProcessPool {
         Ok(())
     }
 
+    /// A new arena for a session on this pool: its shared memory serves this pool's workers
+    /// only (its jobs are refused by any other pool).
+    #[pyo3(signature = (chunk_size=ferrojob_engine::arena::DEFAULT_CHUNK_SIZE))]
+    fn new_arena(&self, chunk_size: usize) -> Arena {
+        Arena {
+            inner: Arguments::for_pool(&self.pool, chunk_size),
+        }
+    }
+
     /// Whether this process started the pool (False in a forked child: it needs its own).
     #[getter]
     fn owned_here(&self) -> bool {
@@ -181,10 +190,6 @@ impl ProcessPool {
             .map(|(index, bytes)| (identities.get(index).copied().flatten(), *bytes))
             .collect();
         let arguments = &arena.inner;
-        let releaser = self.pool.releaser();
-        arguments.set_forgetter(std::sync::Arc::new(move |tokens: &[u64]| {
-            releaser.broadcast(tokens)
-        }));
         let size = slices.iter().fold(payload.len(), |total, bytes| {
             total.saturating_add(bytes.len())
         });

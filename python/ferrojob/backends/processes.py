@@ -15,14 +15,14 @@ import pickle
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import _failures, _pickling, _reports
+from .._core import Arena, CompletionKind, ProcessPool
 from .._core import Completion as EngineCompletion
-from .._core import CompletionKind, ProcessPool
 from .._shared_objects import SharedObjects
 from .._sharedmem import ArgumentStore
-from .._tasks import Batch
+from .._tasks import Batch, JobBody, JobResults
 from ..cpus import cpu_count
 from ..errors import (
     RemoteTraceback,
@@ -162,17 +162,50 @@ atexit.register(_SHARED.shutdown)
 os.register_at_fork(after_in_child=_SHARED.renew_lock_after_fork)
 
 
+class Resolved(NamedTuple):
+    """A batch settled by ``ProcessSession.resolve``: its results in order (failed tasks' slots
+    hold what ``SessionPolicy.mark_failed`` made of their errors), or the error that fails it."""
+
+    batch_id: int
+    results: Any
+    elapsed: float
+    error: BaseException | None
+    #: Whether a slot holds a failed task's error (``return_exceptions``, map chunks).
+    has_failures: bool = False
+
+
+class SessionPolicy(NamedTuple):
+    """How a session treats its batches: as one ``Parallel`` call's (the default: a lost batch
+    ends the call; the interpreter's warm pool) or as an executor's."""
+
+    #: A lost batch (crash, timeout, kill) fails alone: its worker is replaced and the other
+    #: batches go on.
+    independent: bool = False
+    #: Workers of the session's own, alive until it closes (else the warm pool, when free).
+    private_pool: bool = False
+    #: What a failed task leaves in its result slot when its batch collects errors.
+    mark_failed: Callable[[BaseException], Any] | None = None
+    #: What a user raises to give tasks more time (named in TaskTimeoutError).
+    timeout_setting: str = "Parallel(timeout=...)"
+
+
 class ProcessSession(Session):
     """A call (or a ``with Parallel`` block) on the warm pool. ``extra_env``: variables set in the
     workers on top of ``worker_environment`` (the joblib backend passes joblib's).
 
     Not thread-safe: one thread drives it (``ferrojob.Executor`` serialises its threads)."""
 
-    #: What a user raises to give tasks more time (named in TaskTimeoutError).
-    timeout_setting = "Parallel(timeout=...)"
-
-    def __init__(self, n_workers: int, options: CallOptions, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        n_workers: int,
+        options: CallOptions,
+        extra_env: dict[str, str] | None = None,
+        policy: SessionPolicy = SessionPolicy(),  # noqa: B008 - immutable
+    ) -> None:
         self.n_workers = n_workers
+        self.policy = policy
+        #: Workers could not be replaced (the system is out of processes): tried again later.
+        self.short_of_workers = False
         self._timeout = options.timeout
         self._max_nbytes = options.max_nbytes
         self._mmap_mode = options.mmap_mode
@@ -183,13 +216,14 @@ class ProcessSession(Session):
         self._pool, self._release = self._acquire_pool(
             n_workers, env, init, _pool_key_environment(env, extra_env or {})
         )
-        self._arguments = ArgumentStore()
+        self._arguments = ArgumentStore(self._pool.new_arena())
         self._shared = SharedObjects(options.max_nbytes)
         self._jobs: dict[int, Piece] = {}
         self._cwd = os.getcwd()
         # batches being put back together from pieces run again (return_exceptions)
         self._assemblies = Assemblies()
         self._start_failures = 0
+        self._with_failures: set[int] = set()  # batches a failed task's mark lies in
 
     def new_call(self) -> None:
         """Start a call's arguments afresh: arrays placed by earlier calls (of a `with
@@ -203,6 +237,9 @@ class ProcessSession(Session):
         self, n_workers: int, env: dict[str, str], init: bytes, key_env: tuple
     ) -> tuple[ProcessPool, Callable[[], None]]:
         """The pool this session runs on, and how to give it back."""
+        if self.policy.private_pool:
+            pool = private_pool(n_workers, env, init)
+            return pool, pool.shutdown
         return _SHARED.acquire(n_workers, env, init, key_env)
 
     def begin(self) -> None:
@@ -214,14 +251,14 @@ class ProcessSession(Session):
 
     def submit(self, batch_id: int, batch: Batch, collect: bool | None = None) -> None:
         """Run ``batch``; ``collect`` (default: the call's ``return_exceptions``) leaves each
-        failed task's error in its slot (see ``in_slot``) instead of failing the batch."""
+        failed task's error in its slot (see ``_mark_failed``) instead of failing the batch."""
         self._submit(Piece(batch_id, batch, self._collect if collect is None else collect))
 
     def _submit(self, piece: Piece) -> None:
         columns = piece.batch.columns()
         self._shared.note(columns)
         try:
-            body, buffers = self._shared.dumps((self._max_nbytes, columns, piece.collect, self._cwd))
+            body, buffers = self._shared.dumps(JobBody(self._max_nbytes, columns, piece.collect, self._cwd))
         except Exception as error:
             raise _explain_unpicklable_batch(piece.batch, error) from error
         identities = [self._arguments.identity(buffer) for buffer in buffers]
@@ -235,13 +272,12 @@ class ProcessSession(Session):
 
     def wait(self) -> Completion:
         while True:
-            outcome = self.resolve(self.poll(None))
-            if outcome is None:
+            resolved = self.resolve(self.poll(None))
+            if resolved is None:
                 continue
-            batch_id, results, elapsed, error = outcome
-            if error is not None:
-                raise error
-            return Completion(batch_id, results, elapsed)
+            if resolved.error is not None:
+                raise resolved.error
+            return Completion(resolved.batch_id, resolved.results, resolved.elapsed)
 
     def poll(self, timeout: float | None) -> EngineCompletion | None:
         """The next engine completion, or None after ``timeout`` seconds or once ``wake`` is
@@ -252,11 +288,18 @@ class ProcessSession(Session):
         """Make a thread blocked in ``poll`` return None now."""
         self._pool.wake()
 
-    def resolve(self, completion: EngineCompletion | None) -> tuple[int, Any, float, BaseException | None] | None:
-        """``(batch id, results, elapsed, error)`` for a completion of this session's jobs; None
-        for nothing, a job of an aborted call, or a batch still being put back together."""
+    def resolve(self, completion: EngineCompletion | None) -> Resolved | None:
+        """The batch a completion of this session's jobs settles; None for nothing, a job of an
+        aborted call, or a batch still being put back together. With an independent policy, a
+        lost job's worker is replaced here."""
         if completion is None:
             return None
+        resolved = self._resolve(completion)
+        if self.policy.independent and completion.kind not in (CompletionKind.Done, CompletionKind.Failed):
+            self.replace_workers()
+        return resolved
+
+    def _resolve(self, completion: EngineCompletion) -> Resolved | None:
         piece = self._jobs.pop(completion.job, None)
         if piece is None:
             return None
@@ -265,10 +308,10 @@ class ProcessSession(Session):
             try:
                 results, failed = _load_results(completion, piece.batch)
             except Exception as error:
-                return piece.batch_id, None, completion.elapsed, error
+                return Resolved(piece.batch_id, None, completion.elapsed, error)
             if failed:
                 results = _failures.settle(
-                    results, piece.batch.describe, functools.partial(self.in_slot, piece), failed
+                    results, piece.batch.describe, functools.partial(self._mark_failed, piece), failed
                 )
             if len(results) < len(piece.batch):
                 # The worker stopped early, over max_worker_memory (it is being replaced): the
@@ -279,40 +322,59 @@ class ProcessSession(Session):
                 return self._fill(piece.part(0, len(results)), results, completion.elapsed)
             return self._fill(piece, results, completion.elapsed)
         if completion.kind == CompletionKind.Failed:
-            return piece.batch_id, None, completion.elapsed, _task_failure(completion.payload, piece.batch)
+            return Resolved(piece.batch_id, None, completion.elapsed, _task_failure(completion.payload, piece.batch))
         if _died_starting(completion):
             # A worker that cannot start (sys.path, sitecustomize, initializer) is replaced, and
             # its batch given to the next one; three in a row end the call, never a respawn loop.
             self._start_failures += 1
             if self._start_failures >= MAX_START_FAILURES:
-                return piece.batch_id, None, 0.0, _reports.start_error(completion, self._start_failures)
+                return Resolved(piece.batch_id, None, 0.0, _reports.start_error(completion, self._start_failures))
             self.replace_workers()
             self._submit(piece)
             return None
         if completion.kind == CompletionKind.Cancelled:  # withdrawn by `cancel`
-            return piece.batch_id, None, 0.0, _reports.cancelled_error(completion, piece.batch)
+            return Resolved(piece.batch_id, None, 0.0, _reports.cancelled_error(completion, piece.batch))
         if piece.collect:
             return self._salvage(piece, completion)
-        return piece.batch_id, None, 0.0, self._lost(piece, completion)
+        return Resolved(piece.batch_id, None, 0.0, self._lost(piece, completion))
 
     def _lost(self, piece: Piece, completion: EngineCompletion) -> BaseException:
-        """The error of a batch whose worker died or was stopped: it ends the call."""
-        then = "the pool replaced the worker and cancelled the other tasks of this call"
+        """The error of a batch whose worker died or was stopped."""
+        if self.policy.independent:
+            then = "the worker was replaced; the other tasks go on"
+        else:
+            then = "the pool replaced the worker and cancelled the other tasks of this call"
         return self._lost_error(completion, piece.batch, then)
 
     def _lost_error(self, completion: EngineCompletion, batch: Batch, then: str) -> BaseException:
         if completion.kind == CompletionKind.Timeout:
-            return _reports.timeout_error(completion, batch, self._timeout, then, self.timeout_setting)
+            return _reports.timeout_error(completion, batch, self._timeout, then, self.policy.timeout_setting)
         return _reports.crash_error(completion, batch, then)
 
-    def in_slot(self, piece: Piece, error: BaseException) -> Any:
+    def _mark_failed(self, piece: Piece, error: BaseException) -> Any:
         """What a failed task of ``piece`` leaves in its result slot when its batch collects
-        errors: the exception itself (``return_exceptions``)."""
-        return error
+        errors: the exception itself (``return_exceptions``), or the policy's mark of it."""
+        mark = self.policy.mark_failed
+        if mark is None:
+            return error
+        self._with_failures.add(piece.batch_id)
+        return mark(error)
 
     def replace_workers(self) -> None:
-        """Start workers for those that died, were stopped or retired."""
-        self._pool.ensure_workers(self.n_workers)
+        """Start workers for those that died, were stopped or retired. With an independent
+        policy, a worker that cannot be started now (the system is out of processes) is tried
+        again at the next ``replace_if_short``: nothing waiting is lost."""
+        try:
+            self._pool.ensure_workers(self.n_workers)
+            self.short_of_workers = False
+        except Exception:
+            if not self.policy.independent:
+                raise
+            self.short_of_workers = True
+
+    def replace_if_short(self) -> None:
+        if self.short_of_workers:
+            self.replace_workers()
 
     def cancel(self, batch_id: int, kill_running: bool) -> bool:
         """Withdraw the jobs of one batch: queued ones are dropped, running ones killed if
@@ -321,7 +383,7 @@ class ProcessSession(Session):
         states = [self._pool.cancel_job(job, kill_running) for job in jobs]
         return any(state != "unknown" for state in states)
 
-    def _salvage(self, piece: Piece, completion: EngineCompletion) -> tuple[int, Any, float, None] | None:
+    def _salvage(self, piece: Piece, completion: EngineCompletion) -> Resolved | None:
         """``return_exceptions``: the task the dead (or stopped) worker was running gets its error
         in its slot — a crash only on its second crash, alone on a fresh worker — and the other
         tasks of its batch run again."""
@@ -339,13 +401,15 @@ class ProcessSession(Session):
         else:
             self._submit(alone)
             return None
-        return self._fill(alone, [self.in_slot(alone, error)], 0.0)
+        return self._fill(alone, [self._mark_failed(alone, error)], 0.0)
 
-    def _fill(self, piece: Piece, results: list[Any], elapsed: float) -> tuple[int, Any, float, None] | None:
+    def _fill(self, piece: Piece, results: list[Any], elapsed: float) -> Resolved | None:
         completion = self._assemblies.fill(piece, results, elapsed)
         if completion is None:
             return None
-        return completion.batch_id, completion.results, completion.elapsed, None
+        has_failures = completion.batch_id in self._with_failures
+        self._with_failures.discard(completion.batch_id)
+        return Resolved(completion.batch_id, completion.results, completion.elapsed, None, has_failures)
 
     def abort(self, everything: bool = False) -> None:
         if everything:
@@ -358,7 +422,7 @@ class ProcessSession(Session):
     def close(self) -> None:
         self.abort()
         self._pool.set_limits()  # the warm pool outlives this call's limits
-        self._arguments = ArgumentStore()  # closes this session's shared memory now
+        self._arguments = ArgumentStore(Arena())  # closes this session's shared memory now
         self._release()
 
 
@@ -388,8 +452,8 @@ def _load_results(completion: EngineCompletion, batch: Batch) -> tuple[list[Any]
     raised in a batch collecting errors)."""
     assert completion.payload is not None, "a done job always has a payload"
     try:
-        results, failed = pickle.loads(completion.payload, buffers=completion.buffers)
-        return results, failed
+        reply: JobResults = pickle.loads(completion.payload, buffers=completion.buffers)
+        return reply.results, reply.failed
     except Exception as error:
         raise UnpicklableError(
             compose_message(

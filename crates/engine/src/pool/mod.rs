@@ -65,6 +65,9 @@ pub struct Job {
     pub payload: Vec<u8>,
     pub fds: Vec<OwnedFd>,
     pub holds: Option<Box<dyn JobHolds>>,
+    /// The pool the job's arguments are laid out for (see [`crate::arena::Arguments::for_pool`]);
+    /// None: no shared memory, or an arena of no pool's.
+    pub pool: Option<u64>,
     /// Tasks in the job (counted against [`WorkerLimits::max_tasks`]).
     pub n_tasks: u64,
 }
@@ -97,6 +100,7 @@ impl Job {
             id,
             payload: crate::envelope::encode(crate::shm::Access::ReadOnly, &[], &[], &[], body),
             fds: Vec::new(),
+            pool: None,
             holds: None,
             n_tasks: 1,
         }
@@ -193,6 +197,8 @@ pub enum PoolError {
     Closed,
     #[error("this worker pool belongs to process {owner}; a forked child cannot use it (it starts its own)")]
     Forked { owner: u32 },
+    #[error("job {job} was laid out in the shared memory of another pool; a session's arena serves its own pool only")]
+    ForeignArena { job: JobId },
 }
 
 /// A set of warm worker processes.
@@ -258,6 +264,8 @@ impl Releaser {
 }
 
 struct Shared {
+    /// Unique among the pools of this process (see [`Pool::id`]).
+    id: u64,
     spec: WorkerSpec,
     birth: Birth,
     idle_timeout: Option<Duration>,
@@ -373,6 +381,10 @@ impl Pool {
         let shared = Arc::new(Shared {
             spec,
             birth: Birth::here(),
+            id: {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
             idle_timeout,
             state: Mutex::new(State {
                 workers: BTreeMap::new(),
@@ -462,9 +474,17 @@ impl Pool {
             .collect()
     }
 
+    /// This pool's identity among the pools of the process.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
     /// Hand a job to an idle worker now, or queue it for the first one to finish.
     pub fn submit(&self, job: Job) -> Result<(), PoolError> {
         self.shared.check_owner()?;
+        if job.pool.is_some_and(|pool| pool != self.shared.id) {
+            return Err(PoolError::ForeignArena { job: job.id });
+        }
         let mut state = self.shared.state();
         if state.closed {
             return Err(PoolError::Closed);
