@@ -51,18 +51,24 @@ def describe_call(call: Call) -> str:
     return f"{function_name(function)}({describe_arguments(args, kwargs)})"
 
 
-class JobBody(NamedTuple):
-    """What a worker receives for one batch (pickled; arguments' large buffers out of band)."""
+class CallSettings(NamedTuple):
+    """What every job of a call shares: sent to each worker once per call (``ProcessPool.set_call``),
+    not with every job."""
 
     #: Result buffers of at least this many bytes go back through shared memory (None: never).
     threshold: int | None
+    #: The caller's working directory: tasks run there.
+    cwd: str
+
+
+class JobBody(NamedTuple):
+    """What a worker receives for one batch (pickled; arguments' large buffers out of band)."""
+
     #: The batch's calls: ``(function, args list, kwargs list or None)`` columns, or
     #: ``ItemsGroup``s of a map chunk.
     groups: list
     #: A task that raises leaves its error in its slot (``return_exceptions``, map chunks).
     collect: bool
-    #: The caller's working directory: tasks run there.
-    cwd: str
 
 
 class JobResults(NamedTuple):

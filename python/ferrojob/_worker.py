@@ -18,11 +18,11 @@ from . import _failures
 from ._core import run_items
 from ._pickling import dumps_result, type_name
 from ._shared_objects import Unpickler
-from ._tasks import ItemsGroup, JobBody, JobResults
+from ._tasks import CallSettings, ItemsGroup, JobBody, JobResults
 
 _status: Any = None  # memoryview of the status words in shared memory
 _UNMEASURED = -1.0  # a failed job's time: the engine's own clock
-_where = [""]  # the working directory of the last job's call
+_call = CallSettings(None, "")  # the settings of the current call (see _on_call)
 _NO_KWARGS: dict = {}
 _TASKS_STARTED = 1  # index of the tasks-started word (the engine's STATUS_TASKS_STARTED)
 _STOP = 2  # index of the stop word: set by the parent's supervisor past max_worker_memory
@@ -33,7 +33,7 @@ def main() -> None:
 
     assert (_core.STATUS_TASKS_STARTED, _core.STATUS_STOP) == (_TASKS_STARTED, _STOP)
     try:
-        _core.serve_worker(_on_init, _run_job)
+        _core.serve_worker(_on_init, _on_call, _run_job)
     except OSError as error:
         sys.stderr.write(f"ferrojob worker {os.getpid()}: its socket to the parent broke: {error}\n")
         _flush_output()
@@ -54,6 +54,18 @@ def _on_init(payload: bytes, status: Any) -> None:
         multiprocessing.current_process().authkey = settings["authkey"]  # wrapped by the setter
     if settings.get("initializer"):
         _initialize(settings["initializer"])
+
+
+def _on_call(payload: bytes) -> None:
+    """A new call's settings, before its first job here: tasks run in the caller's directory."""
+    global _call
+    call: CallSettings = pickle.loads(payload)
+    if call.cwd != _call.cwd:
+        try:
+            os.chdir(call.cwd)
+        except OSError:
+            pass  # gone, or not ours: tasks run where the worker is
+    _call = call
 
 
 def _initialize(pickled: bytes) -> None:
@@ -86,15 +98,9 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
     try:
         # Large objects shared by the call's tasks arrive as persistent ids.
         job: JobBody = Unpickler(io.BytesIO(payload), buffers=buffers).load()
-        threshold, groups, collect, cwd = job.threshold, job.groups, job.collect, job.cwd
+        groups, collect = job.groups, job.collect
     except BaseException as error:  # whatever unpickling raised, the parent hears it
         return False, _unloadable_arguments(error), [], _UNMEASURED
-    if cwd != _where[0]:
-        _where[0] = cwd
-        try:
-            os.chdir(cwd)
-        except OSError:
-            pass  # gone, or not ours: tasks run where the worker is
     began = perf_counter()
     try:
         if not _numpy_allocator_checked:
@@ -132,7 +138,7 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
     finally:
         _flush_output()
     try:
-        body, out_of_band = dumps_result(JobResults(results, failed), threshold)
+        body, out_of_band = dumps_result(JobResults(results, failed), _call.threshold)
     except Exception:
         return False, _unpicklable_result(results), [], _UNMEASURED
     # The reported time is the tasks' and their results' pickling: the fixed cost of a job

@@ -52,6 +52,9 @@ pub enum Kind {
     /// Parent → worker: the parent no longer maps these result segments (u64 tokens, little
     /// endian); the worker may write into them again.
     Release = 6,
+    /// Parent → worker: the settings of the current call (opaque to the engine), sent before
+    /// the first job of each call a worker runs.
+    Call = 7,
 }
 
 impl Kind {
@@ -63,6 +66,7 @@ impl Kind {
             4 => Self::Failed,
             5 => Self::Shutdown,
             6 => Self::Release,
+            7 => Self::Call,
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }

@@ -28,6 +28,8 @@ use crate::shm::{Access, Mapping, SharedBuffer, StatusPage, STATUS_JOB, STATUS_T
 pub enum Request<'a> {
     /// Set the worker up (sent once, first).
     Init(&'a [u8]),
+    /// The settings of the call whose jobs follow.
+    Call(&'a [u8]),
     /// Run a job: its pickle body and out-of-band buffers; answer through `reply`.
     Task {
         job: u64,
@@ -280,6 +282,10 @@ impl Endpoint {
             match frame.kind {
                 Kind::Init => {
                     handler(Request::Init(&frame.payload), &self.status);
+                    self.leave_if_forked();
+                }
+                Kind::Call => {
+                    handler(Request::Call(&frame.payload), &self.status);
                     self.leave_if_forked();
                 }
                 Kind::Task => {

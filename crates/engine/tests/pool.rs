@@ -453,3 +453,24 @@ fn workers_are_replaced_after_their_task_budget_or_past_their_memory_cap() {
         .collect();
     assert_eq!(again.len(), 3);
 }
+
+#[test]
+fn each_worker_hears_a_calls_settings_once_before_its_jobs() {
+    let pool = Pool::new(spec(), 1, None).unwrap();
+    pool.submit(job(1, "calls")).unwrap();
+    assert_eq!(payload(&next(&pool)), "0:"); // no call set yet: nothing sent
+    pool.set_call(b"first".to_vec());
+    for id in 2..4 {
+        pool.submit(job(id, "calls")).unwrap();
+        assert_eq!(payload(&next(&pool)), "1:first"); // once, not with every job
+    }
+    pool.set_call(b"second".to_vec());
+    pool.submit(job(4, "calls")).unwrap();
+    assert_eq!(payload(&next(&pool)), "2:second");
+    // A worker started later (here: a replacement) hears the current call before its first job.
+    pool.submit(job(5, "exit:3")).unwrap();
+    next(&pool);
+    pool.ensure_workers(1).unwrap();
+    pool.submit(job(6, "calls")).unwrap();
+    assert_eq!(payload(&next(&pool)), "1:second");
+}

@@ -105,6 +105,12 @@ impl ProcessPool {
         Ok(Self { pool })
     }
 
+    /// The settings of the calls from now on: each worker receives them (its `on_call`) once,
+    /// before its first job after this.
+    fn set_call(&self, payload: Vec<u8>) {
+        self.pool.set_call(payload);
+    }
+
     /// The limits of the calls from now on, enforced by the pool's supervisor whether or not
     /// anyone waits: a task running longer than `timeout` seconds is killed (it completes as
     /// "timeout"); a worker is replaced after `max_tasks` tasks, or once its resident memory

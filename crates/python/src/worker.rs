@@ -19,13 +19,19 @@ const PYBUF_WRITE: std::os::raw::c_int = 0x200;
 ///
 /// `on_init(payload, status)` runs once with the parent's set-up payload and a writable
 /// memoryview of the status words (word `STATUS_TASKS_STARTED` counts started tasks);
+/// `on_call(payload)` runs with the settings of each call, before its first job here;
 /// `on_task(payload, buffers)` runs each job (`buffers`: its out-of-band buffers, mapped) and
 /// returns `(ok, reply_bytes, result_buffers, busy_seconds)`; the result buffers travel in
 /// shared memory, and `busy_seconds` (the time its tasks took) is the job's reported time.
 ///
 /// Must only be called in a process started by a `ProcessPool`, once.
 #[pyfunction]
-pub fn serve_worker(py: Python<'_>, on_init: Py<PyAny>, on_task: Py<PyAny>) -> PyResult<()> {
+pub fn serve_worker(
+    py: Python<'_>,
+    on_init: Py<PyAny>,
+    on_call: Py<PyAny>,
+    on_task: Py<PyAny>,
+) -> PyResult<()> {
     // SAFETY: `ferrojob._worker` calls this once, in a process the pool started with fds 3 and 4.
     let endpoint = unsafe { Endpoint::inherit() }.map_err(|source| EngineError::Io {
         context: "adopting the worker's descriptors 3 and 4".into(),
@@ -49,6 +55,12 @@ pub fn serve_worker(py: Python<'_>, on_init: Py<PyAny>, on_task: Py<PyAny>) -> P
                         if let Err(err) = on_init.call1(py, (PyBytes::new(py, payload), view)) {
                             err.print(py);
                         }
+                    }
+                }
+                Request::Call(payload) => {
+                    // A job that follows without its call's settings fails on its own.
+                    if let Err(err) = on_call.call1(py, (PyBytes::new(py, payload),)) {
+                        err.print(py);
                     }
                 }
                 Request::Task {

@@ -22,7 +22,7 @@ from .._core import Arena, CompletionKind, ProcessPool
 from .._core import Completion as EngineCompletion
 from .._shared_objects import SharedObjects
 from .._sharedmem import ArgumentStore
-from .._tasks import Batch, JobBody, JobResults
+from .._tasks import Batch, CallSettings, JobBody, JobResults
 from ..cpus import cpu_count
 from ..errors import (
     RemoteTraceback,
@@ -219,7 +219,6 @@ class ProcessSession(Session):
         self._arguments = ArgumentStore(self._pool.new_arena())
         self._shared = SharedObjects(options.max_nbytes)
         self._jobs: dict[int, Piece] = {}
-        self._cwd = os.getcwd()
         # batches being put back together from pieces run again (return_exceptions)
         self._assemblies = Assemblies()
         self._start_failures = 0
@@ -243,8 +242,9 @@ class ProcessSession(Session):
         return _SHARED.acquire(n_workers, env, init, key_env)
 
     def begin(self) -> None:
-        self._cwd = os.getcwd()  # tasks run where the call was made
         self.new_call()
+        # Tasks run where the call was made; each worker hears it once, before the call's jobs.
+        self._pool.set_call(pickle.dumps(CallSettings(self._max_nbytes, os.getcwd())))
         self._pool.set_limits(*self._limits)
         if self._pool.n_workers != self.n_workers:
             self._pool.ensure_workers(self.n_workers)
@@ -258,7 +258,7 @@ class ProcessSession(Session):
         columns = piece.batch.columns()
         self._shared.note(columns)
         try:
-            body, buffers = self._shared.dumps(JobBody(self._max_nbytes, columns, piece.collect, self._cwd))
+            body, buffers = self._shared.dumps(JobBody(columns, piece.collect))
         except Exception as error:
             raise _explain_unpicklable_batch(piece.batch, error) from error
         identities = [self._arguments.identity(buffer) for buffer in buffers]

@@ -8,7 +8,8 @@
 //! straight onto the socket: `twice:<text>` sends an extra reply for its job first,
 //! `hugeframe` a header declaring 2^64 - 1 bytes, `garbage` 32 bytes of noise. `buffer:<text>`
 //! returns <text> as an out-of-band result buffer; `args` returns its argument buffers' bytes
-//! joined; `silent` never answers.
+//! joined; `silent` never answers; `calls` replies `<n>:<payload>`, the number of call settings
+//! received and the last one.
 
 use std::io::Write;
 use std::os::fd::FromRawFd;
@@ -23,7 +24,12 @@ use ferrojob_engine::worker::{Endpoint, Request};
 fn main() {
     // SAFETY: this program is only ever started by the pool, which installs fds 3 and 4.
     let endpoint = unsafe { Endpoint::inherit() }.expect("not started by a ferrojob pool");
+    let mut calls = (0u64, Vec::new());
     let result = endpoint.serve(|request, status| {
+        if let Request::Call(payload) = request {
+            calls = (calls.0 + 1, payload.to_vec());
+            return;
+        }
         let Request::Task {
             body,
             job,
@@ -66,6 +72,10 @@ fn main() {
                 reply.done(format!("ran {ran}").as_bytes(), &[])
             }
             "buffer" => reply.done(b"with a buffer", &[argument.as_bytes()]),
+            "calls" => {
+                let answer = [format!("{}:", calls.0).as_bytes(), &calls.1].concat();
+                reply.done(&answer, &[])
+            }
             "args" => {
                 let joined: Vec<u8> = buffers.iter().flat_map(|b| b.to_vec()).collect();
                 drop(buffers); // nothing maps the arguments any more: reported in this reply

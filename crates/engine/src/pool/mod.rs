@@ -291,6 +291,53 @@ struct State {
     /// Workers retired after a job (spent: task budget, memory cap) that the supervisor is to
     /// replace.
     replacements: usize,
+    /// The current call's settings, sent to each worker before its first job of the call.
+    call: CallSettings,
+}
+
+/// The settings of the current call ([`Pool::set_call`]), numbered so that each worker gets them
+/// once per call.
+struct CallSettings {
+    generation: u64,
+    payload: Arc<[u8]>,
+}
+
+/// What to send a worker handed a job, in this order, outside the pool's lock (see
+/// [`State::hand_out`]).
+struct Dispatch {
+    conn: Arc<Connection>,
+    releases: Vec<u64>,
+    call: Option<Arc<[u8]>>,
+}
+
+impl Dispatch {
+    fn send(self, job: &Job) {
+        send_releases(&self.conn, &self.releases);
+        if let Some(call) = &self.call {
+            // A failed send means the worker is gone: its reader reports the job lost.
+            let _ = self.conn.send(Kind::Call, 0, 0, call, &[]);
+        }
+        send_job(&self.conn, job);
+    }
+}
+
+impl State {
+    /// Record `job` as running on worker `id`, and say what to send it: the result segments
+    /// released meanwhile, the call's settings if it has not had them, then the job.
+    fn hand_out(&mut self, id: u64, job: &mut Job) -> Option<Dispatch> {
+        let call = &self.call;
+        let worker = self.workers.get_mut(&id)?;
+        worker.running = Some(Running::new(job));
+        let call = (worker.call_seen != call.generation).then(|| {
+            worker.call_seen = call.generation;
+            Arc::clone(&call.payload)
+        });
+        Some(Dispatch {
+            conn: Arc::clone(&worker.conn),
+            releases: std::mem::take(&mut worker.pending_release),
+            call,
+        })
+    }
 }
 
 struct Worker {
@@ -308,6 +355,8 @@ struct Worker {
     pending_release: Vec<u64>,
     /// Told to stop its job after the current task (past its memory cap): replaced after it.
     over_cap: bool,
+    /// The generation of the call settings it has had (0: none yet).
+    call_seen: u64,
 }
 
 /// Why a worker is on its way out (it no longer counts as live).
@@ -395,6 +444,10 @@ impl Pool {
                 limits: CallLimits::default(),
                 supervisor_parked: false,
                 replacements: 0,
+                call: CallSettings {
+                    generation: 0,
+                    payload: Arc::from(Vec::new()),
+                },
             }),
             changed: Condvar::new(),
             tx,
@@ -439,6 +492,17 @@ impl Pool {
             spawn::spawn_worker(&self.shared)?;
         }
         Ok(())
+    }
+
+    /// The settings of the calls from now on (opaque to the engine): each worker receives them
+    /// once, before its first job after this.
+    pub fn set_call(&self, payload: Vec<u8>) {
+        let mut state = self.shared.state();
+        let generation = state.call.generation.wrapping_add(1).max(1);
+        state.call = CallSettings {
+            generation,
+            payload: Arc::from(payload),
+        };
     }
 
     /// The limits of the calls from now on (each call sets its own).
@@ -490,18 +554,22 @@ impl Pool {
             return Err(PoolError::Closed);
         }
         state.last_activity = Instant::now();
-        let Some(worker) = state.workers.values_mut().find(|w| w.is_idle()) else {
+        let idle = state
+            .workers
+            .iter()
+            .find(|(_, worker)| worker.is_idle())
+            .map(|(&id, _)| id);
+        let Some(id) = idle else {
             state.queue.push_back(job);
             return Ok(());
         };
         let mut job = job;
-        worker.running = Some(Running::new(&mut job));
-        let conn = Arc::clone(&worker.conn);
-        let releases = std::mem::take(&mut worker.pending_release);
+        let dispatch = state.hand_out(id, &mut job);
         self.shared.job_started(&state);
         drop(state);
-        send_releases(&conn, &releases);
-        send_job(&conn, &job);
+        if let Some(dispatch) = dispatch {
+            dispatch.send(&job);
+        }
         Ok(())
     }
 

@@ -12,8 +12,7 @@ use nix::unistd::Pid;
 
 use super::memory::over_memory_cap;
 use super::{
-    send_job, send_releases, Completion, KillReason, Leaving, Loss, LossCause, Outcome, Releaser,
-    Running, Shared,
+    send_releases, Completion, KillReason, Leaving, Loss, LossCause, Outcome, Releaser, Shared,
 };
 use crate::output::StderrTail;
 use crate::protocol::{Connection, Kind, ProtocolError};
@@ -163,10 +162,20 @@ fn on_reply(shared: &Arc<Shared>, id: u64, frame: crate::protocol::Frame) -> Res
         worker.retire();
     }
     let live = worker.is_live();
-    let releases = std::mem::take(&mut worker.pending_release);
     let mut next = if live { state.queue.pop_front() } else { None };
-    if let (Some(job), Some(worker)) = (next.as_mut(), state.workers.get_mut(&id)) {
-        worker.running = Some(Running::new(job));
+    let dispatch = match next.as_mut() {
+        Some(job) => state.hand_out(id, job),
+        None => None,
+    };
+    let releases = match &dispatch {
+        Some(_) => Vec::new(), // sent with the next job
+        None => state
+            .workers
+            .get_mut(&id)
+            .map(|worker| std::mem::take(&mut worker.pending_release))
+            .unwrap_or_default(),
+    };
+    if dispatch.is_some() {
         shared.job_started(&state);
     }
     drop(state);
@@ -174,9 +183,9 @@ fn on_reply(shared: &Arc<Shared>, id: u64, frame: crate::protocol::Frame) -> Res
     if let Some(holds) = finished.and_then(|running| running.holds) {
         holds.unmapped(&released);
     }
-    send_releases(&conn, &releases);
-    if let Some(job) = next {
-        send_job(&conn, &job);
+    match (dispatch, next) {
+        (Some(dispatch), Some(job)) => dispatch.send(&job),
+        _ => send_releases(&conn, &releases),
     }
     if spent {
         shared.want_replacement();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use nix::fcntl::{fcntl, FcntlArg};
 
 use super::replies::read_replies;
-use super::{send_job, PoolError, Running, Shared, Worker, WORKER_SOCKET_FD, WORKER_STATUS_FD};
+use super::{PoolError, Shared, Worker, WORKER_SOCKET_FD, WORKER_STATUS_FD};
 use crate::output::StderrTail;
 use crate::protocol::{Connection, Kind};
 use crate::shm::StatusPage;
@@ -73,27 +73,28 @@ pub(super) fn spawn_worker(shared: &Arc<Shared>) -> Result<(), PoolError> {
         let id = state.next_worker;
         state.next_worker += 1;
         // A worker that boots while jobs wait takes the first one right away.
-        let mut first_job = state.queue.pop_front();
         state.workers.insert(
             id,
             Worker {
                 pid,
                 conn: Arc::clone(&conn),
                 status: Arc::clone(&status),
-                running: first_job.as_mut().map(Running::new),
+                running: None,
                 jobs_done: 0,
                 tasks_done: 0,
                 pending_release: Vec::new(),
                 leaving: None,
                 over_cap: false,
+                call_seen: 0,
             },
         );
-        if first_job.is_some() {
+        if let Some(mut job) = state.queue.pop_front() {
+            let dispatch = state.hand_out(id, &mut job);
             shared.job_started(&state);
-        }
-        if let Some(job) = first_job {
             drop(state);
-            send_job(&conn, &job);
+            if let Some(dispatch) = dispatch {
+                dispatch.send(&job);
+            }
         }
         id
     };
