@@ -97,7 +97,7 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
     append = results.append
     try:
         # Large objects shared by the call's tasks arrive as persistent ids.
-        job: JobBody = Unpickler(io.BytesIO(payload), buffers=buffers).load()
+        job = JobBody._make(Unpickler(io.BytesIO(payload), buffers=buffers).load())
         groups, collect = job.groups, job.collect
     except BaseException as error:  # whatever unpickling raised, the parent hears it
         return False, _unloadable_arguments(error), [], _UNMEASURED
@@ -138,7 +138,7 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
     finally:
         _flush_output()
     try:
-        body, out_of_band = dumps_result(JobResults(results, failed), _call.threshold)
+        body, out_of_band = dumps_result(tuple(JobResults(results, failed)), _call.threshold)
     except Exception:
         return False, _unpicklable_result(results), [], _UNMEASURED
     # The reported time is the tasks' and their results' pickling: the fixed cost of a job

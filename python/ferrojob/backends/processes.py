@@ -258,7 +258,7 @@ class ProcessSession(Session):
         columns = piece.batch.columns()
         self._shared.note(columns)
         try:
-            body, buffers = self._shared.dumps(JobBody(columns, piece.collect))
+            body, buffers = self._shared.dumps(tuple(JobBody(columns, piece.collect)))
         except Exception as error:
             raise _explain_unpicklable_batch(piece.batch, error) from error
         identities = [self._arguments.identity(buffer) for buffer in buffers]
@@ -452,7 +452,7 @@ def _load_results(completion: EngineCompletion, batch: Batch) -> tuple[list[Any]
     raised in a batch collecting errors)."""
     assert completion.payload is not None, "a done job always has a payload"
     try:
-        reply: JobResults = pickle.loads(completion.payload, buffers=completion.buffers)
+        reply = JobResults._make(pickle.loads(completion.payload, buffers=completion.buffers))
         return reply.results, reply.failed
     except Exception as error:
         raise UnpicklableError(
