@@ -458,11 +458,14 @@ def test_parallel_shows_the_effective_configuration_and_inconsistent_settings_ar
         assert Parallel(n_jobs=2)(delayed(abs)(-1) for _ in range(2)) == [1, 1]
 
 
-def _wait_for(path):
+def _wait_for(path, seconds=60):
     import os
     import time
 
+    deadline = time.monotonic() + seconds
     while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
         time.sleep(0.01)
     return path
 

@@ -232,7 +232,10 @@ def test_ctrl_c_stops_every_worker(script, tmp_path):
             time.sleep(120)
 
         def interrupt_when_running():
+            deadline = time.monotonic() + 60
             while len([f for f in os.listdir({str(tmp_path)!r}) if f.startswith("pid-")]) < 2:
+                if time.monotonic() > deadline:
+                    os._exit(3)  # the workers never started their tasks
                 time.sleep(0.02)
             os.kill(os.getpid(), signal.SIGINT)
 

@@ -819,3 +819,81 @@ fn send_job(conn: &Connection, job: &Job) {
     // the job as lost, so there is nothing to do here.
     let _ = conn.send(Kind::Task, job.id, 0, &job.payload, &fds);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_with_one_worker() -> (State, Connection) {
+        let (parent, child) = Connection::pair().unwrap();
+        let worker = Worker {
+            pid: Pid::this(),
+            conn: Arc::new(parent),
+            status: Arc::new(StatusPage::create().unwrap()),
+            running: None,
+            leaving: None,
+            jobs_done: 0,
+            tasks_done: 0,
+            pending_release: vec![7, 8],
+            over_cap: false,
+            call_seen: 0,
+        };
+        let state = State {
+            workers: BTreeMap::from([(0, worker)]),
+            queue: VecDeque::new(),
+            next_worker: 1,
+            last_activity: Instant::now(),
+            closed: false,
+            limits: CallLimits::default(),
+            supervisor_parked: false,
+            replacements: 0,
+            call: CallSettings {
+                generation: 0,
+                payload: Arc::from(Vec::new()),
+            },
+        };
+        (state, child)
+    }
+
+    #[test]
+    fn a_worker_gets_the_calls_settings_once_and_its_releases_with_its_next_job() {
+        let (mut state, _child) = state_with_one_worker();
+        let mut first = Job::new(1, b"a");
+        let dispatch = state.hand_out(0, &mut first).unwrap();
+        assert!(dispatch.call.is_none(), "no call set: nothing to send");
+        assert_eq!(dispatch.releases, vec![7, 8]);
+        assert_eq!(state.workers[&0].running.as_ref().map(|r| r.job), Some(1));
+
+        state.call = CallSettings {
+            generation: 1,
+            payload: Arc::from(b"settings".to_vec()),
+        };
+        let mut second = Job::new(2, b"b");
+        let dispatch = state.hand_out(0, &mut second).unwrap();
+        assert_eq!(dispatch.call.as_deref(), Some(&b"settings"[..]));
+        assert!(dispatch.releases.is_empty(), "released tokens go once");
+        let mut third = Job::new(3, b"c");
+        assert!(state.hand_out(0, &mut third).unwrap().call.is_none());
+        assert!(
+            state.hand_out(9, &mut Job::new(4, b"d")).is_none(),
+            "no such worker"
+        );
+    }
+
+    #[test]
+    fn a_job_for_another_pools_arena_is_refused() {
+        let spec = WorkerSpec {
+            program: PathBuf::from("/bin/true"),
+            args: Vec::new(),
+            env: Vec::new(),
+            init: Vec::new(),
+        };
+        let pool = Pool::new(spec, 0, None).unwrap();
+        let mut job = Job::new(1, b"x");
+        job.pool = Some(pool.id() + 1);
+        assert!(matches!(
+            pool.submit(job),
+            Err(PoolError::ForeignArena { job: 1 })
+        ));
+    }
+}
