@@ -157,6 +157,9 @@ def test_a_segfault_report_names_the_task_signal_and_native_cause(crashes, capfd
     assert error.function == "segfault_after_printing" and error.args_repr == "'an argument'"
     assert error.task_index in (0, 1)
     assert "about to crash in native code" in error.stderr_tail
+    # faulthandler is on for fatal signals in workers: the tail shows where the task died.
+    assert "Fatal Python error: Segmentation fault" in error.stderr_tail
+    assert "segfault_after_printing" in error.stderr_tail
     assert "native code" in error.likely_cause
     assert error.peak_rss and error.peak_rss > 1 << 20
     assert "likely cause: a crash in native code" in str(error)

@@ -13,7 +13,9 @@ import ferrojob
 
 
 def pid_and_mark(_=None):
-    return os.getpid(), os.environ.get("FERROJOB_WORKER")
+    from ferrojob.backends.processes import in_worker
+
+    return os.getpid(), in_worker()
 
 
 def test_importing_ferrojob_does_not_import_joblib():
@@ -36,7 +38,7 @@ def test_backend_registered_after_a_later_joblib_import():
 def test_joblib_parallel_runs_in_ferrojob_workers():
     with joblib.parallel_config(backend="ferrojob", n_jobs=2):
         results = joblib.Parallel()(joblib.delayed(pid_and_mark)(i) for i in range(20))
-    assert {mark for _, mark in results} == {"1"}
+    assert {mark for _, mark in results} == {True}
     assert os.getpid() not in {pid for pid, _ in results}
 
 
@@ -113,7 +115,9 @@ class RecordingClassifier(ClassifierMixin, BaseEstimator):
         self.model_ = LogisticRegression(C=self.C, max_iter=500).fit(X, y)
         self.classes_ = self.model_.classes_
         self.fit_pid_ = os.getpid()
-        self.fit_in_worker_ = os.environ.get("FERROJOB_WORKER") == "1"
+        from ferrojob.backends.processes import in_worker
+
+        self.fit_in_worker_ = in_worker()
         return self
 
     def predict(self, X):

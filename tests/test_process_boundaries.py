@@ -249,3 +249,25 @@ def test_a_multiprocessing_fork_child_runs_large_calls():
             child.join()
     assert child.exitcode == 0
     assert large_sums(30) == expected_sums(30)
+
+
+CHILD_PROGRAM = """
+import os, sys
+from ferrojob import Parallel, delayed
+pids = set(Parallel(n_jobs=2)(delayed(os.getpid)() for _ in range(8)))
+print(os.environ.get("FERROJOB_WORKER"), os.getpid() in pids)
+"""
+
+
+def run_a_program():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", CHILD_PROGRAM], capture_output=True, text=True, timeout=120)
+    return done.stdout.strip(), done.stderr[-2000:]
+
+
+def test_a_program_a_task_starts_is_not_taken_for_a_worker():
+    (out, err), *_ = Parallel(n_jobs=2)(delayed(run_a_program)() for _ in range(2))
+    # The program sees no worker mark, and its own Parallel runs in worker processes of its own.
+    assert out == "None False", err

@@ -30,7 +30,9 @@ _STOP = 2  # index of the stop word: set by the parent's supervisor past max_wor
 
 def main() -> None:
     from . import _core
+    from .backends.processes import adopt_worker_mark
 
+    adopt_worker_mark()
     assert (_core.STATUS_TASKS_STARTED, _core.STATUS_STOP) == (_TASKS_STARTED, _STOP)
     try:
         _core.serve_worker(_on_init, _on_call, _run_job)
@@ -46,6 +48,9 @@ def _on_init(payload: bytes, status: Any) -> None:
     # On a timeout the parent sends SIGUSR1 before killing: the stuck task's stack goes to
     # stderr, whose tail the parent keeps for the TaskTimeoutError.
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=False)
+    # A fatal signal (SIGSEGV, SIGBUS, SIGFPE, SIGABRT, SIGILL) writes the Python stack too: the
+    # crash report's stderr tail then says where the task died.
+    faulthandler.enable(file=sys.stderr, all_threads=False)
     settings = pickle.loads(payload)
     sys.path[:] = settings["sys_path"]
     if settings.get("authkey"):

@@ -34,8 +34,11 @@ from .pieces import Assemblies, Piece
 
 #: Seconds without work after which warm workers exit.
 IDLE_TIMEOUT = 300.0
-#: Environment variable set in every worker (nested calls there run sequentially).
+#: Environment variable a worker starts with; it takes it out of its environment at once
+#: (``adopt_worker_mark``), so that programs its tasks start are not taken for workers.
 WORKER_MARK = "FERROJOB_WORKER"
+#: Whether this process is a ferrojob worker (nested calls there run sequentially).
+_IS_WORKER = False
 _THREAD_LIMIT_VARS = (
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
@@ -49,7 +52,15 @@ _JOB_IDS = itertools.count()
 
 def in_worker() -> bool:
     """Whether this process is a ferrojob worker."""
-    return os.environ.get(WORKER_MARK) == "1"
+    return _IS_WORKER
+
+
+def adopt_worker_mark() -> None:
+    """Called once by a worker as it starts: it is one if the pool marked its environment; the
+    mark leaves the environment, so a program a task starts (``subprocess.run([python,
+    script])``) runs its own ``Parallel`` calls in parallel, as it would anywhere else."""
+    global _IS_WORKER
+    _IS_WORKER = os.environ.pop(WORKER_MARK, None) == "1"
 
 
 class ProcessBackend(Backend):
