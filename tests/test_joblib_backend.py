@@ -181,3 +181,13 @@ def test_nested_joblib_in_a_ferrojob_worker_runs_in_threads_and_starts_no_proces
     )
     assert done.returncode == 0, done.stderr
     assert "threads only" in done.stdout
+
+
+def test_importing_the_backend_module_first_registers_it():
+    program = (
+        "import ferrojob.joblib_backend, joblib\n"
+        "with joblib.parallel_config(backend='ferrojob', n_jobs=2):\n"
+        "    print(joblib.Parallel()(joblib.delayed(abs)(-i) for i in range(3)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[0, 1, 2]", out.stderr

@@ -290,3 +290,10 @@ def test_verbose_details_go_through_logging(tmp_path, caplog):
     caplog.clear()
     Memory(tmp_path, verbose=0).cache(_keyword_only)(1, 2, kw1=3)
     assert "Querying" not in caplog.text
+
+
+def test_memory_creates_its_folder_at_once_as_joblib_does(tmp_path):
+    location = tmp_path / "not" / "there" / "yet"
+    Memory(location)
+    assert location.is_dir()
+    assert (location / "ferrojob").is_dir()

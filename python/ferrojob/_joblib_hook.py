@@ -14,8 +14,18 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
+#: joblib was imported by ``ferrojob.joblib_backend`` itself, before it could register: it
+#: registers once it is defined (``register_if_deferred``).
+_deferred = False
+
 
 def _register() -> None:
+    global _deferred
+    backend_module = sys.modules.get("ferrojob.joblib_backend")
+    if backend_module is not None and not hasattr(backend_module, "register"):
+        _deferred = True  # it is importing joblib right now, and is not defined yet
+        return
+    _deferred = False
     from .joblib_backend import register
 
     register()
@@ -67,6 +77,13 @@ class _JoblibFinder(importlib.abc.MetaPathFinder):
             return spec
         spec.loader = _RegisterAfterExec(spec.loader)
         return spec
+
+
+def register_if_deferred() -> None:
+    """Called by ``ferrojob.joblib_backend`` once defined: the registration its own import of
+    joblib had to put off happens now."""
+    if _deferred:
+        _register()
 
 
 def install() -> None:

@@ -27,6 +27,7 @@ from joblib._parallel_backends import (
 )
 
 from ._futures import FuturesRunner
+from ._joblib_hook import register_if_deferred
 from .backends.base import CallOptions
 from .backends.processes import ProcessSession, in_worker
 from .cpus import resolve_n_jobs
@@ -107,3 +108,8 @@ def register() -> None:
         for name in ("loky", "multiprocessing"):
             parallel.BACKENDS[name] = threads
         joblib.register_parallel_backend("threading", threads, make_default=True)
+
+
+# Imported before joblib was (``import ferrojob.joblib_backend`` first), this module imported
+# joblib above, whose import hook could not register a backend not defined yet: do it now.
+register_if_deferred()

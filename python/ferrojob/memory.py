@@ -213,6 +213,7 @@ class Memory:
         self.backend = backend
         self.backend_options = backend_options or {}
         self._store: _core.Store | None = None
+        _ = self.store  # the cache folder exists from here on, as joblib's does
 
     @property
     def store(self) -> _core.Store | None:
