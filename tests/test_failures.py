@@ -306,3 +306,17 @@ def test_a_stuck_thread_is_reported_while_the_other_threads_keep_producing():
         release.set()
     # Reported while the other thread was still producing, not after it ran out of work.
     assert len(done) < 19_999
+
+
+def test_a_timeout_does_not_count_a_fresh_worker_importing_the_tasks_module(tmp_path, monkeypatch):
+    # Importing this module takes 2 s (as scipy or scikit-learn can): longer than timeout=1, which
+    # counts the task alone, not the worker loading what the task needs.
+    (tmp_path / "slow_to_import.py").write_text("import time\ntime.sleep(2)\n\ndef add_one(x):\n    return x + 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import slow_to_import
+
+    try:
+        with Parallel(n_jobs=2, timeout=1) as parallel:
+            assert parallel(delayed(slow_to_import.add_one)(i) for i in range(4)) == [1, 2, 3, 4]
+    finally:
+        sys.modules.pop("slow_to_import", None)
