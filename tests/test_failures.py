@@ -191,6 +191,8 @@ def test_a_timeout_report_shows_where_the_task_was_stuck(crashes):
     assert "crashes.py" in error.stack and "my_task" in error.stack
     sleep_line = 1 + CRASHES.splitlines().index("    time.sleep(60)  # the line the timeout report must show")
     assert f"line {sleep_line} in my_task" in error.stack
+    # Under the frame, its source line, as Python's tracebacks show it.
+    assert "time.sleep(60)  # the line the timeout report must show" in error.stack
     assert "where it was stuck:" in str(error) and "my_task" in str(error)
 
 
@@ -320,3 +322,39 @@ def test_a_timeout_does_not_count_a_fresh_worker_importing_the_tasks_module(tmp_
             assert parallel(delayed(slow_to_import.add_one)(i) for i in range(4)) == [1, 2, 3, 4]
     finally:
         sys.modules.pop("slow_to_import", None)
+
+
+def exits(x):
+    if x == 1:
+        raise SystemExit(f"task {x} called sys.exit")
+    return x
+
+
+@pytest.mark.parametrize("backend", ["loky", "threading", "sequential"])
+def test_a_task_raising_system_exit_lands_in_its_slot_on_every_backend(backend):
+    n_jobs = 1 if backend == "sequential" else 2
+    results = Parallel(n_jobs=n_jobs, backend=backend, return_exceptions=True)(delayed(exits)(i) for i in range(3))
+    assert results[0] == 0 and results[2] == 2
+    assert isinstance(results[1], SystemExit) and "task 1 called sys.exit" in str(results[1])
+
+
+def test_a_threading_timeout_report_has_the_same_attributes_and_shows_the_source_line():
+    import threading
+
+    release = threading.Event()
+
+    def waits_for_release(x):
+        release.wait(60)  # where the thread is stuck
+        return x
+
+    try:
+        with pytest.raises(TaskTimeoutError) as raised:
+            Parallel(n_jobs=2, backend="threading", timeout=0.5)(delayed(waits_for_release)(i) for i in range(2))
+    finally:
+        release.set()
+    error = raised.value
+    assert error.task_index in (0, 1) and error.function.endswith("waits_for_release")
+    assert error.args_repr in ("0", "1") and error.timeout == 0.5
+    assert "in waits_for_release" in error.stack
+    assert "release.wait(60)  # where the thread is stuck" in error.stack
+    assert "where it was stuck:" in str(error)

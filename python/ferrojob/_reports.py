@@ -15,7 +15,9 @@ Example of what a user sees::
 
 from __future__ import annotations
 
+import linecache
 import os
+import re
 import resource
 import signal
 from typing import Any
@@ -123,12 +125,52 @@ def _shown_tail(text: str) -> list[str]:
 
 
 def stuck_stack(tail: str) -> str:
-    """The Python stack the worker's faulthandler dumped on SIGUSR1, or "unavailable"."""
+    """The Python stack the worker's faulthandler dumped on SIGUSR1, or "unavailable"; under
+    each frame, its source line (as Python's tracebacks show it), read here: the worker's files
+    are this machine's."""
     marker = tail.rfind("(most recent call first):")
     if marker < 0:
         return "unavailable (the task did not answer the signal: stuck in native code?)"
     start = tail.rfind("\n", 0, marker) + 1
-    return tail[start:].rstrip()
+    return "\n".join(_with_source(line) for line in tail[start:].rstrip().splitlines())
+
+
+_FRAME = re.compile(r'\s*File "(?P<file>[^"]+)", line (?P<line>\d+) in ')
+
+
+def _with_source(line: str) -> str:
+    frame = _FRAME.match(line)
+    if frame is None:
+        return line
+    source = linecache.getline(frame["file"], int(frame["line"])).strip()
+    return f"{line}\n    {source}" if source else line
+
+
+def thread_timeout_error(
+    batch: Batch, offset: int, timeout: float, stack: str, *help_lines: str
+) -> errors.TaskTimeoutError:
+    """``TaskTimeoutError`` (FJ302) for a task of the threading backend that ran past
+    ``timeout``: the same attributes as a process's (``task_index``, ``function``,
+    ``args_repr``, ``timeout``, ``stack``); a thread has no pid nor stderr of its own."""
+    function, args, kwargs = batch.calls[offset]
+    error = errors.TaskTimeoutError(
+        compose_message(
+            f"{batch.describe(offset)} ran longer than timeout={timeout:g} s.",
+            *help_lines,
+            "where it was stuck:",
+            *("  " + line for line in stack.splitlines()),
+        ),
+        code="FJ302",
+    )
+    error.task_index = batch.start + offset
+    error.function = function_name(function)
+    error.args_repr = _cut(describe_arguments(args, kwargs), 200)
+    error.timeout = timeout
+    error.stack = stack
+    error.pid = None
+    error.peak_rss = None
+    error.stderr_tail = ""
+    return error
 
 
 class _Culprit:

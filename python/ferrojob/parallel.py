@@ -409,7 +409,8 @@ class Parallel:
                     else:
                         try:
                             result = function(*args, **kwargs)
-                        except Exception as error:  # return_exceptions: the error is the result
+                        except (Exception, SystemExit) as error:  # return_exceptions: it is the result
+                            # (as in a worker process; a Ctrl-C of the caller still stops the call)
                             result = error
                         yield [result]
                     if progress.active:

@@ -6,13 +6,14 @@ Useful when tasks release the GIL (numpy, I/O) or must share objects (``require=
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
+import traceback
 from typing import Any, NamedTuple
 
-from .. import errors
+from .._reports import thread_timeout_error
 from .._tasks import Batch
-from ..errors import compose_message
 from .base import Backend, CallOptions, Completion, Session
 from .pieces import Assemblies, Piece
 
@@ -20,6 +21,20 @@ from .pieces import Assemblies, Piece
 _SLACK = 0.01
 #: The watchdog's longest sleep (``Event.wait`` refuses timeouts beyond ``time_t``).
 _LONGEST_WAIT = 3600.0
+
+
+def _stack_of(thread: int) -> str:
+    """Where ``thread`` is now, innermost frame first (as a process's report shows it), with
+    each frame's source line."""
+    frame = sys._current_frames().get(thread)
+    if frame is None:
+        return "unavailable (the thread has finished)"
+    lines = []
+    for summary in reversed(traceback.extract_stack(frame)):
+        lines.append(f'  File "{summary.filename}", line {summary.lineno} in {summary.name}')
+        if summary.line:
+            lines.append(f"    {summary.line}")
+    return "Stack (most recent call first):\n" + "\n".join(lines)
 
 
 class _Stuck(NamedTuple):
@@ -87,7 +102,7 @@ class ThreadSession(Session):
                         continue
                     try:
                         results.append(function(*args, **kwargs))
-                    except Exception as error:  # return_exceptions: the error is the result
+                    except (Exception, SystemExit) as error:  # return_exceptions: it is the result
                         results.append(error)
                     if me in self._abandoned:
                         self._abandoned.discard(me)  # thread ids are reused once a thread ends
@@ -139,14 +154,14 @@ class ThreadSession(Session):
             return None  # it finished after all: its results are on their way
         piece, offset, _, results = running
         if not self._collect:
-            raise errors.TaskTimeoutError(
-                compose_message(
-                    f"{piece.batch.describe(offset)} ran longer than timeout={self._timeout:g} s.",
-                    "a thread cannot be stopped: it finishes the task in the background;",
-                    "the other tasks of this call were cancelled. Raise the timeout, or use",
-                    'backend="loky" so that a stuck task can be killed.',
-                ),
-                code="FJ302",
+            raise thread_timeout_error(
+                piece.batch,
+                offset,
+                self._timeout or 0.0,
+                _stack_of(stuck.thread),
+                "a thread cannot be stopped: it finishes the task in the background;",
+                "the other tasks of this call were cancelled. Raise the timeout, or use",
+                'backend="loky" so that a stuck task can be killed.',
             )
         return self._give_up_on(stuck.thread, piece, offset, results)
 
@@ -158,13 +173,13 @@ class ThreadSession(Session):
         self._running.pop(thread, None)
         self._start_thread()
         self._assemblies.expect(piece)
-        error = errors.TaskTimeoutError(
-            compose_message(
-                f"{piece.batch.describe(offset)} ran longer than timeout={self._timeout:g} s.",
-                "a thread cannot be stopped: it finishes the task in the background, unheard;",
-                "the other tasks of the call went on",
-            ),
-            code="FJ302",
+        error = thread_timeout_error(
+            piece.batch,
+            offset,
+            self._timeout or 0.0,
+            _stack_of(thread),
+            "a thread cannot be stopped: it finishes the task in the background, unheard;",
+            "the other tasks of the call went on",
         )
         if offset + 1 < len(piece.batch):
             self._todo.put((self._generation, piece.part(offset + 1, len(piece.batch))))
