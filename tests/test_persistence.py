@@ -524,3 +524,27 @@ def test_damage_in_a_streamed_dump_names_the_stream(tmp_path):
         pytest.raises(DamagedFileError, match=r"damaged\.fj: section 1, block 0 is damaged"),
     ):
         load(handle)
+
+
+class _ReadsText:
+    """A file-like object whose read() gives str (a wrapper written for text)."""
+
+    def read(self, size=-1):
+        return "FJDUMP"[: size if size >= 0 else None]
+
+
+def test_a_text_mode_file_is_refused_saying_a_binary_one_is_needed(tmp_path):
+    import io
+
+    path = tmp_path / "x.fj"
+    dump([1, 2], path)
+    with open(path) as text, pytest.raises(TypeError, match="load needs a binary file object") as raised:
+        load(text)
+    assert "open(path, 'rb')" in str(raised.value)
+    with pytest.raises(TypeError, match="load needs a binary file object"):
+        load(io.StringIO("abc"))
+    with pytest.raises(TypeError, match="load needs a binary file object"):
+        load(_ReadsText())
+    with pytest.raises(TypeError, match="dump needs a binary file object") as raised:
+        dump([1], io.StringIO())
+    assert "open(path, 'wb')" in str(raised.value)

@@ -4,6 +4,7 @@ words alike (ferrojob's containers, joblib's files, streams)."""
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import sys
@@ -95,7 +96,26 @@ def path_of(filename: Any, action: str) -> str:
 
 
 def is_file_object(target: Any, method: str) -> bool:
-    return not isinstance(target, (str, bytes, os.PathLike)) and callable(getattr(target, method, None))
+    """Whether ``target`` is a file object ``dump``/``load`` uses through ``method``; one opened
+    in text mode is refused here, saying so (its ``read`` gives ``str``, its ``write`` takes it)."""
+    if isinstance(target, (str, bytes, os.PathLike)) or not callable(getattr(target, method, None)):
+        return False
+    if isinstance(target, io.TextIOBase):
+        raise text_mode_error(target, "load" if method == "read" else "dump")
+    return True
+
+
+def text_mode_error(target: Any, action: str) -> TypeError:
+    """The error for a file object in text mode: dumps are bytes."""
+    name = getattr(target, "name", None)
+    what = repr(name) if isinstance(name, str) else type(target).__name__
+    mode = "rb" if action == "load" else "wb"
+    return TypeError(
+        compose_message(
+            f"{action} needs a binary file object, but {what} is in text mode (it {'reads' if action == 'load' else 'writes'} str, not bytes).",
+            f"open it in binary mode: {action}(..., open(path, {mode!r})), or pass the path itself",
+        )
+    )
 
 
 def refuse_joblib_pickle(name: str) -> NotADumpFileError:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .options import text_mode_error
+
 
 def stream_name(stream: Any) -> str:
     """How errors name a stream: its file name if it has one."""
@@ -60,6 +62,8 @@ def read_up_to(stream: Any, size: int) -> bytes:
         chunk = stream.read(size)
         if not chunk:
             break
+        if isinstance(chunk, str):
+            raise text_mode_error(stream, "load")
         chunks.append(chunk)
         size -= len(chunk)
     return b"".join(chunks)
