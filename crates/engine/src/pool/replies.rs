@@ -121,6 +121,9 @@ fn on_reply(shared: &Arc<Shared>, id: u64, frame: crate::protocol::Frame) -> Res
         }
         None => return Err(format!("it replied for job {} while idle", frame.id)),
     }
+    if killed_for_its_job(worker) {
+        return Ok(());
+    }
     let limits = state.limits;
     drop(state);
     let (released, outcome) = match frame.kind {
@@ -151,6 +154,9 @@ fn on_reply(shared: &Arc<Shared>, id: u64, frame: crate::protocol::Frame) -> Res
     let Some(worker) = state.workers.get_mut(&id) else {
         return Err("it is no longer part of the pool".into());
     };
+    if killed_for_its_job(worker) {
+        return Ok(()); // decided while the reply was decoded: the outcome is dropped here
+    }
     let finished = worker.running.take();
     worker.jobs_done += 1;
     worker.tasks_done += finished.as_ref().map_or(0, |running| running.n_tasks);
@@ -197,6 +203,14 @@ fn on_reply(shared: &Arc<Shared>, id: u64, frame: crate::protocol::Frame) -> Res
         outcome,
     });
     Ok(())
+}
+
+/// Whether the pool has decided to stop the job the worker runs (cancelled, timed out) — under the
+/// lock, once: a reply that races the decision is dropped, and the job ends as that loss when the
+/// worker is reaped (`read_replies`). So `cancel_job` answering "running" always means the job was
+/// stopped, never that it also delivered its result.
+fn killed_for_its_job(worker: &super::Worker) -> bool {
+    matches!(worker.leaving, Some(Leaving::Killed(_)))
 }
 
 /// Decode a reply's envelope and map its result buffers: the tokens of argument chunks the
