@@ -4,6 +4,7 @@ that say why."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import textwrap
@@ -358,3 +359,27 @@ def test_a_threading_timeout_report_has_the_same_attributes_and_shows_the_source
     assert "in waits_for_release" in error.stack
     assert "release.wait(60)  # where the thread is stuck" in error.stack
     assert "where it was stuck:" in str(error)
+
+
+def test_stacks_dumped_by_two_workers_at_once_come_out_as_whole_lines(script):
+    done = script(
+        """
+        import time
+        from ferrojob import Parallel, TaskTimeoutError, delayed
+
+        def stuck_in_a_deep_call(depth):
+            if depth:
+                return stuck_in_a_deep_call(depth - 1)
+            time.sleep(60)
+
+        try:
+            Parallel(n_jobs=2, timeout=1, batch_size=1)(delayed(stuck_in_a_deep_call)(30) for _ in range(2))
+        except TaskTimeoutError:
+            print("timed out")
+        """
+    )
+    assert done.stdout.strip() == "timed out"
+    frames = [line for line in done.stderr.splitlines() if "File " in line]
+    assert frames, done.stderr
+    for line in frames:
+        assert re.fullmatch(r'  File ".*", line \d+ in [\w<>]+', line), line

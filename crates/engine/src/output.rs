@@ -1,15 +1,25 @@
 //! A worker's standard error: forwarded to the parent's as it is written (nothing is swallowed),
 //! with its last bytes kept for the report if the worker dies or is stopped — the segfault
 //! message, the import error of a worker that could not start, the stack dumped on a timeout.
+//!
+//! Forwarded a line at a time (up to `\n` or `\r`), each line written whole: two workers
+//! dumping their stacks at once (faulthandler writes a frame in many small pieces) come out as
+//! whole lines, never interleaved within one. A line left unfinished is written out after
+//! [`PARTIAL_LINE_WAIT`] without more output, so a prompt without a newline still shows.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::process::ChildStderr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Bytes of a worker's stderr kept for its report.
 pub const TAIL_BYTES: usize = 4096;
+/// How long an unfinished line waits for the rest of it before it is written as it is.
+const PARTIAL_LINE_WAIT: Duration = Duration::from_millis(50);
+/// An unfinished line this long is written as it is.
+const LONGEST_LINE: usize = 64 << 10;
 
 /// The last [`TAIL_BYTES`] a worker wrote to stderr.
 #[derive(Debug, Default)]
@@ -43,19 +53,23 @@ impl StderrTail {
 
     fn forward(&self, mut pipe: ChildStderr) {
         let mut chunk = [0u8; 8192];
+        let mut lines = Lines::default();
         loop {
+            if lines.has_partial() && !readable_within(&pipe, PARTIAL_LINE_WAIT) {
+                lines.flush_partial();
+            }
             match pipe.read(&mut chunk) {
                 Ok(0) => break,
                 Ok(n) => {
                     let bytes = &chunk[..n];
-                    // The parent's stderr may be closed: the tail is still kept.
-                    let _ = io::stderr().lock().write_all(bytes);
                     self.keep(bytes);
+                    lines.push(bytes);
                 }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => break,
             }
         }
+        lines.flush_partial();
         self.state().ended = true;
         self.changed.notify_all();
     }
@@ -96,9 +110,73 @@ impl StderrTail {
     }
 }
 
+/// A worker's output cut into whole lines, each written to this process's stderr at once.
+#[derive(Debug, Default)]
+struct Lines {
+    pending: Vec<u8>,
+}
+
+impl Lines {
+    fn has_partial(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Add `bytes`; write every line they complete (or a partial line grown too long).
+    fn push(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+        let complete = match self.pending.iter().rposition(|&b| b == b'\n' || b == b'\r') {
+            Some(end) => end + 1,
+            None if self.pending.len() >= LONGEST_LINE => self.pending.len(),
+            None => return,
+        };
+        write_whole(&self.pending[..complete]);
+        self.pending.drain(..complete);
+    }
+
+    fn flush_partial(&mut self) {
+        if !self.pending.is_empty() {
+            write_whole(&self.pending);
+            self.pending.clear();
+        }
+    }
+}
+
+/// Write `bytes` to this process's stderr in one go, under the lock every forwarding thread
+/// takes. The parent's stderr may be closed: the tail is still kept.
+fn write_whole(bytes: &[u8]) {
+    let _ = io::stderr().lock().write_all(bytes);
+}
+
+/// Whether `pipe` has something to read (or has ended) within `wait`.
+fn readable_within(pipe: &ChildStderr, wait: Duration) -> bool {
+    let mut poll = libc::pollfd {
+        fd: pipe.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let millis = libc::c_int::try_from(wait.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `poll` points to one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut poll, 1, millis) != 0 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_is_cut_at_line_ends_and_partial_lines_wait() {
+        let mut lines = Lines::default();
+        lines.push(b"  File \"x.py\", line ");
+        assert!(lines.has_partial());
+        lines.push(b"3 in f\n  File \"y");
+        assert_eq!(lines.pending, b"  File \"y");
+        lines.push(b"\rprogress");
+        assert_eq!(lines.pending, b"progress");
+        lines.flush_partial();
+        assert!(!lines.has_partial());
+        lines.push(&vec![b'x'; LONGEST_LINE]);
+        assert!(!lines.has_partial(), "a line too long is written as it is");
+    }
 
     #[test]
     fn only_the_last_bytes_are_kept() {
