@@ -186,3 +186,22 @@ def test_a_large_container_is_pickled_once_per_call():
     table = {i: [i] * 3 for i in range(50_000)}
     calls = Parallel(n_jobs=2, batch_size=1)(delayed(len)(table) for _ in range(30))
     assert calls == [50_000] * 30
+
+
+def hangs(seconds):
+    import time
+
+    time.sleep(seconds)  # the initializer hangs here
+
+
+def test_a_hanging_initializer_is_reported_as_such_not_as_a_task_that_ran_too_long():
+    from ferrojob import TaskTimeoutError
+    from ferrojob._core import STARTING_LIMIT
+
+    with pytest.raises(TaskTimeoutError) as raised:
+        Parallel(n_jobs=2, timeout=3, initializer=hangs, initargs=(600,))(delayed(abs)(-i) for i in range(2))
+    message = str(raised.value)
+    assert "never started" in message and "was still starting (running its initializer" in message
+    assert f"after {STARTING_LIMIT:g} s" in message
+    assert "ran longer than" not in message
+    assert "time.sleep(seconds)  # the initializer hangs here" in raised.value.stack

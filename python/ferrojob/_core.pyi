@@ -4,6 +4,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Literal, final
 
 __all__ = [
+    "STARTING_LIMIT",
     "STATUS_STOP",
     "STATUS_TASKS_STARTED",
     "Arena",
@@ -30,6 +31,7 @@ __all__ = [
     "write_dump",
 ]
 
+STARTING_LIMIT: float
 STATUS_STOP: int
 STATUS_TASKS_STARTED: int
 

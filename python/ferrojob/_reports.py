@@ -23,7 +23,7 @@ import signal
 from typing import Any
 
 from . import errors
-from ._core import Completion, CompletionKind
+from ._core import STARTING_LIMIT, Completion, CompletionKind
 from ._failures import CHANNEL_LOST_EXIT
 from ._tasks import Batch, describe_arguments, function_name
 from .errors import TaskCancelledError, WorkerCrashedError, WorkerStartError, compose_message
@@ -233,14 +233,27 @@ def timeout_error(
     ``setting`` is where the limit is raised (``Parallel(timeout=...)``)."""
     culprit = _Culprit(batch, completion)
     stack = stuck_stack(_tail_text(completion))
-    error = errors.TaskTimeoutError(
-        compose_message(
+    if completion.tasks_started == 0:
+        # The clock of a task starts with the task: this job never started one.
+        allowance = max(timeout or 0.0, STARTING_LIMIT)
+        doing = (
+            "starting (running its initializer, or importing what the task needs)"
+            if completion.jobs_done == 0
+            else "loading the task's arguments (importing what they need)"
+        )
+        summary = (
+            f"task {culprit.index}: {culprit.function}({culprit.args_repr}) never started: its worker "
+            f"(pid {completion.pid}) was still {doing} after {allowance:g} s, and was stopped."
+        )
+        help_line = f"{then}; a timeout counts the task alone: find what hangs in the stack below"
+    else:
+        summary = (
             f"task {culprit.index}: {culprit.function}({culprit.args_repr}) ran longer than "
-            f"timeout={timeout:g} s; its worker (pid {completion.pid}) was stopped.",
-            f"{then}; raise {setting} or split the work into shorter tasks",
-            "where it was stuck:",
-            *("  " + line for line in stack.splitlines()),
-        ),
+            f"timeout={timeout:g} s; its worker (pid {completion.pid}) was stopped."
+        )
+        help_line = f"{then}; raise {setting} or split the work into shorter tasks"
+    error = errors.TaskTimeoutError(
+        compose_message(summary, help_line, "where it was stuck:", *("  " + line for line in stack.splitlines())),
         code="FJ302",
     )
     _attach(error, culprit, completion)

@@ -49,5 +49,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         ferrojob_engine::shm::STATUS_TASKS_STARTED,
     )?;
     m.add("STATUS_STOP", ferrojob_engine::shm::STATUS_STOP)?;
+    m.add(
+        "STARTING_LIMIT",
+        ferrojob_engine::pool::STARTING_LIMIT.as_secs_f64(),
+    )?;
     Ok(())
 }

@@ -29,6 +29,8 @@ mod replies;
 mod spawn;
 mod supervise;
 
+pub use supervise::STARTING_LIMIT;
+
 use crate::fork::Birth;
 use crate::protocol::{Connection, Kind};
 use crate::shm::{SharedBuffer, StatusPage};

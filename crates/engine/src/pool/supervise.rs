@@ -28,7 +28,7 @@ pub(super) const STACK_GRACE: Duration = Duration::from_millis(200);
 /// A job none of whose tasks has started (a fresh worker importing the task's modules or running
 /// its initializer, a job's arguments being unpickled) is not a stuck task, but it may not hang
 /// for ever either: it is stopped as timed out after this long, or the task timeout if longer.
-pub(super) const STARTING_LIMIT: Duration = Duration::from_secs(60);
+pub const STARTING_LIMIT: Duration = Duration::from_secs(30);
 /// The longest sleep with nothing to watch: a fallback only (changes wake the supervisor).
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
