@@ -7,6 +7,7 @@ import inspect
 import pytest
 from ferrojob import Executor, InvalidParameterError, Parallel, delayed, parallel_config
 from ferrojob._settings import CONFIG, EXECUTOR, PARALLEL, SETTINGS, check, describe
+from ferrojob.config import DEFAULT
 
 
 def keywords(function):
@@ -24,6 +25,10 @@ def keywords(function):
 def test_every_keyword_is_in_the_table_and_every_setting_of_a_scope_is_a_keyword(scope, function):
     in_table = {name for name, setting in SETTINGS.items() if scope in setting.scopes}
     assert keywords(function) == in_table
+    # A signature's default is the table's, or DEFAULT (the enclosing configuration decides).
+    for name in in_table:
+        default = inspect.signature(function).parameters[name].default
+        assert default is DEFAULT or default == SETTINGS[name].default, name
 
 
 @pytest.mark.parametrize(

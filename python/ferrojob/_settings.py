@@ -37,6 +37,9 @@ PARALLEL, CONFIG, EXECUTOR = "Parallel", "parallel_config", "Executor"
 EVERY = frozenset({"processes", "threading", "sequential", "cluster"})
 PROCESSES = frozenset({"processes"})
 WORKERS = frozenset({"processes", "cluster"})
+#: Buffers of at least this many bytes travel in shared memory unless ``max_nbytes`` says otherwise
+#: (measured: below ~64 KiB, copying through the socket is as fast as placing in shared memory).
+DEFAULT_MAX_NBYTES = 64 * 1024
 #: The largest count the engine takes (an unsigned 63-bit integer everywhere).
 _MAX_COUNT = sys.maxsize
 
@@ -53,6 +56,9 @@ class Setting:
 
     name: str
     check: Callable[[Any], Any]
+    #: What it is when neither given nor set by ``parallel_config`` (signatures whose default is
+    #: ``DEFAULT`` let the enclosing configuration decide, then this).
+    default: Any
     scopes: frozenset[str]
     backends: frozenset[str]
     doc: str
@@ -354,29 +360,29 @@ _CALLS = frozenset({PARALLEL, CONFIG})
 SETTINGS: dict[str, Setting] = {
     setting.name: setting
     for setting in (
-        Setting("n_jobs", check_n_jobs, _CALLS, EVERY, "workers: -1 all CPUs, None the default, 1 in this process"),
-        Setting("max_workers", check_max_workers, frozenset({EXECUTOR}), PROCESSES, "worker processes"),
-        Setting("backend", check_backend, _CALLS, EVERY, "where tasks run: loky, threading, sequential, dask, ray"),
-        Setting("return_as", check_return_as, frozenset({PARALLEL}), EVERY, "list, generator, generator_unordered"),
-        Setting("prefer", check_prefer, _CALLS, EVERY, "a soft hint: processes or threads"),
-        Setting("require", check_require, _CALLS, EVERY, "sharedmem: tasks must share memory (threads)"),
-        Setting("verbose", check_verbose, _CALLS, EVERY, "progress lines on stderr (10: per batch)"),
-        Setting("timeout", check_timeout, frozenset({PARALLEL, EXECUTOR}), EVERY, "seconds one task may run"),
-        Setting("pre_dispatch", check_pre_dispatch, frozenset({PARALLEL}), EVERY, "batches dispatched ahead"),
-        Setting("batch_size", check_batch_size, frozenset({PARALLEL}), EVERY, "tasks per batch, or auto"),
-        Setting("max_batch_size", check_max_batch_size, frozenset({PARALLEL}), EVERY, "largest automatic batch"),
-        Setting("temp_folder", _accepted, _CALLS, frozenset(), "accepted for joblib; nothing is written to disk"),
-        Setting("max_nbytes", _size_check("max_nbytes"), _ALL, WORKERS, "buffers this large use shared memory"),
-        Setting("mmap_mode", check_mmap_mode, _ALL, WORKERS, "how workers map shared arguments: r, r+, w+, c"),
-        Setting("inner_max_num_threads", check_inner_max_num_threads, frozenset({CONFIG}), WORKERS, "BLAS threads"),
-        Setting("return_exceptions", check_return_exceptions, _CALLS, EVERY, "failed tasks' errors as results"),
-        Setting("initializer", check_initializer, _ALL, PROCESSES, "run once in each worker before its tasks"),
-        Setting("initargs", check_initargs, _ALL, PROCESSES, "the initializer's arguments"),
-        Setting("max_tasks_per_worker", check_max_tasks_per_worker, frozenset({PARALLEL, EXECUTOR}), PROCESSES,
+        Setting("n_jobs", check_n_jobs, None, _CALLS, EVERY, "workers: -1 all CPUs, None the default, 1 in this process"),
+        Setting("max_workers", check_max_workers, None, frozenset({EXECUTOR}), PROCESSES, "worker processes"),
+        Setting("backend", check_backend, "loky", _CALLS, EVERY, "where tasks run: loky, threading, sequential, dask, ray"),
+        Setting("return_as", check_return_as, "list", frozenset({PARALLEL}), EVERY, "list, generator, generator_unordered"),
+        Setting("prefer", check_prefer, None, _CALLS, EVERY, "a soft hint: processes or threads"),
+        Setting("require", check_require, None, _CALLS, EVERY, "sharedmem: tasks must share memory (threads)"),
+        Setting("verbose", check_verbose, 0, _CALLS, EVERY, "progress lines on stderr (10: per batch)"),
+        Setting("timeout", check_timeout, None, frozenset({PARALLEL, EXECUTOR}), EVERY, "seconds one task may run"),
+        Setting("pre_dispatch", check_pre_dispatch, "2 * n_jobs", frozenset({PARALLEL}), EVERY, "batches dispatched ahead"),
+        Setting("batch_size", check_batch_size, "auto", frozenset({PARALLEL}), EVERY, "tasks per batch, or auto"),
+        Setting("max_batch_size", check_max_batch_size, None, frozenset({PARALLEL}), EVERY, "largest automatic batch"),
+        Setting("temp_folder", _accepted, None, _CALLS, frozenset(), "accepted for joblib; nothing is written to disk"),
+        Setting("max_nbytes", _size_check("max_nbytes"), DEFAULT_MAX_NBYTES, _ALL, WORKERS, "buffers this large use shared memory"),
+        Setting("mmap_mode", check_mmap_mode, "r", _ALL, WORKERS, "how workers map shared arguments: r, r+, w+, c"),
+        Setting("inner_max_num_threads", check_inner_max_num_threads, None, frozenset({CONFIG}), WORKERS, "BLAS threads"),
+        Setting("return_exceptions", check_return_exceptions, False, _CALLS, EVERY, "failed tasks' errors as results"),
+        Setting("initializer", check_initializer, None, _ALL, PROCESSES, "run once in each worker before its tasks"),
+        Setting("initargs", check_initargs, (), _ALL, PROCESSES, "the initializer's arguments"),
+        Setting("max_tasks_per_worker", check_max_tasks_per_worker, None, frozenset({PARALLEL, EXECUTOR}), PROCESSES,
                 "a worker is replaced after this many tasks"),
-        Setting("max_worker_memory", _size_check("max_worker_memory"), frozenset({PARALLEL, EXECUTOR}), PROCESSES,
+        Setting("max_worker_memory", _size_check("max_worker_memory"), None, frozenset({PARALLEL, EXECUTOR}), PROCESSES,
                 "a worker over this resident memory is replaced"),
-        Setting("progress", _accepted, frozenset({PARALLEL}), EVERY, "True: a tqdm bar; a callable: updates"),
+        Setting("progress", _accepted, False, frozenset({PARALLEL}), EVERY, "True: a tqdm bar; a callable: updates"),
     )
 }  # fmt: skip
 

@@ -15,10 +15,6 @@ from typing import Any
 
 from ._core import Arena, buffer_address
 
-#: Buffers of at least this many bytes travel in shared memory unless ``max_nbytes`` says otherwise
-#: (measured: below ~64 KiB, copying through the socket is as fast as placing in shared memory).
-DEFAULT_MAX_NBYTES = 64 * 1024
-
 
 def _owner(exporter: Any) -> Any:
     """The object that owns the memory of ``exporter`` (an array's ultimate base)."""

@@ -38,8 +38,7 @@ from typing import Any
 from . import _misuse
 from ._core import Scheduler
 from ._futures import EXECUTOR_POLICY, TASKS_PER_WORKER, FuturesRunner, Raised
-from ._settings import EXECUTOR, check_given
-from ._sharedmem import DEFAULT_MAX_NBYTES
+from ._settings import DEFAULT_MAX_NBYTES, EXECUTOR, check_given
 from ._tasks import Batch, ItemsSource
 from .backends.base import CallOptions, Completion, Session
 from .backends.processes import ProcessSession

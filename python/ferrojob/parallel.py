@@ -17,9 +17,16 @@ from typing import Any
 from . import _misuse
 from ._core import Scheduler, delayed
 from ._progress import Progress
-from ._settings import PARALLEL, check, check_given, check_mmap_mode, evaluate_pre_dispatch, parse_size
+from ._settings import (
+    DEFAULT_MAX_NBYTES,
+    PARALLEL,
+    check,
+    check_given,
+    check_mmap_mode,
+    evaluate_pre_dispatch,
+    parse_size,
+)
 from ._settings import invalid as _invalid
-from ._sharedmem import DEFAULT_MAX_NBYTES
 from ._tasks import ItemsSource, TaskSource
 from .backends import Backend, CallOptions, Session, default_backend, get_backend
 from .config import DEFAULT, Settings, current_config, effective_settings, is_default, is_given
