@@ -147,3 +147,24 @@ def test_mutation_fuzz_of_safe_load_raises_only_ferrojob_errors(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"fuzzed {rounds}" in done.stdout
+
+
+def test_a_dump_compressed_more_than_once_is_not_unwrapped_again_and_again(tmp_path):
+    import gzip
+    import io
+
+    from ferrojob import NotADumpFileError
+
+    buffer = io.BytesIO()
+    dump([1, 2, 3], buffer)
+    layered = buffer.getvalue()
+    for _ in range(300):
+        layered = gzip.compress(layered, compresslevel=1)
+    path = tmp_path / "layers.gz"
+    path.write_bytes(layered)
+    for source in (path, io.BytesIO(layered)):
+        with pytest.raises(NotADumpFileError, match=r"compressed twice \(gzip inside gzip\)"):
+            load(source)
+    once = tmp_path / "once.gz"
+    once.write_bytes(gzip.compress(buffer.getvalue()))
+    assert load(once) == [1, 2, 3]

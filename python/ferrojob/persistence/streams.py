@@ -98,7 +98,9 @@ def load_stream(stream: Any, allow_pickle: bool, ensure_native_byte_order: Any) 
     return _load(stream, allow_pickle, ensure_native_byte_order)
 
 
-def _load(stream: Any, allow_pickle: bool, ensure_native_byte_order: Any) -> Any:
+def _load(stream: Any, allow_pickle: bool, ensure_native_byte_order: Any, outer: str | None = None) -> Any:
+    """``outer``: the codec of the whole-stream compression already unwrapped (joblib's files
+    have at most one layer: a second is refused, never unwrapped again and again)."""
     name = stream_name(stream)
     head = read_up_to(stream, _SNIFF)
     if not head:
@@ -106,11 +108,19 @@ def _load(stream: Any, allow_pickle: bool, ensure_native_byte_order: Any) -> Any
     if head.startswith(b"FJDUMP"):
         return _load_container(head, stream, name, allow_pickle, ensure_native_byte_order)
     codec = joblib_files.compressor(head)
+    if codec not in (None, "zfile") and outer is not None:
+        raise NotADumpFileError(
+            compose_message(
+                f"{name}: compressed twice ({codec} inside {outer}); a dump is compressed once at most,",
+                "so it is not unwrapped further. Decompress it yourself if you trust it",
+            ),
+            code="FJ402",
+        )
     if codec not in (None, "zfile"):
         # Compressed as a whole: what is inside may be either format.
         try:
             with joblib_files.decompressing(Replay(head, stream), codec, name) as inner:
-                return _load(inner, allow_pickle, ensure_native_byte_order)
+                return _load(inner, allow_pickle, ensure_native_byte_order, outer=codec)
         except (EOFError, OSError, zlib.error, lzma.LZMAError) as error:
             if isinstance(error, OSError) and error.errno is not None:
                 raise  # the stream's own I/O error, not its content
