@@ -33,7 +33,7 @@ import queue
 import time
 import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from . import _misuse
 from ._core import Scheduler
@@ -45,6 +45,9 @@ from .backends.processes import ProcessSession
 from .cpus import cpu_count
 from .errors import InvalidParameterError, compose_message
 from .parallel import run_batches
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 #: The worker time an automatic map chunk aims at: shorter than Parallel's batches (20 ms), so
 #: that reading and pickling the next chunks overlaps the workers' work on small inputs
@@ -124,7 +127,7 @@ class Executor(concurrent.futures.Executor):
         # Dropped without shutdown(): its workers finish the work given, then exit.
         weakref.finalize(self, self._runner.shutdown, False, False)
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> concurrent.futures.Future[_T]:
         """Schedule ``fn(*args, **kwargs)``; returns its future.
 
         Example::

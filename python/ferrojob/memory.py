@@ -36,13 +36,16 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from . import _core
 from ._tasks import describe_arguments
 from .errors import DamagedFileError, InvalidParameterError, NotADumpFileError, compose_message
 from .hashing import hash as content_hash
 from .persistence import dump, load, parse_compress
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 __all__ = ["MemorizedFunc", "MemorizedResult", "Memory", "NotMemorizedFunc", "expires_after"]
 
@@ -233,6 +236,26 @@ class Memory:
             (self.location, self.backend, self.mmap_mode, self.compress, self.verbose, self.bytes_limit),
         )
 
+    @overload
+    def cache(
+        self,
+        func: Callable[_P, _R],
+        ignore: list[str] | None = None,
+        verbose: int | None = None,
+        mmap_mode: Any = False,
+        cache_validation_callback: Callable[[dict], bool] | None = None,
+    ) -> MemorizedFunc[_P, _R] | NotMemorizedFunc[_P, _R]: ...
+
+    @overload
+    def cache(
+        self,
+        func: None = None,
+        ignore: list[str] | None = None,
+        verbose: int | None = None,
+        mmap_mode: Any = False,
+        cache_validation_callback: Callable[[dict], bool] | None = None,
+    ) -> Callable[[Callable[_P, _R]], MemorizedFunc[_P, _R] | NotMemorizedFunc[_P, _R]]: ...
+
     def cache(
         self,
         func: Callable[..., Any] | None = None,
@@ -383,14 +406,14 @@ class NotMemorizedResult:
         self.valid = False
 
 
-class NotMemorizedFunc:
+class NotMemorizedFunc(Generic[_P, _R]):
     """``Memory(None).cache(f)``: calls ``f`` every time."""
 
-    def __init__(self, func: Callable[..., Any]) -> None:
+    def __init__(self, func: Callable[_P, _R]) -> None:
         self.func = func
         functools.update_wrapper(self, func)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         return self.func(*args, **kwargs)
 
     def call_and_shelve(self, *args: Any, **kwargs: Any) -> NotMemorizedResult:
@@ -407,12 +430,13 @@ class NotMemorizedFunc:
         pass
 
 
-class MemorizedFunc:
-    """A function whose results are cached on disk (made by ``Memory.cache``)."""
+class MemorizedFunc(Generic[_P, _R]):
+    """A function whose results are cached on disk (made by ``Memory.cache``); calling it has
+    the function's own signature and result type."""
 
     def __init__(
         self,
-        func: Callable[..., Any],
+        func: Callable[_P, _R],
         memory: Memory,
         ignore: list[str],
         verbose: int,
@@ -608,8 +632,8 @@ class MemorizedFunc:
             if lock is not None:
                 lock.release()
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._compute_or_load(args, kwargs)[1]
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return self._compute_or_load(args, kwargs)[1]  # type: ignore[no-any-return]
 
     def call_and_shelve(self, *args: Any, **kwargs: Any) -> MemorizedResult:
         """Compute (or find) the result, and return a reference to it in the cache."""

@@ -9,14 +9,15 @@ Example::
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
-from collections.abc import Generator, Iterable
-from typing import Any
+from collections.abc import Callable, Generator, Iterable
+from typing import Any, Literal
 
 from . import _misuse
 from ._core import Scheduler, delayed
-from ._progress import Progress
+from ._progress import Progress, ProgressUpdate
 from ._settings import (
     DEFAULT_MAX_NBYTES,
     PARALLEL,
@@ -34,6 +35,9 @@ from .cpus import resolve_n_jobs
 from .errors import ParallelUsageError, compose_message
 
 __all__ = ["Parallel", "delayed", "effective_n_jobs"]
+
+#: The backends every ferrojob knows by name (others can be registered).
+BackendName = Literal["loky", "processes", "multiprocessing", "threading", "sequential", "dask", "ray"]
 
 _STARTED = object()  # first value of the result generator: dispatch has begun
 
@@ -127,23 +131,23 @@ class Parallel:
 
     def __init__(
         self,
-        n_jobs: Any = DEFAULT,
-        backend: Any = DEFAULT,
-        return_as: str = "list",
-        verbose: Any = DEFAULT,
+        n_jobs: int | float | str | None = DEFAULT,
+        backend: BackendName | str | Backend | None = DEFAULT,
+        return_as: Literal["list", "generator", "generator_unordered"] = "list",
+        verbose: int = DEFAULT,
         timeout: float | None = None,
         pre_dispatch: int | str = "2 * n_jobs",
-        batch_size: int | str = "auto",
-        temp_folder: Any = DEFAULT,
-        max_nbytes: Any = DEFAULT,
-        mmap_mode: Any = DEFAULT,
-        prefer: Any = DEFAULT,
-        require: Any = DEFAULT,
-        progress: Any = False,
-        return_exceptions: Any = DEFAULT,
+        batch_size: int | Literal["auto"] = "auto",
+        temp_folder: str | os.PathLike[str] | None = DEFAULT,
+        max_nbytes: int | str | None = DEFAULT,
+        mmap_mode: Literal["r", "r+", "w+", "c"] | None = DEFAULT,
+        prefer: Literal["processes", "threads"] | None = DEFAULT,
+        require: Literal["sharedmem"] | None = DEFAULT,
+        progress: bool | Callable[[ProgressUpdate], object] = False,
+        return_exceptions: bool = DEFAULT,
         max_batch_size: int | None = None,
-        initializer: Any = DEFAULT,
-        initargs: Any = DEFAULT,
+        initializer: Callable[..., object] | None = DEFAULT,
+        initargs: tuple[Any, ...] = DEFAULT,
         max_tasks_per_worker: int | None = None,
         max_worker_memory: int | str | None = None,
     ) -> None:
