@@ -490,3 +490,13 @@ def test_a_generator_is_read_no_further_ahead_than_joblib_reads_it(tmp_path):
 def test_a_timeout_that_cannot_apply_in_process_is_warned_about():
     with pytest.warns(UserWarning, match="does not support timeout"):
         assert Parallel(n_jobs=1, timeout=1)(delayed(abs)(-i) for i in range(3)) == [0, 1, 2]
+
+
+def test_the_unused_work_warning_points_at_the_line_that_dropped_the_generator():
+    results = Parallel(n_jobs=2, return_as="generator")(delayed(abs)(-i) for i in range(1000))
+    with pytest.warns(UserWarning, match="closed before its end") as caught:
+        for value in results:
+            if value == 5:
+                break
+        results.close()  # this line
+    assert caught[0].filename == __file__

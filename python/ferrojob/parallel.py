@@ -16,6 +16,7 @@ from collections.abc import Callable, Generator, Iterable
 from typing import Any, Literal
 
 from . import _misuse
+from ._caller import user_stacklevel
 from ._core import Scheduler, delayed
 from ._progress import Progress, ProgressUpdate
 from ._settings import (
@@ -473,7 +474,7 @@ class _Tally:
             f"the generator of a Parallel call was closed before its end: {' and '.join(wasted)}. "
             "To compute less that goes unused, give Parallel fewer inputs, or a smaller pre_dispatch.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),  # the user's line that dropped the generator
         )
 
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import sys
 import warnings
 from typing import Any
 
+from .._caller import user_stacklevel
 from ..errors import InvalidParameterError, NotADumpFileError, compose_message
 
 CODECS = ("zstd", "lz4", "zlib", "gzip", "bz2", "lzma", "xz")
@@ -151,11 +151,7 @@ def warn_not_mapped(what: str, mmap_mode: str) -> None:
 def caller_of_load() -> int:
     """The ``stacklevel`` at which a warning points at the caller of ``load`` (or ``Memory``):
     the first frame outside ferrojob and the pickle module."""
-    ours = (os.path.dirname(os.path.dirname(__file__)), pickle.__file__)
-    frame, level = sys._getframe(1), 1
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(ours):
-        frame, level = frame.f_back, level + 1
-    return level
+    return user_stacklevel(pickle.__file__) - 1  # counted from this function, one frame deeper
 
 
 def memmap_mode(mmap_mode: str | None) -> str | None:
