@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backends import check_backend_name
-from .errors import InvalidParameterError, compose_message
+from .cpus import check_n_jobs
+from .errors import invalid_parameter as invalid
 
 __all__ = ["SETTINGS", "Setting", "check", "check_given", "check_prefer_require", "describe"]
 
@@ -42,11 +43,6 @@ WORKERS = frozenset({"processes", "cluster"})
 DEFAULT_MAX_NBYTES = 64 * 1024
 #: The largest count the engine takes (an unsigned 63-bit integer everywhere).
 _MAX_COUNT = sys.maxsize
-
-
-def invalid(summary: str, *help_lines: str) -> InvalidParameterError:
-    """The error of a setting that means nothing (FJ201)."""
-    return InvalidParameterError(compose_message(summary, *help_lines), code="FJ201")
 
 
 @dataclass(frozen=True)
@@ -80,39 +76,6 @@ def _count(value: Any, name: str, what: str, help_line: str, allow_none: bool = 
 
 
 # -- the checks, one per setting ----------------------------------------------------------------
-
-
-def check_n_jobs(n_jobs: Any) -> int | None:
-    """``n_jobs`` as an int (or None), converted as joblib converts it: ``2.0``, ``2.7`` and
-    ``"2"`` mean 2 (truncated, so ``cpu_count() * 0.75`` works); a fraction below 1 is 0, which
-    means nothing. Bools and text that is no number are refused."""
-    if n_jobs is None:
-        return None
-    value: int | None = None
-    if _is_int(n_jobs):
-        value = int(n_jobs)
-    elif isinstance(n_jobs, float) and math.isfinite(n_jobs):
-        value = int(n_jobs)
-    elif isinstance(n_jobs, str):
-        try:
-            value = int(n_jobs.strip())
-        except ValueError:
-            value = None
-    if value is None:
-        raise invalid(
-            f"n_jobs could not be converted to int: it must be an integer or None, got {n_jobs!r} "
-            f"({type(n_jobs).__name__}).",
-            "n_jobs=2 for two workers, n_jobs=-1 for all CPUs, n_jobs=None for the default",
-        )
-    if value == 0:
-        raise invalid(
-            "n_jobs == 0 in Parallel has no meaning: it is not a number of workers.",
-            "use n_jobs=1 to run in this process, n_jobs=2 (or more) for that many workers,",
-            "n_jobs=-1 for all CPUs, or n_jobs=None for the default (1, or parallel_config's)",
-        )
-    if abs(value) > _MAX_COUNT:
-        raise invalid(f"n_jobs={n_jobs!r} is more workers than a machine can run.", "use n_jobs=-1 for all CPUs")
-    return value
 
 
 def check_backend(backend: Any) -> Any:

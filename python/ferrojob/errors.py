@@ -89,6 +89,11 @@ class InvalidParameterError(FerrojobError, ValueError):
     code = "FJ201"
 
 
+def invalid_parameter(summary: str, *help_lines: str) -> InvalidParameterError:
+    """The error of a setting that means nothing: what was given, then how to fix it (FJ201)."""
+    return InvalidParameterError(compose_message(summary, *help_lines), code="FJ201")
+
+
 class UnknownBackendError(InvalidParameterError):
     """No backend is registered under the requested name (FJ202)."""
 

@@ -15,6 +15,8 @@ Example::
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -27,7 +29,6 @@ from joblib._parallel_backends import (
 )
 
 from ._futures import FuturesRunner
-from ._joblib_hook import register_if_deferred
 from .backends.base import CallOptions
 from .backends.processes import ProcessSession, in_worker
 from .cpus import resolve_n_jobs
@@ -99,6 +100,8 @@ def register() -> None:
     import joblib
 
     joblib.register_parallel_backend("ferrojob", FerrojobBackend)
+    if os.environ.get(SWAP_VARIABLE) == "1":
+        swap_public_names()
     from .backends.processes import in_worker
 
     if in_worker():
@@ -110,6 +113,28 @@ def register() -> None:
         joblib.register_parallel_backend("threading", threads, make_default=True)
 
 
-# Imported before joblib was (``import ferrojob.joblib_backend`` first), this module imported
-# joblib above, whose import hook could not register a backend not defined yet: do it now.
-register_if_deferred()
+#: Set to "1", joblib's public names resolve to ferrojob's in this process and its workers (the
+#: harness that runs joblib's own test suite against ferrojob; see tests/joblib_suite).
+SWAP_VARIABLE = "FERROJOB_AS_JOBLIB"
+
+
+def swap_public_names() -> None:
+    """Make ``joblib.<name>`` ferrojob's ``<name>`` for every public name ferrojob has (the
+    others, such as ``Logger`` or ``register_store_backend``, stay joblib's)."""
+    import joblib
+
+    import ferrojob
+
+    originals = {name: getattr(joblib, name) for name in joblib.__all__ if name in ferrojob.__all__}
+    # Wherever joblib's modules hold the original (``from joblib.parallel import Parallel``).
+    modules = [module for name, module in list(sys.modules.items()) if name == "joblib" or name.startswith("joblib.")]
+    for name, original in originals.items():
+        replacement = getattr(ferrojob, name)
+        for module in modules:
+            if getattr(module, name, None) is original:
+                setattr(module, name, replacement)
+
+
+# Importing this module registers the backend (``ferrojob._joblib_hook`` imports it as soon as
+# joblib is imported; imported first, it imported joblib itself above).
+register()
