@@ -548,3 +548,23 @@ def test_a_text_mode_file_is_refused_saying_a_binary_one_is_needed(tmp_path):
     with pytest.raises(TypeError, match="dump needs a binary file object") as raised:
         dump([1], io.StringIO())
     assert "open(path, 'wb')" in str(raised.value)
+
+
+def test_a_file_that_is_no_dump_is_told_by_what_it_looks_like(tmp_path):
+    import gzip
+
+    from ferrojob import NotADumpFileError
+
+    np.save(tmp_path / "a.npy", np.arange(3))
+    (tmp_path / "notes.txt").write_text("just some notes\n")
+    (tmp_path / "notes.gz").write_bytes(gzip.compress(b"just some notes\n"))
+    expected = {
+        "a.npy": "it looks like a NumPy .npy file: read it with numpy.load",
+        "notes.txt": "it looks like text (a dump is binary)",
+        "notes.gz": "a gzip file, but what it holds is not a ferrojob dump (it looks like text",
+    }
+    for name, said in expected.items():
+        with pytest.raises(NotADumpFileError) as raised:
+            load(tmp_path / name)
+        assert said in str(raised.value), str(raised.value)
+        assert raised.value.code == "FJ402"

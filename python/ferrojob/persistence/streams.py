@@ -136,7 +136,13 @@ def _load(stream: Any, allow_pickle: bool, ensure_native_byte_order: Any, outer:
             raise refuse_joblib_pickle(name)
         native = native_byte_order(None, ensure_native_byte_order)
         return joblib_files.load_joblib_stream(Replay(head, stream), name, native, zfile=codec == "zfile")
-    _core.dump_extent(head, name)  # raises NotADumpFileError, saying what the stream looks like
+    try:
+        _core.dump_extent(head, name)  # raises NotADumpFileError, saying what the stream looks like
+    except NotADumpFileError as error:
+        if outer is None:
+            raise
+        inside = str(error).removeprefix(f"{name}: ")
+        raise NotADumpFileError(f"{name}: a {outer} file, but what it holds is {inside}", code="FJ402") from None
     raise NotADumpFileError(f"{name}: not a dump", code="FJ402")
 
 

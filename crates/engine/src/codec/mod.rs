@@ -124,8 +124,24 @@ fn sniff(start: &[u8]) -> Option<&'static str> {
         [0x04, 0x22, 0x4d, 0x18, ..] => Some("an lz4 frame, e.g. joblib.dump(compress='lz4')"),
         [0x28, 0xb5, 0x2f, 0xfd, ..] => Some("a zstd frame"),
         [b'Z', b'F', b'0', b'x', ..] => Some("a zlib-compressed pickle written by joblib < 0.10"),
+        [0x93, b'N', b'U', b'M', b'P', b'Y', ..] => {
+            Some("a NumPy .npy file: read it with numpy.load")
+        }
+        [b'P', b'K', 0x03, 0x04, ..] => {
+            Some("a zip archive (a NumPy .npz file? read it with numpy.load)")
+        }
+        [b'{' | b'[', ..] if is_text(start) => Some("JSON text (a dump is binary)"),
+        _ if is_text(start) => Some("text (a dump is binary)"),
         _ => None,
     }
+}
+
+/// Whether `start` is printable text (a few bytes are enough to tell a dump from a text file).
+fn is_text(start: &[u8]) -> bool {
+    !start.is_empty()
+        && start
+            .iter()
+            .all(|&b| b.is_ascii_graphic() || b.is_ascii_whitespace())
 }
 
 /// Whether `start` (the first bytes of a file) looks like a joblib dump.
@@ -689,6 +705,18 @@ fn read_up_to(file: &mut File, buffer: &mut [u8]) -> io::Result<usize> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_file_that_is_no_dump_is_said_what_it_looks_like() {
+        let said = |start: &[u8]| sniff(start).unwrap_or("nothing known");
+        assert!(said(b"\x93NUMPY\x01\x00v\x00").contains("NumPy .npy"));
+        assert!(said(b"PK\x03\x04\x14\x00").contains("zip archive"));
+        assert!(said(b"{\"a\": 1}").contains("JSON"));
+        assert!(said(b"just some text\n").starts_with("text"));
+        assert!(said(&[0x1f, 0x8b, 8, 0]).contains("gzip"));
+        assert_eq!(said(&[0x00, 0xff, 0x10]), "nothing known");
+        assert!(!looks_like_joblib(b"just some text"));
+    }
+
     fn temp_dir() -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "ferrojob-codec-{}-{}",
@@ -831,7 +859,7 @@ mod tests {
         std::fs::write(&path, [0x80, 4, 0x95, 0, 0]).unwrap();
         let error = Container::open(&path).unwrap_err();
         assert!(error.to_string().contains("joblib.dump"), "{error}");
-        std::fs::write(&path, b"hello").unwrap();
+        std::fs::write(&path, [0x00, 0xfe, 0x01]).unwrap();
         assert!(matches!(
             Container::open(&path).unwrap_err(),
             CodecError::NotAContainer {
@@ -839,6 +867,11 @@ mod tests {
                 ..
             }
         ));
+        std::fs::write(&path, b"hello").unwrap();
+        assert!(Container::open(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("(it looks like text (a dump is binary))"));
         assert!(looks_like_joblib(&[0x78, 0x9c]));
         assert!(looks_like_joblib(b"ZF0x1a3     "));
         std::fs::remove_dir_all(dir).unwrap();
