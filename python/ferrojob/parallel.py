@@ -79,8 +79,9 @@ class Parallel:
             CPUs, -2 → all but one, ...; 1 runs in this process, like a for loop.
         backend: "loky", "processes" or "multiprocessing" (ferrojob's Rust process pool),
             "threading", "sequential", or a name registered with ``register_parallel_backend``.
-        return_as: "list" (default), "generator" (ordered, lazy: the input is read as results are
-            consumed) or "generator_unordered" (results as they complete).
+        return_as: "list" (default), "generator" (ordered, lazy: the input is read a batch at a
+            time as results are consumed, at most ``pre_dispatch`` batches ahead) or
+            "generator_unordered" (results as they complete).
         prefer: "processes" or "threads": a soft hint used when no backend is chosen.
         require: "sharedmem" forces a backend whose tasks share memory (threads).
         verbose: print progress lines to stderr (>= 10: one per batch; >= 50: to stdout).
