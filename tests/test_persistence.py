@@ -568,3 +568,26 @@ def test_a_file_that_is_no_dump_is_told_by_what_it_looks_like(tmp_path):
             load(tmp_path / name)
         assert said in str(raised.value), str(raised.value)
         assert raised.value.code == "FJ402"
+
+
+def test_dumps_compressed_as_a_whole_one_after_another_load_in_order():
+    import gzip
+    import io
+    import zlib
+
+    joblib = pytest.importorskip("joblib")
+    stream = io.BytesIO()
+    values = [[1], {"two": 2}, np.arange(3.0)]
+    for value in values:
+        plain = io.BytesIO()
+        dump(value, plain)
+        stream.write(gzip.compress(plain.getvalue()))
+    for value in [{"joblib": 1}, {"joblib": 2}]:
+        plain = io.BytesIO()
+        joblib.dump(value, plain)
+        stream.write(zlib.compress(plain.getvalue()))
+    stream.seek(0)
+    loaded = [load(stream) for _ in range(5)]
+    assert loaded[:2] == values[:2] and loaded[3:] == [{"joblib": 1}, {"joblib": 2}]
+    assert np.array_equal(loaded[2], values[2])
+    assert stream.tell() == len(stream.getvalue())  # each load stopped right after its own dump

@@ -64,14 +64,20 @@ def compressor(start: bytes) -> str | None:
 
 
 class _ZlibStream(io.RawIOBase):
-    """A zlib stream, decompressed as it is read (and no further than its end)."""
+    """One zlib (or gzip, ``wbits=31``) stream, decompressed as it is read, and no further than
+    its end: the bytes read past it are given back to ``handle`` (``give_back``), so a load
+    leaves the stream right after its own dump."""
 
-    def __init__(self, handle: Any, name: str, limit: int | None = None) -> None:
+    def __init__(
+        self, handle: Any, name: str, limit: int | None = None, wbits: int = zlib.MAX_WBITS, codec: str = "zlib"
+    ) -> None:
         self._handle = handle
         self.name = name
-        self._decompressor = zlib.decompressobj()
+        self._codec = codec
+        self._decompressor = zlib.decompressobj(wbits)
         self._pending = b""
         self._left = limit  # the length a Z-file declares: no more is produced
+        self._given_back = False
 
     def readable(self) -> bool:
         return True
@@ -82,15 +88,19 @@ class _ZlibStream(io.RawIOBase):
             compressed = self._decompressor.unconsumed_tail or self._handle.read(_CHUNK)
             if not compressed:
                 raise DamagedFileError(
-                    f"{self.name}: its zlib compression is damaged or cut short (it ends early)", code="FJ401"
+                    f"{self.name}: its {self._codec} compression is damaged or cut short (it ends early)",
+                    code="FJ401",
                 )
             wanted = len(view) if self._left is None else min(len(view), self._left)
             try:
                 self._pending = self._decompressor.decompress(compressed, wanted)
             except zlib.error as error:
                 raise DamagedFileError(
-                    f"{self.name}: its zlib compression is damaged or cut short ({error})", code="FJ401"
+                    f"{self.name}: its {self._codec} compression is damaged or cut short ({error})", code="FJ401"
                 ) from None
+        if self._decompressor.eof and not self._given_back:
+            self._given_back = True
+            give_back(self._handle, self._decompressor.unused_data)
         got = min(len(view), len(self._pending))
         view[:got] = self._pending[:got]
         self._pending = self._pending[got:]
@@ -111,16 +121,28 @@ def _zfile(handle: Any, path: str) -> BinaryIO:
     return io.BufferedReader(_ZlibStream(Replay(b"" if start == b" " else start, handle), path, limit=length))
 
 
+def give_back(handle: Any, unread: bytes) -> None:
+    """Put ``unread`` (read from ``handle`` past the end of a compressed dump) back, so that the
+    next load starts right after this one: by seeking back where the stream can, else in front
+    of a ``Replay``."""
+    if not unread:
+        return
+    if hasattr(handle, "give_back"):
+        handle.give_back(unread)
+    elif getattr(handle, "seekable", lambda: False)():
+        handle.seek(-len(unread), io.SEEK_CUR)
+
+
 def decompressing(handle: Any, name: str, path: str) -> BinaryIO:
     """``handle``'s data decompressed with ``name`` (see ``compressor``), read as it is needed."""
     import bz2
-    import gzip
     import lzma
 
     if name == "zfile":
         return _zfile(handle, path)
     if name == "gzip":
-        return gzip.GzipFile(fileobj=handle, mode="rb")  # type: ignore[return-value]
+        # One gzip member, as joblib writes: what follows it is the next dump's.
+        return io.BufferedReader(_ZlibStream(handle, path, wbits=31, codec="gzip"))
     if name == "bz2":
         return bz2.BZ2File(handle, mode="rb")  # type: ignore[return-value]
     if name in ("xz", "lzma"):

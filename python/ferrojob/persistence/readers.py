@@ -3,6 +3,7 @@ streams that return less (sockets), and bytes already read put back in front (``
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 from .options import text_mode_error
@@ -53,6 +54,14 @@ class Replay:
 
     def readable(self) -> bool:
         return True
+
+    def give_back(self, unread: bytes) -> None:
+        """``unread``, the last bytes read, belong to what follows: seek the stream back over
+        them where it can (the next load starts there), else serve them again from here."""
+        if not self._head and getattr(self._stream, "seekable", lambda: False)():
+            self._stream.seek(-len(unread), io.SEEK_CUR)
+        else:
+            self._head = memoryview(bytes(unread) + bytes(self._head))
 
 
 def read_up_to(stream: Any, size: int) -> bytes:

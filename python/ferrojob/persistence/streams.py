@@ -120,7 +120,12 @@ def _load(stream: Any, allow_pickle: bool, ensure_native_byte_order: Any, outer:
         # Compressed as a whole: what is inside may be either format.
         try:
             with joblib_files.decompressing(Replay(head, stream), codec, name) as inner:
-                return _load(inner, allow_pickle, ensure_native_byte_order, outer=codec)
+                loaded = _load(inner, allow_pickle, ensure_native_byte_order, outer=codec)
+                # On to the end of its compression (its trailer): a single gzip or zlib
+                # stream then gives back what it read past its end, and the stream is left
+                # right after this dump, where the next one starts.
+                inner.read()
+                return loaded
         except (EOFError, OSError, zlib.error, lzma.LZMAError) as error:
             if isinstance(error, OSError) and error.errno is not None:
                 raise  # the stream's own I/O error, not its content
