@@ -324,6 +324,24 @@ impl Dispatch {
 }
 
 impl State {
+    /// A pool with no worker yet, no job, no limits and no call settings.
+    fn new() -> Self {
+        Self {
+            workers: BTreeMap::new(),
+            queue: VecDeque::new(),
+            next_worker: 0,
+            last_activity: Instant::now(),
+            closed: false,
+            limits: CallLimits::default(),
+            supervisor_parked: false,
+            replacements: 0,
+            call: CallSettings {
+                generation: 0,
+                payload: Arc::from(Vec::new()),
+            },
+        }
+    }
+
     /// Record `job` as running on worker `id`, and say what to send it: the result segments
     /// released meanwhile, the call's settings if it has not had them, then the job.
     fn hand_out(&mut self, id: u64, job: &mut Job) -> Option<Dispatch> {
@@ -437,20 +455,7 @@ impl Pool {
                 NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             },
             idle_timeout,
-            state: Mutex::new(State {
-                workers: BTreeMap::new(),
-                queue: VecDeque::new(),
-                next_worker: 0,
-                last_activity: Instant::now(),
-                closed: false,
-                limits: CallLimits::default(),
-                supervisor_parked: false,
-                replacements: 0,
-                call: CallSettings {
-                    generation: 0,
-                    payload: Arc::from(Vec::new()),
-                },
-            }),
+            state: Mutex::new(State::new()),
             changed: Condvar::new(),
             tx,
             rx,
@@ -840,20 +845,9 @@ mod tests {
             over_cap: false,
             call_seen: 0,
         };
-        let state = State {
-            workers: BTreeMap::from([(0, worker)]),
-            queue: VecDeque::new(),
-            next_worker: 1,
-            last_activity: Instant::now(),
-            closed: false,
-            limits: CallLimits::default(),
-            supervisor_parked: false,
-            replacements: 0,
-            call: CallSettings {
-                generation: 0,
-                payload: Arc::from(Vec::new()),
-            },
-        };
+        let mut state = State::new();
+        state.workers.insert(0, worker);
+        state.next_worker = 1;
         (state, child)
     }
 
