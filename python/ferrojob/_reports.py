@@ -23,7 +23,7 @@ import signal
 from typing import Any
 
 from . import errors
-from ._core import STARTING_LIMIT, Completion, CompletionKind
+from ._core import Completion, CompletionKind
 from ._failures import CHANNEL_LOST_EXIT
 from ._tasks import Batch, describe_arguments, function_name
 from .errors import TaskCancelledError, WorkerCrashedError, WorkerStartError, compose_message
@@ -234,8 +234,9 @@ def timeout_error(
     culprit = _Culprit(batch, completion)
     stack = stuck_stack(_tail_text(completion))
     if completion.tasks_started == 0:
-        # The clock of a task starts with the task: this job never started one.
-        allowance = max(timeout or 0.0, STARTING_LIMIT)
+        # The clock of a task starts with the task: this job never started one, and was stopped
+        # after the start-up allowance (the engine says which limit it enforced).
+        allowance = completion.time_limit or 0.0
         doing = (
             "starting (running its initializer, or importing what the task needs)"
             if completion.jobs_done == 0

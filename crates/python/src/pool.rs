@@ -67,6 +67,9 @@ pub struct Completion {
     peak_rss: Option<u64>,
     /// For a lost job: the last bytes the worker wrote to stderr.
     stderr_tail: Option<Py<PyBytes>>,
+    /// For a "timeout": the limit the pool enforced, in seconds (the task timeout, or the
+    /// start-up allowance for a job none of whose tasks had started).
+    time_limit: Option<f64>,
 }
 
 #[pymethods]
@@ -285,6 +288,7 @@ fn to_python(
     let mut buffers = Vec::new();
     let mut reason = None;
     let (mut jobs_done, mut peak_rss, mut stderr_tail) = (0, None, None);
+    let mut time_limit = None;
     let (kind, payload, code, tasks_started) = match completion.outcome {
         Outcome::Done {
             payload,
@@ -310,7 +314,10 @@ fn to_python(
             let (kind, code) = match loss.cause {
                 LossCause::Exited(code) => (CompletionKind::Exited, Some(code)),
                 LossCause::Signaled(signal) => (CompletionKind::Signaled, Some(signal)),
-                LossCause::TimedOut(_) => (CompletionKind::Timeout, None),
+                LossCause::TimedOut(limit) => {
+                    time_limit = Some(limit.as_secs_f64());
+                    (CompletionKind::Timeout, None)
+                }
                 LossCause::Cancelled => (CompletionKind::Cancelled, None),
                 LossCause::Vanished => (CompletionKind::Vanished, None),
                 LossCause::Protocol(why) => {
@@ -337,5 +344,6 @@ fn to_python(
         jobs_done,
         peak_rss,
         stderr_tail,
+        time_limit,
     })
 }

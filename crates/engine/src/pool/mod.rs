@@ -147,7 +147,8 @@ pub enum LossCause {
     Exited(i32),
     /// The process was killed by this signal (not by us).
     Signaled(i32),
-    /// We killed it: its current task ran longer than the limit.
+    /// We killed it: its current task ran longer than this limit (the task timeout, or the
+    /// start-up allowance for a job none of whose tasks had started).
     TimedOut(Duration),
     /// We killed it: the caller cancelled the work.
     Cancelled,

@@ -121,13 +121,14 @@ fn enforce_task_timeout(state: &mut State, limit: Duration, now: Instant) {
         if now.duration_since(running.task_since) <= allowed {
             continue;
         }
+        // The loss reports the limit enforced: the allowance for a job still starting.
         match running.stack_requested {
             None => {
                 let _ = kill(worker.pid, Signal::SIGUSR1);
-                running.stack_requested = Some((now, limit));
+                running.stack_requested = Some((now, allowed));
             }
-            Some((asked, _)) if now.duration_since(asked) >= STACK_GRACE => {
-                worker.kill(KillReason::TimedOut(limit));
+            Some((asked, enforced)) if now.duration_since(asked) >= STACK_GRACE => {
+                worker.kill(KillReason::TimedOut(enforced));
             }
             Some(_) => {}
         }
