@@ -20,6 +20,8 @@ import os
 import re
 import resource
 import signal
+import sys
+import traceback
 from typing import Any
 
 from . import errors
@@ -142,8 +144,30 @@ def _with_source(line: str) -> str:
     frame = _FRAME.match(line)
     if frame is None:
         return line
-    source = linecache.getline(frame["file"], int(frame["line"])).strip()
+    return _frame_text(line, frame["file"], int(frame["line"]))
+
+
+def _frame_text(line: str, filename: str, lineno: int) -> str:
+    """A stack's frame ``line``, and under it the frame's source line, as tracebacks show it."""
+    source = linecache.getline(filename, lineno).strip()
     return f"{line}\n    {source}" if source else line
+
+
+def thread_stack(thread: int) -> str:
+    """Where the thread ``thread`` (its ident) is now, in the shape faulthandler dumps a
+    worker's stack (innermost frame first), each frame with its source line."""
+    frame = sys._current_frames().get(thread)
+    if frame is None:
+        return "unavailable (the thread has finished)"
+    frames = [
+        _frame_text(
+            f'  File "{each.f_code.co_filename}", line {lineno} in {each.f_code.co_name}',
+            each.f_code.co_filename,
+            lineno,
+        )
+        for each, lineno in traceback.walk_stack(frame)
+    ]
+    return "Stack (most recent call first):\n" + "\n".join(frames)
 
 
 def thread_timeout_error(

@@ -6,13 +6,11 @@ Useful when tasks release the GIL (numpy, I/O) or must share objects (``require=
 from __future__ import annotations
 
 import queue
-import sys
 import threading
 import time
-import traceback
 from typing import Any, NamedTuple
 
-from .._reports import thread_timeout_error
+from .._reports import thread_stack, thread_timeout_error
 from .._tasks import Batch
 from .base import Backend, CallOptions, Completion, Session
 from .pieces import Assemblies, Piece
@@ -21,20 +19,6 @@ from .pieces import Assemblies, Piece
 _SLACK = 0.01
 #: The watchdog's longest sleep (``Event.wait`` refuses timeouts beyond ``time_t``).
 _LONGEST_WAIT = 3600.0
-
-
-def _stack_of(thread: int) -> str:
-    """Where ``thread`` is now, innermost frame first (as a process's report shows it), with
-    each frame's source line."""
-    frame = sys._current_frames().get(thread)
-    if frame is None:
-        return "unavailable (the thread has finished)"
-    lines = []
-    for summary in reversed(traceback.extract_stack(frame)):
-        lines.append(f'  File "{summary.filename}", line {summary.lineno} in {summary.name}')
-        if summary.line:
-            lines.append(f"    {summary.line}")
-    return "Stack (most recent call first):\n" + "\n".join(lines)
 
 
 class _Stuck(NamedTuple):
@@ -158,7 +142,7 @@ class ThreadSession(Session):
                 piece.batch,
                 offset,
                 self._timeout or 0.0,
-                _stack_of(stuck.thread),
+                thread_stack(stuck.thread),
                 "a thread cannot be stopped: it finishes the task in the background;",
                 "the other tasks of this call were cancelled. Raise the timeout, or use",
                 'backend="loky" so that a stuck task can be killed.',
@@ -177,7 +161,7 @@ class ThreadSession(Session):
             piece.batch,
             offset,
             self._timeout or 0.0,
-            _stack_of(thread),
+            thread_stack(thread),
             "a thread cannot be stopped: it finishes the task in the background, unheard;",
             "the other tasks of the call went on",
         )
