@@ -24,8 +24,9 @@ import warnings
 import zlib
 from typing import Any, BinaryIO
 
+from .._caller import user_stacklevel
 from ..errors import DamagedFileError, NotADumpFileError, compose_message
-from .options import caller_of_load, in_native_order, memmap_mode, warn_not_mapped
+from .options import in_native_order, memmap_mode, warn_not_mapped
 from .readers import Replay
 
 _PREFIXES = (
@@ -199,7 +200,7 @@ class _ArrayWrapper:
                     f"the memmapped array at offset {offset} of {unpickler.name} is not aligned "
                     f"to {_ALIGNMENT} bytes (joblib < 1.2 wrote it): this may cause segmentation "
                     "faults in libraries such as BLAS or PyTorch. Dump it again to align it.",
-                    stacklevel=caller_of_load(),
+                    stacklevel=user_stacklevel(pickle.__file__),
                 )
             return array
         array = np.empty(count, dtype=self.dtype)
@@ -348,7 +349,9 @@ class _JoblibUnpickler(_PureUnpickler):
                 code="FJ402",
             ) from error
         if self.old_format:
-            warnings.warn(_OLD_FORMAT.format(self.name), DeprecationWarning, stacklevel=caller_of_load())
+            warnings.warn(
+                _OLD_FORMAT.format(self.name), DeprecationWarning, stacklevel=user_stacklevel(pickle.__file__)
+            )
         return loaded
 
 

@@ -144,14 +144,8 @@ def warn_not_mapped(what: str, mmap_mode: str) -> None:
     """``mmap_mode`` cannot apply (``what``: why): warn, as joblib does, that arrays are read."""
     warnings.warn(
         f"{what}: mmap_mode={mmap_mode!r} is ignored and its arrays are read into memory.",
-        stacklevel=caller_of_load(),
+        stacklevel=user_stacklevel(pickle.__file__),  # the caller of load (or Memory)
     )
-
-
-def caller_of_load() -> int:
-    """The ``stacklevel`` at which a warning points at the caller of ``load`` (or ``Memory``):
-    the first frame outside ferrojob and the pickle module."""
-    return user_stacklevel(pickle.__file__) - 1  # counted from this function, one frame deeper
 
 
 def memmap_mode(mmap_mode: str | None) -> str | None:
