@@ -48,6 +48,16 @@ def process_state(pid: int) -> str | None:
     return None
 
 
+def is_shared_memory(name: str, kind: str = "") -> bool:
+    """Whether a /proc maps line or fd link names ferrojob shared memory (of ``kind``, e.g.
+    "arguments"): a memfd on the Linux path, an unlinked file in /dev/shm on the portable one."""
+    label = f"ferrojob-{kind}" if kind else "ferrojob"
+    return f"memfd:{label}" in name or f"/dev/shm/.{label}" in name
+
+
+PORTABLE = os.environ.get("FERROJOB_PORTABLE") == "1"
+
+
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import process_state, worker_children
+from conftest import is_shared_memory, process_state, worker_children
 from ferrojob import (
     Executor,
     InvalidParameterError,
@@ -302,7 +302,7 @@ def _in_shared_memory(array):
         for line in maps:
             start, end = (int(part, 16) for part in line.split()[0].split("-"))
             if start <= address < end:
-                return "memfd:ferrojob" in line
+                return is_shared_memory(line)
     return False
 
 

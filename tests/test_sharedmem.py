@@ -9,7 +9,7 @@ import pickle
 import signal
 
 import pytest
-from conftest import open_fds, worker_children
+from conftest import is_shared_memory, open_fds, worker_children
 from ferrojob import InvalidParameterError, Parallel, WorkerCrashedError, delayed
 from ferrojob._core import Arena
 from ferrojob._settings import parse_size
@@ -206,7 +206,7 @@ def test_big_array_shared_by_many_tasks():
 
 def shared_memory_maps():
     with open("/proc/self/maps") as maps:
-        return sum("memfd:ferrojob" in line for line in maps)
+        return sum(is_shared_memory(line) for line in maps)
 
 
 def test_nothing_leaks_across_many_calls_and_crashes():
@@ -334,7 +334,7 @@ def large_argument_maps(_=None):
     count = 0
     with open("/proc/self/maps") as maps:
         for line in maps:
-            if "memfd:ferrojob-arguments" in line:
+            if is_shared_memory(line, "arguments"):
                 start, end = (int(x, 16) for x in line.split()[0].split("-"))
                 count += end - start > 16 << 20
     return count

@@ -8,7 +8,16 @@ Example::
 """
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
+
+if sys.platform == "win32":
+    # Before the native module: its engine is POSIX-only (fork/exec, fd passing, mmap).
+    raise ImportError(
+        "ferrojob does not support Windows yet: its engine needs a POSIX system (Linux, or macOS "
+        "on the portable path).\n  help: use joblib, whose API ferrojob follows: "
+        "pip install joblib, then `from joblib import Parallel, delayed`"
+    )
 
 from . import _core, _misuse, _tasks
 from ._pickling import wrap_non_picklable_objects

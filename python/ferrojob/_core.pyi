@@ -4,6 +4,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Literal, final
 
 __all__ = [
+    "ENGINE_PATH",
     "STARTING_LIMIT",
     "STATUS_STOP",
     "STATUS_TASKS_STARTED",
@@ -31,6 +32,7 @@ __all__ = [
     "write_dump",
 ]
 
+ENGINE_PATH: Literal["linux", "portable"]
 STARTING_LIMIT: float
 STATUS_STOP: int
 STATUS_TASKS_STARTED: int

@@ -29,7 +29,7 @@ pub fn container(input: &[u8]) {
     if let Ok(crate::codec::Extent::Needs(more)) = streamed {
         assert!(more > bytes.len() as u64, "asked for bytes it already has");
     }
-    let Ok(mut file) = memfd_with(&bytes) else {
+    let Ok(mut file) = shared_file_with(&bytes) else {
         return;
     };
     if file.rewind().is_err() {
@@ -84,8 +84,8 @@ pub fn envelope(bytes: &[u8]) {
     }
 }
 
-fn memfd_with(bytes: &[u8]) -> std::io::Result<File> {
-    let mut file = File::from(crate::shm::memfd(c"ferrojob-fuzz")?);
+fn shared_file_with(bytes: &[u8]) -> std::io::Result<File> {
+    let mut file = crate::platform::shared_memory_file(c"ferrojob-fuzz")?;
     file.write_all(bytes)?;
     Ok(file)
 }

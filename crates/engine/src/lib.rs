@@ -15,6 +15,7 @@ pub mod fuzzing;
 pub mod hash;
 pub mod output;
 pub mod parallel;
+pub mod platform;
 pub mod pool;
 pub mod protocol;
 pub mod scheduler;

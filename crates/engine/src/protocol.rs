@@ -20,7 +20,7 @@ use nix::cmsg_space;
 
 use crate::cursor::Cursor;
 use nix::errno::Errno;
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned};
 
 /// Bytes of a frame header.
 pub const HEADER_LEN: usize = 32;
@@ -163,7 +163,7 @@ impl Connection {
                 self.stream.as_raw_fd(),
                 &iov,
                 cmsgs,
-                MsgFlags::MSG_NOSIGNAL,
+                crate::platform::send_flags(),
                 None,
             ) {
                 Ok(n) => break n,
@@ -245,7 +245,7 @@ impl Connection {
                 self.stream.as_raw_fd(),
                 &mut iov,
                 Some(&mut cmsg_buf),
-                MsgFlags::MSG_CMSG_CLOEXEC,
+                crate::platform::receive_flags(),
             ) {
                 Ok(msg) => msg,
                 Err(Errno::EINTR) => continue,
@@ -256,7 +256,9 @@ impl Connection {
                     for raw in received {
                         // SAFETY: the kernel just installed `raw` in our table for us; nobody
                         // else holds it, so taking ownership is sound.
-                        fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+                        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+                        crate::platform::close_on_exec(&fd)?;
+                        fds.push(fd);
                     }
                 }
             }
@@ -417,9 +419,7 @@ mod tests {
     }
 
     fn tempfile_with(bytes: &[u8]) -> File {
-        let fd =
-            nix::sys::memfd::memfd_create(c"test", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
-        let mut file = File::from(fd);
+        let mut file = crate::platform::shared_memory_file(c"test").unwrap();
         file.write_all(bytes).unwrap();
         file
     }

@@ -1,7 +1,7 @@
 //! Large allocations born in shared memory.
 //!
 //! A worker's numpy arrays above a size are allocated here (see the numpy memory handler in
-//! `ferrojob._core`): each is a memfd mapped read-write. Returning such an array to the parent
+//! `ferrojob._core`): each is a shared-memory file (see [`crate::platform`]) mapped read-write. Returning such an array to the parent
 //! then sends its descriptor — the data is not copied at all. Freeing unmaps it and closes the
 //! descriptor; the parent's own mapping keeps the pages for as long as it needs them.
 
@@ -12,10 +12,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::{Mutex, MutexGuard};
 
-use nix::sys::mman::{madvise, mmap, munmap, MapFlags, MmapAdvise, ProtFlags};
-use nix::unistd::ftruncate;
+use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 
-/// Allocations smaller than this stay on the ordinary heap: a memfd costs a few system calls.
+/// Allocations smaller than this stay on the ordinary heap: a shared-memory file costs a few system calls.
 pub const MIN_SHARED_ALLOCATION: usize = 1 << 20;
 /// Each live shared allocation holds a descriptor; past this many, allocate on the heap, so that
 /// a program holding many large arrays never runs out of descriptors.
@@ -39,10 +38,11 @@ pub fn allocate(len: usize) -> Option<NonNull<u8>> {
     if len < MIN_SHARED_ALLOCATION || live().len() >= MAX_LIVE_ALLOCATIONS {
         return None;
     }
-    let fd = crate::shm::memfd(c"ferrojob-array").ok()?;
-    ftruncate(&fd, i64::try_from(len).ok()?).ok()?;
+    let file = crate::platform::shared_memory_file(c"ferrojob-array").ok()?;
+    file.set_len(u64::try_from(len).ok()?).ok()?;
     // The parent maps it when it is returned: nobody may shrink it under that mapping.
-    crate::shm::seal_against_shrinking(fd.as_fd()).ok()?;
+    crate::platform::seal_against_shrinking(file.as_fd()).ok()?;
+    let fd = OwnedFd::from(file);
     // SAFETY: a fresh mapping of a file we own and never truncate; no existing memory is touched.
     let ptr = unsafe {
         mmap(
@@ -55,10 +55,9 @@ pub fn allocate(len: usize) -> Option<NonNull<u8>> {
         )
     }
     .ok()?;
-    // Where the kernel allows huge pages for shared memory on request (shmem_enabled=advise),
-    // ask for them: populating 2 MiB pages is what makes anonymous memory fast. Elsewhere a no-op.
-    // SAFETY: advice on the mapping just made; it does not change its contents.
-    let _ = unsafe { madvise(ptr, len, MmapAdvise::MADV_HUGEPAGE) };
+    // Populating 2 MiB pages is what makes anonymous memory fast: ask for them where granted.
+    // SAFETY: the mapping was just made, by us.
+    unsafe { crate::platform::advise_huge_pages(ptr, len) };
     live().insert(ptr.as_ptr() as usize, Allocation { len, fd });
     Some(ptr.cast())
 }

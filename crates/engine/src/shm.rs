@@ -1,7 +1,8 @@
-//! Shared-memory segments: anonymous memfd files mapped into both processes.
+//! Shared-memory segments: nameless shared-memory files mapped into both processes.
 //!
-//! memfd only: a segment has no name in /dev/shm, so nothing outlives its last descriptor or
-//! mapping, even when a process is SIGKILLed.
+//! A segment never has a name (a memfd, or a file unlinked as soon as it is made: see
+//! [`crate::platform`]), so nothing outlives its last descriptor or mapping, even when a process
+//! is SIGKILLed.
 
 use std::ffi::CStr;
 use std::fs::File;
@@ -16,37 +17,20 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::fork::PerProcess;
 
 use memmap2::MmapMut;
-use nix::sys::memfd::{memfd_create, MFdFlags};
 
-/// A memfd of a fixed length, mapped read-write into this process.
+use crate::platform::{self, seal_against_shrinking};
+
+/// A shared-memory file of a fixed length, mapped read-write into this process.
 #[derive(Debug)]
 pub struct Segment {
     file: File,
     map: MmapMut,
 }
 
-/// A new memfd that can be sealed (see [`seal_against_shrinking`]).
-pub fn memfd(name: &CStr) -> io::Result<OwnedFd> {
-    memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING).map_err(io::Error::from)
-}
-
-/// Forbid shrinking the memfd, for every process that holds it, for good. A process that maps a
-/// segment reads up to its length; if another could shrink it (a task calling `ftruncate` on a
-/// descriptor it finds), the reader would die of SIGBUS. Growing stays allowed. Fails for a
-/// descriptor that is not a sealable memfd (what a broken or hostile peer could send).
-pub fn seal_against_shrinking(fd: BorrowedFd<'_>) -> io::Result<()> {
-    nix::fcntl::fcntl(
-        fd,
-        nix::fcntl::FcntlArg::F_ADD_SEALS(nix::fcntl::SealFlag::F_SEAL_SHRINK),
-    )
-    .map(drop)
-    .map_err(io::Error::from)
-}
-
 impl Segment {
     /// Create and map a zero-filled segment of `len` bytes, sealed against shrinking.
     pub fn create(name: &CStr, len: usize) -> io::Result<Self> {
-        let file = File::from(memfd(name)?);
+        let file = platform::shared_memory_file(name)?;
         file.set_len(len as u64)?;
         seal_against_shrinking(file.as_fd())?;
         Self::map(file)
@@ -58,7 +42,7 @@ impl Segment {
     }
 
     fn map(file: File) -> io::Result<Self> {
-        // SAFETY: the file is a memfd that only ferrojob processes hold; they agree on its layout
+        // SAFETY: the file is a shared-memory file that only ferrojob processes hold; they agree on its layout
         // and never truncate it, so the mapping stays backed for its whole life.
         let map = unsafe { MmapMut::map_mut(&file)? };
         Ok(Self { file, map })
@@ -109,6 +93,12 @@ pub const STATUS_TASKS_STARTED: usize = 1;
 /// Index of the stop word: the parent sets it to 1 when the worker should stop its job after the
 /// task it runs (it is over its memory cap and will be replaced); never cleared.
 pub const STATUS_STOP: usize = 2;
+/// Index of the lifeline word: 1 when the parent left the worker a lifeline (portable path: see
+/// [`crate::platform`]).
+pub const STATUS_LIFELINE: usize = 3;
+/// Index of the peak-memory word: the worker's peak resident size in bytes, which it records
+/// itself on the portable path.
+pub const STATUS_PEAK_RSS: usize = 4;
 const STATUS_WORDS: usize = 8;
 
 impl StatusPage {
@@ -225,12 +215,15 @@ mod tests {
         let fd = File::from(file.duplicate_fd().unwrap());
         let mapping =
             Mapping::map_segment(fd.try_clone().unwrap().into(), Access::ReadOnly).unwrap();
-        assert!(fd.set_len(0).is_err(), "shrinking a lent segment must fail");
         fd.set_len(16384).unwrap(); // growing is fine
                                     // SAFETY: reading the last byte of a live 8192-byte mapping.
         assert_eq!(unsafe { *mapping.as_ptr().add(8191) }, 1);
-        let plain = tempfile_fd();
-        assert!(Mapping::map_segment(plain, Access::ReadOnly).is_err());
+        // Only the Linux path has seals (the portable path's limit: see crate::platform).
+        if platform::path() == platform::EnginePath::Linux {
+            assert!(fd.set_len(0).is_err(), "shrinking a lent segment must fail");
+            let plain = tempfile_fd();
+            assert!(Mapping::map_segment(plain, Access::ReadOnly).is_err());
+        }
     }
 
     fn tempfile_fd() -> OwnedFd {
@@ -249,7 +242,7 @@ mod tests {
     }
 }
 
-/// A memfd written with `pwrite`, never mapped here: the cheapest way to fill fresh shared memory
+/// A shared-memory file written with `pwrite`, never mapped here: the cheapest way to fill fresh shared memory
 /// (the kernel allocates its pages in bulk, with no page fault per 4 KiB), for a reader that
 /// maps it in another process.
 #[derive(Debug)]
@@ -262,20 +255,14 @@ impl SharedFile {
     /// A zero-length file that grows as it is written.
     pub fn create(name: &CStr) -> io::Result<Self> {
         Ok(Self {
-            file: File::from(memfd(name)?),
+            file: platform::shared_memory_file(name)?,
             len: 0,
         })
     }
 
     /// Allocate (and zero) the first `len` bytes now, so that later writes only copy.
     pub fn preallocate(&mut self, len: usize) -> io::Result<()> {
-        nix::fcntl::fallocate(
-            &self.file,
-            nix::fcntl::FallocateFlags::empty(),
-            0,
-            len as libc::off_t,
-        )
-        .map_err(io::Error::from)
+        platform::preallocate(&self.file, len as u64)
     }
 
     /// Write `bytes` at `offset` (the file grows to fit).
@@ -380,7 +367,7 @@ impl std::fmt::Debug for Mapping {
 
 impl Mapping {
     /// Map a shared-memory segment received from another process, after sealing it against
-    /// shrinking: a descriptor that cannot be sealed (not a ferrojob memfd) is refused.
+    /// shrinking: a descriptor that cannot be sealed (not a ferrojob memfd, on the Linux path) is refused.
     pub fn map_segment(fd: OwnedFd, access: Access) -> io::Result<Self> {
         seal_against_shrinking(fd.as_fd()).map_err(|error| {
             io::Error::new(
@@ -406,7 +393,7 @@ impl Mapping {
                 on_drop: None,
             });
         }
-        // SAFETY: ferrojob segments are memfds that no process truncates after sending them, so
+        // SAFETY: ferrojob segments are shared-memory files that no process truncates after sending them, so
         // every mapped page stays backed while the mapping lives.
         let owner = unsafe {
             match access {
@@ -599,7 +586,7 @@ pub fn free_later(value: impl Send + 'static) {
     let _ = helper().send(Chore::Free(Box::new(value)));
 }
 
-/// Ask the helper thread for a memfd of `len` allocated bytes; receive it when needed.
+/// Ask the helper thread for a shared-memory file of `len` allocated bytes; receive it when needed.
 pub fn prepare_later(name: &'static CStr, len: usize) -> Option<Receiver<io::Result<SharedFile>>> {
     let (reply, rx) = crossbeam_channel::bounded(1);
     helper()

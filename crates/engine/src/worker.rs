@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -70,6 +70,7 @@ impl Responder<'_> {
         // The descriptors are closed once sent: the parent has its own.
         let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
         self.answered.store(true, Ordering::Relaxed);
+        crate::platform::record_peak_memory(&self.endpoint.status);
         self.endpoint
             .conn
             .send(Kind::Done, self.job, self.elapsed(), &payload, &raw)
@@ -79,6 +80,7 @@ impl Responder<'_> {
     pub fn failed(self, report: &[u8]) -> Result<(), ProtocolError> {
         self.endpoint.leave_if_forked();
         self.answered.store(true, Ordering::Relaxed);
+        crate::platform::record_peak_memory(&self.endpoint.status);
         self.endpoint
             .conn
             .send(Kind::Failed, self.job, self.elapsed(), report, &[])
@@ -124,7 +126,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Endpoint {
-    /// Take over the descriptors the pool left at fds 3 (socket) and 4 (status page).
+    /// Take over the descriptors the pool left at fds 3 (socket) and 4 (status page), and, on the
+    /// portable path, start watching the lifeline on fd 5 (see [`crate::platform`]).
     ///
     /// # Safety
     /// The caller must be a worker process started by [`crate::pool::Pool`] and call this at most
@@ -137,6 +140,8 @@ impl Endpoint {
                 OwnedFd::from_raw_fd(WORKER_STATUS_FD),
             )
         };
+        // SAFETY: per the contract above (the lifeline, where the pool left one, is ours too).
+        unsafe { crate::platform::watch_parent(status.as_fd())? };
         Ok(Self::new(
             Connection::from_owned_fd(socket),
             StatusPage::open(status)?,

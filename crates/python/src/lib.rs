@@ -49,6 +49,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         ferrojob_engine::shm::STATUS_TASKS_STARTED,
     )?;
     m.add("STATUS_STOP", ferrojob_engine::shm::STATUS_STOP)?;
+    // Decided here, at import, for the life of the process (see ferrojob_engine::platform).
+    m.add("ENGINE_PATH", ferrojob_engine::platform::path().name())?;
     m.add(
         "STARTING_LIMIT",
         ferrojob_engine::pool::STARTING_LIMIT.as_secs_f64(),

@@ -109,7 +109,11 @@ fn on_reply(shared: &Arc<Shared>, id: u64, frame: crate::protocol::Frame) -> Res
     let Some(worker) = state.workers.get_mut(&id) else {
         return Err("it is no longer part of the pool".into());
     };
-    let (conn, worker_pid) = (Arc::clone(&worker.conn), worker.pid);
+    let (conn, worker_pid, status) = (
+        Arc::clone(&worker.conn),
+        worker.pid,
+        Arc::clone(&worker.status),
+    );
     let pid = worker_pid.as_raw();
     match &worker.running {
         Some(running) if running.job == frame.id => {}
@@ -149,7 +153,7 @@ fn on_reply(shared: &Arc<Shared>, id: u64, frame: crate::protocol::Frame) -> Res
         ),
     };
     // Past its memory cap? (Read from /proc outside the pool's lock.)
-    let over_memory = over_memory_cap(worker_pid, &limits);
+    let over_memory = over_memory_cap(worker_pid, &status, &limits);
     let mut state = shared.state();
     let Some(worker) = state.workers.get_mut(&id) else {
         return Err("it is no longer part of the pool".into());
@@ -247,10 +251,7 @@ fn reap(pid: Pid) -> (LossCause, Option<u64>) {
         let flags = if blocking { 0 } else { libc::WNOHANG };
         // SAFETY: wait4 writes only into the two locals passed by pointer, which outlive the call.
         let reaped = unsafe { libc::wait4(pid.as_raw(), &mut status, flags, &mut usage) };
-        // ru_maxrss is in KiB on Linux.
-        let peak_rss = u64::try_from(usage.ru_maxrss)
-            .ok()
-            .map(|kib| kib.saturating_mul(1024));
+        let peak_rss = crate::platform::max_rss_bytes(usage.ru_maxrss);
         match reaped {
             0 => {
                 std::thread::sleep(pause);

@@ -1,6 +1,7 @@
 //! Starting workers and reaping them: one spawner thread forks every worker (see the module docs
 //! of [`super`] for why it must outlive them), each worker gets its socket and status page on
-//! descriptors 3 and 4, and a reader thread ([`super::replies`]) from then on.
+//! descriptors 3 and 4 (and, on the portable path, its lifeline on 5: see
+//! [`crate::platform`]), and a reader thread ([`super::replies`]) from then on.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -13,6 +14,7 @@ use nix::fcntl::{fcntl, FcntlArg};
 use super::replies::read_replies;
 use super::{PoolError, Shared, Worker, WORKER_SOCKET_FD, WORKER_STATUS_FD};
 use crate::output::StderrTail;
+use crate::platform::ParentDeath;
 use crate::protocol::{Connection, Kind};
 use crate::shm::StatusPage;
 
@@ -26,6 +28,7 @@ pub(super) fn spawn_worker(shared: &Arc<Shared>) -> Result<(), PoolError> {
     let child_status = dup_above(status.raw_fd(), 10)?;
     let (socket_raw, status_raw) = (child_socket.as_raw_fd(), child_status.as_raw_fd());
     let parent_pid = std::process::id() as libc::pid_t;
+    let parent_death = ParentDeath::prepare(&status)?;
 
     let spec = &shared.spec;
     let mut command = Command::new(&spec.program);
@@ -36,13 +39,11 @@ pub(super) fn spawn_worker(shared: &Arc<Shared>) -> Result<(), PoolError> {
         .stdin(Stdio::null())
         .stderr(Stdio::piped());
     // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
-    // system calls (prctl, getppid, signal, dup2) on plain integers.
+    // system calls (prctl or dup2, getppid, signal, dup2) on plain integers.
     unsafe {
         command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // The parent may have died between fork and prctl.
+            parent_death.in_child()?;
+            // The parent may have died before the child could notice it.
             if libc::getppid() != parent_pid {
                 libc::_exit(1);
             }

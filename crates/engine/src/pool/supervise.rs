@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::memory::resident_bytes;
+use super::memory::over_memory_cap;
 use super::{CallLimits, KillReason, Shared, State};
-use crate::shm::{STATUS_JOB, STATUS_STOP, STATUS_TASKS_STARTED};
+use crate::shm::{StatusPage, STATUS_JOB, STATUS_STOP, STATUS_TASKS_STARTED};
 
 /// How often running jobs are looked at while a limit applies: a timeout fires at most this late
 /// (plus [`STACK_GRACE`]), and a worker over its cap is told to stop within this.
@@ -53,14 +53,14 @@ pub(super) fn supervise(shared: &Arc<Shared>) {
         if let Some(limit) = limits.task_timeout {
             enforce_task_timeout(&mut state, limit, now);
         }
-        if let Some(cap) = limits.max_rss {
-            // Reading /proc for every running worker happens outside the pool's lock.
+        if limits.max_rss.is_some() {
+            // Reading every running worker's memory (/proc) happens outside the pool's lock.
             let running = running_workers(&state);
             drop(state);
             let over: Vec<u64> = running
                 .into_iter()
-                .filter(|&(_, pid)| resident_bytes(pid).is_some_and(|rss| rss > cap))
-                .map(|(id, _)| id)
+                .filter(|(_, pid, status)| over_memory_cap(*pid, status, &limits))
+                .map(|(id, _, _)| id)
                 .collect();
             state = shared.state();
             for id in over {
@@ -135,12 +135,12 @@ fn enforce_task_timeout(state: &mut State, limit: Duration, now: Instant) {
     }
 }
 
-fn running_workers(state: &State) -> Vec<(u64, Pid)> {
+fn running_workers(state: &State) -> Vec<(u64, Pid, Arc<StatusPage>)> {
     state
         .workers
         .iter()
         .filter(|(_, w)| w.is_live() && w.running.is_some() && !w.over_cap)
-        .map(|(&id, w)| (id, w.pid))
+        .map(|(&id, w)| (id, w.pid, Arc::clone(&w.status)))
         .collect()
 }
 
