@@ -94,6 +94,13 @@ def test_positional_and_keyword_arguments():
     assert Parallel(n_jobs=2)(calls) == [1, 3, 6, 8]
 
 
+def test_keywords_first_met_late_in_a_batch_stay_with_their_calls():
+    calls = [delayed(add)(i) for i in range(50)] + [delayed(add)(1, c=7)] + [delayed(add)(i, b=1) for i in range(5)]
+    calls += [delayed(my_function)(1), delayed(add)(2)]
+    expected = list(range(50)) + [8] + [i + 1 for i in range(5)] + [2, 2]
+    assert Parallel(n_jobs=2, batch_size=100)(calls) == expected
+
+
 def test_mixed_functions_in_one_call():
     calls = [delayed(my_function)(1), delayed(str)(2), delayed(my_function)(3), delayed(len)("ab")]
     assert Parallel(n_jobs=2)(calls) == [2, "2", 6, 2]

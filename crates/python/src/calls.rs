@@ -122,48 +122,86 @@ pub fn read_calls<'py>(
 /// Group consecutive calls of the same function: `[(f, [args, ...], [kwargs, ...] or None)]`.
 /// The function is then pickled once per group, and the kwargs column is None when every call
 /// of the group has no keyword arguments.
+///
+/// This runs once per task in the parent, so it touches each call as little as it can: items
+/// are borrowed (no reference counting, a function call each under the stable ABI), and the
+/// kwargs column is only built once a group meets its first non-empty kwargs.
 #[pyfunction]
 pub fn call_columns<'py>(calls: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyList>> {
     let py = calls.py();
     let groups = PyList::empty(py);
-    let mut current: Option<Bound<'py, PyAny>> = None;
-    let mut args = PyList::empty(py);
-    let mut kwargs = PyList::empty(py);
-    let mut any_kwargs = false;
-    let flush = |function: Bound<'py, PyAny>,
-                 args: &Bound<'py, PyList>,
-                 kwargs: &Bound<'py, PyList>,
-                 any_kwargs: bool|
-     -> PyResult<()> {
-        let kwargs = if any_kwargs {
-            kwargs.clone().into_any()
-        } else {
-            py.None().into_bound(py)
-        };
-        groups.append(PyTuple::new(
-            py,
-            [function, args.clone().into_any(), kwargs],
-        )?)
-    };
-    for call in calls.iter() {
-        let call = call.cast_into::<PyTuple>()?;
-        let function = call.get_item(0)?;
-        if !current.as_ref().is_some_and(|f| f.is(&function)) {
-            if let Some(previous) = current.take() {
-                flush(previous, &args, &kwargs, any_kwargs)?;
+    let mut group: Option<Group<'py>> = None;
+    for index in 0..calls.len() {
+        let call = calls.get_item(index)?;
+        let call = call.cast::<PyTuple>()?;
+        let function = call.get_borrowed_item(0)?;
+        if !group.as_ref().is_some_and(|g| g.function.is(function)) {
+            if let Some(done) = group.take() {
+                groups.append(done.into_tuple()?)?;
             }
-            current = Some(function);
-            args = PyList::empty(py);
-            kwargs = PyList::empty(py);
-            any_kwargs = false;
+            group = Some(Group::new(function.to_owned(), index));
         }
-        args.append(call.get_item(1)?)?;
-        let call_kwargs = call.get_item(2)?.cast_into::<PyDict>()?;
-        any_kwargs |= !call_kwargs.is_empty();
-        kwargs.append(call_kwargs)?;
+        let current = group.as_mut().expect("a group was just started");
+        current.push(calls, call, index)?;
     }
-    if let Some(previous) = current {
-        flush(previous, &args, &kwargs, any_kwargs)?;
+    if let Some(done) = group {
+        groups.append(done.into_tuple()?)?;
     }
     Ok(groups)
+}
+
+/// One run of consecutive calls of `function`, as [`call_columns`] builds it.
+struct Group<'py> {
+    function: Bound<'py, PyAny>,
+    args: Bound<'py, PyList>,
+    /// The index of the group's first call in the list of calls.
+    start: usize,
+    kwargs: Option<Bound<'py, PyList>>,
+}
+
+impl<'py> Group<'py> {
+    fn new(function: Bound<'py, PyAny>, start: usize) -> Self {
+        let py = function.py();
+        Self {
+            function,
+            args: PyList::empty(py),
+            start,
+            kwargs: None,
+        }
+    }
+
+    /// Add `call`, which is `calls[index]`.
+    fn push(
+        &mut self,
+        calls: &Bound<'py, PyList>,
+        call: &Bound<'py, PyTuple>,
+        index: usize,
+    ) -> PyResult<()> {
+        self.args.append(call.get_borrowed_item(1)?)?;
+        let call_kwargs = call.get_borrowed_item(2)?;
+        match &self.kwargs {
+            Some(column) => column.append(call_kwargs)?,
+            None if call_kwargs.cast::<PyDict>()?.is_empty() => {}
+            None => {
+                // The first call with keywords: from now on the column holds every call's.
+                let column = PyList::empty(self.function.py());
+                for earlier in self.start..index {
+                    let earlier = calls.get_item(earlier)?;
+                    column.append(earlier.cast::<PyTuple>()?.get_borrowed_item(2)?)?;
+                }
+                column.append(call_kwargs)?;
+                self.kwargs = Some(column);
+            }
+        }
+        Ok(())
+    }
+
+    fn into_tuple(self) -> PyResult<Bound<'py, PyTuple>> {
+        let py = self.function.py();
+        let kwargs = match self.kwargs {
+            Some(column) => column.into_any(),
+            None => py.None().into_bound(py),
+        };
+        PyTuple::new(py, [self.function, self.args.into_any(), kwargs])
+    }
 }
