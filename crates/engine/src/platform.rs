@@ -131,6 +131,17 @@ pub unsafe fn advise_huge_pages(ptr: std::ptr::NonNull<std::ffi::c_void>, len: u
     let _ = (ptr, len);
 }
 
+/// [`advise_huge_pages`] for a mapping this process owns through memmap2.
+pub fn advise_huge_pages_on(map: &memmap2::MmapMut) {
+    #[cfg(target_os = "linux")]
+    {
+        // Advice only: where THP is off, the memory works the same.
+        let _ = map.advise(memmap2::Advice::HugePage);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = map;
+}
+
 /// Portable shared memory: a file created exclusively in a memory-backed directory and unlinked
 /// at once, so that, like a memfd, it lives exactly as long as its descriptors and mappings.
 fn unlinked_file(name: &CStr) -> io::Result<File> {

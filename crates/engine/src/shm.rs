@@ -675,8 +675,7 @@ pub fn anonymous(len: usize) -> io::Result<AnonymousMemory> {
         }
     }
     let map = MmapMut::map_anon(len.max(1))?;
-    // Advice only: where THP is off, the memory works the same.
-    let _ = map.advise(memmap2::Advice::HugePage);
+    crate::platform::advise_huge_pages_on(&map);
     Ok(AnonymousMemory {
         map: Some(map),
         len,
