@@ -386,7 +386,7 @@ def test_broken_streams_are_reported_not_hung_on(tmp_path):
     dump(np.arange(10_000), whole)
     data = whole.getvalue()
     for cut in (10, 40, len(data) - 100):
-        with pytest.raises(DamagedFileError, match="truncated: the stream ends"):
+        with pytest.raises(DamagedFileError, match=r"truncated: (the stream ends|its dump is)"):
             load(io.BytesIO(data[:cut]))
     with pytest.raises(NotADumpFileError, match="looks like a zstd frame"):
         load(io.BytesIO(b"\x28\xb5\x2f\xfd" + bytes(40)))
@@ -570,10 +570,27 @@ def test_a_file_that_is_no_dump_is_told_by_what_it_looks_like(tmp_path):
         assert raised.value.code == "FJ402"
 
 
-def test_dumps_compressed_as_a_whole_one_after_another_load_in_order():
+WHOLE_STREAM_CODECS = ["gzip", "zlib", "bz2", "xz", "lzma"]
+
+
+def compress_whole(codec, data):
+    import bz2
     import gzip
-    import io
+    import lzma
     import zlib
+
+    return {
+        "gzip": gzip.compress,
+        "zlib": zlib.compress,
+        "bz2": bz2.compress,
+        "xz": lzma.compress,
+        "lzma": lambda d: lzma.compress(d, format=lzma.FORMAT_ALONE),
+    }[codec](data)
+
+
+@pytest.mark.parametrize("codec", WHOLE_STREAM_CODECS)
+def test_dumps_compressed_as_a_whole_one_after_another_load_in_order(codec):
+    import io
 
     joblib = pytest.importorskip("joblib")
     stream = io.BytesIO()
@@ -581,13 +598,122 @@ def test_dumps_compressed_as_a_whole_one_after_another_load_in_order():
     for value in values:
         plain = io.BytesIO()
         dump(value, plain)
-        stream.write(gzip.compress(plain.getvalue()))
+        stream.write(compress_whole(codec, plain.getvalue()))
     for value in [{"joblib": 1}, {"joblib": 2}]:
         plain = io.BytesIO()
         joblib.dump(value, plain)
-        stream.write(zlib.compress(plain.getvalue()))
+        stream.write(compress_whole(codec, plain.getvalue()))
     stream.seek(0)
     loaded = [load(stream) for _ in range(5)]
     assert loaded[:2] == values[:2] and loaded[3:] == [{"joblib": 1}, {"joblib": 2}]
     assert np.array_equal(loaded[2], values[2])
     assert stream.tell() == len(stream.getvalue())  # each load stopped right after its own dump
+
+
+class _Unseekable:
+    """A binary reader that cannot seek (a pipe, a socket's file)."""
+
+    def __init__(self, data):
+        import io
+
+        self._data = io.BytesIO(data)
+
+    def read(self, size=-1):
+        return self._data.read(size)
+
+    def seekable(self):
+        return False
+
+
+@pytest.mark.parametrize("codec", WHOLE_STREAM_CODECS)
+def test_bytes_an_unseekable_stream_cannot_get_back_are_warned_about(codec):
+    import io
+
+    plain = io.BytesIO()
+    dump([1, 2], plain)
+    one = compress_whole(codec, plain.getvalue())
+    stream = _Unseekable(one + one)
+    with pytest.warns(UserWarning, match=r"bytes after this dump were read with it and cannot be put back"):
+        assert load(stream) == [1, 2]
+    # Alone in its stream, nothing is lost and nothing is said.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load(_Unseekable(one)) == [1, 2]
+
+
+class _WatchesStaging:
+    """A binary writer that notes, at each write, the ferrojob folders in /dev/shm and in the
+    temporary directory (where a dump into a file object is staged)."""
+
+    def __init__(self, temporary):
+        self.temporary = temporary
+        self.seen = {"/dev/shm": set(), "temporary": set()}
+        self.chunks = []
+
+    def _ferrojob_folders(self, folder):
+        try:
+            return {name for name in os.listdir(folder) if name.startswith("ferrojob-")}
+        except OSError:
+            return set()
+
+    def write(self, data):
+        self.seen["/dev/shm"] |= self._ferrojob_folders("/dev/shm")
+        self.seen["temporary"] |= self._ferrojob_folders(self.temporary)
+        self.chunks.append(bytes(data))
+        return len(data)
+
+
+def test_streams_are_staged_in_the_callers_temporary_directory_not_dev_shm(tmp_path, monkeypatch):
+    import io
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    array = np.arange(1_000_000.0)
+    writer = _WatchesStaging(str(tmp_path))
+    dump(array, writer)
+    assert writer.seen["temporary"] and not writer.seen["/dev/shm"]
+    np.testing.assert_array_equal(load(io.BytesIO(b"".join(writer.chunks))), array)
+    assert not os.listdir(tmp_path), "the staging folder is removed"
+
+
+STAGING_UNDER_A_FILE_SIZE_CAP = """
+import io, resource, sys
+import numpy as np
+from ferrojob import dump, load
+
+resource.setrlimit(resource.RLIMIT_FSIZE, (8 << 20, resource.RLIM_INFINITY))
+try:
+    dump(np.ones(12 << 20, dtype=np.uint8), io.BytesIO())
+except OSError as error:
+    print(type(error).__name__, error.errno)
+    print(error)
+"""
+
+
+def test_a_stream_that_cannot_be_staged_says_where_and_what_to_do(tmp_path):
+    import errno
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", STAGING_UNDER_A_FILE_SIZE_CAP],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr
+    first, message = done.stdout.split("\n", 1)
+    assert first == f"OSError {errno.EFBIG}"
+    assert f"staged in {tmp_path}" in message and "set TMPDIR" in message
+
+
+def test_a_seekable_stream_shorter_than_its_dump_is_refused_before_it_is_copied(tmp_path):
+    import io
+
+    whole = io.BytesIO()
+    dump(np.arange(1_000_000.0), whole)
+    cut = io.BytesIO(whole.getvalue()[:4096])
+    with pytest.raises(DamagedFileError, match=r"truncated: its dump is \d+ bytes long, the stream holds 4096"):
+        load(cut)
+    assert cut.tell() == 0, "nothing was read past the check"

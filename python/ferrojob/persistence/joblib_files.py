@@ -18,6 +18,7 @@ This is pickle: it runs code. ``load`` reads joblib files only with ``allow_pick
 from __future__ import annotations
 
 import io
+import lzma
 import os
 import pickle
 import warnings
@@ -27,7 +28,7 @@ from typing import Any, BinaryIO
 from .._caller import user_stacklevel
 from ..errors import DamagedFileError, NotADumpFileError, compose_message
 from .options import in_native_order, memmap_mode, warn_not_mapped
-from .readers import Replay
+from .readers import Replay, warn_lost
 
 _PREFIXES = (
     (b"\x1f\x8b", "gzip"),
@@ -64,18 +65,18 @@ def compressor(start: bytes) -> str | None:
     return None
 
 
-class _ZlibStream(io.RawIOBase):
-    """One zlib (or gzip, ``wbits=31``) stream, decompressed as it is read, and no further than
-    its end: the bytes read past it are given back to ``handle`` (``give_back``), so a load
-    leaves the stream right after its own dump."""
+class _OneMember(io.RawIOBase):
+    """One compressed member (a zlib or gzip stream, a bz2 stream, an xz or lzma stream, an lz4
+    frame), decompressed as it is read, and no further than its end: the bytes read past it
+    are given back to ``handle`` (``give_back``), so a load leaves the stream right after its
+    own dump. (Python's GzipFile, BZ2File, LZMAFile and LZ4FrameFile read every member that
+    follows: the next dump's too.)"""
 
-    def __init__(
-        self, handle: Any, name: str, limit: int | None = None, wbits: int = zlib.MAX_WBITS, codec: str = "zlib"
-    ) -> None:
+    def __init__(self, handle: Any, name: str, decompressor: Any, codec: str, limit: int | None = None) -> None:
         self._handle = handle
         self.name = name
         self._codec = codec
-        self._decompressor = zlib.decompressobj(wbits)
+        self._decompressor = decompressor
         self._pending = b""
         self._left = limit  # the length a Z-file declares: no more is produced
         self._given_back = False
@@ -83,25 +84,37 @@ class _ZlibStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def _input(self) -> bytes:
+        """The next compressed bytes: what the decompressor holds back first (zlib gives it
+        back as ``unconsumed_tail``; bz2, lzma and lz4 keep it and say ``needs_input``)."""
+        tail = getattr(self._decompressor, "unconsumed_tail", b"")
+        if tail:
+            return tail  # type: ignore[no-any-return]
+        if not getattr(self._decompressor, "needs_input", True):
+            return b""
+        compressed = self._handle.read(_CHUNK)
+        if not compressed:
+            raise DamagedFileError(
+                f"{self.name}: its {self._codec} compression is damaged or cut short (it ends early)",
+                code="FJ401",
+            )
+        return compressed  # type: ignore[no-any-return]
+
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         while not self._pending and not self._decompressor.eof and self._left != 0:
-            compressed = self._decompressor.unconsumed_tail or self._handle.read(_CHUNK)
-            if not compressed:
-                raise DamagedFileError(
-                    f"{self.name}: its {self._codec} compression is damaged or cut short (it ends early)",
-                    code="FJ401",
-                )
+            compressed = self._input()
             wanted = len(view) if self._left is None else min(len(view), self._left)
             try:
                 self._pending = self._decompressor.decompress(compressed, wanted)
-            except zlib.error as error:
+            except (zlib.error, OSError, lzma.LZMAError, RuntimeError) as error:
+                # What each codec raises for bad data (bz2: OSError, lz4: RuntimeError).
                 raise DamagedFileError(
                     f"{self.name}: its {self._codec} compression is damaged or cut short ({error})", code="FJ401"
                 ) from None
         if self._decompressor.eof and not self._given_back:
             self._given_back = True
-            give_back(self._handle, self._decompressor.unused_data)
+            give_back(self._handle, self._decompressor.unused_data, self.name)
         got = min(len(view), len(self._pending))
         view[:got] = self._pending[:got]
         self._pending = self._pending[got:]
@@ -119,48 +132,54 @@ def _zfile(handle: Any, path: str) -> BinaryIO:
         raise DamagedFileError(f"{path}: the header of a joblib < 0.10 file is damaged", code="FJ401") from None
     start = handle.read(1)
     # Some versions wrote one more space after the length.
-    return io.BufferedReader(_ZlibStream(Replay(b"" if start == b" " else start, handle), path, limit=length))
+    member = _OneMember(Replay(b"" if start == b" " else start, handle), path, zlib.decompressobj(), "zlib", length)
+    return io.BufferedReader(member)
 
 
-def give_back(handle: Any, unread: bytes) -> None:
+def give_back(handle: Any, unread: bytes, name: str) -> None:
     """Put ``unread`` (read from ``handle`` past the end of a compressed dump) back, so that the
     next load starts right after this one: by seeking back where the stream can, else in front
-    of a ``Replay``."""
+    of a ``Replay`` (whose owner warns if they stay there); a stream that can do neither loses
+    them, and a warning says so."""
     if not unread:
         return
     if hasattr(handle, "give_back"):
         handle.give_back(unread)
     elif getattr(handle, "seekable", lambda: False)():
         handle.seek(-len(unread), io.SEEK_CUR)
+    else:
+        warn_lost(name, len(unread))
 
 
 def decompressing(handle: Any, name: str, path: str) -> BinaryIO:
-    """``handle``'s data decompressed with ``name`` (see ``compressor``), read as it is needed."""
+    """``handle``'s data decompressed with ``name`` (see ``compressor``), read as it is needed:
+    one member, as joblib writes it; what follows it is the next dump's."""
     import bz2
-    import lzma
 
     if name == "zfile":
         return _zfile(handle, path)
+    decompressor: Any
     if name == "gzip":
-        # One gzip member, as joblib writes: what follows it is the next dump's.
-        return io.BufferedReader(_ZlibStream(handle, path, wbits=31, codec="gzip"))
-    if name == "bz2":
-        return bz2.BZ2File(handle, mode="rb")  # type: ignore[return-value]
-    if name in ("xz", "lzma"):
-        return lzma.LZMAFile(handle, mode="rb")  # type: ignore[return-value]
-    if name == "zlib":
-        return io.BufferedReader(_ZlibStream(handle, path))
-    try:
-        import lz4.frame  # type: ignore[import-not-found]
-    except ImportError:
-        raise NotADumpFileError(
-            compose_message(
-                f"{path} is a joblib dump compressed with lz4, and the lz4 package is not installed.",
-                "pip install lz4 to read it",
-            ),
-            code="FJ402",
-        ) from None
-    return lz4.frame.LZ4FrameFile(handle, mode="rb")  # type: ignore[no-any-return]
+        decompressor = zlib.decompressobj(31)
+    elif name == "zlib":
+        decompressor = zlib.decompressobj()
+    elif name == "bz2":
+        decompressor = bz2.BZ2Decompressor()
+    elif name in ("xz", "lzma"):
+        decompressor = lzma.LZMADecompressor(lzma.FORMAT_AUTO)
+    else:
+        try:
+            import lz4.frame  # type: ignore[import-not-found]
+        except ImportError:
+            raise NotADumpFileError(
+                compose_message(
+                    f"{path} is a joblib dump compressed with lz4, and the lz4 package is not installed.",
+                    "pip install lz4 to read it",
+                ),
+                code="FJ402",
+            ) from None
+        decompressor = lz4.frame.LZ4FrameDecompressor()
+    return io.BufferedReader(_OneMember(handle, path, decompressor, name))
 
 
 class _ArrayWrapper:

@@ -4,8 +4,11 @@ streams that return less (sockets), and bytes already read put back in front (``
 from __future__ import annotations
 
 import io
+import pickle
+import warnings
 from typing import Any
 
+from .._caller import user_stacklevel
 from .options import text_mode_error
 
 
@@ -55,6 +58,10 @@ class Replay:
     def readable(self) -> bool:
         return True
 
+    def held(self) -> int:
+        """How many bytes this Replay still holds in front of its stream (put back, not read)."""
+        return len(self._head)
+
     def give_back(self, unread: bytes) -> None:
         """``unread``, the last bytes read, belong to what follows: seek the stream back over
         them where it can (the next load starts there), else serve them again from here."""
@@ -76,3 +83,12 @@ def read_up_to(stream: Any, size: int) -> bytes:
         chunks.append(chunk)
         size -= len(chunk)
     return b"".join(chunks)
+
+
+def warn_lost(name: str, count: int) -> None:
+    """``count`` bytes read past a dump could not be put back into the stream ``name``."""
+    warnings.warn(
+        f"{name}: {count} bytes after this dump were read with it and cannot be put back "
+        "(the stream cannot seek): a later load from this stream will not find them.",
+        stacklevel=user_stacklevel(pickle.__file__),
+    )

@@ -14,6 +14,7 @@ the dump from the start, since nothing follows.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import lzma
 import os
@@ -29,27 +30,52 @@ from ..errors import DamagedFileError, NotADumpFileError, compose_message
 from . import joblib_files
 from .containers import load_container
 from .options import native_byte_order, refuse_joblib_pickle
-from .readers import Replay, read_up_to, stream_name
+from .readers import Replay, read_up_to, stream_name, warn_lost
 
 #: The first bytes read to tell formats apart (a container's preamble is 16 bytes).
 _SNIFF = 16
 _COPY_CHUNK = 1 << 20
 
 
+#: Errors of a full or capped disk while staging: said plainly, with where and what to do.
+_NO_ROOM = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
 @contextlib.contextmanager
 def scratch_file() -> Iterator[str]:
-    """A path in a private temporary folder (in memory where /dev/shm is writable), removed
-    after use: where a dump for or from a file object is written, since the container is read
-    and written by offset."""
-    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-    with tempfile.TemporaryDirectory(prefix="ferrojob-", dir=base) as folder:
+    """A path in a private folder of the caller's temporary directory (``tempfile``'s: TMPDIR),
+    removed after use: where a dump for or from a file object is staged, since the container is
+    read and written by offset. Not /dev/shm: a container's /dev/shm is often small (Docker's
+    64 MB), and the temporary directory is where a caller expects scratch data and can move it."""
+    with tempfile.TemporaryDirectory(prefix="ferrojob-") as folder:
         yield os.path.join(folder, "dump")
+
+
+@contextlib.contextmanager
+def staging(path: str) -> Iterator[None]:
+    """Writing the staged copy at ``path``: a disk that is full or capped (RLIMIT_FSIZE) is an
+    OSError that says where, and what to do."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in _NO_ROOM:
+            raise
+        folder = os.path.dirname(path)
+        raise OSError(
+            error.errno,
+            compose_message(
+                f"a dump to or from a file object is staged in {folder}, which has no room for it "
+                f"({os.strerror(error.errno)})",
+                f"set TMPDIR to a folder with room (now {tempfile.gettempdir()}), or dump to / load from a path",
+            ),
+        ) from error
 
 
 def dump_stream(stream: Any, data: bytes, buffers: list[Any], codec: str, level: int) -> None:
     """Write a container of ``data`` and ``buffers`` (see ``_core.write_dump``) into ``stream``."""
     with scratch_file() as path:
-        _core.write_dump(path, data, buffers, codec, level)
+        with staging(path):
+            _core.write_dump(path, data, buffers, codec, level)
         with open(path, "rb") as written:
             shutil.copyfileobj(written, stream, _COPY_CHUNK)
 
@@ -119,13 +145,17 @@ def _load(stream: Any, allow_pickle: bool, ensure_native_byte_order: Any, outer:
     if codec not in (None, "zfile"):
         # Compressed as a whole: what is inside may be either format.
         try:
-            with joblib_files.decompressing(Replay(head, stream), codec, name) as inner:
+            replay = Replay(head, stream)
+            with joblib_files.decompressing(replay, codec, name) as inner:
                 loaded = _load(inner, allow_pickle, ensure_native_byte_order, outer=codec)
-                # On to the end of its compression (its trailer): a single gzip or zlib
-                # stream then gives back what it read past its end, and the stream is left
-                # right after this dump, where the next one starts.
+                # On to the end of its compression (its trailer): the member then gives back
+                # what it read past its end, and the stream is left right after this dump,
+                # where the next one starts.
                 inner.read()
-                return loaded
+            if replay.held():
+                # The stream could not take them back: say so, the next load would miss them.
+                warn_lost(name, replay.held())
+            return loaded
         except (EOFError, OSError, zlib.error, lzma.LZMAError) as error:
             if isinstance(error, OSError) and error.errno is not None:
                 raise  # the stream's own I/O error, not its content
@@ -165,9 +195,11 @@ def _container_head(head: bytes, stream: Any, name: str) -> tuple[bytes, int]:
 
 def _load_container(head: bytes, stream: BinaryIO, name: str, allow_pickle: bool, ensure_native_byte_order: Any) -> Any:
     """Read the container ``head`` starts, and nothing after it, into a scratch file; load that."""
+    start = _position(stream, len(head))
     head, length = _container_head(head, stream, name)
+    _check_holds(stream, start, length, name)
     with scratch_file() as path:
-        with open(path, "wb") as copy:
+        with staging(path), open(path, "wb") as copy:
             copy.write(head)
             copied = len(head)
             while copied < length:
@@ -181,6 +213,34 @@ def _load_container(head: bytes, stream: BinaryIO, name: str, allow_pickle: bool
         except (DamagedFileError, NotADumpFileError) as error:
             # Name the stream, not the scratch file it was copied to.
             raise type(error)(str(error).replace(path, name), code=error.code) from None
+
+
+def _position(stream: Any, already_read: int) -> int | None:
+    """Where the dump starts in a seekable ``stream`` of which ``already_read`` bytes were read."""
+    try:
+        return stream.tell() - already_read if stream.seekable() else None
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _check_holds(stream: Any, start: int | None, length: int, name: str) -> None:
+    """A seekable stream that holds less than the ``length`` its dump's header declares is
+    refused before anything is copied: the header does not size the work, the stream does."""
+    if start is None:
+        return
+    position = stream.tell()
+    end = stream.seek(0, os.SEEK_END)
+    if end - start < length:
+        # Left where the dump starts: nothing of it was taken.
+        stream.seek(start)
+        raise DamagedFileError(
+            compose_message(
+                f"{name}: truncated: its dump is {length} bytes long, the stream holds {end - start}.",
+                "the writer stopped early, or the stream was cut: dump the object again",
+            ),
+            code="FJ401",
+        )
+    stream.seek(position)
 
 
 def _ends_early(name: str, got: int, what: str) -> DamagedFileError:

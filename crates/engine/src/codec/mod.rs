@@ -424,16 +424,27 @@ fn check_header(
         return Err(damaged(path, "checksum mismatch"));
     }
     let (flags, sections) = decode_header(header).map_err(|reason| damaged(path, &reason))?;
+    // Each section starts where `write` puts it: aligned, right after the one before (the first
+    // right after the header). A header cannot declare a gap, so the length it declares is the
+    // sum of its sections, each of them checksummed: no run of unchecked bytes for a reader of a
+    // stream to copy (a few-byte stream claiming a section at 512 MiB is refused here, unread).
+    let mut end = header_end;
     for (index, section) in sections.iter().enumerate() {
-        if section.offset < header_end || section.offset % ALIGNMENT != 0 {
+        let expected = end.checked_next_multiple_of(ALIGNMENT);
+        if Some(section.offset) != expected {
             return Err(damaged(
                 path,
                 &format!(
-                    "section {index} starts at {}, inside the header or unaligned",
-                    section.offset
+                    "section {index} starts at {}, not where the one before it ends ({})",
+                    section.offset,
+                    expected.map_or_else(|| "past 2^64".to_string(), |at| at.to_string()),
                 ),
             ));
         }
+        end = section
+            .offset
+            .checked_add(section.stored_len())
+            .ok_or_else(|| damaged(path, "section lengths overflow"))?;
     }
     Ok((flags, sections))
 }
@@ -932,10 +943,17 @@ mod tests {
         assert!(damaged_header(&forged(&dir, &[pickle.clone(), ratio], 2048)).contains("claims"));
         // An offset that wraps around 2^64 with its length.
         let wrapping = section(SectionKind::Buffer, Codec::Raw, u64::MAX - 63, &[(64, 64)]);
-        assert!(matches!(
-            Container::open(&forged(&dir, &[pickle.clone(), wrapping], 256)),
-            Err(CodecError::Truncated { .. })
-        ));
+        damaged_header(&forged(&dir, &[pickle.clone(), wrapping], 256));
+        // A gap: a section far from where the one before it ends (512 MiB of unchecked bytes
+        // that a reader of a stream would copy).
+        let far = section(SectionKind::Buffer, Codec::Raw, 512 << 20, &[(64, 64)]);
+        let path = forged(&dir, &[pickle.clone(), far], 256);
+        assert!(damaged_header(&path).contains("not where the one before it ends"));
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            extent(&bytes, &path).is_err(),
+            "refused from the header alone"
+        );
         // Block lengths whose sum overflows.
         let mut overflow = section(SectionKind::Buffer, Codec::Raw, 192, &[(8, 8), (8, 8)]);
         overflow.blocks[1].stored_len = u64::MAX;
