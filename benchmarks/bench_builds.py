@@ -4,9 +4,10 @@
     python benchmarks/bench_builds.py --python A=/venv-a/bin/python B=/venv-b/bin/python
                                                            # two installs (e.g. stable-ABI wheel vs not)
 
-Each variant runs every workload in a fresh interpreter; variants take turns, round after round, so
-that the machine's noise falls on all of them alike. Reported: the median of the rounds, the spread
-(min-max), and each variant's time relative to the first.
+Each variant runs every workload in a fresh interpreter (a warm-up, then the median of 3 runs);
+variants take turns, round after round, so that the machine's noise falls on all of them alike.
+Reported: the median of the rounds, the spread (min-max), and each variant's time relative to the
+first.
 
 tiny:       Parallel, 100,000 tasks of x*2 (per-task overhead: pickling, batching, the socket)
 roundtrip:  Executor, 10,000 submit + result() one at a time (per-call latency)
@@ -53,11 +54,14 @@ WORKLOADS = {
 }
 
 TIMER = """
-import time
+import statistics, time
 run()  # warm-up: workers started, modules imported
-start = time.perf_counter()
-run()
-print(time.perf_counter() - start)
+times = []
+for _ in range(3):
+    start = time.perf_counter()
+    run()
+    times.append(time.perf_counter() - start)
+print(statistics.median(times))
 """
 
 
