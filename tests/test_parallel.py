@@ -182,6 +182,46 @@ def test_a_generator_read_to_its_end_or_failing_warns_of_nothing_unused():
         gc.collect()
 
 
+def waits_for_others_then_counts(x, folder, expected):
+    """Task 0 straggles: it waits (up to 2 s) for ``expected`` other tasks to have run, then
+    says how many did. The others leave a file each."""
+    import time
+
+    if x == 0:
+        deadline = time.monotonic() + 2
+        while len(os.listdir(folder)) < expected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return len(os.listdir(folder))
+    open(os.path.join(folder, str(x)), "w").close()
+    return -1
+
+
+def test_a_straggler_holds_a_generators_run_ahead_within_pre_dispatch(tmp_path):
+    # 200 tasks of one each, 4 batches in the window: while the consumer waits for task 0, at
+    # most 3 others may complete (their results wait for it) before the window is full. A list
+    # call is not bounded: it computes on.
+    calls = [delayed(waits_for_others_then_counts)(x, str(tmp_path), 50) for x in range(200)]
+    generator = Parallel(n_jobs=2, return_as="generator", batch_size=1, pre_dispatch=4)(calls)
+    assert next(generator) <= 3
+    with pytest.warns(UserWarning, match="closed before its end"):
+        generator.close()
+
+
+def make_and_drop_a_generator():
+    results = Parallel(n_jobs=2, return_as="generator", batch_size=1)(delayed(identity)(x) for x in range(100))
+    next(results)
+    return make_and_drop_a_generator.__code__.co_firstlineno + 1  # the line above's call
+
+
+def test_a_generator_closed_late_warns_at_the_line_that_made_it():
+    import gc
+
+    with pytest.warns(UserWarning, match="closed before its end") as caught:
+        line = make_and_drop_a_generator()  # dropped as the function returns
+        gc.collect()
+    assert (caught[0].filename, caught[0].lineno) == (__file__, line)
+
+
 # -- backends -----------------------------------------------------------------------------------
 
 

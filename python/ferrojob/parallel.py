@@ -16,7 +16,7 @@ from collections.abc import Callable, Generator, Iterable
 from typing import Any, Literal
 
 from . import _misuse
-from ._caller import user_stacklevel
+from ._caller import user_location, warn_at
 from ._core import Scheduler, delayed
 from ._progress import Progress, ProgressUpdate
 from ._settings import (
@@ -354,7 +354,7 @@ class Parallel:
             iter(iterable)
         except TypeError:
             raise _misuse.not_an_iterable(label, iterable) from None
-        tally = _Tally()
+        tally = _Tally(user_location() if self.return_as != "list" else None)
         chunks = self._run(iterable, label, tally)
         try:
             first = next(chunks)
@@ -445,6 +445,9 @@ class Parallel:
                 self._fixed_batch_size(),
                 self.return_as != "generator_unordered",
                 max_batch_size=self.max_batch_size,
+                # A generator's consumer reads one batch at a time: keep what runs ahead of it
+                # within pre_dispatch (about two batches per worker), straggler or not.
+                bounded_run_ahead=self.return_as != "list",
             )
             session.begin()
             progress.started(type(backend).__name__, session.n_workers)
@@ -457,13 +460,16 @@ class Parallel:
 
 class _Tally:
     """What a call on workers did, for the warning given when its generator is closed early:
-    tasks submitted, completed, and consumed by the caller."""
+    tasks submitted, completed, and consumed by the caller; and the caller's line that made the
+    generator, where the warning points (it may be closed much later, by the garbage collector
+    or at exit, far from any line of the caller's)."""
 
-    __slots__ = ("completed", "consumed", "finished", "submitted")
+    __slots__ = ("completed", "consumed", "finished", "location", "submitted")
 
-    def __init__(self) -> None:
+    def __init__(self, location: tuple[str, int, dict[str, Any]] | None = None) -> None:
         self.submitted = self.completed = self.consumed = 0
         self.finished = True  # until tasks go to workers: nothing can be wasted
+        self.location = location
 
     def warn_if_wasted(self) -> None:
         unused, cancelled = self.completed - self.consumed, self.submitted - self.completed
@@ -471,11 +477,11 @@ class _Tally:
             return
         wasted = [f"{unused} computed results were never read"] if unused else []
         wasted += [f"{cancelled} tasks sent to the workers were cancelled"] if cancelled else []
-        warnings.warn(
+        warn_at(
+            self.location,
             f"the generator of a Parallel call was closed before its end: {' and '.join(wasted)}. "
             "To compute less that goes unused, give Parallel fewer inputs, or a smaller pre_dispatch.",
             UserWarning,
-            stacklevel=user_stacklevel(),  # the user's line that dropped the generator
         )
 
 
@@ -505,6 +511,8 @@ def run_batches(
                     progress.advance(len(results), failed)
                 yield results
                 results = scheduler.pop_ready()
+            # Results handed back free room in a bounded run-ahead (see Scheduler).
+            tally.submitted += _dispatch(source, scheduler, session)
             if source.exhausted and scheduler.is_drained():
                 break
             completion = session.wait()

@@ -370,10 +370,29 @@ mod lifeline {
             }
             (read, write)
         };
+        // The read end sits above the descriptors a worker is given (3, 4, 5), so that the
+        // child's dup2 onto WORKER_LIFELINE_FD always makes a new descriptor: dup2 of a
+        // descriptor onto itself is a no-op that keeps close-on-exec, and the worker would find
+        // its lifeline closed (and kill itself at once).
+        let read = {
+            use nix::fcntl::{fcntl, FcntlArg};
+            let raw = fcntl(&read, FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(io::Error::from)?;
+            // SAFETY: `raw` was just returned by F_DUPFD_CLOEXEC: open, and ours alone.
+            unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
+        };
         Ok(Pipe {
             read,
             _write: write,
         })
+    }
+
+    #[cfg(test)]
+    #[test]
+    fn the_read_end_is_never_one_of_the_descriptors_a_worker_is_given() {
+        // Whatever descriptors are free (a fresh process has 3, 4 and 5 free), the read end is
+        // above them: at 5, the child's dup2 onto 5 would keep close-on-exec.
+        let pipe = make().unwrap();
+        assert!(pipe.read.as_raw_fd() > WORKER_LIFELINE_FD + 4);
     }
 
     pub(super) fn watch(lifeline: &OwnedFd, status: &StatusPage) {

@@ -45,6 +45,9 @@ pub struct Scheduler<T> {
     arrivals: u64,
     in_flight: HashMap<u64, usize>,
     ready: BTreeMap<u64, T>,
+    /// Whether completed batches not yet handed back count against `max_in_flight` (a
+    /// generator's consumer: what runs ahead of it stays within the window).
+    bounded_run_ahead: bool,
 }
 
 impl<T> Scheduler<T> {
@@ -65,7 +68,17 @@ impl<T> Scheduler<T> {
             arrivals: 0,
             in_flight: HashMap::new(),
             ready: BTreeMap::new(),
+            bounded_run_ahead: false,
         }
+    }
+
+    /// Count completed batches not yet handed back against the pre-dispatch window, so that no
+    /// more than `max_in_flight` batches run ahead of a consumer that reads results one batch at
+    /// a time (a generator's): a straggler then holds the others back instead of letting the
+    /// whole input be computed while its result is awaited.
+    pub fn with_bounded_run_ahead(mut self) -> Self {
+        self.bounded_run_ahead = true;
+        self
     }
 
     /// Automatic batches never exceed `max` tasks (at least 1) instead of
@@ -77,7 +90,12 @@ impl<T> Scheduler<T> {
 
     /// Whether another batch may be submitted now.
     pub fn can_submit(&self) -> bool {
-        self.in_flight.len() < self.max_in_flight
+        let waiting = if self.bounded_run_ahead {
+            self.ready.len()
+        } else {
+            0
+        };
+        self.in_flight.len() + waiting < self.max_in_flight
     }
 
     pub fn n_in_flight(&self) -> usize {
@@ -190,6 +208,26 @@ mod tests {
     fn auto() -> BatchSizing {
         BatchSizing::Auto {
             target: Duration::from_millis(20),
+        }
+    }
+
+    #[test]
+    fn a_bounded_run_ahead_counts_results_not_yet_handed_back() {
+        for bounded in [false, true] {
+            let mut s = Scheduler::new(2, 4, BatchSizing::Fixed(1), true);
+            if bounded {
+                s = s.with_bounded_run_ahead();
+            }
+            // Batch 0 straggles; the three after it complete, and their results wait for it.
+            let ids: Vec<u64> = (0..4).map(|_| s.register(1)).collect();
+            for &id in &ids[1..] {
+                s.complete(id, Duration::from_millis(1), ());
+            }
+            assert!(s.pop_ready().is_none(), "in order: batch 0 first");
+            assert_eq!(s.can_submit(), !bounded);
+            s.complete(ids[0], Duration::from_millis(1), ());
+            while s.pop_ready().is_some() {}
+            assert!(s.can_submit() && s.is_drained());
         }
     }
 

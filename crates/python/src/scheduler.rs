@@ -16,7 +16,7 @@ pub struct Scheduler {
 #[pymethods]
 impl Scheduler {
     #[new]
-    #[pyo3(signature = (n_workers, max_in_flight, batch_size=None, ordered=true, target_batch_duration=None, max_batch_size=None))]
+    #[pyo3(signature = (n_workers, max_in_flight, batch_size=None, ordered=true, target_batch_duration=None, max_batch_size=None, bounded_run_ahead=false))]
     fn new(
         n_workers: usize,
         max_in_flight: usize,
@@ -24,6 +24,7 @@ impl Scheduler {
         ordered: bool,
         target_batch_duration: Option<f64>,
         max_batch_size: Option<usize>,
+        bounded_run_ahead: bool,
     ) -> PyResult<Self> {
         let sizing = match (batch_size, target_batch_duration) {
             (Some(0), _) => return Err(invalid_parameter("batch_size must be at least 1".into())),
@@ -39,6 +40,9 @@ impl Scheduler {
         let mut inner = scheduler::Scheduler::new(n_workers, max_in_flight, sizing, ordered);
         if let Some(max) = max_batch_size {
             inner = inner.with_max_batch_size(max);
+        }
+        if bounded_run_ahead {
+            inner = inner.with_bounded_run_ahead();
         }
         Ok(Self { inner })
     }
