@@ -37,7 +37,7 @@ def tiny() -> None:
             "multiprocessing.Pool.map": measure(lambda: pool.map(double, data), 5),
             "serial for loop": measure(lambda: [double(x) for x in data], 5),
         }
-    report("tiny: 100,000 tasks of x*2", timings, note="target: >= 3x faster than joblib")
+    report("tiny: 100,000 tasks of x*2", timings, targets={"joblib (loky)": 3})
 
 
 def medium() -> None:
@@ -81,7 +81,7 @@ def cold() -> None:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "pass"], check=True)
     timings["bare interpreter (python -c pass)"] = time.perf_counter() - start
-    report("cold: fresh interpreter, import + 2 tasks on 2 workers", timings, note="target: <= 1/3 of joblib")
+    report("cold: fresh interpreter, import + 2 tasks on 2 workers", timings, targets={"joblib (loky)": 3})
 
 
 SCENARIOS = {"tiny": tiny, "medium": medium, "cold": cold}

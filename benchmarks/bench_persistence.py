@@ -18,7 +18,7 @@ import tempfile
 import time
 
 import numpy as np
-from harness import measure, record, report, run_scenarios
+from harness import measure, record, report, run_scenarios, verdict
 
 MB = 1 << 20
 
@@ -33,7 +33,9 @@ def hash_scenario() -> None:
         "ferrojob.hash (blake3)": measure(lambda: ferrojob.hash(data, hash_name="blake3"), 3),
         "joblib.hash (md5)": measure(lambda: joblib.hash(data), 3),
     }
-    report("hash: a 1 GB float64 array", timings, baseline="ferrojob.hash (xxh3-128)", note="target: >= 10x joblib")
+    report(
+        "hash: a 1 GB float64 array", timings, baseline="ferrojob.hash (xxh3-128)", targets={"joblib.hash (md5)": 10}
+    )
 
 
 def random_walk(n_bytes: int) -> np.ndarray:
@@ -62,7 +64,7 @@ def dump_scenario() -> None:
         load_theirs = measure(lambda: joblib.load(theirs), 2)
         assert np.array_equal(ferrojob.load(ours), data)
         print(
-            "\ndump/load: 512 MB rounded random walk, compress=3  (targets: dump >= 10x joblib's "
+            "\ndump/load: 512 MB rounded random walk, compress=3  (targets: dump >= 12x joblib's "
             "throughput at >= its ratio; load >= 5x faster)"
         )
         for name, seconds, size in (
@@ -73,8 +75,12 @@ def dump_scenario() -> None:
                 f"  dump {name:<22} {seconds * 1000:9.1f} ms  {512 / seconds:8.1f} MB/s  ratio {data.nbytes / size:5.2f}"
             )
         print(f"  dump throughput: ferrojob {dump_theirs / dump_ours:6.2f}x faster")
-        record("dump: 512 MB rounded random walk, compress=3", {"ferrojob": dump_ours, "joblib": dump_theirs})
-        report("load of that dump", {"ferrojob": load_ours, "joblib": load_theirs})
+        title = "dump: 512 MB rounded random walk, compress=3"
+        record(title, {"ferrojob": dump_ours, "joblib": dump_theirs})
+        # Met only at joblib's ratio or better: a faster dump that is larger does not count.
+        at_its_ratio = dump_theirs / dump_ours if size_ours <= size_theirs else 0.0
+        verdict(title, ">= 12x joblib's throughput at <= its size", at_its_ratio, 12)
+        report("load of that dump", {"ferrojob": load_ours, "joblib": load_theirs}, targets={"joblib": 5})
 
         small = data[: 64 * MB // 8]
         mapped = {}
