@@ -191,3 +191,63 @@ def test_importing_the_backend_module_first_registers_it():
     )
     out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "[0, 1, 2]", out.stderr
+
+
+ACTIVE_BACKEND_UNDER_THE_SWAP = """
+import ferrojob as joblib_like
+import joblib
+from joblib.parallel import get_active_backend as imported_before
+
+def active():
+    backend, n_jobs = joblib.parallel.get_active_backend()
+    return type(backend).__name__, n_jobs
+
+print(active())
+with joblib.parallel_config(backend="threading", n_jobs=3):
+    print(active())
+with joblib.parallel_config(n_jobs=3):
+    print(active())
+with joblib.parallel_config(prefer="threads"):
+    print(active())
+print(joblib.parallel_config is joblib_like.parallel_config)
+"""
+
+
+def test_get_active_backend_follows_parallel_config_under_the_import_swap():
+    # What mne's parallel_func asks: the backend and n_jobs in force.
+    done = subprocess.run(
+        [sys.executable, "-c", ACTIVE_BACKEND_UNDER_THE_SWAP],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "FERROJOB_AS_JOBLIB": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:5] == [
+        "('LokyBackend', None)",
+        "('ThreadingBackend', 3)",
+        "('LokyBackend', 3)",
+        "('ThreadingBackend', 1)",
+        "True",
+    ]
+
+
+def nested_backend_name(_=None):
+    from joblib.parallel import get_active_backend
+
+    return type(get_active_backend()[0]).__name__
+
+
+def test_a_subclass_of_joblibs_loky_backend_runs_its_tasks_under_its_nested_backend():
+    from joblib._parallel_backends import LokyBackend
+
+    class OldStyle(LokyBackend):
+        """An older backend: get_nested_backend returns the backend alone."""
+
+        def get_nested_backend(self):
+            return super().get_nested_backend()[0]
+
+    # configure() reads parallel._id (loky's executor is keyed by it), n_jobs, _backend_kwargs
+    for backend in (LokyBackend(), OldStyle()):
+        names = ferrojob.Parallel(n_jobs=2, backend=backend)(ferrojob.delayed(nested_backend_name)() for _ in range(4))
+        assert names == ["ThreadingBackend"] * 4

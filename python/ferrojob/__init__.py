@@ -70,11 +70,6 @@ _LAZY = {
 }
 
 
-from . import _joblib_hook  # noqa: E402 - after the public names its joblib backend uses
-
-_joblib_hook.install()
-
-
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
@@ -117,3 +112,10 @@ __all__ = [
     "register_parallel_backend",
     "wrap_non_picklable_objects",
 ]
+
+# Last: with joblib already imported, installing the hook registers ferrojob's joblib backend at
+# once, and under the import swap replaces joblib's public names, reading __all__ and the lazy
+# names above (installed earlier, a process that imported joblib first found them missing).
+from . import _joblib_hook  # noqa: E402
+
+_joblib_hook.install()

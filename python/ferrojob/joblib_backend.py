@@ -29,6 +29,7 @@ from joblib._parallel_backends import (
 )
 
 from ._futures import FuturesRunner
+from .backends import follow_default_of
 from .backends.base import CallOptions
 from .backends.processes import ProcessSession, in_worker
 from .cpus import resolve_n_jobs
@@ -122,9 +123,14 @@ def swap_public_names() -> None:
     """Make ``joblib.<name>`` ferrojob's ``<name>`` for every public name ferrojob has (the
     others, such as ``Logger`` or ``register_store_backend``, stay joblib's)."""
     import joblib
+    from joblib import parallel
 
     import ferrojob
 
+    # Not a public name, but what libraries built on joblib ask (mne's parallel_func): the
+    # backend and n_jobs in force, which ferrojob's parallel_config now decides.
+    parallel.get_active_backend = get_active_backend
+    follow_default_of(parallel)
     originals = {name: getattr(joblib, name) for name in joblib.__all__ if name in ferrojob.__all__}
     # Wherever joblib's modules hold the original (``from joblib.parallel import Parallel``).
     modules = [module for name, module in list(sys.modules.items()) if name == "joblib" or name.startswith("joblib.")]
@@ -133,6 +139,35 @@ def swap_public_names() -> None:
         for module in modules:
             if getattr(module, name, None) is original:
                 setattr(module, name, replacement)
+
+
+def get_active_backend(prefer: Any = None, require: Any = None, verbose: Any = 0) -> tuple[Any, Any]:
+    """``joblib.parallel.get_active_backend`` under the import swap: ``(backend, n_jobs)`` as
+    joblib gives them, a joblib backend instance and the ``n_jobs`` in force (None: not set), from
+    ferrojob's ``parallel_config`` blocks. ``prefer``/``require`` act as in joblib: threads are
+    chosen where the backend in force was not."""
+    from joblib import parallel
+
+    from .backends import default_backend
+    from .config import current_config, is_default
+
+    config = current_config()
+    n_jobs = None if is_default(config.n_jobs) else config.n_jobs
+    prefer = config.prefer if prefer is None and not is_default(config.prefer) else prefer
+    require = config.require if require is None and not is_default(config.require) else require
+    chosen = config.backend
+    if is_default(chosen) or chosen is None:
+        if prefer == "threads" or require == "sharedmem":
+            return parallel.BACKENDS["threading"](), n_jobs if n_jobs is not None else 1
+        chosen = default_backend()
+    if isinstance(chosen, str):
+        factory = parallel.BACKENDS.get(chosen) or parallel.BACKENDS["ferrojob"]
+        backend = factory()
+    else:
+        backend = chosen  # a backend instance given to parallel_config
+    if require == "sharedmem" and not getattr(backend, "supports_sharedmem", False):
+        return parallel.BACKENDS["threading"](), n_jobs if n_jobs is not None else 1
+    return backend, n_jobs
 
 
 # Importing this module registers the backend (``ferrojob._joblib_hook`` imports it as soon as

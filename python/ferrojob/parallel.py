@@ -300,6 +300,7 @@ class Parallel:
             initargs=settings.initargs,
             max_tasks_per_worker=self.max_tasks_per_worker,
             max_worker_memory=self.max_worker_memory,
+            verbose=settings.verbose,
         )
         return backend, n_workers, options
 

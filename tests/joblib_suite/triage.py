@@ -90,9 +90,16 @@ RULES = [
         r"2\.3|0\.5|no meaning",
     ),
     (
+        "a call nested in a task of ferrojob's threading backend runs as asked: with no "
+        "parallel_config of its own it uses ferrojob's default backend, where joblib gives its "
+        "thread workers a nested ThreadingBackend",
+        r"test_nested_backend_context_manager\[.*threading\]",
+        r"LokyBackend'> == ThreadingBackend",
+    ),
+    (
         "joblib internals: its backend registry (the BACKENDS and EXTERNAL_BACKENDS dicts, patched by "
-        "the tests), get_active_backend() and its backend classes (ferrojob's registry is reached "
-        "through register_parallel_backend, which these tests bypass)",
+        "the tests) and its backend classes (ferrojob's registry is reached through "
+        "register_parallel_backend, which these tests bypass)",
         r"test_backend_context_manager|test_parameterized_backend_context_manager"
         r"|test_directly_parameterized_backend_context_manager|test_nested_backend_context_manager"
         r"|test_overwrite_default_backend|test_register_parallel_backend|test_external_backends",

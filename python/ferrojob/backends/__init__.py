@@ -101,10 +101,25 @@ def register_parallel_backend(name: str, factory: Callable[[], Backend], make_de
     _INSTANCES.pop(name, None)
     if make_default:
         DEFAULT_BACKEND = name
+        if _DEFAULT_OWNER is not None:
+            _DEFAULT_OWNER.DEFAULT_BACKEND = name
+
+
+#: Under the import swap, joblib's ``joblib.parallel`` module, whose ``DEFAULT_BACKEND`` variable
+#: then owns the default: joblib code sets and restores that variable directly.
+_DEFAULT_OWNER: Any = None
+
+
+def follow_default_of(module: Any) -> None:
+    """Take the default backend from ``module.DEFAULT_BACKEND`` from now on (the import swap)."""
+    global _DEFAULT_OWNER
+    _DEFAULT_OWNER = module
 
 
 def default_backend() -> str:
     """The backend ``Parallel`` uses when none is chosen (see ``make_default``)."""
+    if _DEFAULT_OWNER is not None:
+        return str(_DEFAULT_OWNER.DEFAULT_BACKEND)
     return DEFAULT_BACKEND
 
 

@@ -43,6 +43,8 @@ class CallOptions(NamedTuple):
     max_tasks_per_worker: int | None = None
     #: A worker whose resident memory exceeds this many bytes after a batch is replaced.
     max_worker_memory: int | None = None
+    #: The call's ``verbose`` (joblib's backends print through it).
+    verbose: int = 0
 
 
 class Session(ABC):

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import sys
 import time
+import uuid
 from typing import Any
 
 from .._tasks import Batch
@@ -58,20 +60,55 @@ class ForeignBackend(Backend):
         return int(self.backend.effective_n_jobs(n_jobs))
 
     def open(self, n_jobs: int, options: CallOptions) -> Session:
-        return ForeignSession(self.backend, n_jobs)
+        return ForeignSession(self.backend, n_jobs, _DrivingCall(n_jobs, options))
 
     def __repr__(self) -> str:
         return f"ForeignBackend({self.backend!r})"
 
 
-class _RunBatch:
-    """The callable a joblib backend runs: the batch's calls, their results as a list."""
+class _DrivingCall:
+    """What joblib's backends read of the ``Parallel`` that configures them (its ``parallel=``
+    argument): ``n_jobs``, ``verbose``, ``_backend_kwargs`` (passed on when a backend configures
+    its nested one), ``_id`` (loky's executor is keyed by it) and ``_print``."""
 
-    def __init__(self, calls: list) -> None:
+    def __init__(self, n_jobs: int, options: CallOptions) -> None:
+        self.n_jobs = n_jobs
+        self.verbose = options.verbose
+        self._backend_kwargs = dict(options.backend_params)
+        self._id = uuid.uuid4().hex
+
+    def _print(self, message: str) -> None:
+        if self.verbose:
+            print(f"[Parallel(n_jobs={self.n_jobs})]: {message}", file=sys.stderr, flush=True)
+
+    def _effective_n_jobs(self) -> int:
+        return self.n_jobs
+
+
+class _RunBatch:
+    """The callable a joblib backend runs: the batch's calls, their results as a list, under
+    the backend's nested backend (``get_nested_backend``) as joblib's batches run: a call made
+    by a task there uses it."""
+
+    def __init__(self, calls: list, nested: tuple[Any, Any]) -> None:
         self.calls = calls
+        self.nested = nested
 
     def __call__(self) -> list[Any]:
-        return [function(*args, **kwargs) for function, args, kwargs in self.calls]
+        backend, n_jobs = self.nested
+        if backend is None:
+            return [function(*args, **kwargs) for function, args, kwargs in self.calls]
+        import joblib
+
+        from ..config import parallel_config
+
+        settings = {"backend": backend} if n_jobs is None else {"backend": backend, "n_jobs": n_jobs}
+        with contextlib.ExitStack() as nested:
+            # Both libraries' settings (one under the import swap): a nested joblib.Parallel and
+            # a nested ferrojob.Parallel each see the nested backend.
+            for config in {id(c): c for c in (parallel_config, joblib.parallel_config)}.values():
+                nested.enter_context(config(**settings))
+            return [function(*args, **kwargs) for function, args, kwargs in self.calls]
 
     def __len__(self) -> int:  # joblib's backends may ask a batch its size
         return len(self.calls)
@@ -81,16 +118,22 @@ class ForeignSession(Session):
     """A call on a joblib backend: batches go to its ``submit``, results come back through its
     callbacks (``retrieve_result_callback`` when it supports it, else the job's ``get``)."""
 
-    def __init__(self, backend: Any, n_jobs: int) -> None:
+    def __init__(self, backend: Any, n_jobs: int, parallel: _DrivingCall) -> None:
         from joblib._parallel_backends import FallbackToBackend
 
+        # As joblib's Parallel calls it: with itself as `parallel` and its backend kwargs.
         try:
-            n_workers = backend.configure(n_jobs=n_jobs)
+            n_workers = backend.configure(n_jobs=n_jobs, parallel=parallel, **parallel._backend_kwargs)
         except FallbackToBackend as fallback:
             backend = fallback.backend
-            n_workers = backend.configure(n_jobs=n_jobs)
+            n_workers = backend.configure(n_jobs=n_jobs, parallel=parallel, **parallel._backend_kwargs)
         self.backend = backend
         self.n_workers = max(int(n_workers), 1)
+        if getattr(backend, "nesting_level", 0) is None:
+            backend.nesting_level = 0  # a top-level call's, as joblib's Parallel sets it
+        nested = backend.get_nested_backend() if hasattr(backend, "get_nested_backend") else None
+        # Older backends return the backend alone, without n_jobs.
+        self._nested = nested if isinstance(nested, tuple) else (nested, None)
         self._done: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
         self._jobs: dict[int, tuple[Any, float]] = {}
         # Entered when results are first waited for, left when the call ends, as joblib's
@@ -101,7 +144,7 @@ class ForeignSession(Session):
         def callback(out: Any) -> None:
             self._done.put((batch_id, out))
 
-        work = _RunBatch(batch.calls)
+        work = _RunBatch(batch.calls, self._nested)
         started = time.perf_counter()
         if hasattr(self.backend, "submit"):
             job = self.backend.submit(work, callback=callback)
