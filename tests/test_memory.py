@@ -297,3 +297,52 @@ def test_memory_creates_its_folder_at_once_as_joblib_does(tmp_path):
     Memory(location)
     assert location.is_dir()
     assert (location / "ferrojob").is_dir()
+
+
+JOBLIB_CACHE_THEN_FERROJOB = """
+import sys, warnings
+import joblib
+from mymodule import square
+
+location = sys.argv[1]
+joblib.Memory(location, verbose=0).cache(square)(3)
+
+import ferrojob
+cached = ferrojob.Memory(location, verbose=0).cache(square)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    assert cached(3) == 9 and cached(4) == 16 and cached(3) == 9
+print(len(caught))
+print(caught[0].message if caught else "")
+"""
+
+
+def test_a_joblib_cache_of_the_function_is_told_of_once(tmp_path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("joblib")
+    (tmp_path / "mymodule.py").write_text("def square(x):\n    return x * x\n")
+    location = tmp_path / "cache"
+    done = subprocess.run(
+        [sys.executable, "-c", JOBLIB_CACHE_THEN_FERROJOB, str(location)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr
+    count, message = done.stdout.split("\n", 1)
+    assert count == "1"  # once, on the first miss
+    assert f"joblib's cache of this function is in {location / 'joblib' / 'mymodule' / 'square'}" in message
+    assert "does not read joblib's files" in message
+
+
+def test_no_joblib_cache_no_notice(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        memory = Memory(tmp_path)
+        assert memory.cache(abs)(-2) == 2

@@ -39,6 +39,7 @@ from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from . import _core
+from ._caller import user_stacklevel
 from ._tasks import describe_arguments
 from .errors import DamagedFileError, InvalidParameterError, NotADumpFileError, compose_message
 from .hashing import hash as content_hash
@@ -113,6 +114,47 @@ def _function_id(func: Callable[..., Any]) -> str:
     hasher = _core.Hasher("xxh3")
     hasher.update(exact.encode("utf-8", "surrogatepass"))
     return f"{readable or 'function'}-{hasher.hexdigest()[:16]}"
+
+
+#: (location, function) pairs already told that joblib's cache of the function is not read.
+_JOBLIB_CACHE_TOLD: set[tuple[str, str]] = set()
+
+
+def _joblib_cache_of(location: str, func: Callable[..., Any]) -> str | None:
+    """The folder of joblib's cache of ``func`` in ``location`` (``location/joblib/<module
+    path>/<name>``, as joblib names it), if there is one. A script's functions (``__main__``)
+    are looked for under every ``__main__-<script path>`` folder."""
+    root = os.path.join(location, "joblib")
+    if not os.path.isdir(root):
+        return None  # the common case: one stat
+    name = getattr(func, "__name__", None)
+    module = getattr(func, "__module__", None)
+    if not isinstance(name, str) or not isinstance(module, str):
+        return None
+    if module == "__main__":
+        candidates = [
+            os.path.join(root, entry, name) for entry in sorted(os.listdir(root)) if entry.startswith("__main__-")
+        ]
+    else:
+        candidates = [os.path.join(root, *module.split("."), name)]
+    return next((folder for folder in candidates if os.path.isdir(folder)), None)
+
+
+def _tell_of_joblib_cache(location: str, func: Callable[..., Any], func_id: str) -> None:
+    """Once per function and location: joblib's cache of it is there, and is not read."""
+    if (location, func_id) in _JOBLIB_CACHE_TOLD:
+        return
+    _JOBLIB_CACHE_TOLD.add((location, func_id))
+    found = _joblib_cache_of(location, func)
+    if found is not None:
+        warnings.warn(
+            f"{func_id}: joblib's cache of this function is in {found}, but ferrojob keeps its own "
+            f"cache (in {os.path.join(location, 'ferrojob')}) and does not read joblib's files: "
+            "results cached by joblib are computed again, once. Delete the joblib folder when you "
+            "no longer need it.",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
 
 
 def _function_code(func: Callable[..., Any]) -> str:
@@ -612,6 +654,8 @@ class MemorizedFunc(Generic[_P, _R]):
         found, value = self._load(key)
         if found:
             return key, value
+        if self.memory.location is not None:
+            _tell_of_joblib_cache(self.memory.location, self.func, self.func_id)
         if self.verbose > 10:
             _LOG.info("Computing %s, argument hash %s, in %s", self.func_id, key, self._store_location)
         lock = None
