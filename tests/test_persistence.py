@@ -717,3 +717,87 @@ def test_a_seekable_stream_shorter_than_its_dump_is_refused_before_it_is_copied(
     with pytest.raises(DamagedFileError, match=r"truncated: its dump is \d+ bytes long, the stream holds 4096"):
         load(cut)
     assert cut.tell() == 0, "nothing was read past the check"
+
+
+def _joblib_format_value():
+    return {
+        "c": np.arange(12.0).reshape(3, 4),
+        "f": np.asfortranarray(np.arange(12).reshape(3, 4)),
+        "objects": np.array([1, "a", None], dtype=object),
+        "scalar": np.float32(3.5),
+        "zero_d": np.array(7),
+        "empty": np.zeros((0, 3)),
+        "strided": np.arange(20)[::3],
+        "text": np.array(["ab", "c"]),
+        "nested": [np.ones(2), "x", {"n": np.arange(3)}],
+    }
+
+
+def _same_as_joblib_format_value(loaded):
+    value = _joblib_format_value()
+    assert loaded.keys() == value.keys()
+    for key in ("c", "f", "zero_d", "empty", "strided", "text"):
+        np.testing.assert_array_equal(loaded[key], value[key])
+        assert loaded[key].dtype == value[key].dtype
+    assert loaded["f"].flags.f_contiguous and not loaded["f"].flags.c_contiguous
+    assert list(loaded["objects"]) == [1, "a", None] and loaded["scalar"] == np.float32(3.5)
+    np.testing.assert_array_equal(loaded["nested"][2]["n"], np.arange(3))
+
+
+@pytest.mark.parametrize(
+    "compress, name, magic",
+    [
+        (0, "plain.joblib", b"\x80"),
+        (3, "zlib.joblib", b"x"),
+        (True, "default.joblib", b"x"),
+        (("gzip", 3), "gzip.joblib", b"\x1f\x8b"),
+        (("bz2", 1), "bz2.joblib", b"BZh"),
+        (("xz", 1), "xz.joblib", b"\xfd7zXZ"),
+        (("lzma", 1), "lzma.joblib", b"]\x00"),
+        (0, "suffix.pkl.gz", b"\x1f\x8b"),
+    ],
+)
+def test_dump_in_joblib_format_is_read_by_joblib(tmp_path, compress, name, magic):
+    joblib = pytest.importorskip("joblib")
+    path = tmp_path / name
+    assert dump(_joblib_format_value(), path, compress=compress, format="joblib") == [str(path)]
+    assert path.read_bytes().startswith(magic)  # joblib's own codec choice, as joblib.dump makes it
+    _same_as_joblib_format_value(joblib.load(path))
+    _same_as_joblib_format_value(load(path))
+
+
+def test_an_uncompressed_joblib_format_dump_maps_aligned_arrays_in_joblib(tmp_path):
+    joblib = pytest.importorskip("joblib")
+    path = tmp_path / "mapped.joblib"
+    dump({"a": np.arange(1000.0), "b": np.arange(7, dtype=np.int8), "c": np.arange(9.0)}, path, format="joblib")
+    mapped = joblib.load(path, mmap_mode="r")
+    for key in ("a", "b", "c"):
+        assert isinstance(mapped[key], np.memmap)
+        assert mapped[key].ctypes.data % 16 == 0  # joblib's alignment
+    np.testing.assert_array_equal(mapped["c"], np.arange(9.0))
+
+
+def test_joblib_format_into_a_file_object_and_by_environment_default(tmp_path, monkeypatch):
+    import io
+
+    joblib = pytest.importorskip("joblib")
+    buffer = io.BytesIO()
+    assert dump({"a": np.arange(5)}, buffer, format="joblib") is None
+    buffer.seek(0)
+    np.testing.assert_array_equal(joblib.load(buffer)["a"], np.arange(5))
+    monkeypatch.setenv("FERROJOB_DUMP_FORMAT", "joblib")
+    dump([1, np.arange(3)], tmp_path / "by_env.pkl")
+    assert joblib.load(tmp_path / "by_env.pkl")[0] == 1
+    monkeypatch.setenv("FERROJOB_DUMP_FORMAT", "pickle")
+    with pytest.raises(InvalidParameterError, match="FERROJOB_DUMP_FORMAT='pickle' is not a dump format"):
+        dump([1], tmp_path / "x.pkl")
+
+
+def test_joblib_format_refuses_what_joblib_refuses(tmp_path):
+    with pytest.raises(InvalidParameterError, match="format='npy' is not a dump format"):
+        dump([1], tmp_path / "x", format="npy")
+    with pytest.raises(InvalidParameterError, match="compression joblib's format has"):
+        dump([1], tmp_path / "x", compress=("zstd", 3), format="joblib")
+    with pytest.raises(InvalidParameterError, match="a level goes from 0 to 9"):
+        dump([1], tmp_path / "x", compress=12, format="joblib")
+    assert not list(tmp_path.iterdir())  # nothing half-written

@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 import pickle
 from typing import Any
 
@@ -29,6 +30,7 @@ from .._settings import validate_mmap_mode
 from ..errors import InvalidParameterError, NotADumpFileError, compose_message
 from .containers import load_container
 from .joblib_files import compressor, load_joblib_file
+from .joblib_writer import dump_joblib_path, joblib_compression, write_joblib
 from .options import (
     is_file_object,
     native_byte_order,
@@ -42,7 +44,9 @@ from .streams import dump_stream, load_stream, mappable_file, seek_past_dump
 __all__ = ["dump", "load", "parse_compress"]
 
 
-def dump(value: Any, filename: Any, compress: Any = 0, protocol: int | None = None) -> list[str] | None:
+def dump(
+    value: Any, filename: Any, compress: Any = 0, protocol: int | None = None, format: str | None = None
+) -> list[str] | None:
     """Persist ``value`` into ``filename`` (atomically); returns ``[filename]`` like joblib.
 
     ``compress``: 0/False (none, the default); a level 1-9 on joblib's scale, or True (3),
@@ -53,6 +57,11 @@ def dump(value: Any, filename: Any, compress: Any = 0, protocol: int | None = No
     block on every core. ``protocol`` is accepted for joblib compatibility; dumps always use
     pickle protocol 5 (which keeps array data out of the pickle).
 
+    ``format="joblib"`` writes joblib's own format instead, which plain ``joblib.load`` reads
+    (for consumers that run joblib), with ``compress`` and ``protocol`` as joblib takes them (a
+    file compressed as a whole, zlib by default); the default is ``"ferrojob"``, or what the
+    environment variable ``FERROJOB_DUMP_FORMAT`` says.
+
     Example::
 
         >>> import numpy as np, tempfile, os
@@ -60,6 +69,12 @@ def dump(value: Any, filename: Any, compress: Any = 0, protocol: int | None = No
         >>> dump(np.zeros(3), os.path.join(tempfile.mkdtemp(), "z.fj"), compress=("lz4", 1))
         [...]
     """
+    if _dump_format(format) == "joblib":
+        if is_file_object(filename, "write"):
+            name = getattr(filename, "name", "")
+            write_joblib(value, filename, joblib_compression(compress, name if isinstance(name, str) else ""), protocol)
+            return None
+        return dump_joblib_path(value, path_of(filename, "dump"), compress, protocol)
     buffers: list[pickle.PickleBuffer] = []
     if is_file_object(filename, "write"):
         name = getattr(filename, "name", "")
@@ -72,6 +87,28 @@ def dump(value: Any, filename: Any, compress: Any = 0, protocol: int | None = No
     data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
     _core.write_dump(path, data, buffers, codec, level)
     return [path]
+
+
+#: The environment variable that sets ``dump``'s default format.
+DUMP_FORMAT_VARIABLE = "FERROJOB_DUMP_FORMAT"
+_FORMATS = ("ferrojob", "joblib")
+
+
+def _dump_format(format: str | None) -> str:
+    """``format`` as given, else the environment's default, else "ferrojob"; checked."""
+    source = "format"
+    if format is None:
+        format, source = os.environ.get(DUMP_FORMAT_VARIABLE) or "ferrojob", DUMP_FORMAT_VARIABLE
+    if format not in _FORMATS:
+        raise InvalidParameterError(
+            compose_message(
+                f"{source}={format!r} is not a dump format.",
+                "use 'ferrojob' (the default: compressed block by block on every core, memory-mapped "
+                "in constant time) or 'joblib' (what plain joblib.load reads)",
+            ),
+            code="FJ201",
+        )
+    return format
 
 
 def load(
