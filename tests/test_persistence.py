@@ -801,3 +801,55 @@ def test_joblib_format_refuses_what_joblib_refuses(tmp_path):
     with pytest.raises(InvalidParameterError, match="a level goes from 0 to 9"):
         dump([1], tmp_path / "x", compress=12, format="joblib")
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+WHOLE_FILE_ENDINGS = [".gz", ".z", ".bz2", ".xz", ".lzma"]
+
+
+def _decompress_whole(ending, data):
+    import bz2
+    import gzip
+    import lzma
+    import zlib
+
+    return {".gz": gzip.decompress, ".z": zlib.decompress, ".bz2": bz2.decompress}.get(ending, lzma.decompress)(data)
+
+
+@pytest.mark.parametrize("ending", WHOLE_FILE_ENDINGS)
+def test_a_name_ending_in_a_codec_is_a_real_stream_of_it(tmp_path, ending):
+    # 12 MB: more than one member for gzip, bz2 and xz (cut on every core); the container inside.
+    value = {"a": np.arange(1_500_000, dtype=np.float64), "s": "text"}
+    path = tmp_path / f"data.pkl{ending}"
+    dump(value, path, compress=1)
+    inside = _decompress_whole(ending, path.read_bytes())  # every tool of the codec reads it
+    assert inside.startswith(b"FJDUMP")
+    loaded = load(path)
+    np.testing.assert_array_equal(loaded["a"], value["a"])
+    # Decompressed by an outside tool, the file inside is a plain dump.
+    (tmp_path / "inside.fj").write_bytes(inside)
+    np.testing.assert_array_equal(load(tmp_path / "inside.fj")["a"], value["a"])
+
+
+@pytest.mark.parametrize("ending", [".gz", ".bz2", ".xz"])
+def test_dumps_of_several_members_one_after_another_load_in_order(tmp_path, ending):
+    import io
+
+    path = tmp_path / f"one.pkl{ending}"
+    dump(np.arange(1_500_000.0), path, compress=1)  # several members each
+    stream = io.BytesIO(path.read_bytes() * 2 + b"after")
+    first, second = load(stream), load(stream)
+    np.testing.assert_array_equal(second, np.arange(1_500_000.0))
+    np.testing.assert_array_equal(first, second)
+    assert stream.read() == b"after"  # each load stopped right after its own members
+
+
+def test_gunzip_reads_a_gz_dump(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("gzip") is None:
+        pytest.skip("no gzip tool here")
+    path = tmp_path / "data.pkl.gz"
+    dump({"x": np.arange(10)}, path)
+    unpacked = subprocess.run(["gzip", "-dc", str(path)], capture_output=True, check=True).stdout
+    assert unpacked.startswith(b"FJDUMP")

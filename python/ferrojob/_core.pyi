@@ -233,8 +233,10 @@ class Hasher:
     def update_buffer(self, buffer: Any) -> None: ...
     def hexdigest(self) -> str: ...
 
-def write_dump(path: str, pickle: bytes, buffers: list[Any], codec: str = "raw", level: int = 3) -> int:
-    """Write a dump atomically; returns its size."""
+def write_dump(
+    path: str, pickle: bytes, buffers: list[Any], codec: str = "raw", level: int = 3, whole: bool = False
+) -> int:
+    """Write a dump atomically (with ``whole``: a raw container in one stream of ``codec``); returns its size."""
 
 def read_dump(path: str, mmap_mode: str | None = None) -> tuple[bytes, list[Buffer], bool, list[int]]:
     """Read a dump: (pickle, buffers, whether the buffers are mapped, their offsets in the file)."""

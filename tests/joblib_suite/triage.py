@@ -42,7 +42,9 @@ RULES = [
         r".",
     ),
     (
-        "joblib's file format (ferrojob's container compresses block by block; the file is no zlib/gzip stream)",
+        "a codec chosen by compress=, not by the file name's ending, compresses ferrojob's container block by "
+        "block (on every core), where joblib compresses the whole file: only a name ending in .gz, .z, .bz2, "
+        ".xz or .lzma makes the file a stream of its codec",
         r"test_joblib_compression_formats|test_compression_using_file_extension|test_compress_tuple_argument"
         r"|test_compress_string_argument|test_load_externally_decompressed_files|test_file_handle_persistence_compressed_mmap",
         r"not-compressed|Not a gzipped file|incorrect header check",

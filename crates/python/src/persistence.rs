@@ -79,10 +79,12 @@ fn parse_codec(name: &str, level: i32) -> PyResult<Codec> {
 }
 
 /// Write a dump: the pickle and its out-of-band buffers, compressed with `codec` ("raw", "zstd",
-/// "lz4", "zlib", "gzip", "bz2", "lzma" or "xz") at `level`. Atomic: the file appears complete
-/// or not at all. Returns its size.
+/// "lz4", "zlib", "gzip", "bz2", "lzma" or "xz") at `level` block by block; or, with `whole`,
+/// a raw container compressed as a whole into a real stream of `codec` ("gzip", "zlib", "bz2",
+/// "xz", "lzma": what a file name's ending asks for). Atomic: the file appears complete or not
+/// at all. Returns its size.
 #[pyfunction]
-#[pyo3(signature = (path, pickle, buffers, codec="raw", level=3))]
+#[pyo3(signature = (path, pickle, buffers, codec="raw", level=3, whole=false))]
 pub fn write_dump(
     py: Python<'_>,
     path: PathBuf,
@@ -90,8 +92,24 @@ pub fn write_dump(
     buffers: Vec<Bound<'_, PyAny>>,
     codec: &str,
     level: i32,
+    whole: bool,
 ) -> PyResult<u64> {
-    let codec = parse_codec(codec, level)?;
+    let wrapper = if whole {
+        let wrapper = u32::try_from(level)
+            .ok()
+            .and_then(|level| codec::Wrapper::from_name(codec, level))
+            .ok_or_else(|| {
+                invalid_parameter(format!("no whole-file codec {codec:?} at level {level}"))
+            })?;
+        Some(wrapper)
+    } else {
+        None
+    };
+    let codec = if whole {
+        Codec::Raw
+    } else {
+        parse_codec(codec, level)?
+    };
     let held = buffers
         .iter()
         .map(contiguous)
@@ -99,7 +117,10 @@ pub fn write_dump(
     // SAFETY: `held` keeps every buffer exported until the end of this function.
     let slices: Vec<&[u8]> = held.iter().map(|b| unsafe { bytes_of(b) }).collect();
     let size = py
-        .detach(|| codec::write(&path, pickle, &slices, codec))
+        .detach(|| match wrapper {
+            Some(wrapper) => codec::write_wrapped(&path, pickle, &slices, wrapper),
+            None => codec::write(&path, pickle, &slices, codec),
+        })
         .map_err(EngineError::from)?;
     Ok(size)
 }

@@ -38,6 +38,7 @@ from .options import (
     path_of,
     refuse_joblib_pickle,
     warn_not_mapped,
+    whole_file_codec,
 )
 from .streams import dump_stream, load_stream, mappable_file, seek_past_dump
 
@@ -53,8 +54,10 @@ def dump(
     mapped to zstd levels that give at least zlib's ratio at that level (see ``zstd_level``);
     or an exact ``(codec, level)`` pair: "zstd" (levels 1-22), "lz4", or joblib's "zlib",
     "gzip", "bz2", "lzma"/"xz" (1-9). A file name ending in ".gz", ".z", ".bz2", ".xz",
-    ".lzma", ".lz4" or ".zst" picks that codec, as in joblib. Every codec compresses block by
-    block on every core. ``protocol`` is accepted for joblib compatibility; dumps always use
+    ".lzma", ".lz4" or ".zst" picks that codec, as in joblib; a name ending in ".gz", ".z",
+    ".bz2", ".xz" or ".lzma" is then a real stream of that codec (``gunzip`` reads it: the
+    container is inside), compressed member by member on every core where the codec has members
+    (gzip, bz2, xz). Otherwise every codec compresses block by block on every core. ``protocol`` is accepted for joblib compatibility; dumps always use
     pickle protocol 5 (which keeps array data out of the pickle).
 
     ``format="joblib"`` writes joblib's own format instead, which plain ``joblib.load`` reads
@@ -85,7 +88,7 @@ def dump(
     path = path_of(filename, "dump")
     codec, level = parse_compress(compress, path)
     data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-    _core.write_dump(path, data, buffers, codec, level)
+    _core.write_dump(path, data, buffers, codec, level, whole=whole_file_codec(path, codec))
     return [path]
 
 

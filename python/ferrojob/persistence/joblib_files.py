@@ -17,18 +17,20 @@ This is pickle: it runs code. ``load`` reads joblib files only with ``allow_pick
 
 from __future__ import annotations
 
+import functools
 import io
 import lzma
 import os
 import pickle
 import warnings
 import zlib
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from .._caller import user_stacklevel
 from ..errors import DamagedFileError, NotADumpFileError, compose_message
 from .options import in_native_order, memmap_mode, warn_not_mapped
-from .readers import Replay, warn_lost
+from .readers import Replay, read_up_to, warn_lost
 
 _PREFIXES = (
     (b"\x1f\x8b", "gzip"),
@@ -65,33 +67,49 @@ def compressor(start: bytes) -> str | None:
     return None
 
 
-class _OneMember(io.RawIOBase):
-    """One compressed member (a zlib or gzip stream, a bz2 stream, an xz or lzma stream, an lz4
-    frame), decompressed as it is read, and no further than its end: the bytes read past it
-    are given back to ``handle`` (``give_back``), so a load leaves the stream right after its
-    own dump. (Python's GzipFile, BZ2File, LZMAFile and LZ4FrameFile read every member that
-    follows: the next dump's too.)"""
+#: The first bytes of a member, for the codecs whose streams are a series of members.
+_MEMBER_MAGIC = {"gzip": b"\x1f\x8b", "bz2": b"BZh", "xz": b"\xfd7zXZ\x00"}
 
-    def __init__(self, handle: Any, name: str, decompressor: Any, codec: str, limit: int | None = None) -> None:
+
+class _Members(io.RawIOBase):
+    """A compressed stream (zlib, gzip, bz2, xz, lzma, lz4), decompressed as it is read, one
+    member at a time: it ends with its first member, unless ``continues`` is set, when a member
+    that ends while more is asked for is followed by the next (a dump that says its length, and
+    whose writer cut it into members on every core). What is read past the last member used is
+    given back to ``handle`` (``give_back``), so a load leaves the stream right after its own
+    dump. (Python's GzipFile, BZ2File, LZMAFile and LZ4FrameFile read every member that follows:
+    the next dump's too.)"""
+
+    def __init__(
+        self, handle: Any, name: str, decompressor: Callable[[], Any], codec: str, limit: int | None = None
+    ) -> None:
         self._handle = handle
         self.name = name
         self._codec = codec
-        self._decompressor = decompressor
+        self._make = decompressor
+        self._decompressor = decompressor()
+        #: Read from ``handle`` and not yet fed (what a finished member left over).
+        self._carry = b""
         self._pending = b""
         self._left = limit  # the length a Z-file declares: no more is produced
         self._given_back = False
+        self.continues = False
 
     def readable(self) -> bool:
         return True
 
     def _input(self) -> bytes:
         """The next compressed bytes: what the decompressor holds back first (zlib gives it
-        back as ``unconsumed_tail``; bz2, lzma and lz4 keep it and say ``needs_input``)."""
+        back as ``unconsumed_tail``; bz2, lzma and lz4 keep it and say ``needs_input``), then
+        what an earlier member left over, then the handle's."""
         tail = getattr(self._decompressor, "unconsumed_tail", b"")
         if tail:
             return tail  # type: ignore[no-any-return]
         if not getattr(self._decompressor, "needs_input", True):
             return b""
+        if self._carry:
+            carried, self._carry = self._carry, b""
+            return carried
         compressed = self._handle.read(_CHUNK)
         if not compressed:
             raise DamagedFileError(
@@ -100,9 +118,30 @@ class _OneMember(io.RawIOBase):
             )
         return compressed  # type: ignore[no-any-return]
 
+    def _next_member(self) -> bool:
+        """After a member's end: start the next one if the bytes that follow begin one."""
+        self._carry = self._decompressor.unused_data + self._carry
+        magic = _MEMBER_MAGIC.get(self._codec)
+        if magic is None:
+            return False  # zlib, lzma alone: one stream, no members
+        if len(self._carry) < len(magic):
+            self._carry += read_up_to(self._handle, len(magic) - len(self._carry))
+        if not self._carry.startswith(magic):
+            return False
+        self._decompressor = self._make()
+        return True
+
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        while not self._pending and not self._decompressor.eof and self._left != 0:
+        while not self._pending and self._left != 0 and not self._given_back:
+            if self._decompressor.eof:
+                if self.continues and self._next_member():
+                    continue
+                # The end: what was read past it goes back to the handle.
+                self._given_back = True
+                leftover = self._carry if self.continues else self._decompressor.unused_data + self._carry
+                give_back(self._handle, leftover, self.name)
+                break
             compressed = self._input()
             wanted = len(view) if self._left is None else min(len(view), self._left)
             try:
@@ -112,15 +151,20 @@ class _OneMember(io.RawIOBase):
                 raise DamagedFileError(
                     f"{self.name}: its {self._codec} compression is damaged or cut short ({error})", code="FJ401"
                 ) from None
-        if self._decompressor.eof and not self._given_back:
-            self._given_back = True
-            give_back(self._handle, self._decompressor.unused_data, self.name)
         got = min(len(view), len(self._pending))
         view[:got] = self._pending[:got]
         self._pending = self._pending[got:]
         if self._left is not None:
             self._left -= got
         return got
+
+
+def continue_across_members(stream: Any, on: bool) -> None:
+    """Let ``stream`` (as ``decompressing`` returns it) go on into the members that follow its
+    current one when more is read (``on``), or end with the current member."""
+    raw = getattr(stream, "raw", None)
+    if isinstance(raw, _Members):
+        raw.continues = on
 
 
 def _zfile(handle: Any, path: str) -> BinaryIO:
@@ -132,7 +176,7 @@ def _zfile(handle: Any, path: str) -> BinaryIO:
         raise DamagedFileError(f"{path}: the header of a joblib < 0.10 file is damaged", code="FJ401") from None
     start = handle.read(1)
     # Some versions wrote one more space after the length.
-    member = _OneMember(Replay(b"" if start == b" " else start, handle), path, zlib.decompressobj(), "zlib", length)
+    member = _Members(Replay(b"" if start == b" " else start, handle), path, zlib.decompressobj, "zlib", length)
     return io.BufferedReader(member)
 
 
@@ -158,15 +202,15 @@ def decompressing(handle: Any, name: str, path: str) -> BinaryIO:
 
     if name == "zfile":
         return _zfile(handle, path)
-    decompressor: Any
+    decompressor: Callable[[], Any]
     if name == "gzip":
-        decompressor = zlib.decompressobj(31)
+        decompressor = functools.partial(zlib.decompressobj, 31)
     elif name == "zlib":
-        decompressor = zlib.decompressobj()
+        decompressor = zlib.decompressobj
     elif name == "bz2":
-        decompressor = bz2.BZ2Decompressor()
+        decompressor = bz2.BZ2Decompressor
     elif name in ("xz", "lzma"):
-        decompressor = lzma.LZMADecompressor(lzma.FORMAT_AUTO)
+        decompressor = functools.partial(lzma.LZMADecompressor, lzma.FORMAT_AUTO)
     else:
         try:
             import lz4.frame  # type: ignore[import-not-found]
@@ -178,8 +222,8 @@ def decompressing(handle: Any, name: str, path: str) -> BinaryIO:
                 ),
                 code="FJ402",
             ) from None
-        decompressor = lz4.frame.LZ4FrameDecompressor()
-    return io.BufferedReader(_OneMember(handle, path, decompressor, name))
+        decompressor = lz4.frame.LZ4FrameDecompressor
+    return io.BufferedReader(_Members(handle, path, decompressor, name))
 
 
 class _ArrayWrapper:

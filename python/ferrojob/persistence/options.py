@@ -32,6 +32,17 @@ _SUFFIX_CODECS = {
 }
 
 
+#: The file name endings of codecs with a stream format of their own: a dump named so is a real
+#: stream of that codec (``gunzip`` and every other tool read it), the container inside it.
+WHOLE_FILE_CODECS = frozenset({"zlib", "gzip", "bz2", "lzma", "xz"})
+
+
+def whole_file_codec(filename: str, codec: str) -> bool:
+    """Whether a dump to ``filename`` with ``codec`` is written as a real stream of ``codec``:
+    the name's ending asks for that very codec, and it has a stream format."""
+    return codec in WHOLE_FILE_CODECS and _SUFFIX_CODECS.get(os.path.splitext(filename)[1].lower()) == codec
+
+
 def _bad_compress(compress: Any, *help_lines: str) -> InvalidParameterError:
     return InvalidParameterError(
         compose_message(

@@ -151,6 +151,7 @@ def _load(stream: Any, allow_pickle: bool, ensure_native_byte_order: Any, outer:
                 # On to the end of its compression (its trailer): the member then gives back
                 # what it read past its end, and the stream is left right after this dump,
                 # where the next one starts.
+                joblib_files.continue_across_members(inner, False)
                 inner.read()
             if replay.held():
                 # The stream could not take them back: say so, the next load would miss them.
@@ -196,6 +197,9 @@ def _container_head(head: bytes, stream: Any, name: str) -> tuple[bytes, int]:
 def _load_container(head: bytes, stream: BinaryIO, name: str, allow_pickle: bool, ensure_native_byte_order: Any) -> Any:
     """Read the container ``head`` starts, and nothing after it, into a scratch file; load that."""
     start = _position(stream, len(head))
+    # A container says its length: a stream compressed as a whole may go on into the members
+    # that follow (ferrojob writes `.gz`, `.bz2` and `.xz` dumps as members made on every core).
+    joblib_files.continue_across_members(stream, True)
     head, length = _container_head(head, stream, name)
     _check_holds(stream, start, length, name)
     with scratch_file() as path:

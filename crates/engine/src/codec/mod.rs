@@ -21,9 +21,11 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::cursor::Cursor;
 
 mod compression;
+mod wrapped;
 
 use compression::max_raw_len;
 pub use compression::Codec;
+pub use wrapped::{write_wrapped, Wrapper};
 
 const MAGIC: &[u8; 7] = b"FJDUMP\0";
 const VERSION: u8 = 1;
