@@ -853,3 +853,16 @@ def test_gunzip_reads_a_gz_dump(tmp_path):
     dump({"x": np.arange(10)}, path)
     unpacked = subprocess.run(["gzip", "-dc", str(path)], capture_output=True, check=True).stdout
     assert unpacked.startswith(b"FJDUMP")
+
+
+def test_parallel_config_sets_the_dump_format_of_its_block(tmp_path):
+    from ferrojob import parallel_config
+
+    joblib = pytest.importorskip("joblib")
+    with parallel_config(dump_format="joblib"):
+        dump({"a": np.arange(3)}, tmp_path / "in_block.pkl")
+    dump({"a": np.arange(3)}, tmp_path / "after.pkl")
+    np.testing.assert_array_equal(joblib.load(tmp_path / "in_block.pkl")["a"], np.arange(3))
+    assert (tmp_path / "after.pkl").read_bytes().startswith(b"FJDUMP")
+    with pytest.raises(InvalidParameterError, match="dump_format='pickle' is not a dump format"):
+        parallel_config(dump_format="pickle")

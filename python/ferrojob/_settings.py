@@ -96,6 +96,20 @@ def check_return_as(value: Any) -> str:
     return str(value)
 
 
+#: The formats ``dump`` writes.
+DUMP_FORMATS = ("ferrojob", "joblib")
+
+
+def check_dump_format(value: Any) -> str:
+    if value not in DUMP_FORMATS:
+        raise invalid(
+            f"dump_format={value!r} is not a dump format.",
+            "use 'ferrojob' (the default: compressed block by block on every core, memory-mapped "
+            "in constant time) or 'joblib' (what plain joblib.load reads)",
+        )
+    return str(value)
+
+
 def check_prefer(prefer: Any) -> Any:
     if prefer not in (None, "processes", "threads"):
         raise invalid(
@@ -346,6 +360,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("max_worker_memory", _size_check("max_worker_memory"), None, frozenset({PARALLEL, EXECUTOR}), PROCESSES,
                 "a worker over this resident memory is replaced"),
         Setting("progress", _accepted, False, frozenset({PARALLEL}), EVERY, "True: a tqdm bar; a callable: updates"),
+        Setting("dump_format", check_dump_format, "ferrojob", frozenset({CONFIG}), frozenset(), "dump's format: ferrojob, joblib"),
     )
 }  # fmt: skip
 

@@ -64,6 +64,7 @@ class Config(NamedTuple):
     return_exceptions: Any = DEFAULT
     initializer: Any = DEFAULT
     initargs: Any = DEFAULT
+    dump_format: Any = DEFAULT
     backend_params: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -167,6 +168,7 @@ class parallel_config(contextlib.ContextDecorator):
         return_exceptions: Any = DEFAULT,
         initializer: Any = DEFAULT,
         initargs: Any = DEFAULT,
+        dump_format: Any = DEFAULT,
         **backend_params: Any,
     ) -> None:
         given = dict(
@@ -182,6 +184,7 @@ class parallel_config(contextlib.ContextDecorator):
             return_exceptions=return_exceptions,
             initializer=initializer,
             initargs=initargs,
+            dump_format=dump_format,
         )
         # Checked here, kept as given (``with parallel_config(...) as config`` shows them so, as
         # joblib's does); n_jobs is kept converted ("2" is 2).

@@ -62,8 +62,9 @@ def dump(
 
     ``format="joblib"`` writes joblib's own format instead, which plain ``joblib.load`` reads
     (for consumers that run joblib), with ``compress`` and ``protocol`` as joblib takes them (a
-    file compressed as a whole, zlib by default); the default is ``"ferrojob"``, or what the
-    environment variable ``FERROJOB_DUMP_FORMAT`` says.
+    file compressed as a whole, zlib by default); the default is ``"ferrojob"``, or what an
+    enclosing ``parallel_config(dump_format=...)`` or the environment variable
+    ``FERROJOB_DUMP_FORMAT`` says.
 
     Example::
 
@@ -94,15 +95,21 @@ def dump(
 
 #: The environment variable that sets ``dump``'s default format.
 DUMP_FORMAT_VARIABLE = "FERROJOB_DUMP_FORMAT"
-_FORMATS = ("ferrojob", "joblib")
 
 
 def _dump_format(format: str | None) -> str:
-    """``format`` as given, else the environment's default, else "ferrojob"; checked."""
+    """``format`` as given, else ``parallel_config(dump_format=...)``'s, else the environment's,
+    else "ferrojob"; checked."""
+    from .._settings import DUMP_FORMATS
+    from ..config import current_config, is_default
+
     source = "format"
     if format is None:
+        configured = current_config().dump_format
+        if not is_default(configured):
+            return str(configured)  # checked by parallel_config
         format, source = os.environ.get(DUMP_FORMAT_VARIABLE) or "ferrojob", DUMP_FORMAT_VARIABLE
-    if format not in _FORMATS:
+    if format not in DUMP_FORMATS:
         raise InvalidParameterError(
             compose_message(
                 f"{source}={format!r} is not a dump format.",
