@@ -58,6 +58,36 @@ def is_shared_memory(name: str, kind: str = "") -> bool:
 PORTABLE = os.environ.get("FERROJOB_PORTABLE") == "1"
 
 
+#: A script whose workers outlive it unless they die with their parent: it prints their pids,
+#: then kills itself with SIGKILL (no cleanup of its own runs).
+KILLED_PARENT = """
+import os, signal
+from ferrojob import Parallel, delayed
+
+def pid(_):
+    return os.getpid()
+
+pids = sorted(set(Parallel(n_jobs=2)(delayed(pid)(x) for x in range(40))))
+print(" ".join(map(str, pids)), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def assert_workers_died_with_their_parent(done: subprocess.CompletedProcess) -> None:
+    """``done`` ran ``KILLED_PARENT``: its workers must be gone (waiting for them is no timing
+    assertion: the bound only keeps a failure from hanging)."""
+    import signal
+    import time
+
+    assert done.returncode == -signal.SIGKILL
+    pids = [int(p) for p in done.stdout.split()]
+    assert pids
+    deadline = time.monotonic() + 30
+    while any(process_state(p) not in (None, "Z") for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(process_state(p) in (None, "Z") for p in pids)
+
+
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 

@@ -5,14 +5,12 @@ also runs the whole suite on it."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import ferrojob._core
-from conftest import process_state
+from conftest import KILLED_PARENT, assert_workers_died_with_their_parent
 
 
 def run(source: str, portable: bool) -> subprocess.CompletedProcess:
@@ -69,28 +67,7 @@ def test_the_linux_path_shares_memfds_and_needs_no_lifeline():
 
 
 def test_portable_workers_die_with_a_killed_parent_through_their_lifeline():
-    done = run(
-        """
-        import os, signal
-        from ferrojob import Parallel, delayed
-
-        def pid(_):
-            return os.getpid()
-
-        pids = sorted(set(Parallel(n_jobs=2)(delayed(pid)(x) for x in range(40))))
-        print(" ".join(map(str, pids)), flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
-        """,
-        portable=True,
-    )
-    assert done.returncode == -signal.SIGKILL
-    pids = [int(p) for p in done.stdout.split()]
-    assert pids
-    # Waiting for them is no timing assertion: the bound only keeps a failure from hanging.
-    deadline = time.monotonic() + 30
-    while any(process_state(p) not in (None, "Z") for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert all(process_state(p) in (None, "Z") for p in pids)
+    assert_workers_died_with_their_parent(run(KILLED_PARENT, portable=True))
 
 
 def test_windows_is_refused_with_joblib_named_as_the_fallback():

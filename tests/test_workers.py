@@ -7,7 +7,14 @@ import signal
 import time
 
 import pytest
-from conftest import children, open_fds, process_state, worker_children
+from conftest import (
+    KILLED_PARENT,
+    assert_workers_died_with_their_parent,
+    children,
+    open_fds,
+    process_state,
+    worker_children,
+)
 from ferrojob import Parallel, TaskTimeoutError, WorkerCrashedError, delayed
 from ferrojob.errors import RemoteTraceback
 
@@ -199,26 +206,7 @@ def test_no_fd_or_process_leak_across_failures():
 
 
 def test_workers_die_with_a_killed_parent(script):
-    done = script(
-        """
-        import os, signal
-        from ferrojob import Parallel, delayed
-
-        def pid(_):
-            return os.getpid()
-
-        pids = sorted(set(Parallel(n_jobs=2)(delayed(pid)(x) for x in range(40))))
-        print(" ".join(map(str, pids)), flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
-        """
-    )
-    assert done.returncode == -signal.SIGKILL
-    pids = [int(p) for p in done.stdout.split()]
-    assert pids
-    deadline = time.monotonic() + 10
-    while any(process_state(p) not in (None, "Z") for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert all(process_state(p) in (None, "Z") for p in pids)
+    assert_workers_died_with_their_parent(script(KILLED_PARENT))
 
 
 def test_ctrl_c_stops_every_worker(script, tmp_path):
