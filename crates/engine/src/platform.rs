@@ -30,8 +30,6 @@ use std::sync::OnceLock;
 
 use nix::sys::socket::MsgFlags;
 
-use crate::shm::{StatusPage, STATUS_LIFELINE, STATUS_PEAK_RSS};
-
 /// The worker's end of its lifeline, on the portable path (fd 3 is its socket, 4 its status page).
 pub const WORKER_LIFELINE_FD: RawFd = 5;
 /// How often a portable worker looks at its lifeline and records its peak memory.
@@ -233,16 +231,20 @@ pub struct ParentDeath {
 }
 
 impl ParentDeath {
-    /// Prepare for one worker: on the portable path, mark its status page as having a lifeline.
-    pub fn prepare(status: &StatusPage) -> io::Result<Self> {
+    /// Prepare for one worker (on the portable path, the lifeline it will watch).
+    pub fn prepare() -> io::Result<Self> {
         if !portable() {
             return Ok(Self { lifeline: None });
         }
-        let lifeline = lifeline::read_end()?;
-        status.store(STATUS_LIFELINE, 1);
         Ok(Self {
-            lifeline: Some(lifeline),
+            lifeline: Some(lifeline::read_end()?),
         })
+    }
+
+    /// Whether the worker gets a lifeline on [`WORKER_LIFELINE_FD`] (the pool tells it so on its
+    /// status page, and the worker then calls [`watch_parent`]).
+    pub fn has_lifeline(&self) -> bool {
+        self.lifeline.is_some()
     }
 
     /// In the forked child, before exec: arrange to die with the parent. Only async-signal-safe
@@ -268,47 +270,32 @@ impl ParentDeath {
     }
 }
 
-/// In a worker: if its parent left a lifeline, watch it on a thread of its own, which kills this
-/// process when the parent is gone and records its peak memory on the status page.
+/// In a worker given a lifeline: watch it on a thread of its own, which kills this process when
+/// the parent is gone and, every tick, hands this process's peak memory to `record_peak` when
+/// it changed.
 ///
 /// # Safety
-/// The caller must be a worker started by the pool, and call this at most once: the lifeline
-/// descriptor is adopted as owned.
-pub unsafe fn watch_parent(status_fd: BorrowedFd<'_>) -> io::Result<()> {
-    let status = StatusPage::open(status_fd.try_clone_to_owned()?)?;
-    if status.load(STATUS_LIFELINE) != 1 {
-        return Ok(());
-    }
+/// The caller must be a worker started by the pool with a lifeline, and call this at most once:
+/// the lifeline descriptor is adopted as owned.
+pub unsafe fn watch_parent(record_peak: impl Fn(u64) + Send + 'static) -> io::Result<()> {
     // SAFETY: per the contract above, the pool installed the lifeline for us alone.
     let lifeline = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(WORKER_LIFELINE_FD) };
     std::thread::Builder::new()
         .name("ferrojob-lifeline".into())
-        .spawn(move || lifeline::watch(&lifeline, &status))?;
+        .spawn(move || lifeline::watch(&lifeline, record_peak))?;
     Ok(())
 }
 
-/// In a portable worker, before it answers a job: record its peak memory on its status page, so
-/// the parent's memory-cap check after the job reads a value that includes the job (the lifeline
-/// thread's ticks alone could lag behind it). Nothing on the Linux path, where the parent reads
-/// `/proc`.
-pub fn record_peak_memory(status: &StatusPage) {
-    if status.load(STATUS_LIFELINE) != 1 {
-        return;
-    }
-    if let Some(peak) = own_peak_rss() {
-        status.store(STATUS_PEAK_RSS, peak);
-    }
-}
-
-/// A worker's resident memory in bytes as the memory cap reads it: current (Linux path, from
-/// `/proc`) or peak (portable path, from its status page); None when unknown.
-pub fn worker_memory(pid: nix::unistd::Pid, status: &StatusPage) -> Option<u64> {
+/// A worker's resident memory in bytes as the memory cap reads it: current on the Linux path
+/// (from `/proc`), else `reported_peak`, the peak the worker reported on its status page (0:
+/// none yet); None when unknown.
+pub fn worker_memory(pid: nix::unistd::Pid, reported_peak: u64) -> Option<u64> {
     #[cfg(target_os = "linux")]
     if !portable() {
         return linux::resident_bytes(pid);
     }
     let _ = pid;
-    Some(status.load(STATUS_PEAK_RSS)).filter(|&bytes| bytes > 0)
+    Some(reported_peak).filter(|&bytes| bytes > 0)
 }
 
 /// This process's peak resident size in bytes.
@@ -395,7 +382,7 @@ mod lifeline {
         assert!(pipe.read.as_raw_fd() > WORKER_LIFELINE_FD + 4);
     }
 
-    pub(super) fn watch(lifeline: &OwnedFd, status: &StatusPage) {
+    pub(super) fn watch(lifeline: &OwnedFd, record_peak: impl Fn(u64)) {
         use nix::errno::Errno;
         use nix::poll::{poll, PollFd, PollFlags};
         let mut recorded = 0;
@@ -404,7 +391,7 @@ mod lifeline {
             match poll(&mut fds, WATCH_TICK_MS) {
                 Ok(0) | Err(Errno::EINTR) => {
                     if let Some(peak) = own_peak_rss().filter(|&peak| peak != recorded) {
-                        status.store(STATUS_PEAK_RSS, peak);
+                        record_peak(peak);
                         recorded = peak;
                     }
                 }

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -22,7 +22,10 @@ use crate::fork::Birth;
 use crate::pool::{WORKER_SOCKET_FD, WORKER_STATUS_FD};
 use crate::protocol::{Connection, Kind, ProtocolError};
 use crate::shared_alloc;
-use crate::shm::{Access, Mapping, SharedBuffer, StatusPage, STATUS_JOB, STATUS_TASKS_STARTED};
+use crate::shm::{
+    Access, Mapping, SharedBuffer, StatusPage, STATUS_JOB, STATUS_LIFELINE, STATUS_PEAK_RSS,
+    STATUS_TASKS_STARTED,
+};
 
 /// What the parent asked for.
 pub enum Request<'a> {
@@ -70,7 +73,7 @@ impl Responder<'_> {
         // The descriptors are closed once sent: the parent has its own.
         let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
         self.answered.store(true, Ordering::Relaxed);
-        crate::platform::record_peak_memory(&self.endpoint.status);
+        self.endpoint.record_peak_memory();
         self.endpoint
             .conn
             .send(Kind::Done, self.job, self.elapsed(), &payload, &raw)
@@ -80,7 +83,7 @@ impl Responder<'_> {
     pub fn failed(self, report: &[u8]) -> Result<(), ProtocolError> {
         self.endpoint.leave_if_forked();
         self.answered.store(true, Ordering::Relaxed);
-        crate::platform::record_peak_memory(&self.endpoint.status);
+        self.endpoint.record_peak_memory();
         self.endpoint
             .conn
             .send(Kind::Failed, self.job, self.elapsed(), report, &[])
@@ -140,12 +143,29 @@ impl Endpoint {
                 OwnedFd::from_raw_fd(WORKER_STATUS_FD),
             )
         };
-        // SAFETY: per the contract above (the lifeline, where the pool left one, is ours too).
-        unsafe { crate::platform::watch_parent(status.as_fd())? };
+        let watched = StatusPage::open(status.try_clone()?)?;
+        if watched.load(STATUS_LIFELINE) == 1 {
+            // SAFETY: per the contract above (the lifeline the pool left is ours too).
+            unsafe {
+                crate::platform::watch_parent(move |peak| watched.store(STATUS_PEAK_RSS, peak))?
+            };
+        }
         Ok(Self::new(
             Connection::from_owned_fd(socket),
             StatusPage::open(status)?,
         ))
+    }
+
+    /// On the portable path, before each reply: record this worker's peak memory on its status
+    /// page, so that the parent's memory-cap check after the job reads a value that includes the
+    /// job (the lifeline thread's ticks alone could lag behind it). The Linux path reads `/proc`.
+    fn record_peak_memory(&self) {
+        if self.status.load(STATUS_LIFELINE) != 1 {
+            return;
+        }
+        if let Some(peak) = crate::platform::own_peak_rss() {
+            self.status.store(STATUS_PEAK_RSS, peak);
+        }
     }
 
     pub fn new(conn: Connection, status: StatusPage) -> Self {

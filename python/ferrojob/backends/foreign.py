@@ -100,14 +100,10 @@ class _RunBatch:
             return [function(*args, **kwargs) for function, args, kwargs in self.calls]
         import joblib
 
-        from ..config import parallel_config
-
+        # joblib's settings, as joblib's own batches set them (under the import swap they are
+        # ferrojob's): a nested call sees the nested backend through them.
         settings = {"backend": backend} if n_jobs is None else {"backend": backend, "n_jobs": n_jobs}
-        with contextlib.ExitStack() as nested:
-            # Both libraries' settings (one under the import swap): a nested joblib.Parallel and
-            # a nested ferrojob.Parallel each see the nested backend.
-            for config in {id(c): c for c in (parallel_config, joblib.parallel_config)}.values():
-                nested.enter_context(config(**settings))
+        with joblib.parallel_config(**settings):
             return [function(*args, **kwargs) for function, args, kwargs in self.calls]
 
     def __len__(self) -> int:  # joblib's backends may ask a batch its size

@@ -17,6 +17,7 @@ use crate::output::StderrTail;
 use crate::platform::ParentDeath;
 use crate::protocol::{Connection, Kind};
 use crate::shm::StatusPage;
+use crate::shm::STATUS_LIFELINE;
 
 pub(super) fn spawn_worker(shared: &Arc<Shared>) -> Result<(), PoolError> {
     let (parent_end, child_end) = Connection::pair()?;
@@ -28,7 +29,10 @@ pub(super) fn spawn_worker(shared: &Arc<Shared>) -> Result<(), PoolError> {
     let child_status = dup_above(status.raw_fd(), 10)?;
     let (socket_raw, status_raw) = (child_socket.as_raw_fd(), child_status.as_raw_fd());
     let parent_pid = std::process::id() as libc::pid_t;
-    let parent_death = ParentDeath::prepare(&status)?;
+    let parent_death = ParentDeath::prepare()?;
+    if parent_death.has_lifeline() {
+        status.store(STATUS_LIFELINE, 1);
+    }
 
     let spec = &shared.spec;
     let mut command = Command::new(&spec.program);
