@@ -152,9 +152,17 @@ def test_return_exceptions_on_the_cluster(cluster):
     assert isinstance(results[3], KeyError) and "fail_on" in str(results[3].__cause__)
 
 
-def nap_on(x, slow):
-    time.sleep(30 if x == slow else 0)
+def nap_on(x, slow, seconds=15):
+    time.sleep(seconds if x == slow else 0)
     return x
+
+
+def test_a_batch_waiting_for_a_worker_is_not_timed(cluster):
+    # Six 2 s tasks on two slots, all launched at once: the last ones wait 4 s for a worker, which
+    # is not running past timeout=3 (the clock starts when the batch starts).
+    with parallel_config(backend=cluster.backend):
+        results = Parallel(timeout=3, batch_size=1, pre_dispatch="all")(delayed(nap_on)(i, i, 2) for i in range(6))
+    assert results == list(range(6))
 
 
 def test_return_exceptions_with_a_timeout_on_the_cluster(cluster):

@@ -17,11 +17,20 @@ Example::
 
 from __future__ import annotations
 
+import functools
+import uuid
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import NoClusterError, compose_message
 from .base import Backend, CallOptions, Session
-from .remote import ClusterSession, Columns, run_columns
+from .remote import ClusterSession, Columns, StartClock, run_columns
+
+#: The dask event topic on which batches say they started (only calls with a timeout use it).
+_STARTED = "ferrojob-batch-started"
+#: The start clocks of the calls running now, by a key each call's tasks carry.
+_clocks: weakref.WeakValueDictionary[str, StartClock] = weakref.WeakValueDictionary()
 
 
 class DaskBackend(Backend):
@@ -65,15 +74,44 @@ def _client(options: CallOptions) -> tuple[Any, Any]:
         ) from None
 
 
+def _post_start(key: str, token: int) -> None:
+    """On a dask worker: tell the client that the batch ``token`` of call ``key`` started."""
+    from distributed import get_worker
+
+    get_worker().log_event(_STARTED, [key, token])
+
+
+def _route_start(event: tuple[float, Any]) -> None:
+    """On the client (its event loop): hand a start event to its call's clock."""
+    _, message = event
+    try:
+        key, token = message
+    except (TypeError, ValueError):
+        return
+    clock = _clocks.get(key)
+    if clock is not None:
+        clock.started(token)
+
+
 class DaskSession(ClusterSession):
     where = "on the dask cluster"
+    # A cancelled dask task keeps its worker thread until it returns, so a slot count cannot say
+    # when the next task starts: each batch posts a start event instead.
+    signals_start = True
 
     def __init__(self, n_jobs: int, options: CallOptions) -> None:
         self._client, self._cluster = _client(options)
         super().__init__(options, sum(self._client.nthreads().values()) or 1)
+        self._key = uuid.uuid4().hex
+        if self._clock is not None:
+            _clocks[self._key] = self._clock
+            self._client.subscribe_topic(_STARTED, _route_start)
 
-    def launch(self, columns: Columns, collect: bool) -> Any:
-        return self._client.submit(run_columns, columns, collect, pure=False)
+    def launch(self, columns: Columns, collect: bool, on_start: Callable[[], None] | None) -> Any:
+        return self._client.submit(run_columns, columns, collect, None, on_start, pure=False)
+
+    def start_signal(self, clock: StartClock, token: int) -> Callable[[], None] | None:
+        return functools.partial(_post_start, self._key, token)
 
     def first_done(self, futures: list[Any], timeout: float) -> Any | None:
         from distributed import wait

@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import NoClusterError, compose_message
@@ -69,7 +70,8 @@ class RaySession(ClusterSession):
         self._remote = self._ray.remote(_run_on_ray)
         super().__init__(options, max(int(self._ray.cluster_resources().get("CPU", 1)), 1))
 
-    def launch(self, columns: Columns, collect: bool) -> Any:
+    def launch(self, columns: Columns, collect: bool, on_start: Callable[[], None] | None) -> Any:
+        # ray's cancel(force=True) ends the worker, freeing its slot: the start clock counts slots.
         return self._remote.remote(columns, collect)
 
     def first_done(self, futures: list[Any], timeout: float) -> Any | None:

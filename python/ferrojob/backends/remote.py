@@ -4,6 +4,8 @@ Each backend only says how to launch, wait for, fetch, cancel and send objects o
 
 from __future__ import annotations
 
+import itertools
+import queue
 import time
 from abc import abstractmethod
 from collections.abc import Callable
@@ -82,13 +84,19 @@ class SharedArguments:
 
 
 def run_columns(
-    columns: Columns, collect: bool = False, resolve: Callable[[Any], Any] | None = None
+    columns: Columns,
+    collect: bool = False,
+    resolve: Callable[[Any], Any] | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> tuple[list[Any], float]:
     """Run a batch on a cluster worker: ``(results, seconds it took)``. ``collect``
     (``return_exceptions``): a task that raises leaves its report as its result. ``resolve`` turns
-    a handle left in the arguments into its value (ray passes nested references unresolved)."""
+    a handle left in the arguments into its value (ray passes nested references unresolved).
+    ``on_start`` tells the caller the batch has begun (its timeout clock starts then)."""
     from .. import _failures
 
+    if on_start is not None:
+        on_start()
     start = time.perf_counter()
     results = []
     for function, args_list, kwargs_list in columns:
@@ -115,26 +123,86 @@ def _timeout_error(batch: Batch, timeout: float, where: str, then: str) -> error
     )
 
 
+class StartClock:
+    """When each launched piece of a call began to run, for its timeout: a batch still queued on
+    the cluster is not a stuck batch. A backend that can tell when a task starts posts
+    ``started(token)`` (from any thread); for the others a piece is taken to start when one of the
+    cluster's ``slots`` is free for it, in launch order."""
+
+    def __init__(self, slots: int, signalled: bool) -> None:
+        self._slots = slots
+        self._signalled = signalled
+        self._tokens = itertools.count()
+        # token -> when its piece started (None: still queued), in launch order
+        self._since: dict[int, float | None] = {}
+        self._posted: queue.SimpleQueue[tuple[int, float]] = queue.SimpleQueue()
+
+    def launched(self) -> int:
+        """A piece was launched: its token."""
+        token = next(self._tokens)
+        self._since[token] = None
+        self._fill()
+        return token
+
+    def left(self, token: int) -> None:
+        """The piece finished or was cancelled: its slot is free."""
+        self._since.pop(token, None)
+        self._fill()
+
+    def started(self, token: int) -> None:
+        """The backend saw the piece start (called from any thread)."""
+        self._posted.put((token, time.monotonic()))
+
+    def since(self, token: int) -> float | None:
+        """When the piece started running, or None while it waits for a worker."""
+        while not self._posted.empty():
+            posted, when = self._posted.get()
+            if posted in self._since:
+                self._since[posted] = when
+        return self._since.get(token)
+
+    def _fill(self) -> None:
+        if self._signalled:
+            return
+        now = time.monotonic()
+        running = sum(1 for since in self._since.values() if since is not None)
+        for token, since in self._since.items():
+            if running >= self._slots:
+                break
+            if since is None:
+                self._since[token] = now
+                running += 1
+
+
 class ClusterSession(Session):
     """A call on a cluster: each batch is one cluster task (a future), large arguments are sent
-    once, a task's error is re-raised with its type, ``timeout`` is enforced per batch, and
-    leaving cancels what is still running."""
+    once, a task's error is re-raised with its type, ``timeout`` is enforced per batch from when
+    the batch starts running, and leaving cancels what is still running."""
 
     #: Where the tasks run, for messages ("on ray").
     where = "on the cluster"
+    #: Whether ``start_signal`` reports when a task really starts; else a task is taken to start
+    #: when a slot is free for it (right where a cancelled task frees its worker).
+    signals_start = False
 
     def __init__(self, options: CallOptions, n_workers: int) -> None:
         self.n_workers = n_workers
         self._timeout = options.timeout
         self._collect = options.return_exceptions
         self._arguments = SharedArguments(self.put, options.max_nbytes)
-        # future -> (the piece of a batch it runs, when it was submitted)
-        self._pending: dict[Any, tuple[Piece, float]] = {}
+        # future -> (the piece of a batch it runs, its token on the start clock)
+        self._pending: dict[Any, tuple[Piece, int]] = {}
+        self._clock = StartClock(n_workers, self.signals_start) if options.timeout is not None else None
         self._assemblies = Assemblies()
 
     @abstractmethod
-    def launch(self, columns: Columns, collect: bool) -> Any:
-        """Start a cluster task running ``run_columns(columns, collect)``; returns its future."""
+    def launch(self, columns: Columns, collect: bool, on_start: Callable[[], None] | None) -> Any:
+        """Start a cluster task running ``run_columns(columns, collect, on_start=on_start)``;
+        returns its future."""
+
+    def start_signal(self, clock: StartClock, token: int) -> Callable[[], None] | None:
+        """What a task calls on its worker to post ``clock.started(token)`` (``signals_start``)."""
+        return None
 
     @abstractmethod
     def first_done(self, futures: list[Any], timeout: float) -> Any | None:
@@ -162,14 +230,24 @@ class ClusterSession(Session):
         self._launch(Piece(batch_id, batch, self._collect))
 
     def _launch(self, piece: Piece) -> None:
-        future = self.launch(self._arguments.replace(piece.batch.columns()), self._collect)
-        self._pending[future] = (piece, time.monotonic())
+        columns = self._arguments.replace(piece.batch.columns())
+        token, on_start = -1, None
+        if self._clock is not None:
+            token = self._clock.launched()
+            on_start = self.start_signal(self._clock, token)
+        self._pending[self.launch(columns, self._collect, on_start)] = (piece, token)
+
+    def _forget(self, future: Any) -> Piece:
+        piece, token = self._pending.pop(future)
+        if self._clock is not None:
+            self._clock.left(token)
+        return piece
 
     def wait(self) -> Completion:
         while True:
             future = self.first_done(list(self._pending), TICK)
             if future is not None:
-                piece, _ = self._pending.pop(future)
+                piece = self._forget(future)
                 results, elapsed = self.result(future)
                 if self._collect:
                     results = _failures.settle(results, piece.batch.describe)
@@ -182,14 +260,16 @@ class ClusterSession(Session):
                 return completion
 
     def _enforce_timeout(self) -> Completion | None:
-        """A batch past ``timeout`` seconds per task fails the call; with ``return_exceptions``
-        it is cancelled and its tasks run again one by one, so that the stuck one (alone past
-        its time) gets a ``TaskTimeoutError`` in its slot and the others their results."""
-        if self._timeout is None:
+        """A batch running past ``timeout`` seconds per task fails the call; with
+        ``return_exceptions`` it is cancelled and its tasks run again one by one, so that the stuck
+        one (alone past its time) gets a ``TaskTimeoutError`` in its slot and the others their
+        results."""
+        if self._clock is None or self._timeout is None:
             return None
         now = time.monotonic()
-        for future, (piece, started) in list(self._pending.items()):
-            if now - started <= self._timeout * len(piece.batch):
+        for future, (piece, token) in list(self._pending.items()):
+            since = self._clock.since(token)
+            if since is None or now - since <= self._timeout * len(piece.batch):
                 continue
             if not self._collect:
                 raise _timeout_error(
@@ -199,7 +279,7 @@ class ClusterSession(Session):
                     "the call's remaining tasks were cancelled; raise Parallel(timeout=...)",
                 )
             self.cancel([future])
-            del self._pending[future]
+            self._forget(future)
             self._assemblies.expect(piece)
             if len(piece.batch) > 1:
                 for offset in range(len(piece.batch)):
@@ -214,7 +294,8 @@ class ClusterSession(Session):
     def abort(self, everything: bool = False) -> None:
         if self._pending:
             self.cancel(list(self._pending))
-            self._pending.clear()
+            for future in list(self._pending):
+                self._forget(future)
         self._assemblies.clear()
 
     def close(self) -> None:
