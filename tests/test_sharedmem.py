@@ -195,6 +195,52 @@ def test_a_dead_arrays_memory_is_not_mistaken_for_a_new_one():
     assert placements(store, out_of_band(second)) != place
 
 
+def test_memory_whose_owner_cannot_be_watched_is_placed_once_per_call():
+    # bytes cannot be weakly referenced: the store keeps them alive for the call instead.
+    store = ArgumentStore(Arena())
+    raw = bytes(BIG)
+    over_bytes = np.frombuffer(raw, dtype=np.uint8)
+    pickled = pickle.PickleBuffer(bytes(BIG))  # a shared object's pickle rides like this
+    for value in (over_bytes, pickled):
+        buffers = out_of_band(value) if isinstance(value, np.ndarray) else [value]
+        first = placements(store, buffers)
+        assert all(placements(store, buffers) == first for _ in range(20))
+    assert store.arena.n_open_chunks == 1
+    store.new_call()  # the call ends: what was pinned is let go, placed afresh in the next call
+    assert placements(store, out_of_band(over_bytes)) != first
+
+
+def first_byte(data, i):
+    return int(data[i % len(data)])
+
+
+def column_total(table, i):
+    return len(table[i % len(table)])
+
+
+def test_a_shared_object_and_a_frombuffer_array_in_20000_tasks():
+    table = {i: [i, str(i), float(i)] for i in range(100_000)}  # ~2 MB pickled: shared once
+    assert Parallel(n_jobs=2)(delayed(column_total)(table, i) for i in range(20_000)) == [3] * 20_000
+    data = np.frombuffer(bytes(range(256)) * (BIG // 256), dtype=np.uint8)
+    assert Parallel(n_jobs=2)(delayed(first_byte)(data, i) for i in range(20_000)) == [i % 256 for i in range(20_000)]
+
+
+def total_of_all(*arrays):
+    return float(sum(a.sum() for a in arrays))
+
+
+def test_a_batch_that_refers_to_more_chunks_than_one_message_carries(monkeypatch):
+    from ferrojob.backends import processes
+
+    # Chunks of 4 KiB: each 8 KiB argument gets a chunk of its own, 300 for one task (one
+    # message carries at most 253 descriptors).
+    monkeypatch.setattr(processes, "ArgumentStore", lambda _arena: ArgumentStore(Arena(4096)))
+    arrays = [np.full(1024, float(i)) for i in range(300)]
+    expected = 1024.0 * sum(range(300))
+    results = Parallel(n_jobs=2, max_nbytes="1K")(delayed(total_of_all)(*arrays) for _ in range(4))
+    assert results == [expected] * 4
+
+
 def test_big_array_shared_by_many_tasks():
     big = np.arange(8 * BIG, dtype=np.float64)
     parts = Parallel(n_jobs=2)(delayed(lambda a, i: float(a[i::40].sum()))(big, i) for i in range(40))

@@ -4,6 +4,11 @@ A call's out-of-band buffers (pickle protocol 5: numpy arrays, bytearrays, ...) 
 the Rust arena of its session. The same memory passed again — the same array given to many
 tasks — is found by identity (its owning object, address and length, as joblib does by object
 identity) and not copied again while its owner is alive and its chunk open.
+
+An owner that can be weakly referenced (an array) is watched, and its placement kept across the
+calls of a session while it lives. One that cannot (``bytes`` under ``np.frombuffer``, a shared
+object's pickle) is kept alive until the call ends instead — its identity cannot be reused
+meanwhile — and its placement is forgotten then: placed once per call.
 """
 
 from __future__ import annotations
@@ -38,20 +43,30 @@ class ArgumentStore:
     def __init__(self, arena: Arena) -> None:
         self.arena = arena
         self._guards: dict[tuple[int, int, int], weakref.ref] = {}
+        # Owners that cannot be watched, kept alive until the call ends (see the module docs).
+        self._pinned: dict[tuple[int, int, int], Any] = {}
 
-    def identity(self, buffer: pickle.PickleBuffer) -> tuple[int, int, int] | None:
+    def identity(self, buffer: pickle.PickleBuffer) -> tuple[int, int, int]:
         """How the arena recognises ``buffer`` when it is passed again (its owner's ``id()``,
-        address and length), guarded so that it is forgotten when the owner dies; None for
-        memory whose owner cannot be watched (bytes): placed afresh each time."""
+        address and length): guarded so that it is forgotten when the owner dies, or, for an
+        owner that cannot be watched (bytes), pinned until the call ends."""
         view = memoryview(buffer)
         owner = _owner(view.obj)
         identity = (id(owner), buffer_address(buffer), view.nbytes)
-        if identity not in self._guards:
+        if identity not in self._guards and identity not in self._pinned:
             try:
                 self._guards[identity] = weakref.ref(owner, functools.partial(_forget, weakref.ref(self), identity))
             except TypeError:
-                return None
+                self._pinned[identity] = owner
         return identity
+
+    def new_call(self) -> None:
+        """A call ends and the next begins: pinned owners are let go, and their placements
+        forgotten (their ids may be reused once they are freed)."""
+        pinned, self._pinned = self._pinned, {}
+        for identity in pinned:
+            self.arena.forget(identity)
+        self.arena.new_call()
 
     def place(self, buffer: pickle.PickleBuffer) -> tuple[int, int, int, int]:
         """Where ``buffer`` lies in the arena (an opaque placement); copied on first sight."""

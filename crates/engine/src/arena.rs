@@ -39,8 +39,9 @@ pub struct Placement {
 /// buffer's address and length), so that the same memory passed to many tasks is placed once.
 pub type Identity = (u64, u64, u64);
 
-/// Most shared-memory chunks one job may refer to: a frame carries at most this many descriptors.
-pub const MAX_CHUNKS_PER_JOB: usize = crate::protocol::MAX_FDS;
+/// Most shared-memory chunks one job may refer to: the descriptors one frame carries with its
+/// carriers (see `protocol`); a worker's open-file limit is usually lower.
+pub const MAX_CHUNKS_PER_JOB: usize = crate::protocol::MAX_FRAME_FDS;
 
 /// Recyclable segments kept ready at most (per arena, per worker).
 const MAX_FREE_SEGMENTS: usize = 4;
@@ -561,7 +562,7 @@ impl Arguments {
                 io::ErrorKind::InvalidInput,
                 format!(
                     "a batch refers to {} shared-memory chunks, more than the {MAX_CHUNKS_PER_JOB} \
-                     one message can carry; use a smaller batch_size",
+                     one job can carry; use a smaller batch_size",
                     chunks.len()
                 ),
             ));

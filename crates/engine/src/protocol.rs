@@ -9,7 +9,9 @@
 //! `id` names the job a frame belongs to and `aux` carries a kind-specific number (a worker's
 //! compute time in nanoseconds on `Done`/`Failed`). File descriptors (shared-memory segments) ride
 //! with the header as `SCM_RIGHTS` ancillary data, so they arrive together with the frame that
-//! uses them.
+//! uses them. One message carries at most [`MAX_FDS`] of them: a frame with more is preceded by
+//! `Descriptors` frames that carry the first ones, and [`Connection::recv`] hands the frame over
+//! with all of them, in order — no caller sees the carriers.
 
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -24,8 +26,12 @@ use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned};
 
 /// Bytes of a frame header.
 pub const HEADER_LEN: usize = 32;
-/// Most descriptors one frame may carry: the kernel's limit for one message (SCM_MAX_FD).
+/// Most descriptors one message may carry: the kernel's limit (SCM_MAX_FD). A frame with more is
+/// split across `Descriptors` carriers.
 pub const MAX_FDS: usize = 253;
+/// Most descriptors one frame may carry with its carriers: bounds what a hostile peer can make
+/// the receiver hold (far beyond what a real batch refers to; the open-file limit comes first).
+pub const MAX_FRAME_FDS: usize = 64 * MAX_FDS;
 /// Largest payload a frame may declare. Large data travels in shared memory beside frames, so
 /// a real payload is a pickle of the non-buffer part of a batch or its results; a header that
 /// declares more is a broken or hostile peer, refused before anything is allocated.
@@ -55,6 +61,9 @@ pub enum Kind {
     /// Parent → worker: the settings of the current call (opaque to the engine), sent before
     /// the first job of each call a worker runs.
     Call = 7,
+    /// Either way: descriptors of the next frame beyond the [`MAX_FDS`] one message carries
+    /// (empty payload). Never handed to a caller: `recv` joins them to their frame.
+    Descriptors = 8,
 }
 
 impl Kind {
@@ -67,6 +76,7 @@ impl Kind {
             5 => Self::Shutdown,
             6 => Self::Release,
             7 => Self::Call,
+            8 => Self::Descriptors,
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }
@@ -91,8 +101,10 @@ pub enum ProtocolError {
     BadMagic(u32),
     #[error("peer sent a frame of unknown kind {0}")]
     UnknownKind(u8),
-    #[error("a frame may carry at most {MAX_FDS} file descriptors, got {0}")]
+    #[error("a frame may carry at most {MAX_FRAME_FDS} file descriptors, got {0}")]
     TooManyFds(usize),
+    #[error("peer sent descriptors for a frame, then {0} descriptors too many or a carrier with a payload")]
+    BadCarrier(usize),
     #[error("peer closed the connection in the middle of a frame")]
     Truncated,
     #[error(
@@ -135,6 +147,8 @@ impl Connection {
     }
 
     /// Send one frame. Descriptors are duplicated into the receiver; the caller keeps its own.
+    /// Beyond [`MAX_FDS`] of them, carriers go first (under the same lock, so that no other
+    /// thread's frame comes between them and their frame).
     pub fn send(
         &self,
         kind: Kind,
@@ -143,15 +157,33 @@ impl Connection {
         payload: &[u8],
         fds: &[RawFd],
     ) -> Result<(), ProtocolError> {
-        if fds.len() > MAX_FDS {
+        if fds.len() > MAX_FRAME_FDS {
             return Err(ProtocolError::TooManyFds(fds.len()));
         }
-        let header = encode_header(kind, fds.len() as u8, id, aux, payload.len() as u64);
-        let total = HEADER_LEN + payload.len();
         let _one_frame_at_a_time = self
             .sending
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let in_carriers = fds.len().saturating_sub(1) / MAX_FDS * MAX_FDS;
+        let (carried, own) = fds.split_at(in_carriers);
+        for part in carried.chunks(MAX_FDS) {
+            self.send_one(Kind::Descriptors, id, 0, &[], part)?;
+        }
+        self.send_one(kind, id, aux, payload, own)
+    }
+
+    /// Send one frame of at most [`MAX_FDS`] descriptors (the sending lock held).
+    fn send_one(
+        &self,
+        kind: Kind,
+        id: u64,
+        aux: u64,
+        payload: &[u8],
+        fds: &[RawFd],
+    ) -> Result<(), ProtocolError> {
+        let n_fds = u8::try_from(fds.len()).map_err(|_| ProtocolError::TooManyFds(fds.len()))?;
+        let header = encode_header(kind, n_fds, id, aux, payload.len() as u64);
+        let total = HEADER_LEN + payload.len();
         let iov = [IoSlice::new(&header), IoSlice::new(payload)];
         let cmsgs: &[ControlMessage] = if fds.is_empty() {
             &[]
@@ -210,6 +242,31 @@ impl Connection {
     }
 
     pub fn recv(&self) -> Result<Option<Frame>, ProtocolError> {
+        let mut carried: Vec<OwnedFd> = Vec::new();
+        loop {
+            let Some(mut frame) = self.recv_one()? else {
+                return if carried.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ProtocolError::Truncated)
+                };
+            };
+            if frame.kind != Kind::Descriptors {
+                if !carried.is_empty() {
+                    carried.append(&mut frame.fds);
+                    frame.fds = carried;
+                }
+                return Ok(Some(frame));
+            }
+            if !frame.payload.is_empty() || carried.len() + frame.fds.len() > MAX_FRAME_FDS {
+                return Err(ProtocolError::BadCarrier(carried.len() + frame.fds.len()));
+            }
+            carried.append(&mut frame.fds);
+        }
+    }
+
+    /// Receive one message's frame (a carrier included).
+    fn recv_one(&self) -> Result<Option<Frame>, ProtocolError> {
         let mut header = [0u8; HEADER_LEN];
         let mut fds = Vec::new();
         let first = self.recv_with_fds(&mut header, &mut fds)?;
@@ -375,6 +432,49 @@ mod tests {
         let mut text = String::new();
         received.read_to_string(&mut text).unwrap();
         assert_eq!(text, "shared bytes");
+    }
+
+    #[test]
+    fn more_descriptors_than_one_message_carries_arrive_with_their_frame_in_order() {
+        let (a, b) = Connection::pair().unwrap();
+        let files: Vec<File> = (0..600)
+            .map(|i| tempfile_with(format!("file {i}").as_bytes()))
+            .collect();
+        let raw: Vec<RawFd> = files.iter().map(AsRawFd::as_raw_fd).collect();
+        let sender = std::thread::spawn(move || {
+            a.send(Kind::Task, 3, 0, b"job", &raw).unwrap();
+            a.send(Kind::Shutdown, 0, 0, b"", &[]).unwrap();
+            drop(files);
+        });
+        let frame = b.recv().unwrap().unwrap();
+        assert_eq!(
+            (frame.kind, frame.id, frame.payload.as_slice()),
+            (Kind::Task, 3, &b"job"[..])
+        );
+        assert_eq!(frame.fds.len(), 600);
+        for (i, fd) in frame.fds.into_iter().enumerate() {
+            let mut received = File::from(fd);
+            received.rewind().unwrap();
+            let mut text = String::new();
+            received.read_to_string(&mut text).unwrap();
+            assert_eq!(text, format!("file {i}"));
+        }
+        assert_eq!(b.recv().unwrap().unwrap().kind, Kind::Shutdown);
+        sender.join().unwrap();
+    }
+
+    #[test]
+    fn a_carrier_with_a_payload_or_left_without_its_frame_is_refused() {
+        let (a, b) = Connection::pair().unwrap();
+        a.send_one(Kind::Descriptors, 1, 0, b"not empty", &[])
+            .unwrap();
+        assert!(matches!(b.recv(), Err(ProtocolError::BadCarrier(_))));
+        let (a, b) = Connection::pair().unwrap();
+        let file = tempfile_with(b"x");
+        a.send_one(Kind::Descriptors, 1, 0, b"", &[file.as_raw_fd()])
+            .unwrap();
+        drop(a);
+        assert!(matches!(b.recv(), Err(ProtocolError::Truncated)));
     }
 
     #[test]

@@ -360,7 +360,8 @@ impl Endpoint {
                     self.forget_kept(&tokens);
                 }
                 Kind::Shutdown => return Ok(()),
-                Kind::Done | Kind::Failed => {
+                // Carriers never leave `recv`; replies never come to a worker.
+                Kind::Descriptors | Kind::Done | Kind::Failed => {
                     return Err(ProtocolError::UnknownKind(frame.kind as u8))
                 }
             }

@@ -75,7 +75,7 @@ impl Backing {
 /// through the buffer protocol. Read-only when the memory is (numpy then refuses writes, as with
 /// `mmap_mode="r"`). The memory is freed when the last buffer over it (and every array built on
 /// it) is gone.
-#[pyclass(module = "ferrojob._core", frozen)]
+#[pyclass(module = "ferrojob._core", frozen, weakref)]
 pub struct Buffer {
     backing: Backing,
     offset: usize,

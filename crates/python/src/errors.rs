@@ -69,6 +69,7 @@ impl From<EngineError> for PyErr {
                 err @ (ProtocolError::BadMagic(_)
                 | ProtocolError::UnknownKind(_)
                 | ProtocolError::TooManyFds(_)
+                | ProtocolError::BadCarrier(_)
                 | ProtocolError::Truncated
                 | ProtocolError::TooLarge(_)
                 | ProtocolError::OutOfMemory(_)),

@@ -240,7 +240,7 @@ class ProcessSession(Session):
         Parallel()` block, or earlier Executor submissions) are reused only once proven
         unchanged (a fingerprint at memory speed), never stale; large shared objects are shared
         within one call only."""
-        self._arguments.arena.new_call()
+        self._arguments.new_call()
         self._shared = SharedObjects(self._max_nbytes)
 
     def _acquire_pool(
