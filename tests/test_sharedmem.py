@@ -287,6 +287,49 @@ def test_nothing_leaks_across_many_calls_and_crashes():
     assert not [name for name in os.listdir("/dev/shm") if "ferrojob" in name]
 
 
+def shared_argument_bytes():
+    """Bytes of argument shared memory this process holds open."""
+    total = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if is_shared_memory(os.readlink(f"/proc/self/fd/{fd}"), "arguments"):
+                total += os.fstat(int(fd)).st_size
+        except OSError:
+            continue  # closed meanwhile (the helper thread frees chunks)
+    return total
+
+
+def eighth_total(a, i):
+    return float(a[i::8].sum())
+
+
+MB50 = 50 << 20
+
+
+def test_a_freed_argument_leaves_shared_memory_inside_a_block_and_an_executor():
+    from ferrojob import Executor
+
+    def calls_in_a_block():
+        with Parallel(n_jobs=2) as parallel:
+            for k in range(100):
+                data = np.full(MB50 // 8, float(k))
+                assert sum(parallel(delayed(eighth_total)(data, i) for i in range(8))) == k * (MB50 // 8)
+                del data
+                yield shared_argument_bytes()
+
+    def submissions_to_an_executor():
+        with Executor(max_workers=2) as executor:
+            for k in range(100):
+                data = np.full(MB50 // 8, float(k))
+                assert executor.submit(eighth_total, data, 0).result() == k * (MB50 // 64)
+                del data
+                yield shared_argument_bytes()
+
+    for held in (calls_in_a_block(), submissions_to_an_executor()):
+        # 100 arrays of 50 MB went through: at most a few are still being freed (asynchronously).
+        assert max(held) <= 3 * MB50
+
+
 def test_threading_backend_passes_the_objects_themselves():
     array = np.ones(BIG)
     (back,) = Parallel(n_jobs=2, backend="threading")([delayed(identity)(array)])

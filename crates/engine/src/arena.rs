@@ -353,13 +353,17 @@ impl Arena {
         };
         // A large buffer (a chunk of its own) placed by identity stays while its owner lives:
         // the caller may pass the same object again in this session, and copying it again would
-        // cost what placing it once saved. Chunks of smaller buffers are recycled as usual (their
-        // pages reused: cheaper than fresh ones), and forget what they held.
+        // cost what placing it once saved. Once its owner is gone and no job holds it, it is
+        // closed at once: it is never written again, so workers that still map it (told by
+        // `give_up` to let go) lose nothing, and its pages go when their mappings do. Chunks of
+        // smaller buffers wait for every worker to unmap them, to be recycled (their pages
+        // written again: cheaper than fresh ones), and forget what they held.
         let chunk_size = self.chunk_size;
         let unused = slot.as_ref().is_some_and(|c| {
-            let kept_for_its_owner = c.file.len() > chunk_size
-                && c.identities.iter().any(|key| identities.contains_key(key));
-            c.full && c.holds == 0 && c.mapped == 0 && !kept_for_its_owner
+            let large = c.file.len() > chunk_size;
+            let kept_for_its_owner =
+                large && c.identities.iter().any(|key| identities.contains_key(key));
+            c.full && c.holds == 0 && (c.mapped == 0 || large) && !kept_for_its_owner
         });
         if !unused {
             return false;

@@ -270,7 +270,11 @@ impl Endpoint {
         if token != 0 {
             let found = kept.iter().find(|(t, a, _)| *t == token && *a == access);
             if let Some((_, _, mapping)) = found {
-                return Ok(Arc::clone(mapping)); // `fd` is closed here: the mapping suffices
+                // The parent counts a mapping per job that refers to the chunk; this job adds
+                // none, so its count is settled now (the kept mapping reports itself when it
+                // goes). `fd` is closed here: the mapping suffices.
+                lock(&self.unmapped).push(token);
+                return Ok(Arc::clone(mapping));
             }
         }
         let mapping = Mapping::map_segment(fd, access)?;
