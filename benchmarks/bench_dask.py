@@ -21,7 +21,7 @@ def main() -> None:
     import joblib
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
     client = Client(cluster)
     try:
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, LocalCluster(n_workers=2)")

@@ -19,7 +19,7 @@ def main():
     if len(sys.argv) > 1:
         client, cluster = Client(sys.argv[1]), None
     else:
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None)
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0")
         client = Client(cluster)
     try:
         matrix = np.random.default_rng(0).random((2_000, 500))  # sent to the cluster once

@@ -20,7 +20,7 @@ def cluster(request):
     """The backend's name, with its cluster running; ``.client`` for dask."""
     if request.param == "dask":
         distributed = pytest.importorskip("distributed")
-        local = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+        local = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
         client = distributed.Client(local)
         yield Cluster("dask", client)
         client.close()
