@@ -273,3 +273,31 @@ def test_a_program_a_task_starts_is_not_taken_for_a_worker():
     (out, err), *_ = Parallel(n_jobs=2)(delayed(run_a_program)() for _ in range(2))
     # The program sees no worker mark, and its own Parallel runs in worker processes of its own.
     assert out == "None False", err
+
+
+def test_plain_batches_are_pickled_as_cloudpickle_would_send_them():
+    import sys
+    import types
+
+    import cloudpickle
+    from ferrojob._pickling import dumps_plain, pickles_by_reference
+
+    assert pickles_by_reference(abs) and pickles_by_reference(filled)
+    assert not pickles_by_reference(lambda x: x) and not pickles_by_reference([].append)
+    # A module the workers cannot import: its functions only work sent by value.
+    module = types.ModuleType("ferrojob_made_here")
+    exec("def plus_one(x):\n    return x + 1", module.__dict__)
+    sys.modules[module.__name__] = module
+    try:
+        plus_one = module.plus_one
+        assert pickles_by_reference(plus_one)  # cached: registering by value comes after
+        cloudpickle.register_pickle_by_value(module)
+        try:
+            assert dumps_plain((plus_one, 1)) is None
+            assert Parallel(n_jobs=2)(delayed(plus_one)(i) for i in range(50)) == list(range(1, 51))
+        finally:
+            cloudpickle.unregister_pickle_by_value(module)
+        module.plus_one = lambda x: x  # rebound under its name: the C pickler refuses it
+        assert dumps_plain((plus_one, 1)) is None
+    finally:
+        del sys.modules[module.__name__]

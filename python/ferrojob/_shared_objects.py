@@ -18,7 +18,7 @@ import itertools
 import pickle
 from typing import Any
 
-from ._pickling import PROTOCOL, _collector, dumps_with_buffers
+from ._pickling import PROTOCOL, _collector, dumps_plain, dumps_with_buffers, pickles_by_reference
 from ._tasks import ItemsGroup
 
 #: The persistent-id tag of a shared object.
@@ -41,17 +41,29 @@ class SharedObjects:
         self._tokens = itertools.count()
         self._sharing = False
 
-    def note(self, columns: list) -> None:
-        """Count the argument objects of a batch; measure those seen in a second task."""
-        if self._threshold is None:
-            return
+    def note(self, columns: list) -> bool:
+        """Count the argument objects of a batch; measure those seen in a second task. Returns
+        whether the batch is plain: importable functions and scalar arguments only (nothing to
+        share, and nothing cloudpickle would write differently from the C pickler)."""
+        batch_is_plain = True
         for column in columns:
             if type(column) is ItemsGroup:
-                continue  # a map chunk: each item is one task's own, never shared
-            _, args_list, kwargs_list = column
+                # A map chunk: each item is one task's own, never shared.
+                batch_is_plain = batch_is_plain and (
+                    not column.star
+                    and pickles_by_reference(column.function)
+                    and _PLAIN.issuperset(map(type, column.items))
+                )
+                continue
+            function, args_list, kwargs_list = column
             plain = _PLAIN.issuperset(map(type, itertools.chain.from_iterable(args_list)))
             if plain and kwargs_list is None:
-                continue  # the common case of small tasks: numbers and strings only, at C speed
+                # The common case of small tasks: numbers and strings only, at C speed.
+                batch_is_plain = batch_is_plain and pickles_by_reference(function)
+                continue
+            batch_is_plain = False
+            if self._threshold is None:
+                continue
             values: list[Any] = list(itertools.chain.from_iterable(args_list))
             if kwargs_list is not None:
                 values += itertools.chain.from_iterable(kwargs.values() for kwargs in kwargs_list)
@@ -62,6 +74,7 @@ class SharedObjects:
                 self._seen[id(value)] = seen
                 if seen >= 2 or _looks_large(value):
                     self._measure(value)
+        return batch_is_plain
 
     def _measure(self, value: Any) -> None:
         try:
@@ -75,9 +88,14 @@ class SharedObjects:
             # Small: not kept alive (an id reused by another object then only misses a share).
             self._known[id(value)] = (None, -1, None)
 
-    def dumps(self, obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    def dumps(self, obj: Any, plain: bool = False) -> tuple[bytes, list[pickle.PickleBuffer]]:
         """``obj`` pickled (cloudpickle, protocol 5, large buffers out of band), each large
-        shared object in it replaced by its persistent id."""
+        shared object in it replaced by its persistent id. ``plain``: ``note`` found the batch
+        plain (the C pickler alone writes it)."""
+        if plain:
+            data = dumps_plain(obj)
+            if data is not None:
+                return data, []
         if not self._sharing:
             # No shared object yet: the plain pickler (a persistent_id hook costs a Python call
             # per pickled object).

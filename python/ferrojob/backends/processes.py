@@ -267,9 +267,9 @@ class ProcessSession(Session):
 
     def _submit(self, piece: Piece) -> None:
         columns = piece.batch.columns()
-        self._shared.note(columns)
+        plain = self._shared.note(columns)
         try:
-            body, buffers = self._shared.dumps(tuple(JobBody(columns, piece.collect)))
+            body, buffers = self._shared.dumps(tuple(JobBody(columns, piece.collect)), plain)
         except Exception as error:
             raise _explain_unpicklable_batch(piece.batch, error) from error
         identities = [self._arguments.identity(buffer) for buffer in buffers]
