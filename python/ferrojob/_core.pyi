@@ -1,6 +1,6 @@
 """Stubs of ``ferrojob._core``, the Rust engine's bindings (checked by mypy's stubtest)."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar, Literal, final
 
 __all__ = [
@@ -145,7 +145,7 @@ class ProcessPool:
         payload: bytes,
         arena: Arena,
         buffers: list[Any] = ...,
-        identities: list[_Identity | None] = ...,
+        identities: Sequence[_Identity | None] = ...,
         mmap_mode: str = "r",
         n_tasks: int = 1,
     ) -> None: ...
