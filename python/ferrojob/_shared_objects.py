@@ -48,12 +48,9 @@ class SharedObjects:
         batch_is_plain = True
         for column in columns:
             if type(column) is ItemsGroup:
-                # A map chunk: each item is one task's own, never shared.
-                batch_is_plain = batch_is_plain and (
-                    not column.star
-                    and pickles_by_reference(column.function)
-                    and _PLAIN.issuperset(map(type, column.items))
-                )
+                # A map chunk: each item is one task's own, never shared; cloudpickle writes the
+                # few chunks of a map (checking each item's type here would cost more).
+                batch_is_plain = False
                 continue
             function, args_list, kwargs_list = column
             plain = _PLAIN.issuperset(map(type, itertools.chain.from_iterable(args_list)))

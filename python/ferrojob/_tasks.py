@@ -266,11 +266,19 @@ class ItemsSource(_Source):
         return None
 
     def take(self, n: int) -> ItemsBatch | None:
-        self._read_up_to(n)
-        if not self._buffer:
+        need = n - len(self._buffer)
+        if need > 0 and not self._iterator_done:
+            # Read straight into the chunk (a map's chunks are up to 65,536 items: no copies).
+            more = list(itertools.islice(self._iterator, need))
+            self._read += len(more)
+            self._iterator_done = len(more) < need
+            items = self._buffer + more if self._buffer else more
+            self._buffer = []
+        else:
+            items = self._buffer[:n]
+            del self._buffer[:n]
+        if not items:
             return None
-        items = self._buffer[:n]
-        del self._buffer[:n]
         batch = ItemsBatch(self._handed_out, ItemsGroup(self._function, items, self._star))
         self._handed_out += len(items)
         return batch
