@@ -1,10 +1,13 @@
 """Large arguments sent once per call: a model, a dict, a DataFrame passed to many tasks.
 
 Within one call, an argument that is the same Python object (identity) in several tasks and
-pickles to more than ``max_nbytes`` is pickled once. Every batch then refers to it by a token
-(pickle's persistent ids), its pickle travelling as an out-of-band buffer: placed in shared
-memory once per call by identity, mapped by each worker, and unpickled by each worker once — the
-worker keeps it by token until the next call's objects arrive.
+pickles to more than ``max_nbytes`` is pickled once. A batch is then two pickles in one stream:
+a header of the call's shared objects (a marker each: its token, and its pickle as an
+out-of-band buffer, placed in shared memory once per call by identity), and the body, pickled with
+each shared object in the memo as the entry its marker loads as — so every task's reference to it
+is a memo lookup, with no Python code per task. A worker unpickles each shared object once and
+keeps it by token until the next call's objects arrive (``load_job``). So a call of 20,000 tasks
+on one object costs what 200 do, plus the tasks.
 
 Only objects seen in at least two tasks, or containers of 1,000 items or more, are measured
 (their pickle is what measuring costs), and plain scalars never are.
@@ -12,17 +15,15 @@ Only objects seen in at least two tasks, or containers of 1,000 items or more, a
 
 from __future__ import annotations
 
-import functools
+import collections
 import io
 import itertools
 import pickle
 from typing import Any
 
 from ._pickling import PROTOCOL, _collector, dumps_plain, dumps_with_buffers, pickles_by_reference
-from ._tasks import ItemsGroup
+from ._tasks import ItemsGroup, JobBody
 
-#: The persistent-id tag of a shared object.
-TAG = "ferrojob-shared"
 _SESSIONS = itertools.count(1)
 _PLAIN = frozenset({int, float, complex, bool, str, bytes, type(None)})
 _CONTAINERS = frozenset({dict, list, tuple, set, frozenset})
@@ -39,7 +40,8 @@ class SharedObjects:
         # (None, -1, None) for an object measured small
         self._known: dict[int, tuple[Any, int, pickle.PickleBuffer | None]] = {}
         self._tokens = itertools.count()
-        self._sharing = False
+        # id -> (token, pickle, the object) of the objects measured large: shared
+        self._shared: dict[int, tuple[int, pickle.PickleBuffer, Any]] = {}
 
     def note(self, columns: list) -> bool:
         """Count the argument objects of a batch; measure those seen in a second task. Returns
@@ -64,14 +66,25 @@ class SharedObjects:
             values: list[Any] = list(itertools.chain.from_iterable(args_list))
             if kwargs_list is not None:
                 values += itertools.chain.from_iterable(kwargs.values() for kwargs in kwargs_list)
-            for value in values:
-                if type(value) in _PLAIN or id(value) in self._known or _has_buffers(value):
-                    continue
-                seen = self._seen.get(id(value), 0) + 1
-                self._seen[id(value)] = seen
-                if seen >= 2 or _looks_large(value):
-                    self._measure(value)
+            self._count([value for value in values if type(value) not in _PLAIN])
         return batch_is_plain
+
+    def _count(self, values: list[Any]) -> None:
+        """Count these argument objects (by identity, at C speed); measure each one met in a
+        second task, or large at first sight."""
+        counts = collections.Counter(map(id, values))
+        new = counts.keys() - self._known.keys()
+        if not new:
+            return
+        objects = dict(zip(map(id, values), values, strict=True))
+        for key in new:
+            value = objects[key]
+            if _has_buffers(value):
+                self._known[key] = (None, -1, None)  # travels out of band already
+                continue
+            seen = self._seen[key] = self._seen.get(key, 0) + counts[key]
+            if seen >= 2 or _looks_large(value):
+                self._measure(value)
 
     def _measure(self, value: Any) -> None:
         try:
@@ -79,31 +92,56 @@ class SharedObjects:
         except Exception:
             data = b""
         if self._threshold is not None and len(data) > self._threshold:
-            self._known[id(value)] = (value, next(self._tokens), pickle.PickleBuffer(data))
-            self._sharing = True
+            token, pickled = next(self._tokens), pickle.PickleBuffer(data)
+            self._known[id(value)] = (value, token, pickled)
+            self._shared[id(value)] = (token, pickled, value)
         else:
             # Small: not kept alive (an id reused by another object then only misses a share).
             self._known[id(value)] = (None, -1, None)
 
-    def dumps(self, obj: Any, plain: bool = False) -> tuple[bytes, list[pickle.PickleBuffer]]:
-        """``obj`` pickled (cloudpickle, protocol 5, large buffers out of band), each large
-        shared object in it replaced by its persistent id. ``plain``: ``note`` found the batch
-        plain (the C pickler alone writes it)."""
+    def dumps(self, columns: list, collect: bool, plain: bool = False) -> tuple[bytes, list[pickle.PickleBuffer]]:
+        """A batch's ``JobBody`` pickled (cloudpickle, protocol 5, large buffers out of band),
+        after a header of the call's shared objects when there are any (see the module docs).
+        ``plain``: ``note`` found the batch plain (the C pickler alone writes it)."""
+        body = tuple(JobBody(columns, collect))
         if plain:
-            data = dumps_plain(obj)
+            data = dumps_plain(body)
             if data is not None:
                 return data, []
-        if not self._sharing:
-            # No shared object yet: the plain pickler (a persistent_id hook costs a Python call
-            # per pickled object).
-            return dumps_with_buffers(obj, self._threshold)
-        buffers, callback = _collector(self._threshold)
+        if not self._shared:
+            return dumps_with_buffers(body, self._threshold)
+        buffers, callback = _collector(self._threshold)  # shared pickles are all above it
         out = io.BytesIO()
-        pickler = _pickler_class()(out, protocol=PROTOCOL, buffer_callback=callback)
-        pickler.known = self._known
-        pickler.session = self._session
-        pickler.dump(obj)
+        pickler = _cloudpickle().Pickler(out, protocol=PROTOCOL, buffer_callback=callback)
+        markers = [(_Marker(self._session, token, data), value) for token, data, value in self._shared.values()]
+        pickler.dump((HEADER, [marker for marker, _ in markers]))
+        # Each shared object is now the memo entry its marker loads as (kept alive by `_known`,
+        # so its id is its own): the body refers to it by that entry.
+        memo = pickler.memo.copy()
+        for marker, value in markers:
+            memo[id(value)] = (memo[id(marker)][0], value)
+        pickler.memo = memo
+        pickler.dump(body)
         return out.getvalue(), buffers
+
+
+class _Marker:
+    """In a batch's header: a shared object, as its call's session, its token and its pickle
+    (an out-of-band buffer, placed once per call)."""
+
+    __slots__ = ("data", "session", "token")
+
+    def __init__(self, session: int, token: int, data: pickle.PickleBuffer) -> None:
+        self.session = session
+        self.token = token
+        self.data = data
+
+    def __reduce__(self) -> tuple:
+        return shared_object, (self.session, self.token, self.data)
+
+
+#: The first element of a batch's header (a ``JobBody`` starts with a list, never this).
+HEADER = "ferrojob-shared-objects"
 
 
 def _has_buffers(value: Any) -> bool:
@@ -123,41 +161,22 @@ def _cloudpickle() -> Any:
     return cloudpickle
 
 
-@functools.cache
-def _pickler_class() -> type:
-    """cloudpickle's pickler, replacing shared objects by persistent ids (made on first use:
-    workers, which only load, never import cloudpickle for it)."""
-
-    class Pickler(_cloudpickle().CloudPickler):  # type: ignore[misc]
-        known: dict[int, tuple[Any, int, pickle.PickleBuffer | None]]
-        session: int
-
-        def persistent_id(self, obj: Any) -> Any:
-            entry = self.known.get(id(obj))
-            if entry is None or entry[2] is None or entry[0] is not obj:
-                return None
-            # The pickle rides as a PickleBuffer: out of band, in shared memory, placed once.
-            return (TAG, self.session, entry[1], entry[2])
-
-    return Pickler
-
-
-class Unpickler(pickle.Unpickler):
-    """A worker's unpickler of batches: resolves shared objects."""
-
-    def persistent_load(self, pid: Any) -> Any:
-        return persistent_load(pid)
-
-
 #: In a worker: session -> token -> the object, unpickled once.
 _CACHE: dict[int, dict[int, Any]] = {}
 
 
-def persistent_load(pid: Any) -> Any:
-    """Resolve a shared object's persistent id in a worker (see the module docs)."""
-    if not (isinstance(pid, tuple) and len(pid) == 4 and pid[0] == TAG):
-        raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
-    _, session, token, data = pid
+def load_job(payload: bytes, buffers: list[Any]) -> Any:
+    """In a worker: a batch's ``JobBody`` tuple, its shared objects resolved (module docs)."""
+    unpickler = pickle.Unpickler(io.BytesIO(payload), buffers=buffers)
+    first = unpickler.load()
+    if type(first) is tuple and len(first) == 2 and first[0] == HEADER:
+        return unpickler.load()  # the body, its shared objects in the memo the header left
+    return first
+
+
+def shared_object(session: int, token: int, data: Any) -> Any:
+    """In a worker: the shared object ``token`` of call ``session``, unpickled from ``data`` the
+    first time this worker meets it."""
     objects = _CACHE.get(session)
     if objects is None:
         _CACHE.clear()  # a new call: the previous call's objects go

@@ -6,7 +6,6 @@ Started by the pool as ``python -c "...; from ferrojob._worker import main; main
 from __future__ import annotations
 
 import faulthandler
-import io
 import os
 import pickle
 import signal
@@ -17,7 +16,7 @@ from typing import Any
 from . import _failures
 from ._core import run_items
 from ._pickling import dumps_result, type_name
-from ._shared_objects import Unpickler
+from ._shared_objects import load_job
 from ._tasks import CallSettings, ItemsGroup, JobBody, JobResults
 
 _status: Any = None  # memoryview of the status words in shared memory
@@ -101,8 +100,8 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
     failed: list[int] = []  # offsets of the failure reports among the results (collect)
     append = results.append
     try:
-        # Large objects shared by the call's tasks arrive as persistent ids.
-        job = JobBody._make(Unpickler(io.BytesIO(payload), buffers=buffers).load())
+        # Large objects shared by the call's tasks arrive once per batch (``_shared_objects``).
+        job = JobBody._make(load_job(payload, buffers))
         groups, collect = job.groups, job.collect
     except BaseException as error:  # whatever unpickling raised, the parent hears it
         return False, _unloadable_arguments(error), [], _UNMEASURED

@@ -22,7 +22,7 @@ from .._core import Arena, CompletionKind, ProcessPool
 from .._core import Completion as EngineCompletion
 from .._shared_objects import SharedObjects
 from .._sharedmem import ArgumentStore
-from .._tasks import Batch, CallSettings, JobBody, JobResults
+from .._tasks import Batch, CallSettings, JobResults
 from ..cpus import cpu_count
 from ..errors import (
     RemoteTraceback,
@@ -269,7 +269,7 @@ class ProcessSession(Session):
         columns = piece.batch.columns()
         plain = self._shared.note(columns)
         try:
-            body, buffers = self._shared.dumps(tuple(JobBody(columns, piece.collect)), plain)
+            body, buffers = self._shared.dumps(columns, piece.collect, plain)
         except Exception as error:
             raise _explain_unpicklable_batch(piece.batch, error) from error
         identities = [self._arguments.identity(buffer) for buffer in buffers]
