@@ -225,6 +225,38 @@ def test_a_shared_object_and_a_frombuffer_array_in_20000_tasks():
     assert Parallel(n_jobs=2)(delayed(first_byte)(data, i) for i in range(20_000)) == [i % 256 for i in range(20_000)]
 
 
+class CountsPickling:
+    """A large object that counts how often it is pickled (here) and unpickled (in a worker)."""
+
+    pickled = 0
+    loaded = 0
+
+    def __init__(self):
+        self.payload = bytes(2 << 20)
+
+    def __getstate__(self):
+        CountsPickling.pickled += 1
+        return self.payload
+
+    def __setstate__(self, payload):
+        CountsPickling.loaded += 1
+        self.payload = payload
+
+
+def loads_of_shared(shared, i):
+    return os.getpid(), CountsPickling.loaded
+
+
+def test_a_shared_object_is_pickled_once_per_call_and_loaded_once_per_worker():
+    shared = CountsPickling()
+    results = Parallel(n_jobs=2, batch_size=10)(delayed(loads_of_shared)(shared, i) for i in range(2000))
+    assert CountsPickling.pickled == 1  # 200 batches: pickled once, then a memo reference each
+    by_worker: dict[int, set[int]] = {}
+    for pid, loads in results:
+        by_worker.setdefault(pid, set()).add(loads)
+    assert all(loads == {1} for loads in by_worker.values())
+
+
 def total_of_all(*arrays):
     return float(sum(a.sum() for a in arrays))
 
