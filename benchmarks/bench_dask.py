@@ -4,6 +4,8 @@
 
 overhead: 10,000 tasks of x*2 (per-task cost on the cluster)
 bigargs:  one 200 MB array passed to 20 tasks (scattered once per call, or not)
+mixed:    20,000 tiny tasks that each take one 80 MB array and sum a slice of it: per-task cost
+          and a large argument in one call. Target: >= 4x joblib's dask backend.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 import sys
 
 import numpy as np
-from harness import measure, report, save_results
+from harness import measure, print_verdicts, report, save_results
 from workloads import double, slice_sum
 
 
@@ -58,6 +60,24 @@ def main() -> None:
             {"ferrojob (dask)": measure(ours_big, 3), "joblib (dask)": measure(theirs_big, 3)},
             baseline="ferrojob (dask)",
         )
+        medium = np.random.default_rng(1).random(80_000_000 // 8)
+
+        def ours_mixed():
+            with ferrojob.parallel_config(backend="dask"):
+                return ferrojob.Parallel()(ferrojob.delayed(slice_sum)(medium, i, 20_000) for i in range(20_000))
+
+        def theirs_mixed():
+            with joblib.parallel_config(backend="dask"):
+                return joblib.Parallel()(joblib.delayed(slice_sum)(medium, i, 20_000) for i in range(20_000))
+
+        assert np.isclose(sum(ours_mixed()), sum(theirs_mixed()))
+        report(
+            "mixed: 20,000 tiny tasks sharing one 80 MB array",
+            {"ferrojob (dask)": measure(ours_mixed, 3), "joblib (dask)": measure(theirs_mixed, 3)},
+            baseline="ferrojob (dask)",
+            targets={"joblib (dask)": 4},
+        )
+        print_verdicts()
         save_results()
     finally:
         client.close()

@@ -3,7 +3,9 @@
 The client is the one given with ``parallel_config(backend="dask", client=...)``, else the
 current one (``distributed.get_client()``); ``parallel_config(backend="dask",
 local_cluster=True)`` starts a ``LocalCluster`` for the call instead. Large arguments are
-scattered once per call; a batch is one dask task.
+scattered once per call; a batch is one dask task, its calls handed to dask already pickled (dask
+would otherwise walk every argument of every task looking for futures, and build a node for
+each), with the call's scattered arguments beside them.
 
 Example::
 
@@ -23,6 +25,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from .._pickling import dumps
 from ..errors import NoClusterError, compose_message
 from .base import Backend, CallOptions, Session
 from .remote import ClusterSession, Columns, StartClock, run_columns
@@ -93,6 +96,33 @@ def _route_start(event: tuple[float, Any]) -> None:
         clock.started(token)
 
 
+class _Scattered:
+    """In a batch: a large argument scattered for the call, as its index among the call's
+    scattered futures (which travel beside the batch, where dask resolves them)."""
+
+    __slots__ = ("future", "index")
+
+    def __init__(self, index: int, future: Any = None) -> None:
+        self.index = index
+        self.future = future
+
+    def __reduce__(self) -> tuple:
+        return _Scattered, (self.index,)
+
+
+def _run_pickled(
+    pickled: bytes, scattered: list[Any], collect: bool, on_start: Callable[[], None] | None
+) -> tuple[list[Any], float]:
+    """On a dask worker: run a batch pickled by the client; ``scattered``: the values of the
+    call's large arguments (dask resolved their futures)."""
+    import pickle
+
+    def resolve(value: Any) -> Any:
+        return scattered[value.index] if type(value) is _Scattered else value
+
+    return run_columns(pickle.loads(pickled), collect, resolve, on_start)
+
+
 class DaskSession(ClusterSession):
     where = "on the dask cluster"
     # A cancelled dask task keeps its worker thread until it returns, so a slot count cannot say
@@ -101,6 +131,7 @@ class DaskSession(ClusterSession):
 
     def __init__(self, n_jobs: int, options: CallOptions) -> None:
         self._client, self._cluster = _client(options)
+        self._scattered: list[_Scattered] = []  # the call's large arguments, by index
         super().__init__(options, sum(self._client.nthreads().values()) or 1)
         self._key = uuid.uuid4().hex
         if self._clock is not None:
@@ -108,7 +139,9 @@ class DaskSession(ClusterSession):
             self._client.subscribe_topic(_STARTED, _route_start)
 
     def launch(self, columns: Columns, collect: bool, on_start: Callable[[], None] | None) -> Any:
-        return self._client.submit(run_columns, columns, collect, None, on_start, pure=False)
+        pickled = dumps(columns)
+        scattered = [handle.future for handle in self._scattered]
+        return self._client.submit(_run_pickled, pickled, scattered, collect, on_start, pure=False)
 
     def start_signal(self, clock: StartClock, token: int) -> Callable[[], None] | None:
         return functools.partial(_post_start, self._key, token)
@@ -129,10 +162,13 @@ class DaskSession(ClusterSession):
         self._client.cancel(futures)
 
     def put(self, value: Any) -> Any:
-        return self._client.scatter(value, hash=False, broadcast=False)
+        handle = _Scattered(len(self._scattered), self._client.scatter(value, hash=False, broadcast=False))
+        self._scattered.append(handle)
+        return handle
 
     def release(self, handles: list[Any]) -> None:
-        self._client.cancel(handles)
+        self._client.cancel([handle.future for handle in handles])
+        self._scattered.clear()
 
     def shut_down(self) -> None:
         if self._cluster is not None:
