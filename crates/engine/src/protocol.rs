@@ -217,9 +217,9 @@ impl Connection {
         Ok(())
     }
 
-    /// Receive one frame; `Ok(None)` when the peer closed the socket between frames.
-    /// Busy-wait up to `spin` for a frame to arrive (checking without sleeping), so that a
-    /// frame sent right after a reply is read without the cost of waking a sleeping thread.
+    /// Watch for up to `spin` for a frame to arrive (polling without sleeping, yielding the core
+    /// between checks), so that a frame sent right after a reply is read without the cost of
+    /// waking a sleeping thread.
     /// Returns whether one is ready; [`Connection::recv`] then blocks as usual.
     pub fn spin_until_readable(&self, spin: Duration) -> bool {
         let start = Instant::now();
@@ -237,10 +237,12 @@ impl Connection {
             if start.elapsed() >= spin {
                 return false;
             }
-            std::hint::spin_loop();
+            std::thread::yield_now(); // a runnable parent thread gets this core meanwhile
         }
     }
 
+    /// Receive one frame (with the descriptors of its carriers); `Ok(None)` when the peer closed
+    /// the socket between frames.
     pub fn recv(&self) -> Result<Option<Frame>, ProtocolError> {
         let mut carried: Vec<OwnedFd> = Vec::new();
         loop {
