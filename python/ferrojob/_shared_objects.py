@@ -36,11 +36,11 @@ class SharedObjects:
         self._threshold = threshold
         self._session = next(_SESSIONS)
         self._seen: dict[int, int] = {}
-        # id -> (the object, kept alive so its id stays its own; its token; its pickle), or
-        # (None, -1, None) for an object measured small
-        self._known: dict[int, tuple[Any, int, pickle.PickleBuffer | None]] = {}
+        # ids already decided: measured (large or small) or travelling out of band
+        self._known: set[int] = set()
         self._tokens = itertools.count()
-        # id -> (token, pickle, the object) of the objects measured large: shared
+        # id -> (token, pickle, the object) of the objects measured large: shared. The object is
+        # kept alive here, so that its id stays its own for the whole call.
         self._shared: dict[int, tuple[int, pickle.PickleBuffer, Any]] = {}
 
     def note(self, columns: list) -> bool:
@@ -73,14 +73,14 @@ class SharedObjects:
         """Count these argument objects (by identity, at C speed); measure each one met in a
         second task, or large at first sight."""
         counts = collections.Counter(map(id, values))
-        new = counts.keys() - self._known.keys()
+        new = counts.keys() - self._known
         if not new:
             return
         objects = dict(zip(map(id, values), values, strict=True))
         for key in new:
             value = objects[key]
             if _has_buffers(value):
-                self._known[key] = (None, -1, None)  # travels out of band already
+                self._known.add(key)  # travels out of band already
                 continue
             seen = self._seen[key] = self._seen.get(key, 0) + counts[key]
             if seen >= 2 or _looks_large(value):
@@ -91,13 +91,10 @@ class SharedObjects:
             data = _cloudpickle().dumps(value, protocol=PROTOCOL)
         except Exception:
             data = b""
+        # A small object is not kept alive (an id reused by another object then only misses a share).
+        self._known.add(id(value))
         if self._threshold is not None and len(data) > self._threshold:
-            token, pickled = next(self._tokens), pickle.PickleBuffer(data)
-            self._known[id(value)] = (value, token, pickled)
-            self._shared[id(value)] = (token, pickled, value)
-        else:
-            # Small: not kept alive (an id reused by another object then only misses a share).
-            self._known[id(value)] = (None, -1, None)
+            self._shared[id(value)] = (next(self._tokens), pickle.PickleBuffer(data), value)
 
     def dumps(self, columns: list, collect: bool, plain: bool = False) -> tuple[bytes, list[pickle.PickleBuffer]]:
         """A batch's ``JobBody`` pickled (cloudpickle, protocol 5, large buffers out of band),
@@ -115,7 +112,7 @@ class SharedObjects:
         pickler = _cloudpickle().Pickler(out, protocol=PROTOCOL, buffer_callback=callback)
         markers = [(_Marker(self._session, token, data), value) for token, data, value in self._shared.values()]
         pickler.dump((HEADER, [marker for marker, _ in markers]))
-        # Each shared object is now the memo entry its marker loads as (kept alive by `_known`,
+        # Each shared object is now the memo entry its marker loads as (kept alive by `_shared`,
         # so its id is its own): the body refers to it by that entry.
         memo = pickler.memo.copy()
         for marker, value in markers:
