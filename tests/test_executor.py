@@ -400,6 +400,55 @@ def test_a_failing_collector_fails_what_waits_instead_of_hanging(monkeypatch):
         executor.submit(abs, 1)
 
 
+def test_result_takes_a_running_jobs_completion_in_the_calling_thread(tmp_path, monkeypatch):
+    # The engine hands a running submission's completion to the thread blocked in result(),
+    # which settles the future itself (its done-callbacks run there); every other waiter and
+    # callback sees it once.
+    with Executor(max_workers=2) as executor:
+        session = executor._runner.session
+        waiting_for_job = threading.Event()
+        wait_for_job = session.wait_for_job
+
+        def noted(job, timeout):
+            waiting_for_job.set()
+            return wait_for_job(job, timeout)
+
+        monkeypatch.setattr(session, "wait_for_job", noted)
+        gate = tmp_path / "go"
+        future = executor.submit(wait_for_file, str(gate))
+        settled_by = []
+        future.add_done_callback(lambda _: settled_by.append(threading.current_thread()))
+        others = []
+        waiters = [threading.Thread(target=lambda: others.append(future.result(timeout=60))) for _ in range(3)]
+        for waiter in waiters:
+            waiter.start()
+        # The gate opens once some thread waits for the job itself.
+        opener = threading.Thread(target=lambda: waiting_for_job.wait(60) and gate.touch())
+        opener.start()
+        pid = future.result(timeout=60)
+        for thread in [*waiters, opener]:
+            thread.join(60)
+        assert waiting_for_job.is_set() and others == [pid] * 3
+        assert len(settled_by) == 1 and settled_by[0] in [threading.current_thread(), *waiters]
+
+
+def test_a_result_wait_that_times_out_leaves_the_completion_to_the_collector(tmp_path):
+    with Executor(max_workers=1) as executor:
+        gate = tmp_path / "go"
+        future = executor.submit(wait_for_file, str(gate))
+        called = []
+        future.add_done_callback(called.append)
+        with pytest.raises(cf.TimeoutError):
+            future.result(timeout=0.05)
+        with pytest.raises(cf.TimeoutError):
+            future.exception(timeout=0.05)
+        gate.touch()
+        assert cf.wait([future], timeout=60).done == {future}  # settled by the collector
+        assert future.result() == future.result(timeout=0) and called == [future]
+        # and the next submissions still go through the calling thread's wait
+        assert [executor.submit(mul, i, 2).result(timeout=60) for i in range(500)] == [2 * i for i in range(500)]
+
+
 def test_kill_racing_completion_either_stopped_the_task_or_leaves_its_result():
     # The engine decides the race once: True means the task was stopped (TaskCancelledError),
     # False that it had finished (its result), never both. Warm workers and a jittered kill put

@@ -3,7 +3,9 @@
 
 A submission is a batch of one task; a map chunk is a batch of many, owned by its map call. One
 lock serialises the session; one collector thread per runner reads completions and settles
-futures outside the lock.
+futures outside the lock. A thread blocked in a submission's ``result()`` waits for its job
+itself (``Submission``): the engine hands it the completion directly, one thread hand-off
+instead of two.
 """
 
 from __future__ import annotations
@@ -13,15 +15,17 @@ import concurrent.futures
 import itertools
 import queue
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+from ._core import Completion as EngineCompletion
 from ._tasks import Batch
 from .backends.processes import ProcessSession, Resolved, SessionPolicy
 
-__all__ = ["EXECUTOR_POLICY", "FailedChunk", "FuturesRunner", "Raised"]
+__all__ = ["EXECUTOR_POLICY", "FailedChunk", "FuturesRunner", "Raised", "Submission"]
 
 #: How often the collector wakes without completions (to notice a shutdown).
 POLL = 0.05
@@ -53,6 +57,23 @@ class FailedChunk(list):
 EXECUTOR_POLICY = SessionPolicy(
     independent=True, private_pool=True, mark_failed=Raised, timeout_setting="Executor(timeout=...)"
 )
+
+
+class Submission(concurrent.futures.Future):
+    """A submission's future. ``result()`` and ``exception()`` wait for its job in the calling
+    thread when it is running (``FuturesRunner.wait_here``): the engine's reader thread hands the
+    completion to the caller, which settles the future itself. Otherwise (still pending here, or
+    already being settled) they wait as any future does, for the collector."""
+
+    def __init__(self, runner: FuturesRunner) -> None:
+        super().__init__()
+        self._runner = runner
+
+    def result(self, timeout: float | None = None) -> Any:
+        return super().result(self._runner.wait_here(self, timeout))
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return super().exception(self._runner.wait_here(self, timeout))
 
 
 class ChunkOwner(Protocol):
@@ -104,7 +125,7 @@ class FuturesRunner:
     # -- submitting ----------------------------------------------------------------------
 
     def submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> concurrent.futures.Future:
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        future = Submission(self)
         batch = Batch(next(self.task_numbers), [(fn, args, kwargs)])
         settle: list[_Settlement] = []
         with self.lock:
@@ -202,16 +223,48 @@ class FuturesRunner:
             with self.lock:
                 if self.stopping:
                     return
-                self.session.replace_if_short()
-                resolved = self.session.resolve(completion)
-                if resolved is not None:
-                    self._route(resolved, settle)
-                self._refill(settle)
-                if self.shutting_down and not self.owners and not self.pending:
+                if self._take(completion, settle):
                     self.stopping = True
             _settle(settle)
             if self.stopping:
                 return
+
+    def _take(self, completion: EngineCompletion | None, settle: list[_Settlement]) -> bool:
+        """Route a completion (None: none came) and hand out what it made room for (lock held);
+        whether the runner is shut down and has nothing left."""
+        self.session.replace_if_short()
+        resolved = self.session.resolve(completion)
+        if resolved is not None:
+            self._route(resolved, settle)
+        self._refill(settle)
+        return self.shutting_down and not self.owners and not self.pending
+
+    def wait_here(self, future: concurrent.futures.Future, timeout: float | None) -> float | None:
+        """Wait in the calling thread for a dispatched submission's job, and settle it here
+        (``Submission``). Returns what is left of ``timeout`` for waiting as any future does:
+        when the job is not running (pending here; already settled or being settled by the
+        collector), or its completion has not come in time."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not future.done():
+            with self.lock:
+                batch_id = self.dispatched.get(future)
+                job = None if batch_id is None else self.session.job_of(batch_id)
+            if job is None:
+                break
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            completion = self.session.wait_for_job(job, left)
+            if completion is None:
+                break
+            settle: list[_Settlement] = []
+            try:
+                with self.lock:
+                    if self._take(completion, settle):
+                        self._stop()
+            except BaseException as error:  # a bug: nothing may wait forever for it
+                self._fail_everything(error)
+                raise
+            _settle(settle)
+        return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
     def _route(self, resolved: Resolved, settle: list[_Settlement]) -> None:
         owner = self.owners.pop(resolved.batch_id, None)

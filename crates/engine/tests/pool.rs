@@ -474,3 +474,47 @@ fn each_worker_hears_a_calls_settings_once_before_its_jobs() {
     pool.submit(job(6, "calls")).unwrap();
     assert_eq!(payload(&next(&pool)), "1:second");
 }
+
+#[test]
+fn a_claimed_job_completes_to_its_claim_and_never_to_both_or_neither() {
+    let pool = Pool::new(spec(), 1, None).unwrap();
+    // Running: its completion comes to the claim, not the channel; one claim per job.
+    pool.submit(job(1, "sleep:300")).unwrap();
+    let claim = pool.claim(1).expect("a running job can be claimed");
+    assert_eq!(claim.job(), 1);
+    assert!(pool.claim(1).is_none(), "a second claim of one job");
+    let completion = claim.wait(WAIT).expect("the claim's completion");
+    assert_eq!(
+        (completion.job, payload(&completion).as_str()),
+        (1, "slept")
+    );
+    drop(claim);
+    assert!(
+        pool.recv(Duration::from_millis(300)).is_none(),
+        "delivered twice"
+    );
+    // Read from the channel already: nothing left to claim.
+    pool.submit(job(2, "echo:read")).unwrap();
+    assert_eq!(next(&pool).job, 2);
+    assert!(pool.claim(2).is_none());
+    assert!(pool.claim(99).is_none(), "a job never submitted");
+    // Queued behind a running job, then withdrawn unread: its completion goes to the channel.
+    pool.submit(job(3, "sleep:300")).unwrap();
+    pool.submit(job(4, "echo:queued")).unwrap();
+    let claim = pool.claim(4).expect("a queued job can be claimed");
+    assert!(claim.wait(Duration::ZERO).is_none());
+    assert_eq!(next(&pool).job, 3);
+    // Job 4 completes into its claim (or after it is withdrawn): the channel has it either way.
+    std::thread::sleep(Duration::from_millis(100));
+    drop(claim);
+    let late = next(&pool);
+    assert_eq!((late.job, payload(&late).as_str()), (4, "queued"));
+    // A lost job's completion reaches its claim too.
+    pool.submit(job(5, "exit:3")).unwrap();
+    if let Some(claim) = pool.claim(5) {
+        let lost = claim.wait(WAIT).expect("the lost job's completion");
+        assert!(matches!(lost.outcome, Outcome::Lost(_)));
+    } else {
+        assert!(matches!(next(&pool).outcome, Outcome::Lost(_)));
+    }
+}

@@ -224,26 +224,39 @@ impl ProcessPool {
     /// Ctrl-C kills every worker and raises KeyboardInterrupt.
     #[pyo3(signature = (timeout=None))]
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Completion>> {
-        let deadline = durations::deadline(durations::limit(timeout, "timeout")?);
-        loop {
-            let slice = match deadline {
-                Some(deadline) => deadline.saturating_duration_since(Instant::now()).min(POLL),
-                None => POLL,
-            };
-            let received = py.detach(|| self.pool.next_event(slice));
-            match received {
-                Event::Completion(completion) => return to_python(py, completion).map(Some),
-                Event::Woken => return Ok(None),
-                Event::Nothing => {}
-            }
-            if let Err(interrupt) = py.check_signals() {
-                py.detach(|| self.pool.terminate());
-                return Err(interrupt);
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(None);
-            }
-        }
+        let received =
+            self.wait_in_slices(py, timeout, |slice| match self.pool.next_event(slice) {
+                Event::Completion(completion) => Slice::Got(completion),
+                Event::Woken => Slice::Stop,
+                Event::Nothing => Slice::Nothing,
+            })?;
+        received
+            .map(|completion| to_python(py, completion))
+            .transpose()
+    }
+
+    /// Job `job`'s completion, waited for in this thread: it does not go to `wait`. None at
+    /// once if the job is neither queued nor running (its completion went to `wait`) or another
+    /// thread waits for it; None after `timeout` seconds (its completion then goes to `wait`).
+    /// Ctrl-C kills every worker and raises KeyboardInterrupt.
+    #[pyo3(signature = (job, timeout=None))]
+    fn wait_for_job(
+        &self,
+        py: Python<'_>,
+        job: u64,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<Completion>> {
+        let Some(claim) = self.pool.claim(job) else {
+            return Ok(None);
+        };
+        let received = self.wait_in_slices(py, timeout, |slice| match claim.wait(slice) {
+            Some(completion) => Slice::Got(completion),
+            None => Slice::Nothing,
+        })?;
+        drop(claim);
+        received
+            .map(|completion| to_python(py, completion))
+            .transpose()
     }
 
     /// Drop queued jobs and kill the workers running one; returns the dropped jobs' ids.
@@ -278,6 +291,46 @@ impl ProcessPool {
         let grace = durations::limit(Some(grace), "grace")?.unwrap_or(Duration::MAX);
         py.detach(|| self.pool.shutdown(grace));
         Ok(())
+    }
+}
+
+/// What one slice of a wait saw (see [`ProcessPool::wait_in_slices`]).
+enum Slice<T> {
+    Got(T),
+    /// Stop waiting, with nothing.
+    Stop,
+    Nothing,
+}
+
+impl ProcessPool {
+    /// Wait with `next` (the GIL released) in slices of at most [`POLL`], until it gets something
+    /// or stops, or `timeout` seconds pass (None: as long as it takes). Between slices, Ctrl-C
+    /// kills every worker and raises KeyboardInterrupt.
+    fn wait_in_slices<T: Send>(
+        &self,
+        py: Python<'_>,
+        timeout: Option<f64>,
+        next: impl Fn(Duration) -> Slice<T> + Sync,
+    ) -> PyResult<Option<T>> {
+        let deadline = durations::deadline(durations::limit(timeout, "timeout")?);
+        loop {
+            let slice = match deadline {
+                Some(deadline) => deadline.saturating_duration_since(Instant::now()).min(POLL),
+                None => POLL,
+            };
+            match py.detach(|| next(slice)) {
+                Slice::Got(value) => return Ok(Some(value)),
+                Slice::Stop => return Ok(None),
+                Slice::Nothing => {}
+            }
+            if let Err(interrupt) = py.check_signals() {
+                py.detach(|| self.pool.terminate());
+                return Err(interrupt);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
+        }
     }
 }
 

@@ -290,6 +290,20 @@ class ProcessSession(Session):
                 raise resolved.error
             return Completion(resolved.batch_id, resolved.results, resolved.elapsed)
 
+    def job_of(self, batch_id: int) -> int | None:
+        """The job running ``batch_id``; None if it has none (done) or is split in several."""
+        jobs = self._jobs_of(batch_id)
+        return jobs[0] if len(jobs) == 1 else None
+
+    def _jobs_of(self, batch_id: int) -> list[int]:
+        return [job for job, piece in self._jobs.items() if piece.batch_id == batch_id]
+
+    def wait_for_job(self, job: int, timeout: float | None) -> EngineCompletion | None:
+        """``job``'s completion, waited for in this thread instead of going to ``poll`` (pass it
+        to ``resolve``, the session's lock held). None if it is not queued or running, another
+        thread waits for it, or after ``timeout`` seconds; its completion then goes to ``poll``."""
+        return self._pool.wait_for_job(job, timeout)
+
     def poll(self, timeout: float | None) -> EngineCompletion | None:
         """The next engine completion, or None after ``timeout`` seconds or once ``wake`` is
         called (thread-safe)."""
@@ -390,8 +404,7 @@ class ProcessSession(Session):
     def cancel(self, batch_id: int, kill_running: bool) -> bool:
         """Withdraw the jobs of one batch: queued ones are dropped, running ones killed if
         ``kill_running`` (each then completes as cancelled). Whether any was found."""
-        jobs = [job for job, piece in self._jobs.items() if piece.batch_id == batch_id]
-        states = [self._pool.cancel_job(job, kill_running) for job in jobs]
+        states = [self._pool.cancel_job(job, kill_running) for job in self._jobs_of(batch_id)]
         return any(state != "unknown" for state in states)
 
     def _salvage(self, piece: Piece, completion: EngineCompletion) -> Resolved | None:

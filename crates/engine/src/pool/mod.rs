@@ -24,11 +24,13 @@ use crossbeam_channel::{Receiver, Sender};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+mod claims;
 mod memory;
 mod replies;
 mod spawn;
 mod supervise;
 
+pub use claims::Claim;
 pub use supervise::STARTING_LIMIT;
 
 use crate::fork::Birth;
@@ -276,6 +278,8 @@ struct Shared {
     changed: Condvar,
     tx: Sender<Completion>,
     rx: Receiver<Completion>,
+    /// Jobs whose completion a caller waits for in its own thread ([`Pool::claim`]).
+    claims: claims::Claims,
     /// [`Pool::wake`]'s signal to a thread blocked in [`Pool::recv`].
     wake_tx: Sender<()>,
     wake_rx: Receiver<()>,
@@ -460,6 +464,7 @@ impl Pool {
             changed: Condvar::new(),
             tx,
             rx,
+            claims: claims::Claims::default(),
             wake_tx,
             wake_rx,
             threads: Mutex::new(Vec::new()),
@@ -604,6 +609,26 @@ impl Pool {
         }
     }
 
+    /// Claim job `id`'s completion for the calling thread ([`Claim::wait`]) instead of the
+    /// channel. None if the job is neither queued nor running (its completion is on the channel
+    /// already, or was read) or another thread claimed it.
+    pub fn claim(&self, id: JobId) -> Option<Claim> {
+        if !self.shared.owned_here() {
+            return None;
+        }
+        // Under the state lock: a pending job's completion is delivered after this claim.
+        let state = self.shared.state();
+        let pending = state.queue.iter().any(|job| job.id == id)
+            || state
+                .workers
+                .values()
+                .any(|worker| worker.running.as_ref().is_some_and(|r| r.job == id));
+        if !pending {
+            return None;
+        }
+        self.shared.claim(id)
+    }
+
     /// Make a thread blocked in [`Pool::recv`] (now or next) return None at once: a collector
     /// that should stop does not wait out its timeout.
     pub fn wake(&self) {
@@ -630,7 +655,7 @@ impl Pool {
             let job = state.queue.remove(position);
             drop(state);
             drop(job); // its argument holds go now
-            let _ = self.shared.tx.send(Completion {
+            self.shared.deliver(Completion {
                 job: id,
                 pid: 0,
                 elapsed: Duration::ZERO,

@@ -80,7 +80,7 @@ pub(super) fn read_replies(
             } else {
                 0
             };
-            let _ = shared.tx.send(Completion {
+            shared.deliver(Completion {
                 job: running.job,
                 pid: pid.as_raw(),
                 elapsed: Duration::ZERO,
@@ -200,7 +200,7 @@ fn on_reply(shared: &Arc<Shared>, id: u64, frame: crate::protocol::Frame) -> Res
     if spent {
         shared.want_replacement();
     }
-    let _ = shared.tx.send(Completion {
+    shared.deliver(Completion {
         job: frame.id,
         pid,
         elapsed: Duration::from_nanos(frame.aux),
