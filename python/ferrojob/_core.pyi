@@ -139,6 +139,8 @@ class ProcessPool:
     @property
     def n_workers(self) -> int: ...
     def pids(self) -> list[int]: ...
+    def take_worker_events(self) -> list[tuple[float, int, str, str]]:
+        """The worker events since the last call: ``(time.monotonic(), pid, what, detail)``."""
     def submit(
         self,
         job: int,

@@ -311,6 +311,24 @@ pub fn own_peak_rss() -> Option<u64> {
     max_rss_bytes(usage.ru_maxrss)
 }
 
+/// Seconds on the clock Python's `time.monotonic()` reads (system-wide, so a worker's and its
+/// parent's readings compare): `CLOCK_MONOTONIC`, or on Apple `CLOCK_UPTIME_RAW`
+/// (`mach_absolute_time`'s clock).
+pub fn monotonic_seconds() -> f64 {
+    #[cfg(target_vendor = "apple")]
+    let clock = libc::CLOCK_UPTIME_RAW;
+    #[cfg(not(target_vendor = "apple"))]
+    let clock = libc::CLOCK_MONOTONIC;
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only into the timespec passed by pointer, which outlives
+    // the call; the clock exists on every target this crate builds for.
+    unsafe { libc::clock_gettime(clock, &mut now) };
+    now.tv_sec as f64 + now.tv_nsec as f64 * 1e-9
+}
+
 /// `ru_maxrss` in bytes: the kernel counts KiB on Linux and bytes on macOS.
 pub fn max_rss_bytes(ru_maxrss: libc::c_long) -> Option<u64> {
     let value = u64::try_from(ru_maxrss).ok()?;

@@ -164,6 +164,17 @@ impl ProcessPool {
         self.pool.pids()
     }
 
+    /// The worker events since the last call: `(time.monotonic() seconds, pid, what, detail)`,
+    /// oldest first; what is "started", "recycled", "retired", "crashed", "timeout", "killed"
+    /// or "exited".
+    fn take_worker_events(&self) -> Vec<(f64, i32, &'static str, String)> {
+        self.pool
+            .take_worker_events()
+            .into_iter()
+            .map(|event| (event.at, event.pid, event.kind.name(), event.kind.detail()))
+            .collect()
+    }
+
     /// Queue a job; it starts as soon as a worker is free.
     ///
     /// `buffers`: the out-of-band buffers of `payload`, placed in `arena` (each once per

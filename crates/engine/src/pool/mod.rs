@@ -25,12 +25,14 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 mod claims;
+mod events;
 mod memory;
 mod replies;
 mod spawn;
 mod supervise;
 
 pub use claims::Claim;
+pub use events::{WorkerEvent, WorkerEventKind, MAX_UNREAD_EVENTS};
 pub use supervise::STARTING_LIMIT;
 
 use crate::fork::Birth;
@@ -300,6 +302,8 @@ struct State {
     replacements: usize,
     /// The current call's settings, sent to each worker before its first job of the call.
     call: CallSettings,
+    /// Workers started, recycled, retired and lost, for run reports ([`Pool::take_worker_events`]).
+    log: events::WorkerLog,
 }
 
 /// The settings of the current call ([`Pool::set_call`]), numbered so that each worker gets them
@@ -344,6 +348,7 @@ impl State {
                 generation: 0,
                 payload: Arc::from(Vec::new()),
             },
+            log: events::WorkerLog::default(),
         }
     }
 
@@ -612,6 +617,12 @@ impl Pool {
     /// Claim job `id`'s completion for the calling thread ([`Claim::wait`]) instead of the
     /// channel. None if the job is neither queued nor running (its completion is on the channel
     /// already, or was read) or another thread claimed it.
+    /// The worker events logged since the last call (oldest first; at most
+    /// [`MAX_UNREAD_EVENTS`] are kept unread).
+    pub fn take_worker_events(&self) -> Vec<WorkerEvent> {
+        self.shared.state().log.take()
+    }
+
     pub fn claim(&self, id: JobId) -> Option<Claim> {
         if !self.shared.owned_here() {
             return None;

@@ -13,6 +13,7 @@ use nix::unistd::Pid;
 use super::memory::over_memory_cap;
 use super::{
     send_releases, Completion, KillReason, Leaving, Loss, LossCause, Outcome, Releaser, Shared,
+    WorkerEventKind,
 };
 use crate::output::StderrTail;
 use crate::protocol::{Connection, Kind, ProtocolError};
@@ -75,6 +76,9 @@ pub(super) fn read_replies(
                 (Some(reason), _, None) => LossCause::Protocol(reason),
                 (None, Some(Leaving::Retired) | None, None) => exit,
             };
+            state
+                .log
+                .record(pid.as_raw(), WorkerEventKind::Lost(cause.clone()));
             let tasks_started = if worker.status.load(STATUS_JOB) == running.job {
                 worker.status.load(STATUS_TASKS_STARTED)
             } else {
@@ -93,6 +97,8 @@ pub(super) fn read_replies(
                     stderr_tail,
                 }),
             });
+        } else {
+            state.log.record(pid.as_raw(), WorkerEventKind::Exited);
         }
     }
     drop(state);
@@ -167,11 +173,19 @@ fn on_reply(shared: &Arc<Shared>, id: u64, frame: crate::protocol::Frame) -> Res
     let spent = over_memory
         || worker.over_cap
         || limits.max_tasks.is_some_and(|max| worker.tasks_done >= max);
-    if spent && worker.is_live() {
+    let recycled = (spent && worker.is_live()).then(|| {
         // Replaced before its next task: a fresh worker takes the queue from here.
         worker.retire();
-    }
+        if over_memory || worker.over_cap {
+            WorkerEventKind::RecycledMemoryCap
+        } else {
+            WorkerEventKind::RecycledTaskBudget
+        }
+    });
     let live = worker.is_live();
+    if let Some(kind) = recycled {
+        state.log.record(pid, kind);
+    }
     let mut next = if live { state.queue.pop_front() } else { None };
     let dispatch = match next.as_mut() {
         Some(job) => state.hand_out(id, job),

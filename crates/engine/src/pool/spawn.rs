@@ -77,6 +77,9 @@ pub(super) fn spawn_worker(shared: &Arc<Shared>) -> Result<(), PoolError> {
         let mut state = shared.state();
         let id = state.next_worker;
         state.next_worker += 1;
+        state
+            .log
+            .record(pid.as_raw(), super::WorkerEventKind::Started);
         // A worker that boots while jobs wait takes the first one right away.
         state.workers.insert(
             id,
