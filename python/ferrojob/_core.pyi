@@ -220,6 +220,9 @@ class Arena:
     def new_call(self) -> None: ...
     @property
     def n_open_chunks(self) -> int: ...
+    @property
+    def bytes_written(self) -> int:
+        """Bytes copied into shared memory since the arena was made."""
 
 def buffer_address(object: Any) -> int:
     """The address of the first byte of a buffer-protocol object."""

@@ -80,6 +80,8 @@ pub(crate) struct Arena {
     /// Tells the workers that the arena gives up large chunks they may keep mapped (see
     /// `worker::Endpoint`): they drop them, and report them unmapped once nothing uses them.
     forgetter: Option<Forget>,
+    /// Bytes written into chunks so far (what placing arguments copied; run reports).
+    bytes_written: u64,
 }
 
 /// Tells every worker to stop keeping the mappings of these chunk tokens.
@@ -128,6 +130,7 @@ impl Arena {
             identities: HashMap::new(),
             call: 0,
             forgetter: None,
+            bytes_written: 0,
         }
     }
 
@@ -292,6 +295,7 @@ impl Arena {
         let entry = self.chunks[chunk].as_mut().expect("placed in a live chunk");
         entry.file.write_at(offset, bytes)?;
         entry.used = offset + bytes.len();
+        self.bytes_written = self.bytes_written.saturating_add(bytes.len() as u64);
         Ok(())
     }
 
@@ -381,6 +385,11 @@ impl Arena {
             shm::free_later(entry.file);
         }
         true
+    }
+
+    /// Bytes copied into shared memory since the arena was made.
+    pub(crate) fn bytes_written(&self) -> u64 {
+        self.bytes_written
     }
 
     /// Chunks currently open (for tests and leak checks).
@@ -500,6 +509,12 @@ impl Arguments {
     /// Chunks open (for tests and leak checks).
     pub fn n_open_chunks(&self) -> usize {
         self.arena().n_open_chunks()
+    }
+
+    /// Bytes copied into shared memory since the arena was made: a buffer placed again
+    /// unchanged adds nothing.
+    pub fn bytes_written(&self) -> u64 {
+        self.arena().bytes_written()
     }
 
     /// A job whose out-of-band buffers are `placements`, mapped by its worker with `access`: its
@@ -788,6 +803,7 @@ mod tests {
         let kept = arena.place_once(Some(key), &[1u8; 1000]).unwrap(); // a chunk of its own
         assert!(arena.sweep().is_empty());
         assert_eq!(arena.place_once(Some(key), &[1u8; 1000]).unwrap(), kept);
+        assert_eq!(arena.bytes_written(), 1000, "placed again, copied once");
         arena.forget(key); // the owner died: the chunk goes
         assert!(arena.duplicate_fd(kept.chunk).is_err());
         // A small one is recycled with its chunk, and placed again when passed again.

@@ -274,6 +274,13 @@ impl Arena {
     fn n_open_chunks(&self) -> usize {
         self.inner.n_open_chunks()
     }
+
+    /// Bytes copied into shared memory since the arena was made (a buffer placed again
+    /// unchanged adds nothing).
+    #[getter]
+    fn bytes_written(&self) -> u64 {
+        self.inner.bytes_written()
+    }
 }
 
 /// The address of the first byte of a buffer-protocol object (to recognise the same memory
