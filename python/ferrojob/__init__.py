@@ -40,6 +40,7 @@ from .errors import (
     WorkerStartError,
 )
 from .parallel import Parallel, delayed, effective_n_jobs
+from .report import RunReport
 
 # The bindings raise these classes and name functions this way: handed over once, here.
 _core.install(
@@ -94,6 +95,7 @@ __all__ = [
     "ParallelUsageError",
     "ProgressUpdate",
     "RefusedContentError",
+    "RunReport",
     "TaskCancelledError",
     "TaskTimeoutError",
     "UnknownBackendError",

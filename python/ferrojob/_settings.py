@@ -20,6 +20,7 @@ import ast
 import math
 import numbers
 import operator
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -108,6 +109,28 @@ def check_dump_format(value: Any) -> str:
             "in constant time) or 'joblib' (what plain joblib.load reads)",
         )
     return str(value)
+
+
+#: The files a run report can be saved as (``RunReport.save``).
+REPORT_SUFFIXES = (".html", ".htm", ".svg", ".txt")
+
+
+def check_report(value: Any) -> str | None:
+    """``parallel_config(report=path)``: a file name whose suffix says the format (None: off)."""
+    if value is None:
+        return None
+    try:
+        path = os.fspath(value)
+    except TypeError:
+        path = None
+    if not isinstance(path, str) or os.path.splitext(path)[1].lower() not in REPORT_SUFFIXES:
+        raise invalid(
+            f"report={value!r} is not a report file name.",
+            "give a path ending in .html (the full report), .svg (the timeline) or .txt (the "
+            'summary): parallel_config(report="run.html") writes run-001.html, run-002.html... '
+            "one per call",
+        )
+    return path
 
 
 def check_prefer(prefer: Any) -> Any:
@@ -360,6 +383,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("max_worker_memory", _size_check("max_worker_memory"), None, frozenset({PARALLEL, EXECUTOR}), PROCESSES,
                 "a worker over this resident memory is replaced"),
         Setting("progress", _accepted, False, frozenset({PARALLEL}), EVERY, "True: a tqdm bar; a callable: updates"),
+        Setting("report", check_report, None, frozenset({CONFIG}), EVERY, "write every call's run report: run.html -> run-001.html..."),
         Setting("dump_format", check_dump_format, "ferrojob", frozenset({CONFIG}), frozenset(), "dump's format: ferrojob, joblib"),
     )
 }  # fmt: skip

@@ -83,6 +83,9 @@ class JobResults(NamedTuple):
     results: list
     #: Offsets of the results that are failure reports (``collect``).
     failed: list[int]
+    #: ``(time.monotonic() when the job arrived, seconds unpickling it, seconds running its
+    #: tasks)``; the pickling of the results is the rest of the job's reported time.
+    timing: tuple[float, float, float]
 
 
 class Batch:

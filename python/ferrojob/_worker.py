@@ -10,7 +10,7 @@ import os
 import pickle
 import signal
 import sys
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import Any
 
 from . import _failures
@@ -94,6 +94,7 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
     took)`` or ``(False, failure report, [], -1)``. With ``return_exceptions`` (``collect``), a
     task that raises leaves its report as its result.
     """
+    arrived, unpickling = monotonic(), perf_counter()
     status, slot, stop = _status, _TASKS_STARTED, _STOP
     started = 0
     results: list[Any] = []
@@ -106,6 +107,7 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
     except BaseException as error:  # whatever unpickling raised, the parent hears it
         return False, _unloadable_arguments(error), [], _UNMEASURED
     began = perf_counter()
+    loaded = began - unpickling
     try:
         if not _numpy_allocator_checked:
             _share_numpy_arrays()
@@ -141,8 +143,9 @@ def _run_job(payload: bytes, buffers: list[Any]) -> tuple[bool, bytes, list[Any]
         return False, _raised(error, started - 1), [], _UNMEASURED
     finally:
         _flush_output()
+    timing = (arrived, loaded, perf_counter() - began)
     try:
-        body, out_of_band = dumps_result(tuple(JobResults(results, failed)), _call.threshold)
+        body, out_of_band = dumps_result(tuple(JobResults(results, failed, timing)), _call.threshold)
     except Exception:
         return False, _unpicklable_result(results), [], _UNMEASURED
     # The reported time is the tasks' and their results' pickling: the fixed cost of a job

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
+import os
+import threading
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from ._settings import CONFIG, check_given, invalid
+from ._settings import CONFIG, check, check_given, invalid
 
 __all__ = [
     "DEFAULT",
@@ -65,6 +68,8 @@ class Config(NamedTuple):
     initializer: Any = DEFAULT
     initargs: Any = DEFAULT
     dump_format: Any = DEFAULT
+    #: Where every call of the block writes its run report (a ``ReportFiles``), or None.
+    report: Any = DEFAULT
     backend_params: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -139,7 +144,9 @@ class parallel_config(contextlib.ContextDecorator):
     "sequential", or a registered custom backend); ``n_jobs``, ``verbose``, ``prefer`` and
     ``require`` as in ``Parallel``; ``temp_folder``, ``max_nbytes`` and ``mmap_mode`` as in joblib;
     ``inner_max_num_threads`` caps BLAS/OpenMP threads in each worker; ``return_exceptions`` as in
-    ``Parallel``; extra keywords are handed to the backend. ``with parallel_config(...) as
+    ``Parallel``; ``report="run.html"`` writes every call's ``RunReport`` (``run-001.html``,
+    ``run-002.html``..., or ``.svg``/``.txt``), scikit-learn's calls included; extra keywords are
+    handed to the backend. ``with parallel_config(...) as
     config`` gives the settings in force by name, as joblib's does (``config["backend"]``: the
     backend object; None where nothing is set).
 
@@ -169,6 +176,7 @@ class parallel_config(contextlib.ContextDecorator):
         initializer: Any = DEFAULT,
         initargs: Any = DEFAULT,
         dump_format: Any = DEFAULT,
+        report: Any = DEFAULT,
         **backend_params: Any,
     ) -> None:
         given = dict(
@@ -185,6 +193,7 @@ class parallel_config(contextlib.ContextDecorator):
             initializer=initializer,
             initargs=initargs,
             dump_format=dump_format,
+            report=report,
         )
         # Checked here, kept as given (``with parallel_config(...) as config`` shows them so, as
         # joblib's does); n_jobs is kept converted ("2" is 2).
@@ -204,6 +213,8 @@ class parallel_config(contextlib.ContextDecorator):
                     "run in worker processes of their own, whose threads could be capped.",
                     'use a process backend: parallel_config(backend="loky", inner_max_num_threads=2)',
                 )
+        if not is_default(report) and report is not None:
+            given["report"] = ReportFiles(check("report", report))  # numbered per parallel_config
         self._changes = {key: value for key, value in given.items() if not is_default(value)}
         self._backend_params = backend_params
         self._tokens: list[contextvars.Token[Config]] = []
@@ -217,6 +228,25 @@ class parallel_config(contextlib.ContextDecorator):
 
     def __exit__(self, *exc_info: object) -> None:
         _CONFIG.reset(self._tokens.pop())
+
+
+class ReportFiles:
+    """The files ``parallel_config(report="run.html")`` writes: ``run-001.html``,
+    ``run-002.html``... one per call made in the block, numbered in the order calls end."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._numbers = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def next_path(self) -> str:
+        with self._lock:
+            number = next(self._numbers)
+        stem, suffix = os.path.splitext(self.path)
+        return f"{stem}-{number:03d}{suffix}"
+
+    def __repr__(self) -> str:
+        return f"ReportFiles({self.path!r})"
 
 
 class parallel_backend(parallel_config):

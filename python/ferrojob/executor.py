@@ -38,6 +38,7 @@ from typing import Any, ParamSpec, TypeVar
 from . import _misuse
 from ._core import Scheduler
 from ._futures import EXECUTOR_POLICY, TASKS_PER_WORKER, FuturesRunner, Raised
+from ._runlog import CallRecorder
 from ._settings import DEFAULT_MAX_NBYTES, EXECUTOR, check_given
 from ._tasks import Batch, ItemsSource
 from .backends.base import CallOptions, Completion, Session
@@ -45,6 +46,7 @@ from .backends.processes import ProcessSession
 from .cpus import cpu_count
 from .errors import InvalidParameterError, compose_message
 from .parallel import run_batches
+from .report import RunReport
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -123,9 +125,27 @@ class Executor(concurrent.futures.Executor):
             max_worker_memory=checked["max_worker_memory"],
         )
         self._max_workers = checked["max_workers"] or cpu_count()
-        self._runner = FuturesRunner(ProcessSession(self._max_workers, options, policy=EXECUTOR_POLICY), True)
+        session = ProcessSession(self._max_workers, options, policy=EXECUTOR_POLICY)
+        self._recorder = session.recorder = CallRecorder("loky", self._max_workers)
+        self._runner = FuturesRunner(session, True)
         # Dropped without shutdown(): its workers finish the work given, then exit.
         weakref.finalize(self, self._runner.shutdown, False, False)
+
+    def report(self) -> RunReport:
+        """A ``RunReport`` of the executor's life so far: every task and map chunk that has
+        finished, per worker, with worker events and advice (the newest 100,000 batches).
+
+        Example::
+
+            >>> from ferrojob import Executor
+            >>> with Executor(max_workers=2) as executor:
+            ...     _ = list(executor.map(abs, range(-50, 50)))
+            ...     report = executor.report()
+            >>> report.n_tasks
+            100
+        """
+        self._runner.session.flush_record()
+        return RunReport.from_recorder(self._recorder)
 
     def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> concurrent.futures.Future[_T]:
         """Schedule ``fn(*args, **kwargs)``; returns its future.

@@ -13,12 +13,14 @@ import os
 import threading
 import warnings
 from collections.abc import Callable, Generator, Iterable
+from time import perf_counter
 from typing import Any, Literal
 
 from . import _misuse
 from ._caller import user_location, warn_at
 from ._core import Scheduler, delayed
 from ._progress import Progress, ProgressUpdate
+from ._runlog import CallRecorder
 from ._settings import (
     DEFAULT_MAX_NBYTES,
     PARALLEL,
@@ -34,6 +36,7 @@ from .backends import Backend, CallOptions, Session, default_backend, get_backen
 from .config import DEFAULT, Settings, current_config, effective_settings, is_default, is_given
 from .cpus import resolve_n_jobs
 from .errors import ParallelUsageError, compose_message
+from .report import RunReport
 
 __all__ = ["Parallel", "delayed", "effective_n_jobs"]
 
@@ -202,6 +205,9 @@ class Parallel:
         self.max_tasks_per_worker = max_tasks_per_worker
         self.max_worker_memory = memory_cap
         self._session: Session | None = None
+        # The last call's records (see ``last_report``), and its report once asked for.
+        self._recorder: CallRecorder | None = None
+        self._report: RunReport | None = None
         # A session runs one call at a time: a second call while the first's generator is
         # unconsumed (or from another thread) would mix their results.
         self._call_lock = threading.Lock()
@@ -245,6 +251,29 @@ class Parallel:
     @verbose.setter
     def verbose(self, value: Any) -> None:
         self._verbose = value
+
+    @property
+    def last_report(self) -> RunReport | None:
+        """The ``RunReport`` of this Parallel's last call (None before its first): where the time
+        went, batch by batch, with advice. A call still running reports up to now.
+
+        Example::
+
+            >>> from ferrojob import Parallel, delayed
+            >>> parallel = Parallel(n_jobs=2)
+            >>> _ = parallel(delayed(abs)(-i) for i in range(10))
+            >>> parallel.last_report.n_tasks
+            10
+        """
+        recorder = self._recorder
+        if recorder is None:
+            return None
+        if self._report is None or recorder.ended is None:
+            report = RunReport.from_recorder(recorder, recorder.n_tasks)
+            if recorder.ended is None:
+                return report
+            self._report = report
+        return self._report
 
     def _effective_n_jobs(self) -> int:
         """How many workers a call of this ``Parallel`` would use here and now (joblib's private
@@ -403,6 +432,34 @@ class Parallel:
             backend, n_workers, options = self._choose()
         progress = Progress(label, self._verbosity(), self.progress, total)
         assert backend is not None
+        recorder = self._recorder = CallRecorder(backend.name or type(backend).__name__, n_workers)
+        self._report = None
+        try:
+            yield from self._run_on(backend, n_workers, options, source, total, tally, progress, recorder)
+        finally:
+            recorder.finish()
+            self._write_report()
+
+    def _write_report(self) -> None:
+        """After a call: its report to the file ``parallel_config(report=...)`` names, if any."""
+        files = current_config().report
+        if is_default(files) or files is None:
+            return
+        report = self.last_report
+        assert report is not None
+        report.save(files.next_path())
+
+    def _run_on(
+        self,
+        backend: Backend,
+        n_workers: int,
+        options: CallOptions | None,
+        source: TaskSource,
+        total: int | None,
+        tally: _Tally,
+        progress: Progress,
+        recorder: CallRecorder,
+    ) -> Generator[Any, None, None]:
         if backend.in_process:
             if self.timeout is not None and self.timeout != float("inf"):
                 # joblib's words: code that filters this warning keeps working.
@@ -415,8 +472,11 @@ class Parallel:
             yield _STARTED
             progress.started("SequentialBackend", 1)
             collect = self._settings().return_exceptions
+            n_tasks = 0
             try:
                 for function, args, kwargs in source.calls(self._fixed_batch_size() or 1):
+                    n_tasks += 1
+                    recorder.n_tasks = n_tasks
                     result = None
                     if not collect:
                         yield [function(*args, **kwargs)]
@@ -451,10 +511,13 @@ class Parallel:
                 bounded_run_ahead=self.return_as != "list",
             )
             session.begin()
+            session.recorder = recorder
             progress.started(type(backend).__name__, session.n_workers)
-            yield from run_batches(source, scheduler, session, progress, tally)
+            yield from run_batches(source, scheduler, session, progress, tally, recorder)
         finally:
             progress.close()
+            session.flush_record()
+            session.recorder = None
             if owned:
                 session.close()
 
@@ -492,17 +555,19 @@ def run_batches(
     session: Session,
     progress: Progress | None = None,
     tally: _Tally | None = None,
+    recorder: CallRecorder | None = None,
 ) -> Generator[Any, None, None]:
     """The driver of a call: batches of ``source`` run on ``session`` as ``scheduler`` sizes and
     orders them. Yields ``_STARTED`` once the first batches are dispatched, then lists of results;
     an error (or closing the generator early) aborts the session's batches. With ``tally`` (a
     ``Parallel`` call), the tasks submitted and completed are counted, and closing early warns of
-    the work that went unused, as joblib does."""
+    the work that went unused, as joblib does; ``recorder`` gets the batch sizes and the time
+    spent reading ``source``."""
     warn_if_wasted = tally is not None
     tally = tally or _Tally()
     tally.finished = False
     try:
-        tally.submitted += _dispatch(source, scheduler, session)
+        tally.submitted += _dispatch(source, scheduler, session, recorder)
         yield _STARTED
         while True:
             results = scheduler.pop_ready()
@@ -513,13 +578,13 @@ def run_batches(
                 yield results
                 results = scheduler.pop_ready()
             # Results handed back free room in a bounded run-ahead (see Scheduler).
-            tally.submitted += _dispatch(source, scheduler, session)
+            tally.submitted += _dispatch(source, scheduler, session, recorder)
             if source.exhausted and scheduler.is_drained():
                 break
             completion = session.wait()
             scheduler.complete(completion.batch_id, completion.elapsed, completion.results)
             tally.completed += len(completion.results)
-            tally.submitted += _dispatch(source, scheduler, session)
+            tally.submitted += _dispatch(source, scheduler, session, recorder)
             if progress is not None and source.exhausted and progress.active:
                 progress.set_total(source.n_read)
         tally.finished = True
@@ -544,15 +609,22 @@ def _flatten(chunks: Generator[list[Any], None, None], tally: _Tally) -> Generat
         chunks.close()
 
 
-def _dispatch(source: TaskSource | ItemsSource, scheduler: Scheduler, session: Session) -> int:
+def _dispatch(
+    source: TaskSource | ItemsSource, scheduler: Scheduler, session: Session, recorder: CallRecorder | None
+) -> int:
     """Submit batches while the pre-dispatch window has room and calls are left; returns how
     many tasks went."""
     submitted = 0
     while scheduler.can_submit():
+        reading = perf_counter()
         source.fill(scheduler.lookahead())
         batch = source.take(scheduler.next_batch_size(source.remaining_if_known()))
+        if recorder is not None:
+            recorder.input_seconds += perf_counter() - reading
         if batch is None:
             break
         session.submit(scheduler.register(len(batch)), batch)
         submitted += len(batch)
+        if recorder is not None:
+            recorder.batch_sizes.append(len(batch))
     return submitted

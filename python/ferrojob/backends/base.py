@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from .._runlog import CallRecorder
 from .._tasks import Batch
 
 
@@ -55,6 +56,9 @@ class Session(ABC):
     """
 
     n_workers: int = 1
+    #: Where the session records the batches it runs (set for a call, or an executor's life;
+    #: None: nowhere). See ``ferrojob._runlog``.
+    recorder: CallRecorder | None = None
 
     def begin(self) -> None:
         """Called at the start of every call made in this session (e.g. to replace dead workers)."""
@@ -71,6 +75,9 @@ class Session(ABC):
 
         ``everything`` (on Ctrl-C): stop every worker of the session, busy or not.
         """
+
+    def flush_record(self) -> None:
+        """Add to ``recorder`` what the session knows beyond its batches (worker events)."""
 
     def close(self) -> None:
         """Release what the session holds; called once, when the call or the ``with`` block ends."""

@@ -15,11 +15,13 @@ import pickle
 import sys
 import threading
 from collections.abc import Callable
+from time import monotonic, perf_counter
 from typing import Any, NamedTuple
 
 from .. import _failures, _pickling, _reports
 from .._core import Arena, CompletionKind, ProcessPool
 from .._core import Completion as EngineCompletion
+from .._runlog import BatchRecord, WorkerEvent
 from .._shared_objects import SharedObjects
 from .._sharedmem import ArgumentStore
 from .._tasks import Batch, CallSettings, JobResults
@@ -223,6 +225,7 @@ class ProcessSession(Session):
         self._collect = options.return_exceptions
         self._limits = (options.timeout, options.max_tasks_per_worker, options.max_worker_memory)
         env = {**worker_environment(n_workers, options.inner_max_num_threads), **(extra_env or {})}
+        self._threads_per_worker = _threads_per_worker(env)
         init = _init_payload(options.initializer, options.initargs)
         self._pool, self._release = self._acquire_pool(
             n_workers, env, init, _pool_key_environment(env, extra_env or {})
@@ -230,6 +233,9 @@ class ProcessSession(Session):
         self._arguments = ArgumentStore(self._pool.new_arena())
         self._shared = SharedObjects(options.max_nbytes)
         self._jobs: dict[int, Piece] = {}
+        # per job, while a recorder listens: what its sending cost (see ``_record``)
+        self._sent: dict[int, _Sent] = {}
+        self._placed: set[tuple[int, int, int]] = set()  # buffers placed in this call (identities)
         # batches being put back together from pieces run again (return_exceptions)
         self._assemblies = Assemblies()
         self._start_failures = 0
@@ -242,6 +248,7 @@ class ProcessSession(Session):
         within one call only."""
         self._arguments.new_call()
         self._shared = SharedObjects(self._max_nbytes)
+        self._placed.clear()
 
     def _acquire_pool(
         self, n_workers: int, env: dict[str, str], init: bytes, key_env: tuple
@@ -266,20 +273,33 @@ class ProcessSession(Session):
         self._submit(Piece(batch_id, batch, self._collect if collect is None else collect))
 
     def _submit(self, piece: Piece) -> None:
+        submitted, began = monotonic(), perf_counter()
         columns = piece.batch.columns()
         plain = self._shared.note(columns)
         try:
             body, buffers = self._shared.dumps(columns, piece.collect, plain)
         except Exception as error:
             raise _explain_unpicklable_batch(piece.batch, error) from error
+        pickled = perf_counter()
         identities = [self._arguments.identity(buffer) for buffer in buffers]
         job = next(_JOB_IDS)
         self._jobs[job] = piece
+        arena = self._arguments.arena
+        copied = arena.bytes_written
         try:
-            self._pool.submit(job, body, self._arguments.arena, buffers, identities, self._mmap_mode, len(piece.batch))
+            self._pool.submit(job, body, arena, buffers, identities, self._mmap_mode, len(piece.batch))
         except BaseException:
             self._jobs.pop(job)
             raise
+        if self.recorder is not None:
+            copied = arena.bytes_written - copied
+            shared = new = 0
+            for identity in identities:
+                shared += identity[2]
+                if identity not in self._placed:
+                    self._placed.add(identity)
+                    new += identity[2]
+            self._sent[job] = _Sent(submitted, pickled - began, len(body), shared, copied, max(copied - new, 0))
 
     def wait(self) -> Completion:
         while True:
@@ -326,14 +346,18 @@ class ProcessSession(Session):
 
     def _resolve(self, completion: EngineCompletion) -> Resolved | None:
         piece = self._jobs.pop(completion.job, None)
+        sent = self._sent.pop(completion.job, None)
         if piece is None:
             return None
         if completion.kind == CompletionKind.Done:
             self._start_failures = 0
+            unpickling = perf_counter()
             try:
-                results, failed = _load_results(completion, piece.batch)
+                results, failed, timing = _load_results(completion, piece.batch)
             except Exception as error:
                 return Resolved(piece.batch_id, None, completion.elapsed, error)
+            if sent is not None:
+                self._record(piece, sent, completion, timing, perf_counter() - unpickling)
             if failed:
                 results = _failures.settle(
                     results, piece.batch.describe, functools.partial(self._mark_failed, piece), failed
@@ -346,6 +370,8 @@ class ProcessSession(Session):
                 self._submit(piece.part(len(results), len(piece.batch)))
                 return self._fill(piece.part(0, len(results)), results, completion.elapsed)
             return self._fill(piece, results, completion.elapsed)
+        if sent is not None:
+            self._record(piece, sent, completion)
         if completion.kind == CompletionKind.Failed:
             return Resolved(piece.batch_id, None, completion.elapsed, _task_failure(completion.payload, piece.batch))
         if _died_starting(completion):
@@ -362,6 +388,59 @@ class ProcessSession(Session):
         if piece.collect:
             return self._salvage(piece, completion)
         return Resolved(piece.batch_id, None, 0.0, self._lost(piece, completion))
+
+    def _record(
+        self,
+        piece: Piece,
+        sent: _Sent,
+        completion: EngineCompletion,
+        timing: tuple[float, float, float] | None = None,
+        unpickle_seconds: float = 0.0,
+    ) -> None:
+        """Tell the recorder how ``piece``'s job went: a done one with the worker's timing, a
+        failed or lost one from the engine's clock."""
+        received = monotonic()
+        if timing is not None:
+            arrived, load, run = timing
+            dump = max(completion.elapsed - run, 0.0)
+        else:
+            load = dump = 0.0
+            run = max(completion.elapsed, 0.0)
+            arrived = max(sent.submitted, received - run)
+        payload, buffers = completion.payload, completion.buffers
+        assert self.recorder is not None
+        self.recorder.record(
+            BatchRecord(
+                piece.batch_id,
+                piece.batch.start,
+                len(piece.batch),
+                f"pid {completion.pid}",
+                sent.submitted,
+                arrived,
+                min(arrived + load + run + dump, received),
+                received,
+                load,
+                run,
+                dump,
+                sent.pickle_seconds,
+                unpickle_seconds,
+                sent.bytes_pickled,
+                sent.bytes_shared,
+                sent.bytes_copied,
+                sent.bytes_resent,
+                len(payload) if payload else 0,
+                sum(len(buffer) for buffer in buffers) if buffers else 0,
+                _OUTCOMES.get(int(completion.kind), "crashed"),
+            )
+        )
+
+    def flush_record(self) -> None:
+        recorder = self.recorder
+        if recorder is None:
+            return
+        recorder.threads_per_worker = self._threads_per_worker
+        for at, pid, what, detail in self._pool.take_worker_events():
+            recorder.events.append(WorkerEvent(at, f"pid {pid}", what, detail))
 
     def _lost(self, piece: Piece, completion: EngineCompletion) -> BaseException:
         """The error of a batch whose worker died or was stopped."""
@@ -441,6 +520,7 @@ class ProcessSession(Session):
         elif self._jobs:
             self._pool.cancel()
         self._jobs.clear()
+        self._sent.clear()
         self._assemblies.clear()
 
     def close(self) -> None:
@@ -452,6 +532,31 @@ class ProcessSession(Session):
 
 #: Workers that die before running anything, in a row, before the call fails (WorkerStartError).
 MAX_START_FAILURES = 3
+
+
+class _Sent(NamedTuple):
+    """What sending a job cost, kept for its ``BatchRecord``."""
+
+    submitted: float
+    pickle_seconds: float
+    bytes_pickled: int
+    bytes_shared: int
+    bytes_copied: int
+    bytes_resent: int
+
+
+_OUTCOMES = {
+    int(CompletionKind.Done): "done",
+    int(CompletionKind.Failed): "failed",
+    int(CompletionKind.Timeout): "timeout",
+    int(CompletionKind.Cancelled): "cancelled",
+}
+
+
+def _threads_per_worker(env: dict[str, str]) -> int | None:
+    """The most BLAS/OpenMP threads a worker started with ``env`` may run (None: not capped)."""
+    values = [int(env[name]) for name in _THREAD_LIMIT_VARS if env.get(name, "").strip().isdigit()]
+    return max(values) if values else None
 
 
 def _died_starting(completion: EngineCompletion) -> bool:
@@ -471,13 +576,12 @@ def _explain_unpicklable_batch(batch: Batch, error: Exception) -> Exception:
     return error
 
 
-def _load_results(completion: EngineCompletion, batch: Batch) -> tuple[list[Any], list[int]]:
-    """A done job's results, and the offsets of those that are failure reports (tasks that
-    raised in a batch collecting errors)."""
+def _load_results(completion: EngineCompletion, batch: Batch) -> JobResults:
+    """A done job's results, the offsets of those that are failure reports (tasks that raised
+    in a batch collecting errors), and the worker's timing."""
     assert completion.payload is not None, "a done job always has a payload"
     try:
-        reply = JobResults._make(pickle.loads(completion.payload, buffers=completion.buffers))
-        return reply.results, reply.failed
+        return JobResults._make(pickle.loads(completion.payload, buffers=completion.buffers))
     except Exception as error:
         raise UnpicklableError(
             compose_message(

@@ -11,6 +11,7 @@ import time
 from typing import Any, NamedTuple
 
 from .._reports import thread_stack, thread_timeout_error
+from .._runlog import BatchRecord
 from .._tasks import Batch
 from .base import Backend, CallOptions, Completion, Session
 from .pieces import Assemblies, Piece
@@ -29,6 +30,15 @@ class _Stuck(NamedTuple):
     offset: int
 
 
+class _Ran(NamedTuple):
+    """How a batch ran on a thread: its name, when the batch was submitted, began and ended."""
+
+    worker: str
+    submitted: float
+    started: float
+    ended: float
+
+
 class ThreadingBackend(Backend):
     """Runs batches on a set of threads of this process."""
 
@@ -44,10 +54,10 @@ class ThreadSession(Session):
         self.n_workers = n_workers
         self._timeout = timeout
         self._collect = collect
-        # (generation, piece); None stops a thread.
-        self._todo: queue.SimpleQueue[tuple[int, Piece] | None] = queue.SimpleQueue()
-        # (piece, ok, results or error, seconds), or a _Stuck task posted by the watchdog
-        self._done: queue.SimpleQueue[tuple[Piece, bool, Any, float] | _Stuck] = queue.SimpleQueue()
+        # (generation, piece, when submitted); None stops a thread.
+        self._todo: queue.SimpleQueue[tuple[int, Piece, float] | None] = queue.SimpleQueue()
+        # (piece, ok, results or error, seconds, how it ran), or a _Stuck task posted by the watchdog
+        self._done: queue.SimpleQueue[tuple[Piece, bool, Any, float, _Ran] | _Stuck] = queue.SimpleQueue()
         # thread id -> (piece, offset of the running task, when it started, results so far)
         self._running: dict[int, tuple[Piece, int, float, list[Any]]] = {}
         # Threads left with a stuck task (return_exceptions): they stop after it, unheard.
@@ -72,8 +82,9 @@ class ThreadSession(Session):
             item = self._todo.get()
             if item is None:
                 return
-            generation, piece = item
+            generation, piece, submitted = item
             results: list[Any] = []
+            arrived = time.monotonic()
             started = time.perf_counter()
             offset = 0
             try:
@@ -92,14 +103,16 @@ class ThreadSession(Session):
                         self._abandoned.discard(me)  # thread ids are reused once a thread ends
                         return
             except BaseException as error:
-                self._done.put((piece, False, error, 0.0))
+                ran = _Ran(threading.current_thread().name, submitted, arrived, time.monotonic())
+                self._done.put((piece, False, error, 0.0, ran))
             else:
-                self._done.put((piece, True, results, time.perf_counter() - started))
+                ran = _Ran(threading.current_thread().name, submitted, arrived, time.monotonic())
+                self._done.put((piece, True, results, time.perf_counter() - started, ran))
             finally:
                 self._running.pop(me, None)
 
     def submit(self, batch_id: int, batch: Batch) -> None:
-        self._todo.put((self._generation, Piece(batch_id, batch, self._collect)))
+        self._todo.put((self._generation, Piece(batch_id, batch, self._collect), time.monotonic()))
 
     def wait(self) -> Completion:
         while True:
@@ -107,12 +120,25 @@ class ThreadSession(Session):
             if isinstance(item, _Stuck):
                 completion = self._on_stuck(item)
             else:
-                piece, ok, value, elapsed = item
+                piece, ok, value, elapsed, ran = item
+                if self.recorder is not None:
+                    self._record(piece, ok, elapsed, ran)
                 if not ok:
                     raise value
                 completion = self._assemblies.fill(piece, value, elapsed)
             if completion is not None:
                 return completion
+
+    def _record(self, piece: Piece, ok: bool, elapsed: float, ran: _Ran) -> None:
+        assert self.recorder is not None
+        run = elapsed if ok else ran.ended - ran.started
+        self.recorder.record(
+            BatchRecord(
+                piece.batch_id, piece.batch.start, len(piece.batch), ran.worker,
+                ran.submitted, ran.started, ran.ended, time.monotonic(),
+                0.0, run, 0.0, 0.0, 0.0, 0, 0, 0, 0, 0, 0, "done" if ok else "failed",
+            )
+        )  # fmt: skip
 
     def _watch(self, timeout: float) -> None:
         """The watchdog: the one owner of "no task outlives its timeout" on threads. It posts a
@@ -166,7 +192,7 @@ class ThreadSession(Session):
             "the other tasks of the call went on",
         )
         if offset + 1 < len(piece.batch):
-            self._todo.put((self._generation, piece.part(offset + 1, len(piece.batch))))
+            self._todo.put((self._generation, piece.part(offset + 1, len(piece.batch)), time.monotonic()))
         done = self._assemblies.fill(piece.part(0, offset), list(results[:offset]), 0.0)
         return self._assemblies.fill(piece.part(offset, offset + 1), [error], 0.0) or done
 
