@@ -221,3 +221,12 @@ def test_a_healthy_call_gets_no_advice():
     parallel = Parallel(n_jobs=2, batch_size=1)
     parallel(delayed(_sleep_then)(0.05, i) for i in range(12))
     assert parallel.last_report.advice == []
+
+
+def test_joblibs_own_calls_on_the_ferrojob_backend_write_reports_too(tmp_path):
+    joblib = pytest.importorskip("joblib")
+    with parallel_config(report=tmp_path / "fit.txt"), joblib.parallel_config(backend="ferrojob", n_jobs=2):
+        assert joblib.Parallel()(joblib.delayed(abs)(-i) for i in range(10)) == list(range(10))
+    assert os.listdir(tmp_path) == ["fit-001.txt"]
+    summary = (tmp_path / "fit-001.txt").read_text()
+    assert summary.startswith("ferrojob run report:") and "on 2 workers (ferrojob (under joblib))" in summary

@@ -27,6 +27,8 @@ def advise(report: RunReport) -> list[str]:
 
 def seconds(value: float) -> str:
     """``value`` seconds, readably: 12 µs, 3.4 ms, 1.25 s."""
+    if value < 1e-6:
+        return f"{value * 1e9:.0f} ns"
     if value < 1e-3:
         return f"{value * 1e6:.0f} µs"
     if value < 1.0:
@@ -57,7 +59,7 @@ def tasks_too_small(report: RunReport) -> str | None:
     done = _done(report)
     if len(done) < 2 or report.n_tasks == 0 or report.wall <= 0:
         return None
-    if report.input_seconds >= 0.3 * report.wall:
+    if _input_is_slow(report):
         return None  # the input is the cause (see slow_input)
     median_run = _median([record.run_seconds for record in done])
     if report.utilisation >= 0.5 or median_run >= 0.005:
@@ -69,8 +71,8 @@ def tasks_too_small(report: RunReport) -> str | None:
     said = (
         f"tasks too small for the overhead: {report.n_tasks} tasks of {seconds(per_task)} each on "
         f"average, in {report.n_batches} batches (typically {typical} {'task' if typical == 1 else 'tasks'}); the workers computed "
-        f"{report.utilisation:.0%} of the time, and each batch cost about {seconds(per_batch)} "
-        "beyond its tasks"
+        f"{report.utilisation:.0%} of the time, and each batch left them about {seconds(per_batch)} "
+        "of idle worker time"
     )
     if report.compute_seconds < GOOD_BATCH_SECONDS * report.n_workers:
         return (
@@ -104,13 +106,28 @@ def straggler(report: RunReport) -> str | None:
     )
 
 
+#: Reading one delayed call costs about a microsecond at the least; a generator that takes far
+#: longer per task does work of its own.
+SLOW_INPUT_PER_TASK = 20e-6
+
+
+def _input_is_slow(report: RunReport) -> bool:
+    """Whether reading the caller's iterable took a good part of the call, at a cost per task
+    far above what producing a delayed call costs, while the workers waited."""
+    if report.wall <= 0 or report.n_tasks == 0:
+        return False
+    return (
+        report.input_seconds >= 0.3 * report.wall
+        and report.input_seconds / report.n_tasks >= SLOW_INPUT_PER_TASK
+        and report.utilisation < 0.6
+    )
+
+
 def slow_input(report: RunReport) -> str | None:
     """The caller's iterable (a generator) produced tasks slower than the workers ran them."""
-    if report.wall <= 0 or report.n_tasks == 0:
+    if not _input_is_slow(report):
         return None
     share = report.input_seconds / report.wall
-    if share < 0.3 or report.utilisation >= 0.6:
-        return None
     return (
         f"workers starved by the input: reading the iterable took {seconds(report.input_seconds)} "
         f"of the call's {seconds(report.wall)} ({share:.0%}), {seconds(report.input_seconds / report.n_tasks)} "

@@ -29,10 +29,13 @@ from joblib._parallel_backends import (
 )
 
 from ._futures import FuturesRunner
+from ._runlog import CallRecorder
 from .backends import follow_default_of
 from .backends.base import CallOptions
 from .backends.processes import ProcessSession, in_worker
+from .config import ReportFiles, current_config, is_default
 from .cpus import resolve_n_jobs
+from .report import RunReport
 
 __all__ = ["FerrojobBackend", "register"]
 
@@ -51,6 +54,7 @@ class FerrojobBackend(AutoBatchingMixin, ParallelBackendBase):
     ) -> None:
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads, **kwargs)
         self._runner: FuturesRunner | None = None
+        self._report_files: ReportFiles | None = None
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         return 1 if in_worker() else resolve_n_jobs(n_jobs)
@@ -64,6 +68,12 @@ class FerrojobBackend(AutoBatchingMixin, ParallelBackendBase):
         self.parallel = parallel
         options = CallOptions(inner_max_num_threads=self.inner_max_num_threads)
         session = ProcessSession(n_jobs, options, extra_env=self._prepare_worker_env(n_jobs))
+        files = current_config().report
+        if not is_default(files) and files is not None:
+            # ferrojob's parallel_config(report=...) around joblib's (or scikit-learn's) calls:
+            # each call's report, where a task is one of joblib's batches.
+            self._report_files = files
+            session.recorder = CallRecorder("ferrojob (under joblib)", n_jobs)
         # One joblib call is one call of the session: its batches share the arrays placed.
         self._runner = FuturesRunner(session, call_per_submission=False)
         return n_jobs
@@ -89,7 +99,14 @@ class FerrojobBackend(AutoBatchingMixin, ParallelBackendBase):
     def terminate(self) -> None:
         runner, self._runner = self._runner, None
         if runner is not None:
+            recorder = runner.session.recorder
+            if recorder is not None:
+                runner.session.flush_record()
             runner.shutdown(wait=True, cancel_futures=True)
+            files, self._report_files = self._report_files, None
+            if recorder is not None and files is not None:
+                recorder.finish()
+                RunReport.from_recorder(recorder).save(files.next_path())
         self.reset_batch_stats()
 
 
@@ -149,7 +166,6 @@ def get_active_backend(prefer: Any = None, require: Any = None, verbose: Any = 0
     from joblib import parallel
 
     from .backends import default_backend
-    from .config import current_config, is_default
 
     config = current_config()
     n_jobs = None if is_default(config.n_jobs) else config.n_jobs
