@@ -206,7 +206,7 @@ def test_advice_large_object_resent_reads_the_records():
         recorder.batch_sizes.append(1)
         recorder.record(
             BatchRecord(
-                batch, batch, 1, f"pid {batch % 2}", start, start + 0.01 * batch, start + 0.01 * batch + 0.5,
+                batch, batch, 1, batch % 2, start, start + 0.01 * batch, start + 0.01 * batch + 0.5,
                 start + 0.01 * batch + 0.5, 0.0, 0.5, 0.0, 0.0, 0.0, 100, 8 << 20, 8 << 20, resent, 10, 0,
             )
         )  # fmt: skip

@@ -14,6 +14,9 @@ from typing import NamedTuple
 
 #: A long-lived recorder (an Executor's) keeps at most this many batch records, the newest.
 MAX_RECORDS = 100_000
+#: Whether ``Parallel`` calls record (``benchmarks/bench_report.py`` turns it off to measure
+#: what recording costs; ``last_report`` is then None).
+COLLECT = True
 
 
 class BatchRecord(NamedTuple):
@@ -92,19 +95,32 @@ class CallRecorder:
         self.n_tasks: int | None = None
         #: Seconds the driver spent reading the caller's iterable (a generator's own work).
         self.input_seconds = 0.0
-        self.records: list[BatchRecord] = []
+        self.records: list[tuple] = []
         self.events: list[WorkerEvent] = []
         #: Records dropped to stay within ``MAX_RECORDS``.
         self.n_dropped = 0
         #: BLAS/OpenMP threads each worker may start (None: unknown, or not a process pool).
         self.threads_per_worker: int | None = None
 
-    def record(self, record: BatchRecord) -> None:
+    def record(self, fields: tuple) -> None:
+        """Keep one batch: ``BatchRecord``'s fields as a plain tuple (made into records when a
+        report is built: a NamedTuple per batch costs more than the rest of the recording), its
+        worker as a pid (an int) or a name."""
         records = self.records
         if len(records) >= MAX_RECORDS:
             del records[: MAX_RECORDS // 10]
             self.n_dropped += MAX_RECORDS // 10
-        records.append(record)
+        records.append(fields)
+
+    def batch_records(self) -> list[BatchRecord]:
+        """Every batch kept, as ``BatchRecord``s."""
+        made = []
+        for fields in list(self.records):
+            record = BatchRecord._make(fields)
+            if isinstance(record.worker, int):
+                record = record._replace(worker=f"pid {record.worker}")
+            made.append(record)
+        return made
 
     def finish(self) -> None:
         self.ended = monotonic()

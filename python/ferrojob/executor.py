@@ -38,6 +38,7 @@ from typing import Any, ParamSpec, TypeVar
 from . import _misuse
 from ._core import Scheduler
 from ._futures import EXECUTOR_POLICY, TASKS_PER_WORKER, FuturesRunner, Raised
+from . import _runlog
 from ._runlog import CallRecorder
 from ._settings import DEFAULT_MAX_NBYTES, EXECUTOR, check_given
 from ._tasks import Batch, ItemsSource
@@ -126,7 +127,7 @@ class Executor(concurrent.futures.Executor):
         )
         self._max_workers = checked["max_workers"] or cpu_count()
         session = ProcessSession(self._max_workers, options, policy=EXECUTOR_POLICY)
-        self._recorder = session.recorder = CallRecorder("loky", self._max_workers)
+        self._recorder = session.recorder = CallRecorder("loky", self._max_workers) if _runlog.COLLECT else None
         self._runner = FuturesRunner(session, True)
         # Dropped without shutdown(): its workers finish the work given, then exit.
         weakref.finalize(self, self._runner.shutdown, False, False)
@@ -144,6 +145,8 @@ class Executor(concurrent.futures.Executor):
             >>> report.n_tasks
             100
         """
+        if self._recorder is None:
+            raise RuntimeError("this Executor was made while run reports were off (ferrojob._runlog.COLLECT)")
         self._runner.session.flush_record()
         return RunReport.from_recorder(self._recorder)
 

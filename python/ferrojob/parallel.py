@@ -20,6 +20,7 @@ from . import _misuse
 from ._caller import user_location, warn_at
 from ._core import Scheduler, delayed
 from ._progress import Progress, ProgressUpdate
+from . import _runlog
 from ._runlog import CallRecorder
 from ._settings import (
     DEFAULT_MAX_NBYTES,
@@ -432,13 +433,14 @@ class Parallel:
             backend, n_workers, options = self._choose()
         progress = Progress(label, self._verbosity(), self.progress, total)
         assert backend is not None
-        recorder = self._recorder = CallRecorder(backend.name or type(backend).__name__, n_workers)
-        self._report = None
+        recorder = CallRecorder(backend.name or type(backend).__name__, n_workers) if _runlog.COLLECT else None
+        self._recorder, self._report = recorder, None
         try:
             yield from self._run_on(backend, n_workers, options, source, total, tally, progress, recorder)
         finally:
-            recorder.finish()
-            self._write_report()
+            if recorder is not None:
+                recorder.finish()
+                self._write_report()
 
     def _write_report(self) -> None:
         """After a call: its report to the file ``parallel_config(report=...)`` names, if any."""
@@ -458,7 +460,7 @@ class Parallel:
         total: int | None,
         tally: _Tally,
         progress: Progress,
-        recorder: CallRecorder,
+        recorder: CallRecorder | None,
     ) -> Generator[Any, None, None]:
         if backend.in_process:
             if self.timeout is not None and self.timeout != float("inf"):
@@ -476,7 +478,8 @@ class Parallel:
             try:
                 for function, args, kwargs in source.calls(self._fixed_batch_size() or 1):
                     n_tasks += 1
-                    recorder.n_tasks = n_tasks
+                    if recorder is not None:
+                        recorder.n_tasks = n_tasks
                     result = None
                     if not collect:
                         yield [function(*args, **kwargs)]

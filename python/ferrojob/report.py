@@ -94,7 +94,7 @@ class RunReport:
 
         from ._advice import advise
 
-        batches = sorted(recorder.records, key=lambda record: (record.started, record.batch_id))
+        batches = sorted(recorder.batch_records(), key=lambda record: (record.started, record.batch_id))
         # An executor's submissions bypass the driver: its batches are those that ran.
         sizes = recorder.batch_sizes or [record.n_tasks for record in sorted(batches, key=lambda r: r.submitted)]
         ended = recorder.ended if recorder.ended is not None else monotonic()

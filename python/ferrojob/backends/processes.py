@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from .. import _failures, _pickling, _reports
 from .._core import Arena, CompletionKind, ProcessPool
 from .._core import Completion as EngineCompletion
-from .._runlog import BatchRecord, WorkerEvent
+from .._runlog import WorkerEvent
 from .._shared_objects import SharedObjects
 from .._sharedmem import ArgumentStore
 from .._tasks import Batch, CallSettings, JobResults
@@ -233,8 +233,9 @@ class ProcessSession(Session):
         self._arguments = ArgumentStore(self._pool.new_arena())
         self._shared = SharedObjects(options.max_nbytes)
         self._jobs: dict[int, Piece] = {}
-        # per job, while a recorder listens: what its sending cost (see ``_record``)
-        self._sent: dict[int, _Sent] = {}
+        # per job, while a recorder listens: when it was submitted, the seconds pickling it, its
+        # bytes pickled, in shared memory, copied there, and copied again (see ``_record``)
+        self._sent: dict[int, tuple[float, float, int, int, int, int]] = {}
         self._placed: set[tuple[int, int, int]] = set()  # buffers placed in this call (identities)
         # batches being put back together from pieces run again (return_exceptions)
         self._assemblies = Assemblies()
@@ -285,21 +286,23 @@ class ProcessSession(Session):
         job = next(_JOB_IDS)
         self._jobs[job] = piece
         arena = self._arguments.arena
-        copied = arena.bytes_written
+        copied = arena.bytes_written if buffers else 0
         try:
             self._pool.submit(job, body, arena, buffers, identities, self._mmap_mode, len(piece.batch))
         except BaseException:
             self._jobs.pop(job)
             raise
         if self.recorder is not None:
-            copied = arena.bytes_written - copied
             shared = new = 0
-            for identity in identities:
-                shared += identity[2]
-                if identity not in self._placed:
-                    self._placed.add(identity)
-                    new += identity[2]
-            self._sent[job] = _Sent(submitted, pickled - began, len(body), shared, copied, max(copied - new, 0))
+            if buffers:
+                copied = arena.bytes_written - copied
+                for identity in identities:
+                    shared += identity[2]
+                    if identity not in self._placed:
+                        self._placed.add(identity)
+                        new += identity[2]
+            # a plain tuple of _Sent's fields: this runs once per batch
+            self._sent[job] = (submitted, pickled - began, len(body), shared, copied, max(copied - new, 0))
 
     def wait(self) -> Completion:
         while True:
@@ -357,7 +360,7 @@ class ProcessSession(Session):
             except Exception as error:
                 return Resolved(piece.batch_id, None, completion.elapsed, error)
             if sent is not None:
-                self._record(piece, sent, completion, timing, perf_counter() - unpickling)
+                self._record(piece, sent, completion, "done", timing, perf_counter() - unpickling)
             if failed:
                 results = _failures.settle(
                     results, piece.batch.describe, functools.partial(self._mark_failed, piece), failed
@@ -371,7 +374,7 @@ class ProcessSession(Session):
                 return self._fill(piece.part(0, len(results)), results, completion.elapsed)
             return self._fill(piece, results, completion.elapsed)
         if sent is not None:
-            self._record(piece, sent, completion)
+            self._record(piece, sent, completion, _OUTCOMES.get(int(completion.kind), "crashed"))
         if completion.kind == CompletionKind.Failed:
             return Resolved(piece.batch_id, None, completion.elapsed, _task_failure(completion.payload, piece.batch))
         if _died_starting(completion):
@@ -392,8 +395,9 @@ class ProcessSession(Session):
     def _record(
         self,
         piece: Piece,
-        sent: _Sent,
+        sent: tuple,
         completion: EngineCompletion,
+        outcome: str,
         timing: tuple[float, float, float] | None = None,
         unpickle_seconds: float = 0.0,
     ) -> None:
@@ -406,31 +410,32 @@ class ProcessSession(Session):
         else:
             load = dump = 0.0
             run = max(completion.elapsed, 0.0)
-            arrived = max(sent.submitted, received - run)
+            arrived = max(sent[0], received - run)
         payload, buffers = completion.payload, completion.buffers
         assert self.recorder is not None
-        self.recorder.record(
-            BatchRecord(
+        submitted, pickle_seconds, bytes_pickled, bytes_shared, bytes_copied, bytes_resent = sent
+        self.recorder.record(  # BatchRecord's fields, as a plain tuple (see CallRecorder.record)
+            (
                 piece.batch_id,
                 piece.batch.start,
                 len(piece.batch),
-                f"pid {completion.pid}",
-                sent.submitted,
+                completion.pid,
+                submitted,
                 arrived,
                 min(arrived + load + run + dump, received),
                 received,
                 load,
                 run,
                 dump,
-                sent.pickle_seconds,
+                pickle_seconds,
                 unpickle_seconds,
-                sent.bytes_pickled,
-                sent.bytes_shared,
-                sent.bytes_copied,
-                sent.bytes_resent,
+                bytes_pickled,
+                bytes_shared,
+                bytes_copied,
+                bytes_resent,
                 len(payload) if payload else 0,
                 sum(len(buffer) for buffer in buffers) if buffers else 0,
-                _OUTCOMES.get(int(completion.kind), "crashed"),
+                outcome,
             )
         )
 
@@ -532,17 +537,6 @@ class ProcessSession(Session):
 
 #: Workers that die before running anything, in a row, before the call fails (WorkerStartError).
 MAX_START_FAILURES = 3
-
-
-class _Sent(NamedTuple):
-    """What sending a job cost, kept for its ``BatchRecord``."""
-
-    submitted: float
-    pickle_seconds: float
-    bytes_pickled: int
-    bytes_shared: int
-    bytes_copied: int
-    bytes_resent: int
 
 
 _OUTCOMES = {

@@ -11,7 +11,6 @@ import time
 from typing import Any, NamedTuple
 
 from .._reports import thread_stack, thread_timeout_error
-from .._runlog import BatchRecord
 from .._tasks import Batch
 from .base import Backend, CallOptions, Completion, Session
 from .pieces import Assemblies, Piece
@@ -132,8 +131,8 @@ class ThreadSession(Session):
     def _record(self, piece: Piece, ok: bool, elapsed: float, ran: _Ran) -> None:
         assert self.recorder is not None
         run = elapsed if ok else ran.ended - ran.started
-        self.recorder.record(
-            BatchRecord(
+        self.recorder.record(  # BatchRecord's fields
+            (
                 piece.batch_id, piece.batch.start, len(piece.batch), ran.worker,
                 ran.submitted, ran.started, ran.ended, time.monotonic(),
                 0.0, run, 0.0, 0.0, 0.0, 0, 0, 0, 0, 0, 0, "done" if ok else "failed",
