@@ -18,10 +18,9 @@ import argparse
 import statistics
 import time
 
-from workloads import double
-
 import ferrojob._runlog as runlog
 from ferrojob import Parallel, delayed
+from workloads import double
 
 WORKLOADS = {
     "tiny": (lambda parallel: parallel(delayed(double)(x) for x in range(100_000)), {}),

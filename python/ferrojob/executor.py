@@ -35,10 +35,9 @@ import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
-from . import _misuse
+from . import _misuse, _runlog
 from ._core import Scheduler
 from ._futures import EXECUTOR_POLICY, TASKS_PER_WORKER, FuturesRunner, Raised
-from . import _runlog
 from ._runlog import CallRecorder
 from ._settings import DEFAULT_MAX_NBYTES, EXECUTOR, check_given
 from ._tasks import Batch, ItemsSource

@@ -16,11 +16,10 @@ from collections.abc import Callable, Generator, Iterable
 from time import perf_counter
 from typing import Any, Literal
 
-from . import _misuse
+from . import _misuse, _runlog
 from ._caller import user_location, warn_at
 from ._core import Scheduler, delayed
 from ._progress import Progress, ProgressUpdate
-from . import _runlog
 from ._runlog import CallRecorder
 from ._settings import (
     DEFAULT_MAX_NBYTES,
