@@ -230,3 +230,16 @@ def test_joblibs_own_calls_on_the_ferrojob_backend_write_reports_too(tmp_path):
     assert os.listdir(tmp_path) == ["fit-001.txt"]
     summary = (tmp_path / "fit-001.txt").read_text()
     assert summary.startswith("ferrojob run report:") and "on 2 workers (ferrojob (under joblib))" in summary
+
+
+def test_a_timeout_and_a_recycle_are_worker_events():
+    parallel = Parallel(n_jobs=2, batch_size=1, timeout=0.5, return_exceptions=True)
+    parallel(delayed(_sleep_then)(30.0 if i == 0 else 0.01, i) for i in range(3))
+    report = parallel.last_report
+    timeouts = [event for event in report.events if event.what == "timeout"]
+    assert timeouts and "ran past" in timeouts[0].detail
+    assert "timeout" in {record.outcome for record in report.batches}
+    recycling = Parallel(n_jobs=2, max_tasks_per_worker=2)
+    recycling(delayed(abs)(-i) for i in range(8))
+    recycled = [event for event in recycling.last_report.events if event.what == "recycled"]
+    assert len(recycled) >= 3 and all(event.detail == "max_tasks_per_worker reached" for event in recycled)
