@@ -170,3 +170,12 @@ def test_return_exceptions_with_a_timeout_on_the_cluster(cluster):
         results = Parallel(timeout=3, batch_size=3)(delayed(nap_on)(i, 4) for i in range(6))
     assert [r for r in results if not isinstance(r, BaseException)] == [0, 1, 2, 3, 5]
     assert isinstance(results[4], TaskTimeoutError)
+
+
+def test_a_cluster_call_reports_its_batches_per_cluster_worker(cluster):
+    parallel = Parallel(n_jobs=2, backend=cluster.backend, batch_size=2)
+    assert parallel(delayed(square)(i) for i in range(6)) == [i * i for i in range(6)]
+    report = parallel.last_report
+    assert report.backend == cluster.backend and report.n_batches == 3 and len(report.batches) == 3
+    assert report.workers and all(":" in name for name in report.workers)  # host:pid of the worker process
+    assert all(record.submitted <= record.started <= record.received for record in report.batches)

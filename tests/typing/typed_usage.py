@@ -10,7 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 from typing import assert_type
 
-from ferrojob import Executor, Memory, Parallel, delayed
+from ferrojob import Executor, Memory, Parallel, RunReport, delayed
 
 
 def square(x: int) -> float:
@@ -43,3 +43,16 @@ def use_parallel() -> None:
     Parallel(n_jobs=None, return_as="lazy")  # type: ignore[arg-type]
     Parallel(prefer="gpu")  # type: ignore[arg-type]
     Parallel(n_jobs=2)(delayed(square)(x) for x in range(3))
+
+
+def use_run_report() -> None:
+    parallel = Parallel(n_jobs=2)
+    parallel(delayed(square)(x) for x in range(3))
+    report = parallel.last_report
+    assert_type(report, RunReport | None)
+    if report is not None:
+        assert_type(report.wall, float)
+        assert_type(report.batch_sizes, list[int])
+        assert_type(report.advice, list[str])
+        report.save("run.html")
+        report.save(42)  # type: ignore[arg-type]

@@ -112,7 +112,7 @@ class _Scattered:
 
 def _run_pickled(
     pickled: bytes, scattered: list[Any], collect: bool, on_start: Callable[[], None] | None
-) -> tuple[list[Any], float]:
+) -> tuple[list[Any], float, str]:
     """On a dask worker: run a batch pickled by the client; ``scattered``: the values of the
     call's large arguments (dask resolved their futures)."""
     import pickle
@@ -155,7 +155,7 @@ class DaskSession(ClusterSession):
             return None
         return next(iter(done), None)
 
-    def result(self, future: Any) -> tuple[list[Any], float]:
+    def result(self, future: Any) -> tuple[list[Any], float, str]:
         return future.result()  # re-raises the task's exception, with its traceback
 
     def cancel(self, futures: list[Any]) -> None:

@@ -53,7 +53,7 @@ def _ray(options: CallOptions) -> Any:
     return ray
 
 
-def _run_on_ray(columns: Columns, collect: bool) -> tuple[list[Any], float]:
+def _run_on_ray(columns: Columns, collect: bool) -> tuple[list[Any], float, str]:
     import ray
 
     def resolve(value: Any) -> Any:
@@ -78,7 +78,7 @@ class RaySession(ClusterSession):
         ready, _ = self._ray.wait(futures, num_returns=1, timeout=timeout)
         return ready[0] if ready else None
 
-    def result(self, future: Any) -> tuple[list[Any], float]:
+    def result(self, future: Any) -> tuple[list[Any], float, str]:
         # A task's exception comes back as a RayTaskError that is also an instance of the task's
         # own exception type, so `except ValueError` keeps working.
         return self._ray.get(future)

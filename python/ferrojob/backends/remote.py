@@ -5,7 +5,9 @@ Each backend only says how to launch, wait for, fetch, cancel and send objects o
 from __future__ import annotations
 
 import itertools
+import os
 import queue
+import socket
 import time
 from abc import abstractmethod
 from collections.abc import Callable
@@ -88,8 +90,9 @@ def run_columns(
     collect: bool = False,
     resolve: Callable[[Any], Any] | None = None,
     on_start: Callable[[], None] | None = None,
-) -> tuple[list[Any], float]:
-    """Run a batch on a cluster worker: ``(results, seconds it took)``. ``collect``
+) -> tuple[list[Any], float, str]:
+    """Run a batch on a cluster worker: ``(results, seconds it took, "host:pid" of the worker
+    process, for run reports)``. ``collect``
     (``return_exceptions``): a task that raises leaves its report as its result. ``resolve`` turns
     a handle left in the arguments into its value (ray passes nested references unresolved).
     ``on_start`` tells the caller the batch has begun (its timeout clock starts then)."""
@@ -113,7 +116,7 @@ def run_columns(
                 results.append(function(*args, **kwargs))
             except Exception as error:  # return_exceptions: the report is the result
                 results.append(_failures.raised(error, len(results)))
-    return results, time.perf_counter() - start
+    return results, time.perf_counter() - start, f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _timeout_error(batch: Batch, timeout: float, where: str, then: str) -> errors.TaskTimeoutError:
@@ -190,8 +193,8 @@ class ClusterSession(Session):
         self._timeout = options.timeout
         self._collect = options.return_exceptions
         self._arguments = SharedArguments(self.put, options.max_nbytes)
-        # future -> (the piece of a batch it runs, its token on the start clock)
-        self._pending: dict[Any, tuple[Piece, int]] = {}
+        # future -> (the piece of a batch it runs, its token on the start clock, when launched)
+        self._pending: dict[Any, tuple[Piece, int, float]] = {}
         self._clock = StartClock(n_workers, self.signals_start) if options.timeout is not None else None
         self._assemblies = Assemblies()
 
@@ -209,8 +212,9 @@ class ClusterSession(Session):
         """One finished future among ``futures``, or None after ``timeout`` seconds."""
 
     @abstractmethod
-    def result(self, future: Any) -> tuple[list[Any], float]:
-        """The finished task's ``(results, elapsed)``; re-raises its exception."""
+    def result(self, future: Any) -> tuple[list[Any], float, str]:
+        """The finished task's ``(results, elapsed, worker)`` (what ``run_columns`` returned);
+        re-raises its exception."""
 
     @abstractmethod
     def cancel(self, futures: list[Any]) -> None:
@@ -235,10 +239,11 @@ class ClusterSession(Session):
         if self._clock is not None:
             token = self._clock.launched()
             on_start = self.start_signal(self._clock, token)
-        self._pending[self.launch(columns, self._collect, on_start)] = (piece, token)
+        launched = time.monotonic()
+        self._pending[self.launch(columns, self._collect, on_start)] = (piece, token, launched)
 
     def _forget(self, future: Any) -> Piece:
-        piece, token = self._pending.pop(future)
+        piece, token, _ = self._pending.pop(future)
         if self._clock is not None:
             self._clock.left(token)
         return piece
@@ -247,8 +252,11 @@ class ClusterSession(Session):
         while True:
             future = self.first_done(list(self._pending), TICK)
             if future is not None:
+                launched = self._pending[future][2]
                 piece = self._forget(future)
-                results, elapsed = self.result(future)
+                results, elapsed, worker = self.result(future)
+                if self.recorder is not None:
+                    self._record(piece, launched, elapsed, worker)
                 if self._collect:
                     results = _failures.settle(results, piece.batch.describe)
                 completion = self._assemblies.fill(piece, results, elapsed)
@@ -259,6 +267,20 @@ class ClusterSession(Session):
             if completion is not None:
                 return completion
 
+    def _record(self, piece: Piece, launched: float, elapsed: float, worker: str) -> None:
+        """A batch's record, from this side: a cluster worker's clock is not ours, so the batch
+        is taken to have ended when its result arrived, after running ``elapsed`` seconds."""
+        assert self.recorder is not None
+        received = time.monotonic()
+        started = max(launched, received - elapsed)
+        self.recorder.record(  # BatchRecord's fields
+            (
+                piece.batch_id, piece.batch.start, len(piece.batch), worker,
+                launched, started, received, received,
+                0.0, elapsed, 0.0, 0.0, 0.0, 0, 0, 0, 0, 0, 0, "done",
+            )
+        )  # fmt: skip
+
     def _enforce_timeout(self) -> Completion | None:
         """A batch running past ``timeout`` seconds per task fails the call; with
         ``return_exceptions`` it is cancelled and its tasks run again one by one, so that the stuck
@@ -267,7 +289,7 @@ class ClusterSession(Session):
         if self._clock is None or self._timeout is None:
             return None
         now = time.monotonic()
-        for future, (piece, token) in list(self._pending.items()):
+        for future, (piece, token, _) in list(self._pending.items()):
             since = self._clock.since(token)
             if since is None or now - since <= self._timeout * len(piece.batch):
                 continue
