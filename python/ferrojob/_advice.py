@@ -8,6 +8,7 @@ reports built on purpose. Thresholds are deliberately wide: a rule that speaks s
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -49,9 +50,7 @@ def _done(report: RunReport) -> list:
 
 
 def _median(values: list[float]) -> float:
-    from .report import median
-
-    return median(values)
+    return statistics.median(values) if values else 0.0
 
 
 def tasks_too_small(report: RunReport) -> str | None:

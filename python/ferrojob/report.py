@@ -19,7 +19,6 @@ Example::
 from __future__ import annotations
 
 import os
-import statistics
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -179,8 +178,3 @@ class RunReport:
         content = renderers[suffix](self)
         with open(name, "w", encoding="utf-8") as file:
             file.write(content)
-
-
-def median(values: list[float]) -> float:
-    """The median of ``values`` (0 for none)."""
-    return statistics.median(values) if values else 0.0
