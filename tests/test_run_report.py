@@ -243,3 +243,16 @@ def test_a_timeout_and_a_recycle_are_worker_events():
     recycling(delayed(abs)(-i) for i in range(8))
     recycled = [event for event in recycling.last_report.events if event.what == "recycled"]
     assert len(recycled) >= 3 and all(event.detail == "max_tasks_per_worker reached" for event in recycled)
+
+
+def test_scikit_learn_calls_write_reports_under_parallel_config(tmp_path):
+    joblib = pytest.importorskip("joblib")
+    datasets = pytest.importorskip("sklearn.datasets")
+    model_selection = pytest.importorskip("sklearn.model_selection")
+    tree = pytest.importorskip("sklearn.tree")
+    X, y = datasets.make_classification(n_samples=200, random_state=0)
+    with parallel_config(report=tmp_path / "fit.html"), joblib.parallel_config(backend="ferrojob"):
+        scores = model_selection.cross_val_score(tree.DecisionTreeClassifier(random_state=0), X, y, cv=4, n_jobs=2)
+    assert len(scores) == 4
+    assert os.listdir(tmp_path) == ["fit-001.html"]
+    assert "ferrojob run report" in (tmp_path / "fit-001.html").read_text()
