@@ -145,6 +145,12 @@ def test_parallel_config_report_writes_one_numbered_file_per_call(tmp_path):
         parallel_config(report="run.png")
 
 
+def test_a_report_that_cannot_be_written_warns_and_the_call_keeps_its_results(tmp_path):
+    with parallel_config(report=tmp_path / "missing" / "run.html"):
+        with pytest.warns(RuntimeWarning, match="run-001.html"):
+            assert Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(5)) == list(range(5))
+
+
 # -- advice: each situation on purpose, named, and no other rule speaking --------------------
 
 

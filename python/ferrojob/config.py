@@ -15,11 +15,15 @@ import contextvars
 import itertools
 import os
 import threading
+import warnings
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._settings import CONFIG, check, check_given, invalid
+
+if TYPE_CHECKING:
+    from .report import RunReport
 
 __all__ = [
     "DEFAULT",
@@ -244,6 +248,15 @@ class ReportFiles:
             number = next(self._numbers)
         stem, suffix = os.path.splitext(self.path)
         return f"{stem}-{number:03d}{suffix}"
+
+    def write(self, report: RunReport) -> None:
+        """Save ``report`` as the next file. A file that cannot be written costs the call a
+        warning, never its results."""
+        path = self.next_path()
+        try:
+            report.save(path)
+        except OSError as error:
+            warnings.warn(f"the run report could not be written to {path!r}: {error}", RuntimeWarning, stacklevel=2)
 
     def __repr__(self) -> str:
         return f"ReportFiles({self.path!r})"

@@ -106,7 +106,7 @@ class FerrojobBackend(AutoBatchingMixin, ParallelBackendBase):
             files, self._report_files = self._report_files, None
             if recorder is not None and files is not None:
                 recorder.finish()
-                RunReport.from_recorder(recorder).save(files.next_path())
+                files.write(RunReport.from_recorder(recorder))
         self.reset_batch_stats()
 
 

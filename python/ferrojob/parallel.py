@@ -448,7 +448,7 @@ class Parallel:
             return
         report = self.last_report
         assert report is not None
-        report.save(files.next_path())
+        files.write(report)
 
     def _run_on(
         self,
