@@ -135,14 +135,17 @@ def svg_timeline(report: RunReport) -> str:
                 f'<rect x="{x(record.submitted):.2f}" y="{y + _ROW + 1}" width="{x(record.started) - x(record.submitted):.2f}" '
                 f'height="3" fill="{COLOURS["waiting"]}" opacity="0.6"><title>{escape(tip)}</title></rect>'
             )
-        failed = record.outcome != "done"
+        if record.outcome == "done":
+            parts = [
+                ("transfer", record.load_seconds),
+                ("compute", record.run_seconds),
+                ("transfer", record.dump_seconds),
+            ]
+        else:  # failed, or lost with its worker: one red bar over the time it had
+            parts = [("failed", record.ended - record.started)]
         at = record.started
-        for part, length in (
-            ("transfer", record.load_seconds),
-            ("compute", record.run_seconds),
-            ("transfer", record.dump_seconds),
-        ):
-            colour = COLOURS["failed" if failed else part]
+        for part, length in parts:
+            colour = COLOURS[part]
             left, right = x(at), x(at + length)
             if right - left >= 0.05:
                 out.append(

@@ -93,7 +93,7 @@ class RunReport:
 
         from ._advice import advise
 
-        batches = sorted(recorder.batch_records(), key=lambda record: (record.started, record.batch_id))
+        batches = sorted(_place_lost(recorder.batch_records()), key=lambda record: (record.started, record.batch_id))
         # An executor's submissions bypass the driver: its batches are those that ran.
         sizes = recorder.batch_sizes or [record.n_tasks for record in sorted(batches, key=lambda r: r.submitted)]
         ended = recorder.ended if recorder.ended is not None else monotonic()
@@ -178,3 +178,22 @@ class RunReport:
         content = renderers[suffix](self)
         with open(name, "w", encoding="utf-8") as file:
             file.write(content)
+
+
+#: Outcomes of a batch whose worker was lost (no timing came back from it).
+_LOST = ("crashed", "timeout", "cancelled")
+
+
+def _place_lost(records: list[BatchRecord]) -> list[BatchRecord]:
+    """A batch lost with its worker sent no times back: it is taken to have started when the
+    worker was done with its batch before (or when it was submitted, if later) and to have run
+    until the loss was seen."""
+    last_end: dict[str, float] = {}
+    placed = []
+    for record in sorted(records, key=lambda record: record.received):
+        if record.outcome in _LOST:
+            began = max(record.submitted, last_end.get(record.worker, record.submitted))
+            record = record._replace(started=began, ended=record.received)
+        last_end[record.worker] = record.ended
+        placed.append(record)
+    return placed
