@@ -614,15 +614,15 @@ impl Pool {
         }
     }
 
-    /// Claim job `id`'s completion for the calling thread ([`Claim::wait`]) instead of the
-    /// channel. None if the job is neither queued nor running (its completion is on the channel
-    /// already, or was read) or another thread claimed it.
     /// The worker events logged since the last call (oldest first; at most
     /// [`MAX_UNREAD_EVENTS`] are kept unread).
     pub fn take_worker_events(&self) -> Vec<WorkerEvent> {
         self.shared.state().log.take()
     }
 
+    /// Claim job `id`'s completion for the calling thread ([`Claim::wait`]) instead of the
+    /// channel. None if the job is neither queued nor running (its completion is on the channel
+    /// already, or was read) or another thread claimed it.
     pub fn claim(&self, id: JobId) -> Option<Claim> {
         if !self.shared.owned_here() {
             return None;

@@ -157,13 +157,11 @@ fn retire_if_idle(state: &mut State, idle_timeout: Option<Duration>, now: Instan
     };
     let all_idle = state.queue.is_empty() && state.workers.values().all(|w| w.running.is_none());
     if all_idle && now.duration_since(state.last_activity) >= idle_timeout {
-        let mut retired = Vec::new();
         for worker in state.workers.values_mut().filter(|w| w.is_live()) {
             worker.retire();
-            retired.push(worker.pid.as_raw());
-        }
-        for pid in retired {
-            state.log.record(pid, super::WorkerEventKind::RetiredIdle);
+            state
+                .log
+                .record(worker.pid.as_raw(), super::WorkerEventKind::RetiredIdle);
         }
     }
 }
