@@ -404,16 +404,16 @@ class ProcessSession(Session):
         """Tell the recorder how ``piece``'s job went: a done one with the worker's timing, a
         failed or lost one from the engine's clock."""
         received = monotonic()
+        submitted, pickle_seconds, bytes_pickled, bytes_shared, bytes_copied, bytes_resent = sent
         if timing is not None:
             arrived, load, run = timing
             dump = max(completion.elapsed - run, 0.0)
         else:
             load = dump = 0.0
             run = max(completion.elapsed, 0.0)
-            arrived = max(sent[0], received - run)
+            arrived = max(submitted, received - run)
         payload, buffers = completion.payload, completion.buffers
         assert self.recorder is not None
-        submitted, pickle_seconds, bytes_pickled, bytes_shared, bytes_copied, bytes_resent = sent
         self.recorder.record(  # BatchRecord's fields, as a plain tuple (see CallRecorder.record)
             (
                 piece.batch_id,
