@@ -11,7 +11,7 @@ import signal
 import pytest
 from conftest import is_shared_memory, open_fds, worker_children
 from ferrojob import InvalidParameterError, Parallel, WorkerCrashedError, delayed
-from ferrojob._core import Arena
+from ferrojob._core import ENGINE_PATH, Arena, watches_writes
 from ferrojob._settings import parse_size
 from ferrojob._sharedmem import ArgumentStore
 
@@ -304,7 +304,7 @@ def test_nothing_leaks_across_many_calls_and_crashes():
     fds, maps, kids = open_fds(), shared_memory_maps(), len(worker_children())
     for i in range(1, 501):  # 1,000 calls, and 50 with a crashing worker
         one_round(i)
-    from ferrojob._core import Arena
+    from ferrojob._core import ENGINE_PATH, Arena, watches_writes
 
     Arena()  # the helper thread frees mappings asynchronously: let it drain
     import time
@@ -448,6 +448,74 @@ def test_arrays_reused_across_calls_of_a_block_are_never_stale(size):
         after = sum(parallel(delayed(slice_total)(data, i, 8) for i in range(8)))
     assert first == again == float(size)
     assert after == 2.0 * size
+
+
+def bytes_copied(parallel) -> int:
+    """Bytes the last call of ``parallel`` copied into shared memory."""
+    return sum(batch.bytes_copied_to for batch in parallel.last_report.batches)
+
+
+def kernel_version() -> tuple[int, int]:
+    major, minor = os.uname().release.split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+@pytest.mark.skipif(ENGINE_PATH != "linux", reason="the write watch is part of the Linux path")
+def test_large_arguments_are_proven_unchanged_by_watching_their_pages_on_linux_6_7():
+    # Where the kernel has asynchronous userfaultfd write-protection and PAGEMAP_SCAN, a later
+    # call does not read a reused array again (the fallback, a fingerprint, does).
+    assert watches_writes() == (kernel_version() >= (6, 7))
+
+
+def write_with_read_syscall(data, tmp_path):
+    """Change ``data`` in place the way a file read does: the kernel writes into its pages."""
+    path = tmp_path / "part.bin"
+    path.write_bytes(np.full(1000, -1.0).tobytes())
+    with open(path, "rb", buffering=0) as raw:
+        raw.readinto(memoryview(data).cast("B")[8000 : 8000 + 8000])
+
+
+CHANGES = {
+    "unchanged": lambda data, tmp_path: None,
+    "whole array": lambda data, tmp_path: data.__iadd__(1),
+    "one element": lambda data, tmp_path: data.__setitem__(-1, 7.0),
+    "read() into it": write_with_read_syscall,
+}
+
+
+@pytest.mark.parametrize("allocate", [np.arange, np.zeros], ids=["written", "untouched pages"])
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_large_array_reused_across_calls_is_copied_again_exactly_when_changed(change, allocate, tmp_path):
+    data = allocate(4_000_000).astype(np.float64, copy=False)  # 32 MB: kept across calls
+    with Parallel(n_jobs=2) as parallel:
+        parallel(delayed(slice_total)(data, i, 8) for i in range(8))
+        assert bytes_copied(parallel) == data.nbytes
+        CHANGES[change](data, tmp_path)
+        total = sum(parallel(delayed(slice_total)(data, i, 8) for i in range(8)))
+        copied = bytes_copied(parallel)
+    assert total == float(data.sum())
+    assert copied == (0 if change == "unchanged" else data.nbytes)
+
+
+def test_an_array_and_a_view_of_it_reused_across_calls_are_never_stale():
+    # Two overlapping large buffers (the array and its first half) watched at once: proving one
+    # unchanged must never hide a write from the other.
+    data = np.ones(6_000_000)
+    half = data[: len(data) // 2]
+    with Parallel(n_jobs=2) as parallel:
+        for step in range(4):
+            totals = parallel(delayed(np.sum)(a) for a in [data, half, data, half])
+            assert totals == [float(data.sum()), float(half.sum())] * 2, step
+            (half if step % 2 else data)[step] += 1.0
+
+
+def test_a_large_array_shared_by_two_blocks_is_never_stale_in_either():
+    data = np.ones(4_000_000)
+    with Parallel(n_jobs=2) as first, Parallel(n_jobs=2, backend="loky") as second:
+        for step in range(3):
+            for parallel in (first, second, first):
+                assert sum(parallel(delayed(slice_total)(data, i, 4) for i in range(4))) == float(data.sum())
+            data[step * 1000] += 1.0
 
 
 def large_argument_maps(_=None):

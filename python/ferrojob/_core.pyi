@@ -29,6 +29,7 @@ __all__ = [
     "read_dump",
     "run_items",
     "serve_worker",
+    "watches_writes",
     "write_dump",
 ]
 
@@ -226,6 +227,10 @@ class Arena:
 
 def buffer_address(object: Any) -> int:
     """The address of the first byte of a buffer-protocol object."""
+
+def watches_writes() -> bool:
+    """Whether large arguments are proven unchanged between calls by watching their pages for
+    writes (Linux 6.7+) rather than by a fingerprint."""
 
 def install_numpy_allocator() -> str:
     """Have numpy allocate large arrays of this thread in shared memory (worker processes only)."""

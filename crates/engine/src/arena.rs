@@ -18,6 +18,7 @@ use crate::envelope::{self, BufferRef};
 use crate::fork::Birth;
 use crate::pool::{Job, JobHolds, JobId, Pool};
 use crate::shm::{self, Access, SharedFile};
+use crate::write_watch::Watch;
 
 /// Buffers start at multiples of this, so that arrays rebuilt over them are aligned for any
 /// dtype (and for SIMD loads).
@@ -97,13 +98,55 @@ impl std::fmt::Debug for Forget {
 }
 
 /// A buffer placed by identity.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Placed {
     placement: Placement,
-    /// For a large buffer (kept across calls): the fingerprint of what was copied.
-    fingerprint: Option<u128>,
+    /// For a large buffer (kept across calls): how a later call proves the caller's bytes
+    /// unchanged since they were copied.
+    proof: Option<Unchanged>,
     /// The call in which the caller's bytes were last known to equal the copy.
     verified_in: u64,
+}
+
+/// The proof that a large buffer still equals its copy in a later call.
+#[derive(Debug)]
+enum Unchanged {
+    /// Its pages are watched for writes since just before the copy (a page-table scan, well
+    /// under a millisecond for 400 MB).
+    Watched(Watch),
+    /// Where pages cannot be watched: the fingerprint of what was copied (the buffer is read
+    /// again, at memory speed).
+    Fingerprint(u128),
+}
+
+impl Unchanged {
+    /// Taken just before `bytes` are copied: a write during the copy then reads as a change.
+    fn before_copying(bytes: &[u8]) -> Self {
+        match Watch::start(bytes) {
+            Some(watch) => Unchanged::Watched(watch),
+            None => Unchanged::Fingerprint(crate::hash::fingerprint(bytes)),
+        }
+    }
+
+    fn holds_for(&self, bytes: &[u8]) -> bool {
+        match self {
+            Unchanged::Watched(watch) => watch.unchanged(bytes),
+            Unchanged::Fingerprint(fingerprint) => crate::hash::fingerprint(bytes) == *fingerprint,
+        }
+    }
+}
+
+impl Placed {
+    /// Whether the copy still holds `bytes` in call `call`: yes within the call that checked
+    /// it; in a later call, only for a large buffer whose proof still holds.
+    fn still_holds(&self, bytes: &[u8], call: u64) -> bool {
+        self.placement.len == bytes.len()
+            && (self.verified_in == call
+                || self
+                    .proof
+                    .as_ref()
+                    .is_some_and(|proof| proof.holds_for(bytes)))
+    }
 }
 
 #[derive(Debug)]
@@ -166,27 +209,28 @@ impl Arena {
         bytes: &[u8],
     ) -> io::Result<Placement> {
         if let Some(key) = identity {
-            if let Some(placed) = self.identities.get(&key).copied() {
-                if placed.placement.len == bytes.len() && self.still_valid(placed, bytes) {
-                    if let Some(entry) = self.identities.get_mut(&key) {
-                        entry.verified_in = self.call;
-                    }
+            let call = self.call;
+            if let Some(placed) = self.identities.get_mut(&key) {
+                if placed.still_holds(bytes, call) {
+                    placed.verified_in = call;
                     return Ok(placed.placement);
                 }
                 // Changed since (or too small to keep across calls): placed afresh below; the
                 // old copy stays for the jobs that hold it.
+                let chunk = placed.placement.chunk;
                 self.identities.remove(&key);
-                self.give_up(placed.placement.chunk);
+                self.give_up(chunk);
             }
         }
+        let large = bytes.len() > self.chunk_size;
+        let proof = (identity.is_some() && large).then(|| Unchanged::before_copying(bytes));
         let placement = self.place(bytes)?;
         if let Some(key) = identity {
-            let large = bytes.len() > self.chunk_size;
             self.identities.insert(
                 key,
                 Placed {
                     placement,
-                    fingerprint: large.then(|| crate::hash::fingerprint(bytes)),
+                    proof,
                     verified_in: self.call,
                 },
             );
@@ -195,17 +239,6 @@ impl Arena {
             }
         }
         Ok(placement)
-    }
-
-    /// Whether a buffer placed earlier still holds `bytes`: yes within the call that checked
-    /// it; in a later call, only for a large one whose fingerprint still matches.
-    fn still_valid(&self, placed: Placed, bytes: &[u8]) -> bool {
-        if placed.verified_in == self.call {
-            return true;
-        }
-        placed
-            .fingerprint
-            .is_some_and(|fingerprint| crate::hash::fingerprint(bytes) == fingerprint)
     }
 
     /// The owner of `identity` is gone: its memory may be reused for something else.
@@ -820,7 +853,10 @@ mod tests {
     fn across_calls_a_large_buffer_is_reused_only_while_unchanged() {
         let mut arena = Arena::new(128);
         let key = (1, 2, 1000);
-        let mut data = vec![1u8; 1000];
+        // Private anonymous memory, as a large array's: its pages can be watched for writes
+        // (a small heap allocation shares its pages with others, whose writes look like its own).
+        let mut data = memmap2::MmapMut::map_anon(1000).unwrap();
+        data.fill(1);
         let first = arena.place_once(Some(key), &data).unwrap();
         arena.new_call();
         assert_eq!(arena.place_once(Some(key), &data).unwrap(), first); // verified, reused

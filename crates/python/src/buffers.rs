@@ -283,6 +283,13 @@ impl Arena {
     }
 }
 
+/// Whether this process proves a large argument unchanged between calls by watching its pages
+/// for writes (Linux 6.7+), rather than by reading it again for a fingerprint.
+#[pyfunction]
+pub fn watches_writes() -> bool {
+    ferrojob_engine::write_watch::available()
+}
+
 /// The address of the first byte of a buffer-protocol object (to recognise the same memory
 /// passed twice).
 #[pyfunction]

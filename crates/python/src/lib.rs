@@ -27,6 +27,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<buffers::Arena>()?;
     m.add_class::<buffers::Buffer>()?;
     m.add_function(wrap_pyfunction!(buffers::buffer_address, m)?)?;
+    m.add_function(wrap_pyfunction!(buffers::watches_writes, m)?)?;
     m.add_function(wrap_pyfunction!(
         numpy_allocator::install_numpy_allocator,
         m
