@@ -16,9 +16,9 @@ use crossbeam_channel::Receiver;
 
 use crate::envelope::{self, BufferRef};
 use crate::fork::Birth;
+use crate::platform::write_watch::Watch;
 use crate::pool::{Job, JobHolds, JobId, Pool};
 use crate::shm::{self, Access, SharedFile};
-use crate::write_watch::Watch;
 
 /// Buffers start at multiples of this, so that arrays rebuilt over them are aligned for any
 /// dtype (and for SIMD loads).

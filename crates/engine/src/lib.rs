@@ -23,4 +23,3 @@ pub mod shared_alloc;
 pub mod shm;
 pub mod store;
 pub mod worker;
-pub mod write_watch;

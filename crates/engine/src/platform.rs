@@ -19,6 +19,10 @@
 //! process forked (without exec) from the parent keeps the lifeline open, so workers outlive a
 //! parent that dies while such a child lives.
 //!
+//! On the Linux path only, a large argument reused by a later call is proven unchanged by
+//! watching its pages for writes ([`write_watch`]); the portable path reads it again for a
+//! fingerprint.
+//!
 //! Compile-time facts of the target (the socket flags, huge-page advice) are not part of the
 //! runtime choice: they follow the target, whichever path runs.
 
@@ -29,6 +33,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::OnceLock;
 
 use nix::sys::socket::MsgFlags;
+
+pub mod write_watch;
 
 /// The worker's end of its lifeline, on the portable path (fd 3 is its socket, 4 its status page).
 pub const WORKER_LIFELINE_FD: RawFd = 5;

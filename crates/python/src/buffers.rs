@@ -287,7 +287,7 @@ impl Arena {
 /// for writes (Linux 6.7+), rather than by reading it again for a fingerprint.
 #[pyfunction]
 pub fn watches_writes() -> bool {
-    ferrojob_engine::write_watch::available()
+    ferrojob_engine::platform::write_watch::available()
 }
 
 /// The address of the first byte of a buffer-protocol object (to recognise the same memory

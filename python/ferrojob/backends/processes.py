@@ -245,7 +245,7 @@ class ProcessSession(Session):
     def new_call(self) -> None:
         """Start a call's arguments afresh: arrays placed by earlier calls (of a `with
         Parallel()` block, or earlier Executor submissions) are reused only once proven
-        unchanged (a fingerprint at memory speed), never stale; large shared objects are shared
+        unchanged (its pages watched for writes, or a fingerprint), never stale; large shared objects are shared
         within one call only."""
         self._arguments.new_call()
         self._shared = SharedObjects(self._max_nbytes)
