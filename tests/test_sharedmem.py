@@ -304,7 +304,7 @@ def test_nothing_leaks_across_many_calls_and_crashes():
     fds, maps, kids = open_fds(), shared_memory_maps(), len(worker_children())
     for i in range(1, 501):  # 1,000 calls, and 50 with a crashing worker
         one_round(i)
-    from ferrojob._core import ENGINE_PATH, Arena, watches_writes
+    from ferrojob._core import Arena
 
     Arena()  # the helper thread frees mappings asynchronously: let it drain
     import time

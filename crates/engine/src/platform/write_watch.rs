@@ -30,38 +30,46 @@
 
 use crate::fork::Birth;
 
-/// A watch over the pages of one buffer, from the moment it was started.
+/// A watch over one buffer, from the moment it was started: its whole pages are watched for
+/// writes; the bytes it has in the partial pages at either end, which it shares with other
+/// memory (a neighbour's writes there are not its own), are compared by fingerprint.
 #[derive(Debug)]
 pub struct Watch {
     start: usize,
     end: usize,
     epoch: u64,
+    edges: u128,
     birth: Birth,
 }
 
 impl Watch {
-    /// Start watching the pages of `bytes` for writes, or `None` where this system cannot (then
-    /// use a fingerprint). Start the watch *before* copying the buffer: a write during the copy
-    /// is then seen by the next [`Watch::unchanged`].
+    /// Start watching `bytes` for writes, or `None` where this system cannot, or the buffer
+    /// holds no whole page (then use a fingerprint). Start the watch *before* copying the
+    /// buffer: a write during the copy is then seen by the next [`Watch::unchanged`].
     pub fn start(bytes: &[u8]) -> Option<Watch> {
-        let (start, end) = pages_of(bytes)?;
-        let epoch = imp::watcher()?.start(start, end)?;
+        let split = Split::of(bytes)?;
+        let epoch = imp::watcher()?.start(split.start, split.end)?;
         Some(Watch {
-            start,
-            end,
+            start: split.start,
+            end: split.end,
             epoch,
+            edges: split.edges_fingerprint(),
             birth: Birth::here(),
         })
     }
 
-    /// Whether no page of `bytes` was written (or dropped) since the watch started: `bytes` must
-    /// be the memory the watch was started on (same address and length), and, being a live
-    /// slice, is mapped.
+    /// Whether `bytes` is unchanged since the watch started (no page written or dropped, the
+    /// edges equal): `bytes` must be the memory the watch was started on (same address and
+    /// length), and, being a live slice, is mapped.
     pub fn unchanged(&self, bytes: &[u8]) -> bool {
-        pages_of(bytes) == Some((self.start, self.end))
+        let Some(split) = Split::of(bytes) else {
+            return false;
+        };
+        (split.start, split.end) == (self.start, self.end)
             && self.birth.is_here()
             && imp::watcher()
                 .is_some_and(|watcher| watcher.unchanged(self.start, self.end, self.epoch))
+            && split.edges_fingerprint() == self.edges
     }
 }
 
@@ -75,15 +83,41 @@ impl Drop for Watch {
     }
 }
 
-/// The whole pages `bytes` lies in, as `(start, end)` addresses; `None` for an empty buffer.
-fn pages_of(bytes: &[u8]) -> Option<(usize, usize)> {
-    if bytes.is_empty() {
-        return None;
+/// A buffer cut at page boundaries: the whole pages inside it, `[start, end)` as addresses, and
+/// its bytes before and after them.
+struct Split<'a> {
+    start: usize,
+    end: usize,
+    head: &'a [u8],
+    tail: &'a [u8],
+}
+
+impl<'a> Split<'a> {
+    /// `None` when `bytes` holds no whole page.
+    fn of(bytes: &'a [u8]) -> Option<Self> {
+        let page = page_size();
+        let address = bytes.as_ptr() as usize;
+        let start = address.checked_next_multiple_of(page)?;
+        let past = address.checked_add(bytes.len())?;
+        let end = past - past % page;
+        if start >= end {
+            return None;
+        }
+        Some(Split {
+            start,
+            end,
+            head: &bytes[..start - address],
+            tail: &bytes[end - address..],
+        })
     }
-    let page = page_size();
-    let start = bytes.as_ptr() as usize;
-    let end = start.checked_add(bytes.len())?;
-    Some((start - start % page, end.checked_next_multiple_of(page)?))
+
+    /// The fingerprint of the head and tail bytes (at most two pages).
+    fn edges_fingerprint(&self) -> u128 {
+        let mut edges = Vec::with_capacity(self.head.len() + self.tail.len());
+        edges.extend_from_slice(self.head);
+        edges.extend_from_slice(self.tail);
+        crate::hash::fingerprint(&edges)
+    }
 }
 
 fn page_size() -> usize {
@@ -623,6 +657,25 @@ mod tests {
         let mut buffer = buffer;
         buffer.bytes_mut()[3 * 4096] = 1;
         assert!(!again.unchanged(buffer.bytes()));
+    }
+
+    #[test]
+    fn a_buffer_sharing_its_edge_pages_sees_its_own_writes_there_and_not_its_neighbours() {
+        if !watching() {
+            return;
+        }
+        let mut memory = Anonymous::new(16);
+        let (from, to) = (100, 12 * 4096 + 50); // starts and ends inside a page
+        let watch = Watch::start(&memory.bytes()[from..to]).expect("watched");
+        memory.bytes_mut()[10] = 5; // a neighbour on its first page
+        memory.bytes_mut()[to + 10] = 5; // and on its last
+        assert!(watch.unchanged(&memory.bytes()[from..to]));
+        memory.bytes_mut()[to - 1] = 5; // its own last byte
+        assert!(!watch.unchanged(&memory.bytes()[from..to]));
+        assert!(
+            Watch::start(&memory.bytes()[10..4000]).is_none(),
+            "no whole page"
+        );
     }
 
     #[test]
