@@ -155,9 +155,26 @@ fn container_seeds() -> Vec<Vec<u8>> {
     let big: Vec<u8> = (0..(codec::BLOCK_SIZE + 300))
         .map(|i| (i % 7) as u8)
         .collect();
+    // Float64 decimals (prices in cents), which zstd stores as steps between values, with an
+    // exception (NaN) among them.
+    let decimals: Vec<u8> = (0..20_000u32)
+        .map(|i| {
+            if i == 77 {
+                f64::NAN
+            } else {
+                f64::from(i % 1000) / 100.0 + 10.0
+            }
+        })
+        .flat_map(f64::to_le_bytes)
+        .collect();
     let mut seeds = Vec::new();
     for codec in [Codec::Raw, Codec::Zstd(1), Codec::Lz4] {
-        for buffers in [&[][..], &[&b"abc"[..], &b""[..]][..], &[&big[..]][..]] {
+        for buffers in [
+            &[][..],
+            &[&b"abc"[..], &b""[..]][..],
+            &[&big[..]][..],
+            &[&decimals[..]][..],
+        ] {
             codec::write(&path, b"\x80\x05pickle.", buffers, codec).unwrap();
             let file = std::fs::read(&path).unwrap();
             for switch in [0u8, 1] {

@@ -21,6 +21,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::cursor::Cursor;
 
 mod compression;
+mod decimal;
 mod wrapped;
 
 use compression::max_raw_len;
@@ -28,7 +29,9 @@ pub use compression::Codec;
 pub use wrapped::{write_wrapped, Wrapper};
 
 const MAGIC: &[u8; 7] = b"FJDUMP\0";
-const VERSION: u8 = 1;
+/// The format version written: 2 when a section uses a codec version 1 did not have
+/// (`ZstdDecimal`), else 1, so that older readers read every file they can.
+const VERSION: u8 = 2;
 /// Uncompressed bytes per block.
 pub const BLOCK_SIZE: usize = 4 << 20;
 /// Sections start at multiples of this.
@@ -190,7 +193,10 @@ pub fn write(
         .iter()
         .map(|(kind, data)| Section {
             kind: *kind,
-            codec,
+            codec: match (kind, codec) {
+                (SectionKind::Buffer, Codec::Zstd(level)) => Codec::ZstdDecimal(level),
+                _ => codec,
+            },
             raw_len: data.len() as u64,
             offset: 0,
             blocks: Vec::with_capacity(data.len().div_ceil(BLOCK_SIZE)),
@@ -202,6 +208,12 @@ pub fn write(
         .enumerate()
         .flat_map(|(index, (_, data))| data.chunks(BLOCK_SIZE).map(move |chunk| (index, chunk)))
         .collect();
+    let codecs: Vec<Codec> = sections.iter().map(|section| section.codec).collect();
+    let version = if codecs.iter().any(|c| matches!(c, Codec::ZstdDecimal(_))) {
+        VERSION
+    } else {
+        1
+    };
     let header_len = header_len(sections.len(), chunks.len());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let temporary = crate::atomic::temporary_sibling(path, "tmp");
@@ -210,7 +222,7 @@ pub fn write(
         let file = File::create(&temporary)?;
         let mut out = io::BufWriter::with_capacity(1 << 20, file);
         out.write_all(MAGIC)?;
-        out.write_all(&[VERSION])?;
+        out.write_all(&[version])?;
         out.write_all(&(header_len as u64).to_le_bytes())?;
         out.write_all(&vec![0u8; header_len + 8])?; // the header's room, filled in last
         let mut position = (PREAMBLE + header_len + 8) as u64;
@@ -233,7 +245,7 @@ pub fn write(
         crate::parallel::ordered(
             &chunks,
             cores * BLOCKS_AHEAD_PER_CORE,
-            |(_, chunk)| encode_block(chunk, codec),
+            |&(section, chunk)| encode_block(chunk, codecs[section]),
             |index, encoded| {
                 let (section, chunk) = chunks[index];
                 let (block, stored) = encoded?;
@@ -398,7 +410,7 @@ fn check_preamble(start: &[u8], path: &Path) -> Result<u64, CodecError> {
     if start.len() < PREAMBLE {
         return Err(damaged(path, "the file ends inside its preamble"));
     }
-    if start[7] != VERSION {
+    if !(1..=VERSION).contains(&start[7]) {
         return Err(CodecError::UnsupportedVersion {
             path: path.to_owned(),
             version: start[7],
@@ -1050,6 +1062,7 @@ mod tests {
         for codec in [
             Codec::Zstd(19),
             Codec::Zstd(1),
+            Codec::ZstdDecimal(1),
             Codec::Lz4,
             Codec::Zlib(9),
             Codec::Gzip(9),
