@@ -4,10 +4,13 @@
 //! magic "FJDUMP\0" version u8 | header length u64 | header | xxh3-64 of header u64 | sections
 //! header:  flags u32 (bit 0: raw buffers were modified in place through an "r+" mapping, so
 //!          their checksums are stale), n_sections u32, then per section:
-//!          kind u8 (0 pickle, 1 buffer) | codec u8 (0 raw, 1 zstd, 2 lz4) | raw length u64
+//!          kind u8 (0 pickle, 1 buffer) | codec u8 (0 raw, 1 zstd, 2 lz4, 3 zlib, 4 gzip,
+//!          5 bz2, 6 xz, 7 zstd with decimal float blocks, see `decimal`) | raw length u64
 //!          | offset u64 | n_blocks u32 | per block: raw length u64, stored length u64,
 //!          xxh3-64 of the stored bytes u64
 //! ```
+//! Version 2 is written only when a section uses codec 7 (buffers compressed with zstd), so
+//! a reader of version 1 reads every file that does not need more; both are read.
 //! Sections start at multiples of 64 bytes, so raw buffers can be memory-mapped and used in
 //! place as numpy arrays. Data is cut into blocks of `BLOCK_SIZE`, compressed (zstd or lz4) and
 //! checksummed on every core; a damaged or truncated file is reported with the section and block.
