@@ -109,29 +109,48 @@ struct Placed {
 }
 
 /// The proof that a large buffer still equals its copy in a later call.
+///
+/// A fingerprint costs each later call one read of the buffer (~27 ms for 400 MB); a watch costs
+/// a check nothing, but the caller's next write to each watched page a minor fault, and it
+/// splits the buffer's huge pages (a 400 MB array rewritten once: ~90 ms instead of ~30 ms, and
+/// 4 KiB pages after). So a buffer is fingerprinted until two checks running find it unchanged,
+/// and watched from then on: an array rewritten between calls is never write-protected, and one
+/// reused as it is stops being read after its third call.
 #[derive(Debug)]
 enum Unchanged {
-    /// Its pages are watched for writes since just before the copy (a page-table scan, well
-    /// under a millisecond for 400 MB).
+    /// The fingerprint of what was copied (the buffer is read again, at memory speed), and
+    /// whether the last check found it unchanged.
+    Fingerprint { fingerprint: u128, stable: bool },
+    /// Its pages are watched for writes since a check that found it unchanged (a page-table
+    /// scan, well under a millisecond for 400 MB).
     Watched(Watch),
-    /// Where pages cannot be watched: the fingerprint of what was copied (the buffer is read
-    /// again, at memory speed).
-    Fingerprint(u128),
 }
 
 impl Unchanged {
-    /// Taken just before `bytes` are copied: a write during the copy then reads as a change.
-    fn before_copying(bytes: &[u8]) -> Self {
-        match Watch::start(bytes) {
-            Some(watch) => Unchanged::Watched(watch),
-            None => Unchanged::Fingerprint(crate::hash::fingerprint(bytes)),
+    fn of_copy(bytes: &[u8]) -> Self {
+        Unchanged::Fingerprint {
+            fingerprint: crate::hash::fingerprint(bytes),
+            stable: false,
         }
     }
 
-    fn holds_for(&self, bytes: &[u8]) -> bool {
+    /// Whether `bytes` still equal the copy. A stable buffer's watch starts before its bytes are
+    /// read for the check, so no write slips between the check and the watch.
+    fn holds_for(&mut self, bytes: &[u8]) -> bool {
         match self {
             Unchanged::Watched(watch) => watch.unchanged(bytes),
-            Unchanged::Fingerprint(fingerprint) => crate::hash::fingerprint(bytes) == *fingerprint,
+            Unchanged::Fingerprint {
+                fingerprint,
+                stable,
+            } => {
+                let watch = if *stable { Watch::start(bytes) } else { None };
+                let same = crate::hash::fingerprint(bytes) == *fingerprint;
+                *stable = same;
+                if let Some(watch) = watch.filter(|_| same) {
+                    *self = Unchanged::Watched(watch);
+                }
+                same
+            }
         }
     }
 }
@@ -139,12 +158,12 @@ impl Unchanged {
 impl Placed {
     /// Whether the copy still holds `bytes` in call `call`: yes within the call that checked
     /// it; in a later call, only for a large buffer whose proof still holds.
-    fn still_holds(&self, bytes: &[u8], call: u64) -> bool {
+    fn still_holds(&mut self, bytes: &[u8], call: u64) -> bool {
         self.placement.len == bytes.len()
             && (self.verified_in == call
                 || self
                     .proof
-                    .as_ref()
+                    .as_mut()
                     .is_some_and(|proof| proof.holds_for(bytes)))
     }
 }
@@ -223,7 +242,7 @@ impl Arena {
             }
         }
         let large = bytes.len() > self.chunk_size;
-        let proof = (identity.is_some() && large).then(|| Unchanged::before_copying(bytes));
+        let proof = (identity.is_some() && large).then(|| Unchanged::of_copy(bytes));
         let placement = self.place(bytes)?;
         if let Some(key) = identity {
             self.identities.insert(
@@ -881,6 +900,44 @@ mod tests {
             arena.place_once(Some((5, 6, 10)), &[3u8; 10]).unwrap(),
             small
         );
+    }
+
+    #[test]
+    fn a_buffer_is_watched_only_once_two_checks_running_find_it_unchanged() {
+        if !crate::platform::write_watch::available() {
+            return;
+        }
+        let mut arena = Arena::new(128);
+        let key = (3, 4, 4 * 4096);
+        let mut data = memmap2::MmapMut::map_anon(4 * 4096).unwrap();
+        data.fill(1);
+        let watched =
+            |arena: &Arena| matches!(arena.identities[&key].proof, Some(Unchanged::Watched(_)));
+        let mut placement = arena.place_once(Some(key), &data).unwrap();
+        assert!(!watched(&arena), "a fresh copy is fingerprinted");
+        arena.new_call();
+        assert_eq!(arena.place_once(Some(key), &data).unwrap(), placement);
+        assert!(!watched(&arena), "unchanged once: still fingerprinted");
+        for written in [10, 20] {
+            // Rewritten between calls: copied again, and never write-protected.
+            arena.new_call();
+            data[written] = 2;
+            let again = arena.place_once(Some(key), &data).unwrap();
+            assert_ne!(again, placement);
+            assert!(!watched(&arena));
+            placement = again;
+        }
+        for _ in 0..2 {
+            arena.new_call();
+            assert_eq!(arena.place_once(Some(key), &data).unwrap(), placement);
+        }
+        assert!(watched(&arena), "unchanged twice running: watched");
+        arena.new_call();
+        assert_eq!(arena.place_once(Some(key), &data).unwrap(), placement);
+        arena.new_call();
+        data[30] = 3;
+        assert_ne!(arena.place_once(Some(key), &data).unwrap(), placement);
+        assert!(!watched(&arena), "seen written: fingerprinted again");
     }
 
     #[test]
