@@ -223,6 +223,25 @@ def test_advice_large_object_resent_reads_the_records():
     assert advise(report)[0].startswith("a large object was sent again: 25.2 MB")
 
 
+def test_a_report_says_how_many_of_the_oldest_batches_it_left_out(monkeypatch):
+    import ferrojob._runlog as runlog
+
+    monkeypatch.setattr(runlog, "MAX_RECORDS", 20)
+    recorder = CallRecorder("loky", 2)
+    start = recorder.started
+    for batch in range(25):
+        recorder.record(
+            BatchRecord(
+                batch, batch, 1, 0, start, start, start + 0.001, start + 0.001,
+                0.0, 0.001, 0.0, 0.0, 0.0, 10, 0, 0, 0, 10, 0,
+            )
+        )  # fmt: skip
+    recorder.ended = start + 0.1
+    report = RunReport.from_recorder(recorder)
+    assert (len(report.batches), report.n_batches_dropped) == (19, 6)
+    assert "the newest 19 batches: the oldest 6 are left out" in str(report)
+
+
 def test_a_healthy_call_gets_no_advice():
     parallel = Parallel(n_jobs=2, batch_size=1)
     parallel(delayed(_sleep_then)(0.05, i) for i in range(12))

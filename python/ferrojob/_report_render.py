@@ -55,6 +55,11 @@ def text(report: RunReport) -> str:
             f"  batches  {ordered[0]}..{ordered[-1]} tasks (median {ordered[len(ordered) // 2]}), "
             f"task durations {_duration_range(report)}"
         )
+    if report.n_batches_dropped:
+        lines.append(
+            f"  kept     the newest {len(report.batches):,} batches: the oldest {report.n_batches_dropped:,} "
+            "are left out of the times and bytes above"
+        )
     if report.events:
         counts = Counter(event.what for event in report.events)
         lines.append("  events   " + ", ".join(f"{count} {what}" for what, count in counts.items()))

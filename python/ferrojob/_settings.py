@@ -111,8 +111,9 @@ def check_dump_format(value: Any) -> str:
     return str(value)
 
 
-#: The files a run report can be saved as (``RunReport.save``).
-REPORT_SUFFIXES = (".html", ".htm", ".svg", ".txt")
+#: The files a run report can be saved as, by suffix: which rendering each holds
+#: (``RunReport.save``, ``parallel_config(report=...)``).
+REPORT_FORMATS = {".html": "html", ".htm": "html", ".svg": "svg", ".txt": "text"}
 
 
 def check_report(value: Any) -> str | None:
@@ -123,7 +124,7 @@ def check_report(value: Any) -> str | None:
         path = os.fspath(value)
     except TypeError:
         path = None
-    if not isinstance(path, str) or os.path.splitext(path)[1].lower() not in REPORT_SUFFIXES:
+    if not isinstance(path, str) or os.path.splitext(path)[1].lower() not in REPORT_FORMATS:
         raise invalid(
             f"report={value!r} is not a report file name.",
             "give a path ending in .html (the full report), .svg (the timeline) or .txt (the "

@@ -85,6 +85,9 @@ class RunReport:
     advice: list[str] = field(default_factory=list)
     #: The call's start on ``time.monotonic()``'s clock (batch times are on it too).
     started: float = 0.0
+    #: The oldest batches, left out to bound the record (a long-lived Executor keeps its newest
+    #: 100,000): they are in no field above but ``n_batches`` and ``batch_sizes``.
+    n_batches_dropped: int = 0
 
     @classmethod
     def from_recorder(cls, recorder: CallRecorder, n_tasks: int | None = None) -> RunReport:
@@ -130,6 +133,7 @@ class RunReport:
             batches=batches,
             threads_per_worker=recorder.threads_per_worker,
             started=recorder.started,
+            n_batches_dropped=recorder.n_dropped,
         )
         report.advice.extend(advise(report))
         return report
@@ -166,16 +170,17 @@ class RunReport:
             >>> report.save("run.html")  # doctest: +SKIP
         """
         from ._report_render import html, svg_timeline, text
+        from ._settings import REPORT_FORMATS
 
         name = os.fspath(path)
         suffix = os.path.splitext(name)[1].lower()
-        renderers = {".html": html, ".htm": html, ".svg": svg_timeline, ".txt": text}
-        if suffix not in renderers:
+        if suffix not in REPORT_FORMATS:
             raise ValueError(
                 f"RunReport.save({name!r}): cannot tell the format from {suffix or 'no suffix'!r}. "
                 "Name the file .html (the full report), .svg (the timeline) or .txt (the summary)."
             )
-        content = renderers[suffix](self)
+        render = {"html": html, "svg": svg_timeline, "text": text}[REPORT_FORMATS[suffix]]
+        content = render(self)
         with open(name, "w", encoding="utf-8") as file:
             file.write(content)
 

@@ -102,11 +102,9 @@ class ThreadSession(Session):
                         self._abandoned.discard(me)  # thread ids are reused once a thread ends
                         return
             except BaseException as error:
-                ran = _Ran(threading.current_thread().name, submitted, arrived, time.monotonic())
-                self._done.put((piece, False, error, 0.0, ran))
+                self._done.put((piece, False, error, 0.0, self._ran(submitted, arrived)))
             else:
-                ran = _Ran(threading.current_thread().name, submitted, arrived, time.monotonic())
-                self._done.put((piece, True, results, time.perf_counter() - started, ran))
+                self._done.put((piece, True, results, time.perf_counter() - started, self._ran(submitted, arrived)))
             finally:
                 self._running.pop(me, None)
 
@@ -127,6 +125,11 @@ class ThreadSession(Session):
                 completion = self._assemblies.fill(piece, value, elapsed)
             if completion is not None:
                 return completion
+
+    @staticmethod
+    def _ran(submitted: float, arrived: float) -> _Ran:
+        """How the batch this thread has just finished ran (ended now)."""
+        return _Ran(threading.current_thread().name, submitted, arrived, time.monotonic())
 
     def _record(self, piece: Piece, ok: bool, elapsed: float, ran: _Ran) -> None:
         assert self.recorder is not None

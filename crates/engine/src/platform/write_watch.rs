@@ -44,8 +44,9 @@ pub struct Watch {
 
 impl Watch {
     /// Start watching `bytes` for writes, or `None` where this system cannot, or the buffer
-    /// holds no whole page (then use a fingerprint). Start the watch *before* copying the
-    /// buffer: a write during the copy is then seen by the next [`Watch::unchanged`].
+    /// holds no whole page (then use a fingerprint). Start the watch *before* reading the bytes
+    /// it is to vouch for (to copy them, or to check them against a copy): a write during that
+    /// read is then seen by the next [`Watch::unchanged`].
     pub fn start(bytes: &[u8]) -> Option<Watch> {
         let split = Split::of(bytes)?;
         let epoch = imp::watcher()?.start(split.start, split.end)?;
