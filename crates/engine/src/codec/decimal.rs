@@ -27,7 +27,7 @@
 
 use std::io;
 
-use super::compression::zstd_compress;
+use super::compression::zstd_compress_after;
 
 const PLAIN: u8 = 0;
 const DECIMAL: u8 = 1;
@@ -50,22 +50,18 @@ pub(super) const MAX_RATIO: u64 = 8 * (32 << 10);
 
 /// Store `block` with zstd at `level`, as decimal steps if its values allow.
 pub(super) fn compress(block: &[u8], level: i32) -> io::Result<Vec<u8>> {
-    if let Some(decimal) = Decimal::encode(block) {
-        let frame = zstd_compress(&decimal.body, level)?;
-        let mut stored = Vec::with_capacity(1 + HEADER_LEN + frame.len());
-        stored.push(DECIMAL);
-        stored.push(decimal.digits);
-        stored.push(decimal.width);
-        stored.extend_from_slice(&decimal.n_exceptions.to_le_bytes());
-        stored.extend_from_slice(&decimal.first.to_le_bytes());
-        stored.extend_from_slice(&frame);
-        return Ok(stored);
+    match Decimal::encode(block) {
+        Some(decimal) => {
+            let mut header = [0u8; 1 + HEADER_LEN];
+            header[0] = DECIMAL;
+            header[1] = decimal.digits;
+            header[2] = decimal.width;
+            header[3..7].copy_from_slice(&decimal.n_exceptions.to_le_bytes());
+            header[7..].copy_from_slice(&decimal.first.to_le_bytes());
+            zstd_compress_after(&header, &decimal.body, level)
+        }
+        None => zstd_compress_after(&[PLAIN], block, level),
     }
-    let frame = zstd_compress(block, level)?;
-    let mut stored = Vec::with_capacity(1 + frame.len());
-    stored.push(PLAIN);
-    stored.extend_from_slice(&frame);
-    Ok(stored)
 }
 
 /// Decode a stored block into `out`, which must come out exactly full.
@@ -312,7 +308,7 @@ mod tests {
             let stored = round_trip(&block);
             assert_eq!(stored[0], DECIMAL, "{digits} digits");
             assert_eq!(usize::from(stored[1]), digits as usize);
-            let plain = zstd_compress(&block, 1).unwrap();
+            let plain = zstd_compress_after(&[], &block, 1).unwrap();
             assert!(
                 stored.len() < plain.len(),
                 "{digits}: {} vs {}",
