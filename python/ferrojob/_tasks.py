@@ -242,6 +242,9 @@ class ItemsSource(_Source):
         super().__init__(zip(*iterables, strict=False) if star else iter(iterables[0]))
         self._function = function
         self._star = star
+        # A list is sliced, not iterated: a chunk is then one copy of pointers (what iterating
+        # it would read, position by position, as its iterator does).
+        self._list: list[Any] | None = iterables[0] if not star and type(iterables[0]) is list else None
         # Sized inputs (a range, a list) say how many items are left without being read ahead:
         # reading 100,000 items to find the tail would keep the workers waiting.
         lengths = [len(iterable) if isinstance(iterable, Sized) else None for iterable in iterables]
@@ -256,10 +259,17 @@ class ItemsSource(_Source):
         need = wanted - len(self._buffer)
         if need <= 0 or self._iterator_done:
             return
-        more = list(itertools.islice(self._iterator, need))
+        more = self._next_items(need)
         self._read += len(more)
         self._buffer += more
         self._iterator_done = len(more) < need
+
+    def _next_items(self, need: int) -> list[Any]:
+        """Up to ``need`` more items of the input."""
+        if self._list is not None:
+            more = self._list[self._read : self._read + need]
+            return more
+        return list(itertools.islice(self._iterator, need))
 
     def remaining_if_known(self) -> int | None:
         if self._iterator_done:
@@ -272,7 +282,7 @@ class ItemsSource(_Source):
         need = n - len(self._buffer)
         if need > 0 and not self._iterator_done:
             # Read straight into the chunk (a map's chunks are up to 65,536 items: no copies).
-            more = list(itertools.islice(self._iterator, need))
+            more = self._next_items(need)
             self._read += len(more)
             self._iterator_done = len(more) < need
             items = self._buffer + more if self._buffer else more
