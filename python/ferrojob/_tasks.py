@@ -122,11 +122,12 @@ class Batch:
 
 class ItemsGroup:
     """What a worker receives for an ``Executor.map`` chunk: ``function`` applied to each of
-    ``items`` (unpacked when ``star``), run at C speed (``_core.run_items``)."""
+    ``items`` (unpacked when ``star``), run at C speed (``_core.run_items``). ``items`` is a
+    list, or a range (a chunk of a range input: the worker makes it a list)."""
 
     __slots__ = ("function", "items", "star")
 
-    def __init__(self, function: Callable[..., Any], items: list[Any], star: bool) -> None:
+    def __init__(self, function: Callable[..., Any], items: list[Any] | range, star: bool) -> None:
         self.function = function
         self.items = items
         self.star = star
@@ -242,9 +243,12 @@ class ItemsSource(_Source):
         super().__init__(zip(*iterables, strict=False) if star else iter(iterables[0]))
         self._function = function
         self._star = star
-        # A list is sliced, not iterated: a chunk is then one copy of pointers (what iterating
-        # it would read, position by position, as its iterator does).
-        self._list: list[Any] | None = iterables[0] if not star and type(iterables[0]) is list else None
+        # A list or a range is sliced, not iterated (what its iterator would read, position by
+        # position): a list's chunk is one copy of pointers, a range's a range, sent as such.
+        first = iterables[0] if iterables else None
+        self._sequence = (
+            first if not star and isinstance(first, (list, range)) and type(first) in (list, range) else None
+        )
         # Sized inputs (a range, a list) say how many items are left without being read ahead:
         # reading 100,000 items to find the tail would keep the workers waiting.
         lengths = [len(iterable) if isinstance(iterable, Sized) else None for iterable in iterables]
@@ -264,11 +268,10 @@ class ItemsSource(_Source):
         self._buffer += more
         self._iterator_done = len(more) < need
 
-    def _next_items(self, need: int) -> list[Any]:
+    def _next_items(self, need: int) -> list[Any] | range:
         """Up to ``need`` more items of the input."""
-        if self._list is not None:
-            more = self._list[self._read : self._read + need]
-            return more
+        if self._sequence is not None:
+            return self._sequence[self._read : self._read + need]
         return list(itertools.islice(self._iterator, need))
 
     def remaining_if_known(self) -> int | None:
@@ -285,7 +288,7 @@ class ItemsSource(_Source):
             more = self._next_items(need)
             self._read += len(more)
             self._iterator_done = len(more) < need
-            items = self._buffer + more if self._buffer else more
+            items = [*self._buffer, *more] if self._buffer else more
             self._buffer = []
         else:
             items = self._buffer[:n]

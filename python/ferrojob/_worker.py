@@ -159,7 +159,8 @@ def _run_items(
     """Run a map chunk at C speed (``_core.run_items``); returns the job's tasks started so far
     and, without ``collect``, the error that stopped it. Past max_worker_memory the chunk ends
     early (``_MemoryCapReached``)."""
-    items, index = group.items, 0
+    # A chunk of a range travels as the range itself (a few bytes, not a list of ints).
+    items, index = group.items if type(group.items) is list else list(group.items), 0
     while True:
         stopped = run_items(group.function, items, group.star, index, results, started + index)
         if stopped is None:
