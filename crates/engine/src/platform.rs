@@ -101,6 +101,13 @@ pub fn seal_against_shrinking(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether shared-memory files are sealed against shrinking when lent ([`seal_against_shrinking`]
+/// does something): only then may this process write one through a mapping without another
+/// process being able to cut the mapping short under it (SIGBUS).
+pub fn seals_shared_memory() -> bool {
+    cfg!(target_os = "linux") && !portable()
+}
+
 /// Allocate the first `len` bytes of `file` now (zero-filled), so that later writes only copy.
 pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
     #[cfg(target_os = "linux")]
