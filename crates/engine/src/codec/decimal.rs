@@ -27,7 +27,7 @@
 
 use std::io;
 
-use super::compression::zstd_compress_after;
+use super::zstd_block;
 
 const PLAIN: u8 = 0;
 const DECIMAL: u8 = 1;
@@ -58,9 +58,9 @@ pub(super) fn compress(block: &[u8], level: i32) -> io::Result<Vec<u8>> {
             header[2] = decimal.width;
             header[3..7].copy_from_slice(&decimal.n_exceptions.to_le_bytes());
             header[7..].copy_from_slice(&decimal.first.to_le_bytes());
-            zstd_compress_after(&header, &decimal.body, level)
+            zstd_block::compress_after(&header, &decimal.body, level)
         }
-        None => zstd_compress_after(&[PLAIN], block, level),
+        None => zstd_block::compress_after(&[PLAIN], block, level),
     }
 }
 
@@ -308,7 +308,7 @@ mod tests {
             let stored = round_trip(&block);
             assert_eq!(stored[0], DECIMAL, "{digits} digits");
             assert_eq!(usize::from(stored[1]), digits as usize);
-            let plain = zstd_compress_after(&[], &block, 1).unwrap();
+            let plain = zstd_block::compress_after(&[], &block, 1).unwrap();
             assert!(
                 stored.len() < plain.len(),
                 "{digits}: {} vs {}",

@@ -26,6 +26,7 @@ use crate::cursor::Cursor;
 mod compression;
 mod decimal;
 mod wrapped;
+mod zstd_block;
 
 use compression::max_raw_len;
 pub use compression::Codec;
