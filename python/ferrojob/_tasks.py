@@ -246,9 +246,9 @@ class ItemsSource(_Source):
         # A list or a range is sliced, not iterated (what its iterator would read, position by
         # position): a list's chunk is one copy of pointers, a range's a range, sent as such.
         first = iterables[0] if iterables else None
-        self._sequence = (
-            first if not star and isinstance(first, (list, range)) and type(first) in (list, range) else None
-        )
+        self._sequence: list[Any] | range | None = None
+        if not star and (type(first) is list or type(first) is range):
+            self._sequence = first
         # Sized inputs (a range, a list) say how many items are left without being read ahead:
         # reading 100,000 items to find the tail would keep the workers waiting.
         lengths = [len(iterable) if isinstance(iterable, Sized) else None for iterable in iterables]
