@@ -260,10 +260,12 @@ fn decode_decimal(stored: &[u8], out: &mut [u8]) -> Result<(), String> {
     }
     for (index, bits) in indices.chunks_exact(4).zip(exception_bits.chunks_exact(8)) {
         let index = u32::from_le_bytes(index.try_into().expect("4 bytes")) as usize;
-        values
-            .get_mut(8 * index..8 * index + 8)
-            .ok_or_else(|| format!("an exception at value {index} of {n}"))?
-            .copy_from_slice(bits);
+        // Checked before any arithmetic on it: `8 * index` of a forged index could overflow
+        // a 32-bit usize.
+        if index >= n {
+            return Err(format!("an exception at value {index} of {n}"));
+        }
+        values[8 * index..8 * index + 8].copy_from_slice(bits);
     }
     out_tail.copy_from_slice(tail);
     Ok(())
