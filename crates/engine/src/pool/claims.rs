@@ -11,11 +11,16 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use super::{Completion, JobId, Shared};
+
+/// How long a claimant watches for its completion before it sleeps (as a worker watches for its
+/// next job, `worker::SPIN_FOR_NEXT_JOB`): longer than a tiny task's whole round trip, short
+/// enough that a long task's waiter wastes a negligible share of a core.
+pub const SPIN_FOR_CLAIMED: Duration = Duration::from_micros(250);
 
 /// The claimed jobs of a pool, each with where its completion goes.
 #[derive(Default)]
@@ -77,8 +82,28 @@ pub struct Claim {
 
 impl Claim {
     /// The claimed job's completion, or None if it has not come within `timeout`.
+    ///
+    /// The first [`SPIN_FOR_CLAIMED`] is spent watching for it without sleeping (yielding the
+    /// core between looks): a short task's reply is then taken by a running thread, not one the
+    /// reader thread must wake, which on a VM whose idle core has halted costs more than the
+    /// task itself (a submit/result round trip: ~90 µs blocking at once, ~43 µs spinning first).
     pub fn wait(&self, timeout: Duration) -> Option<Completion> {
-        self.rx.recv_timeout(timeout).ok()
+        let start = Instant::now();
+        let spin = SPIN_FOR_CLAIMED.min(timeout);
+        loop {
+            match self.rx.try_recv() {
+                Ok(completion) => return Some(completion),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => {}
+            }
+            if start.elapsed() >= spin {
+                break;
+            }
+            std::thread::yield_now(); // the reader thread that delivers may need this core
+        }
+        self.rx
+            .recv_timeout(timeout.saturating_sub(start.elapsed()))
+            .ok()
     }
 
     /// The job this claim is for.
