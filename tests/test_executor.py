@@ -24,6 +24,7 @@ from ferrojob import (
     UnpicklableError,
     WorkerCrashedError,
 )
+from ferrojob._tasks import ItemsSource
 
 
 @pytest.fixture
@@ -110,6 +111,24 @@ def test_map_with_a_fixed_chunksize_still_yields_the_results_before_a_failure(ex
         for value in executor.map(lambda x: fail(str(x)) if x == 7 else x, range(20), chunksize=20):
             seen.append(value)
     assert seen == list(range(7))
+
+
+@pytest.mark.parametrize("data", [range(3, 10_003), list(range(3, 10_003))], ids=["range", "list"])
+def test_map_slices_a_list_or_range_input_and_a_range_travels_as_ranges(executor, data):
+    source = ItemsSource(abs, (data,))
+    chunks = []
+    while True:
+        source.fill(64)  # as the driver does before each chunk: nothing is read ahead
+        batch = source.take(3_000)
+        if batch is None:
+            break
+        chunks.append(batch.group.items)
+    assert [type(chunk) for chunk in chunks] == [type(data)] * 4
+    assert [item for chunk in chunks for item in chunk] == list(data)
+    assert list(executor.map(abs, data, chunksize=3_000)) == list(data)
+    # 10,000 ints in lists are tens of kB; in ranges, a few bytes a chunk
+    bytes_sent = executor.report().bytes_to_workers
+    assert bytes_sent < 2_000 if type(data) is range else bytes_sent > 20_000
 
 
 def test_map_reads_its_input_lazily(executor):

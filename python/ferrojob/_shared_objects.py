@@ -50,9 +50,12 @@ class SharedObjects:
         batch_is_plain = True
         for column in columns:
             if type(column) is ItemsGroup:
-                # A map chunk: each item is one task's own, never shared; cloudpickle writes the
-                # few chunks of a map (checking each item's type here would cost more).
-                batch_is_plain = False
+                # A map chunk: each item is one task's own, never shared. A range's chunk is
+                # plain when its function is; a list's is left to cloudpickle (checking each
+                # item's type here would cost more than cloudpickle's own overhead).
+                batch_is_plain = (
+                    batch_is_plain and type(column.items) is range and pickles_by_reference(column.function)
+                )
                 continue
             function, args_list, kwargs_list = column
             plain = _PLAIN.issuperset(map(type, itertools.chain.from_iterable(args_list)))

@@ -255,6 +255,8 @@ class ItemsSource(_Source):
         self._length = None if None in lengths else min(lengths, default=0)  # type: ignore[type-var]
 
     def fill(self, wanted: int) -> None:
+        if self._sequence is not None:
+            return  # sliced when taken: read ahead, its chunks would be lists, not ranges
         if self._length is not None:
             wanted = min(wanted, 1)  # the tail is known from the length: read when taken
         self._read_up_to(wanted)
